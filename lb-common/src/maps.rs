@@ -1,0 +1,161 @@
+//! Map keys, values and sizes.
+
+/// Most services (VIP, port, protocol) one program serves.
+pub const MAX_SERVICES: u32 = 64;
+/// Size of the global backend table; backend ids index into it.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Slots per service in the backend ring. Prime, as Maglev needs; round robin
+/// uses a prefix of the same slots.
+pub const RING_SIZE: u32 = 65537;
+/// Entries in the LRU flow table (client flow -> backend).
+pub const MAX_FLOWS: u32 = 1 << 20;
+/// Entries in the LRU reverse-NAT table (backend reply -> VIP).
+pub const MAX_NAT_FLOWS: u32 = 1 << 20;
+
+/// Map names, shared so userspace finds what the program declares.
+pub mod names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const BACKEND_RING: &str = "BACKEND_RING";
+    pub const RR_CURSOR: &str = "RR_CURSOR";
+    pub const FLOWS: &str = "FLOWS";
+    pub const NAT_REVERSE: &str = "NAT_REVERSE";
+    pub const REASONS: &str = "REASONS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// The XDP entry point in the object file.
+    pub const PROGRAM: &str = "xdplb";
+}
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of the service table: what a client addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// Virtual IP, network byte order.
+    pub vip_be: u32,
+    /// Virtual port, network byte order.
+    pub port_be: u16,
+    /// IP protocol number (6 = TCP, 17 = UDP).
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+
+/// How a service picks a backend for a new flow.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Walk the weighted ring one slot per new flow (per CPU cursor).
+    RoundRobin = 0,
+    /// Index the Maglev table with the flow's 5-tuple hash.
+    Maglev = 1,
+}
+
+/// How a service forwards packets to the chosen backend.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Rewrite MAC addresses only; the backend holds the VIP itself and
+    /// answers the client directly.
+    Dsr = 0,
+    /// Rewrite destination address and port; replies come back through the
+    /// LB and are translated back to the VIP.
+    Nat = 1,
+}
+
+/// Value of the service table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceInfo {
+    /// Index into the per-service regions of the ring and stats maps.
+    pub id: u32,
+    /// Used slots of the ring (Maglev: `RING_SIZE`; round robin: the weighted
+    /// sequence length). Zero means no backend is available.
+    pub ring_len: u32,
+    /// A [`Scheduler`] as u8.
+    pub scheduler: u8,
+    /// A [`Forwarding`] as u8.
+    pub forwarding: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 12);
+
+/// Backend slot is in use. Flows pinned to a slot without it are re-scheduled.
+pub const BACKEND_F_ACTIVE: u8 = 1;
+
+/// Value of the backend table, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Backend address, network byte order.
+    pub addr_be: u32,
+    /// Backend port, network byte order (NAT rewrites to it; DSR ignores it).
+    pub port_be: u16,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+
+/// A flow as seen on the wire, in one direction. Key of the flow table
+/// (client -> VIP) and of the reverse-NAT table (backend -> client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+
+/// Value of the flow table: where this flow is pinned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub backend_id: u32,
+    pub service_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+
+/// Value of the reverse-NAT table: the address the client talked to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatReverse {
+    pub vip_be: u32,
+    pub vport_be: u16,
+    pub _pad: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatReverse>() == 16);
+
+/// Per-service and per-backend traffic counters (per CPU in the maps).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows this entity was chosen for (new flow-table entries).
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<Traffic>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), contain only integers and have no
+    // implicit padding (see the size asserts above).
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for Traffic {}
+}

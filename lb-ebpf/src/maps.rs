@@ -1,0 +1,65 @@
+//! The program's maps. Types and sizes come from `lb-common`; userspace may
+//! shrink the LRU tables before load.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, FlowKey, FlowValue, MAX_BACKENDS, MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, NatReverse,
+    REASON_COUNT, RING_SIZE, ServiceInfo, ServiceKey, Traffic,
+};
+
+use crate::parse::Packet;
+
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+/// `RING_SIZE` slots per service id, each a backend id.
+#[map]
+pub static BACKEND_RING: Array<u32> = Array::with_max_entries(MAX_SERVICES * RING_SIZE, 0);
+/// Next round-robin slot per service, per CPU (no atomics on the hot path).
+#[map]
+pub static RR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map]
+pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse> =
+    LruHashMap::with_max_entries(MAX_NAT_FLOWS, 0);
+#[map]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+#[map]
+pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[inline(always)]
+pub fn flow_key(pkt: &Packet) -> FlowKey {
+    FlowKey {
+        src_be: pkt.src_be,
+        dst_be: pkt.dst_be,
+        sport_be: pkt.sport_be,
+        dport_be: pkt.dport_be,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+pub fn service(pkt: &Packet) -> Option<ServiceInfo> {
+    let key = ServiceKey {
+        vip_be: pkt.dst_be,
+        port_be: pkt.dport_be,
+        proto: pkt.proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once; userspace replaces whole entries.
+    unsafe { SERVICES.get(&key).copied() }
+}
+
+#[inline(always)]
+pub fn nat_reverse(pkt: &Packet) -> Option<NatReverse> {
+    // SAFETY: as above.
+    unsafe { NAT_REVERSE.get(&flow_key(pkt)).copied() }
+}

@@ -1,0 +1,140 @@
+//! Destination NAT towards the backend and the reverse translation of its
+//! replies, with incremental IPv4 and L4 checksum updates.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{Backend, FlowKey, NatReverse, PROTO_TCP, Reason, ServiceInfo, csum};
+use network_types::{tcp::TcpHdr, udp::UdpHdr};
+
+use crate::{
+    forward::{NextHop, next_hop, transmit},
+    maps::NAT_REVERSE,
+    parse::{L4_OFF, Packet, ptr_at},
+};
+
+/// Which address/port pair of the packet a rewrite touches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Replace one endpoint (address and port) and fix both checksums.
+/// Returns false if the L4 header is no longer reachable (cannot happen
+/// after a successful parse, but the verifier wants the check).
+#[inline(always)]
+fn rewrite(ctx: &XdpContext, pkt: &Packet, side: Side, addr_be: u32, port_be: u16) -> bool {
+    let (old_addr, old_port) = match side {
+        Side::Source => (pkt.src_be, pkt.sport_be),
+        Side::Destination => (pkt.dst_be, pkt.dport_be),
+    };
+    // SAFETY: `pkt.ip` was bounds-checked by the parser.
+    unsafe {
+        let ip = pkt.ip;
+        match side {
+            Side::Source => (*ip).src_addr = addr_be.to_ne_bytes(),
+            Side::Destination => (*ip).dst_addr = addr_be.to_ne_bytes(),
+        }
+        let check = u16::from_ne_bytes((*ip).check);
+        (*ip).check = csum::replace4(check, old_addr, addr_be).to_ne_bytes();
+    }
+    if pkt.proto == PROTO_TCP {
+        let Some(tcp) = ptr_at::<TcpHdr>(ctx, L4_OFF) else {
+            return false;
+        };
+        // SAFETY: bounds-checked just above.
+        unsafe {
+            match side {
+                Side::Source => (*tcp).source = port_be.to_ne_bytes(),
+                Side::Destination => (*tcp).dest = port_be.to_ne_bytes(),
+            }
+            let mut check = u16::from_ne_bytes((*tcp).check);
+            check = csum::replace4(check, old_addr, addr_be);
+            check = csum::replace2(check, old_port, port_be);
+            (*tcp).check = check.to_ne_bytes();
+        }
+    } else {
+        let Some(udp) = ptr_at::<UdpHdr>(ctx, L4_OFF) else {
+            return false;
+        };
+        // SAFETY: bounds-checked just above.
+        unsafe {
+            match side {
+                Side::Source => (*udp).src = port_be.to_ne_bytes(),
+                Side::Destination => (*udp).dst = port_be.to_ne_bytes(),
+            }
+            let old = u16::from_ne_bytes((*udp).check);
+            let mut check = csum::replace4(old, old_addr, addr_be);
+            check = csum::replace2(check, old_port, port_be);
+            (*udp).check = csum::udp_fixup(old, check).to_ne_bytes();
+        }
+    }
+    true
+}
+
+/// Forward a client packet to its backend with destination NAT and remember
+/// how to translate the backend's replies.
+#[inline(always)]
+pub fn forward(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc: &ServiceInfo,
+    backend_id: u32,
+    backend: &Backend,
+) -> (u32, Reason) {
+    let reply = FlowKey {
+        src_be: backend.addr_be,
+        dst_be: pkt.src_be,
+        sport_be: backend.port_be,
+        dport_be: pkt.sport_be,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    let rev = NatReverse {
+        vip_be: pkt.dst_be,
+        vport_be: pkt.dport_be,
+        _pad: 0,
+        service_id: svc.id,
+        backend_id,
+    };
+    // SAFETY: copied out at once.
+    let known = unsafe { NAT_REVERSE.get(&reply) }.is_some_and(|r| *r == rev);
+    if !known {
+        // On failure the reply passes untranslated to the kernel; nothing
+        // better can be done without memory.
+        let _ = NAT_REVERSE.insert(&reply, &rev, 0);
+    }
+    if !rewrite(
+        ctx,
+        pkt,
+        Side::Destination,
+        backend.addr_be,
+        backend.port_be,
+    ) {
+        return (xdp_action::XDP_DROP, Reason::DropTruncated);
+    }
+    send(ctx, pkt, pkt.src_be, backend.addr_be, Reason::FwdNat)
+}
+
+/// Translate a backend's reply back to the VIP and forward it to the client.
+#[inline(always)]
+pub fn reverse(ctx: &XdpContext, pkt: &Packet, rev: &NatReverse) -> (u32, Reason) {
+    if !rewrite(ctx, pkt, Side::Source, rev.vip_be, rev.vport_be) {
+        return (xdp_action::XDP_DROP, Reason::DropTruncated);
+    }
+    send(ctx, pkt, rev.vip_be, pkt.dst_be, Reason::FwdReverseNat)
+}
+
+/// After a rewrite the packet is valid as is, so when the neighbour is not
+/// resolved the kernel can forward it (and resolve the neighbour).
+#[inline(always)]
+fn send(ctx: &XdpContext, pkt: &Packet, src_be: u32, dst_be: u32, ok: Reason) -> (u32, Reason) {
+    match next_hop(ctx, pkt, src_be, dst_be) {
+        NextHop::Found {
+            ifindex,
+            smac,
+            dmac,
+        } => (transmit(ctx, pkt, ifindex, smac, dmac), ok),
+        NextHop::NoNeighbour => (xdp_action::XDP_PASS, Reason::PassNoNeighbour),
+        NextHop::Failed => (xdp_action::XDP_PASS, Reason::PassFibFailed),
+    }
+}

@@ -1,0 +1,363 @@
+//! The TOML configuration: parsing, validation and the errors an operator
+//! sees. Every error names the file, the key and the reason.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use lb_common::{Forwarding, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP, Scheduler};
+use serde::Deserialize;
+
+/// Largest backend weight; weights are relative, this bounds ring sizes.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Most backends one service may list.
+pub const MAX_BACKENDS_PER_SERVICE: usize = 1024;
+const IFNAMSIZ: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    #[serde(rename = "service", default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// Interfaces to attach to (client-facing and, for NAT, backend-facing).
+    /// `--iface` on the command line replaces this list.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    /// Entries in the flow table (and the reverse-NAT table).
+    #[serde(default = "default_flow_table_size")]
+    pub flow_table_size: u32,
+    /// Ask the kernel to keep backends' neighbour entries resolved
+    /// (managed neighbours), so the XDP FIB lookup finds their MACs.
+    #[serde(default = "default_true")]
+    pub manage_neighbours: bool,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            xdp_mode: XdpMode::default(),
+            flow_table_size: default_flow_table_size(),
+            manage_neighbours: true,
+        }
+    }
+}
+
+fn default_flow_table_size() -> u32 {
+    lb_common::MAX_FLOWS
+}
+fn default_true() -> bool {
+    true
+}
+
+/// How to attach the XDP program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic with a logged reason.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub scheduler: SchedulerKind,
+    pub forwarding: ForwardingKind,
+    #[serde(rename = "backend", default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// Relative share of new flows; 0 drains the backend (no new flows).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerKind {
+    RoundRobin,
+    Maglev,
+}
+
+impl From<SchedulerKind> for Scheduler {
+    fn from(s: SchedulerKind) -> Self {
+        match s {
+            SchedulerKind::RoundRobin => Scheduler::RoundRobin,
+            SchedulerKind::Maglev => Scheduler::Maglev,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardingKind {
+    Dsr,
+    Nat,
+}
+
+impl From<ForwardingKind> for Forwarding {
+    fn from(f: ForwardingKind) -> Self {
+        match f {
+            ForwardingKind::Dsr => Forwarding::Dsr,
+            ForwardingKind::Nat => Forwarding::Nat,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}{line}: {key}: {reason}")]
+    Invalid {
+        file: PathBuf,
+        /// ":LINE" when known, else empty.
+        line: LineSuffix,
+        key: String,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct LineSuffix(pub Option<usize>);
+
+impl fmt::Display for LineSuffix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, ":{n}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parse and validate config text; `path` is only used in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| toml_error(path, text, "", &e))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            toml_error(path, text, &key, e.inner())
+        })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                file: path.to_owned(),
+                line: LineSuffix::default(),
+                key,
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks serde cannot express. Returns (key, reason) of the first problem.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let dp = &self.dataplane;
+        for (i, name) in dp.interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(['/', ' ']) {
+                return Err((
+                    format!("dataplane.interfaces[{i}]"),
+                    format!("{name:?} is not a valid interface name"),
+                ));
+            }
+        }
+        if !(1024..=(1 << 24)).contains(&dp.flow_table_size) {
+            return Err((
+                "dataplane.flow_table_size".into(),
+                format!("{} is outside 1024..=16777216", dp.flow_table_size),
+            ));
+        }
+        if self.services.is_empty() {
+            return Err((
+                "service".into(),
+                "at least one [[service]] is required".into(),
+            ));
+        }
+        if self.services.len() > MAX_SERVICES as usize {
+            return Err((
+                "service".into(),
+                format!(
+                    "{} services; the data path holds at most {MAX_SERVICES}",
+                    self.services.len()
+                ),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        let mut all_backends = HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = |k: &str| format!("service[{i}].{k}");
+            if s.name.trim().is_empty() {
+                return Err((at("name"), "must not be empty".into()));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err((
+                    at("name"),
+                    format!("{:?} is used by another service", s.name),
+                ));
+            }
+            if s.vip.is_unspecified() || s.vip.is_multicast() || s.vip.is_broadcast() {
+                return Err((at("vip"), format!("{} cannot be a virtual IP", s.vip)));
+            }
+            if s.port == 0 {
+                return Err((at("port"), "must be 1..=65535".into()));
+            }
+            if !keys.insert((s.vip, s.port, s.protocol)) {
+                return Err((
+                    at("vip"),
+                    format!(
+                        "{}:{} {:?} is already served by another service",
+                        s.vip, s.port, s.protocol
+                    ),
+                ));
+            }
+            if s.backends.is_empty() {
+                return Err((
+                    at("backend"),
+                    "at least one [[service.backend]] is required".into(),
+                ));
+            }
+            if s.backends.len() > MAX_BACKENDS_PER_SERVICE {
+                return Err((
+                    at("backend"),
+                    format!(
+                        "{} backends; at most {MAX_BACKENDS_PER_SERVICE}",
+                        s.backends.len()
+                    ),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for (j, b) in s.backends.iter().enumerate() {
+                let bat = |k: &str| format!("service[{i}].backend[{j}].{k}");
+                if b.address.is_unspecified()
+                    || b.address.is_multicast()
+                    || b.address.is_broadcast()
+                {
+                    return Err((bat("address"), format!("{} cannot be a backend", b.address)));
+                }
+                if b.port == 0 {
+                    return Err((bat("port"), "must be 1..=65535".into()));
+                }
+                if s.forwarding == ForwardingKind::Dsr && b.port != s.port {
+                    return Err((
+                        bat("port"),
+                        format!(
+                            "{} differs from the service port {}; DSR forwards without rewriting ports (use forwarding = \"nat\")",
+                            b.port, s.port
+                        ),
+                    ));
+                }
+                if b.weight > MAX_WEIGHT {
+                    return Err((
+                        bat("weight"),
+                        format!("{} is above the maximum {MAX_WEIGHT}", b.weight),
+                    ));
+                }
+                if !seen.insert((b.address, b.port)) {
+                    return Err((
+                        bat("address"),
+                        format!("{}:{} is listed twice", b.address, b.port),
+                    ));
+                }
+                all_backends.insert((b.address, b.port));
+            }
+            if s.backends.iter().all(|b| b.weight == 0) {
+                return Err((
+                    at("backend"),
+                    "every backend has weight 0; no flow could be scheduled".into(),
+                ));
+            }
+        }
+        if all_backends.len() > MAX_BACKENDS as usize {
+            return Err((
+                "service".into(),
+                format!(
+                    "{} distinct backends; the data path holds at most {MAX_BACKENDS}",
+                    all_backends.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn toml_error(path: &Path, text: &str, key: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    ConfigError::Invalid {
+        file: path.to_owned(),
+        line: LineSuffix(line),
+        key: if key.is_empty() || key == "." {
+            "(document)".into()
+        } else {
+            key.into()
+        },
+        reason: e.message().trim().to_string(),
+    }
+}

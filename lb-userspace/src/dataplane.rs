@@ -1,0 +1,284 @@
+//! The boundary between control logic and the BPF maps.
+//!
+//! [`Programmer`] turns a [`Plan`] into the fewest map writes, in an order
+//! that never lets the data path see a service whose ring points at a
+//! backend that is not there yet. [`Dataplane`] is implemented by the real
+//! maps (`bpf::BpfDataplane`) and by [`fake::FakeDataplane`] for tests.
+
+use lb_common::{Backend, ServiceInfo, ServiceKey};
+
+use crate::plan::Plan;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {map}: {message}")]
+pub struct DataplaneError {
+    pub op: &'static str,
+    pub map: &'static str,
+    pub message: String,
+}
+
+pub trait Dataplane {
+    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), DataplaneError>;
+    fn set_ring_slot(
+        &mut self,
+        service_id: u32,
+        slot: u32,
+        backend_id: u32,
+    ) -> Result<(), DataplaneError>;
+    fn set_service(&mut self, key: ServiceKey, info: ServiceInfo) -> Result<(), DataplaneError>;
+    fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError>;
+}
+
+/// What one [`Programmer::apply`] wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub backends_written: usize,
+    pub ring_slots_written: usize,
+    pub services_written: usize,
+    pub services_removed: usize,
+    pub backends_retired: usize,
+}
+
+/// Keeps the data path equal to the last applied plan.
+#[derive(Debug, Default)]
+pub struct Programmer {
+    applied: Plan,
+}
+
+impl Programmer {
+    pub fn applied(&self) -> &Plan {
+        &self.applied
+    }
+
+    /// Write what differs between the applied plan and `plan`.
+    /// On error the applied plan is left as it was, so a retry rewrites
+    /// whatever may have been written partially.
+    pub fn apply(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        plan: Plan,
+    ) -> Result<ApplyStats, DataplaneError> {
+        let mut st = ApplyStats::default();
+        let old = &self.applied;
+        // 1. Backends first: rings may point at them from now on.
+        for (id, b) in &plan.backends {
+            if old.backends.get(id) != Some(b) {
+                dp.set_backend(*id, *b)?;
+                st.backends_written += 1;
+            }
+        }
+        // 2. Rings, only the slots that change.
+        for s in &plan.services {
+            let prev = old
+                .services
+                .iter()
+                .find(|o| o.info.id == s.info.id)
+                .map(|o| o.ring.as_slice());
+            for (slot, backend_id) in s.ring.iter().enumerate() {
+                if prev.and_then(|p| p.get(slot)) != Some(backend_id) {
+                    dp.set_ring_slot(s.info.id, slot as u32, *backend_id)?;
+                    st.ring_slots_written += 1;
+                }
+            }
+        }
+        // 3. Services, now that their rings are complete.
+        for s in &plan.services {
+            let prev = old.services.iter().find(|o| o.key == s.key);
+            if prev.map(|p| p.info) != Some(s.info) {
+                dp.set_service(s.key, s.info)?;
+                st.services_written += 1;
+            }
+        }
+        // 4. Services that are gone.
+        for o in &old.services {
+            if !plan.services.iter().any(|s| s.key == o.key) {
+                dp.remove_service(o.key)?;
+                st.services_removed += 1;
+            }
+        }
+        // 5. Backends nobody uses any more: inactive, so pinned flows re-schedule.
+        for id in old.backends.keys() {
+            if !plan.backends.contains_key(id) {
+                dp.set_backend(*id, Backend::default())?;
+                st.backends_retired += 1;
+            }
+        }
+        self.applied = plan;
+        Ok(st)
+    }
+}
+
+/// In-memory data path for tests of the control logic.
+pub mod fake {
+    use std::collections::{BTreeMap, HashMap};
+
+    use super::*;
+
+    #[derive(Debug, Default)]
+    pub struct FakeDataplane {
+        pub services: HashMap<ServiceKey, ServiceInfo>,
+        pub backends: BTreeMap<u32, Backend>,
+        pub rings: BTreeMap<(u32, u32), u32>,
+        /// Fail the n-th write from now (0 = next), to test error paths.
+        pub fail_at: Option<usize>,
+        pub writes: usize,
+    }
+
+    impl FakeDataplane {
+        fn write(&mut self, map: &'static str) -> Result<(), DataplaneError> {
+            if let Some(n) = self.fail_at {
+                if n == 0 {
+                    self.fail_at = None;
+                    return Err(DataplaneError {
+                        op: "update",
+                        map,
+                        message: "injected failure".into(),
+                    });
+                }
+                self.fail_at = Some(n - 1);
+            }
+            self.writes += 1;
+            Ok(())
+        }
+
+        /// The backend id a flow hitting `slot` of service `key` would get.
+        pub fn pick(&self, key: &ServiceKey, slot: u32) -> Option<u32> {
+            let info = self.services.get(key)?;
+            self.rings.get(&(info.id, slot % info.ring_len)).copied()
+        }
+    }
+
+    impl Dataplane for FakeDataplane {
+        fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), DataplaneError> {
+            self.write("BACKENDS")?;
+            self.backends.insert(id, backend);
+            Ok(())
+        }
+        fn set_ring_slot(
+            &mut self,
+            service_id: u32,
+            slot: u32,
+            backend_id: u32,
+        ) -> Result<(), DataplaneError> {
+            self.write("BACKEND_RING")?;
+            self.rings.insert((service_id, slot), backend_id);
+            Ok(())
+        }
+        fn set_service(
+            &mut self,
+            key: ServiceKey,
+            info: ServiceInfo,
+        ) -> Result<(), DataplaneError> {
+            self.write("SERVICES")?;
+            self.services.insert(key, info);
+            Ok(())
+        }
+        fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError> {
+            self.write("SERVICES")?;
+            self.services.remove(&key);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use lb_common::{BACKEND_F_ACTIVE, RING_SIZE};
+
+    use super::{fake::FakeDataplane, *};
+    use crate::{config::Config, plan::Planner};
+
+    fn cfg(backends: &[(&str, u32)], scheduler: &str) -> Config {
+        let mut t = format!(
+            "[[service]]\nname = \"www\"\nvip = \"192.0.2.10\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"{scheduler}\"\nforwarding = \"dsr\"\n"
+        );
+        for (a, w) in backends {
+            t += &format!("[[service.backend]]\naddress = \"{a}\"\nport = 80\nweight = {w}\n");
+        }
+        Config::parse(Path::new("t.toml"), &t).unwrap()
+    }
+
+    #[test]
+    fn first_apply_writes_everything_second_nothing() {
+        let mut planner = Planner::default();
+        let mut dp = FakeDataplane::default();
+        let mut prog = Programmer::default();
+        let c = cfg(&[("203.0.113.11", 1), ("203.0.113.12", 1)], "maglev");
+        let st = prog.apply(&mut dp, planner.plan(&c).unwrap()).unwrap();
+        assert_eq!(st.backends_written, 2);
+        assert_eq!(st.ring_slots_written, RING_SIZE as usize);
+        assert_eq!(st.services_written, 1);
+        assert!(
+            dp.backends
+                .values()
+                .all(|b| b.flags & BACKEND_F_ACTIVE != 0)
+        );
+        let st = prog.apply(&mut dp, planner.plan(&c).unwrap()).unwrap();
+        assert_eq!(st, ApplyStats::default());
+    }
+
+    #[test]
+    fn removing_a_maglev_backend_rewrites_only_its_slots_and_retires_it() {
+        let mut planner = Planner::default();
+        let mut dp = FakeDataplane::default();
+        let mut prog = Programmer::default();
+        let three = cfg(
+            &[
+                ("203.0.113.11", 1),
+                ("203.0.113.12", 1),
+                ("203.0.113.13", 1),
+            ],
+            "maglev",
+        );
+        prog.apply(&mut dp, planner.plan(&three).unwrap()).unwrap();
+        let gone_id = *dp
+            .backends
+            .iter()
+            .find(|(_, b)| b.addr_be == u32::from_ne_bytes([203, 0, 113, 13]))
+            .unwrap()
+            .0;
+        let gone_slots = dp.rings.values().filter(|&&b| b == gone_id).count();
+        let two = cfg(&[("203.0.113.11", 1), ("203.0.113.12", 1)], "maglev");
+        let st = prog.apply(&mut dp, planner.plan(&two).unwrap()).unwrap();
+        assert_eq!(st.backends_retired, 1);
+        assert_eq!(dp.backends[&gone_id].flags & BACKEND_F_ACTIVE, 0);
+        // Its slots all move; others move only a little (Maglev's promise).
+        assert!(st.ring_slots_written >= gone_slots);
+        assert!(
+            st.ring_slots_written < gone_slots + (RING_SIZE as usize) / 50,
+            "{st:?} {gone_slots}"
+        );
+        assert!(dp.rings.values().all(|&b| b != gone_id));
+    }
+
+    #[test]
+    fn failed_write_keeps_old_plan_so_retry_completes() {
+        let mut planner = Planner::default();
+        let mut dp = FakeDataplane::default();
+        let mut prog = Programmer::default();
+        let c = cfg(&[("203.0.113.11", 1), ("203.0.113.12", 2)], "round_robin");
+        dp.fail_at = Some(3);
+        assert!(prog.apply(&mut dp, planner.plan(&c).unwrap()).is_err());
+        assert!(
+            dp.services.is_empty(),
+            "service must not appear before its ring"
+        );
+        prog.apply(&mut dp, planner.plan(&c).unwrap()).unwrap();
+        let key = prog.applied().services[0].key;
+        assert_eq!(dp.services[&key].ring_len, 3);
+        let heavy = *dp
+            .backends
+            .iter()
+            .find(|(_, b)| b.addr_be == u32::from_ne_bytes([203, 0, 113, 12]))
+            .unwrap()
+            .0;
+        let picks: Vec<u32> = (0..3).map(|s| dp.pick(&key, s).unwrap()).collect();
+        assert_eq!(
+            picks.iter().filter(|&&b| b == heavy).count(),
+            2,
+            "{picks:?}"
+        );
+    }
+}
