@@ -1,0 +1,632 @@
+//! Packet fixtures: frames in, verdict and frame out, through the real XDP
+//! program via BPF_PROG_TEST_RUN.
+//!
+//! Each test runs in its own network namespace holding veths with fixed MACs
+//! and permanent neighbour entries, so the kernel FIB lookup the program does
+//! gives known next hops. Expected frames are built from scratch with
+//! etherparse (which computes checksums), so a byte-for-byte match proves the
+//! program's incremental checksum updates right.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions},
+};
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use lb_common::{RING_SIZE, Reason, hash::flow_hash};
+use xdplb::{
+    bpf::{self, BpfDataplane, Counters},
+    config::Config,
+    dataplane::Programmer,
+    plan::{Plan, Planner},
+};
+use xdplb_tests::{Netns, NetnsEntered, require_root};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+const LB_CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0a];
+const LB_BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0c];
+const CLIENT: [u8; 4] = [198, 51, 100, 2];
+
+fn backend_mac(last_octet: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0xbb, last_octet]
+}
+
+const CONFIG: &str = r#"
+[dataplane]
+flow_table_size = 4096
+manage_neighbours = false
+
+[[service]]
+name = "dsr-rr"
+vip = "192.0.2.10"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.11", port = 80 }, { address = "203.0.113.12", port = 80 }]
+
+[[service]]
+name = "dsr-maglev"
+vip = "192.0.2.10"
+port = 443
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.11", port = 443 }, { address = "203.0.113.12", port = 443 }, { address = "203.0.113.13", port = 443 }]
+
+[[service]]
+name = "nat-tcp"
+vip = "192.0.2.20"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
+
+[[service]]
+name = "nat-udp"
+vip = "192.0.2.20"
+port = 53
+protocol = "udp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 5353 }]
+
+[[service]]
+name = "dsr-unresolved"
+vip = "192.0.2.30"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.99", port = 80 }]
+
+[[service]]
+name = "nat-unresolved"
+vip = "192.0.2.31"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.99", port = 8080 }]
+"#;
+
+struct Fixture {
+    ebpf: Ebpf,
+    counters: Counters,
+    plan: Plan,
+    _entered: NetnsEntered,
+    _ns: Netns,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        // Round robin keeps a cursor per CPU: stay on one CPU.
+        // SAFETY: plain affinity syscall on this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+        let ns = Netns::new("xdplb-fx");
+        ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        for (dev, mac, addr) in [
+            ("fxa", LB_CLIENT_MAC, "198.51.100.1/24"),
+            ("fxc", LB_BACKEND_MAC, "203.0.113.1/24"),
+        ] {
+            let mac = fmt_mac(mac);
+            ns.sh(&[
+                "ip",
+                "link",
+                "add",
+                dev,
+                "address",
+                &mac,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{dev}p"),
+            ]);
+            ns.sh(&["ip", "addr", "add", addr, "dev", dev]);
+            ns.sh(&["ip", "link", "set", dev, "up"]);
+            ns.sh(&["ip", "link", "set", &format!("{dev}p"), "up"]);
+        }
+        ns.sh(&[
+            "ip",
+            "neigh",
+            "replace",
+            "198.51.100.2",
+            "lladdr",
+            &fmt_mac(CLIENT_MAC),
+            "dev",
+            "fxa",
+            "nud",
+            "permanent",
+        ]);
+        for last in [11u8, 12, 13] {
+            let addr = format!("203.0.113.{last}");
+            ns.sh(&[
+                "ip",
+                "neigh",
+                "replace",
+                &addr,
+                "lladdr",
+                &fmt_mac(backend_mac(last)),
+                "dev",
+                "fxc",
+                "nud",
+                "permanent",
+            ]);
+        }
+        let entered = ns.enter();
+        let config = Config::parse(Path::new("fixtures.toml"), CONFIG).expect("fixture config");
+        let mut ebpf = bpf::load(config.dataplane.flow_table_size).expect("load XDP program");
+        let mut dp = BpfDataplane::new(&mut ebpf).expect("maps");
+        let counters = Counters::new(&mut ebpf).expect("counter maps");
+        let mut programmer = Programmer::default();
+        programmer
+            .apply(&mut dp, Planner::default().plan(&config).unwrap())
+            .expect("program maps");
+        let plan = programmer.applied().clone();
+        Fixture {
+            ebpf,
+            counters,
+            plan,
+            _entered: entered,
+            _ns: ns,
+        }
+    }
+
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog = bpf::xdp_program(&mut self.ebpf, lb_common::names::PROGRAM).unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn reason(&self, r: Reason) -> u64 {
+        self.counters.snapshot(&[], &[]).unwrap().reason(r)
+    }
+
+    /// Address of the backend `service`'s ring holds at `slot`.
+    fn ring_backend(&self, service: &str, slot: u32) -> [u8; 4] {
+        let s = self
+            .plan
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .unwrap();
+        let id = s.ring[slot as usize];
+        u32::from_be(self.plan.backends[&id].addr_be).to_be_bytes()
+    }
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[derive(Clone, Copy)]
+enum L4 {
+    TcpSyn,
+    TcpAck,
+    Udp,
+}
+
+fn frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    l4: L4,
+    payload: &[u8],
+) -> Vec<u8> {
+    let ip = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64);
+    let mut v = Vec::new();
+    match l4 {
+        L4::TcpSyn => ip
+            .tcp(sport, dport, 1000, 64240)
+            .syn()
+            .write(&mut v, payload),
+        L4::TcpAck => ip
+            .tcp(sport, dport, 1001, 64240)
+            .ack(5000)
+            .write(&mut v, payload),
+        L4::Udp => ip.udp(sport, dport).write(&mut v, payload),
+    }
+    .unwrap();
+    v
+}
+
+/// Client -> VIP frame as it arrives at the LB.
+fn from_client(vip: [u8; 4], sport: u16, dport: u16, l4: L4) -> Vec<u8> {
+    frame(
+        CLIENT_MAC,
+        LB_CLIENT_MAC,
+        CLIENT,
+        vip,
+        sport,
+        dport,
+        l4,
+        b"hello",
+    )
+}
+
+/// Recompute IPv4 and L4 checksums of `f` and compare with what it carries.
+fn assert_checksums(f: &[u8]) {
+    let p = SlicedPacket::from_ethernet(f).expect("output parses");
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
+    let h = ip.header().to_header();
+    assert_eq!(
+        h.calc_header_checksum(),
+        h.header_checksum,
+        "IPv4 header checksum"
+    );
+    match &p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let want = t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap();
+            assert_eq!(want, t.checksum(), "TCP checksum");
+        }
+        Some(TransportSlice::Udp(u)) if u.checksum() != 0 => {
+            let want = u.to_header().calc_checksum_ipv4(&h, u.payload()).unwrap();
+            assert_eq!(want, u.checksum(), "UDP checksum");
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn dsr_rewrites_only_macs_and_pins_flows() {
+    if !require_root("dsr_rewrites_only_macs_and_pins_flows") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vip = [192, 0, 2, 10];
+    // Round robin: new flows take ring slots in turn; each flow stays put.
+    for (i, sport) in [40000u16, 40001, 40002, 40003].into_iter().enumerate() {
+        let backend = fx.ring_backend("dsr-rr", i as u32 % 2);
+        for l4 in [L4::TcpSyn, L4::TcpAck, L4::TcpAck] {
+            let input = from_client(vip, sport, 80, l4);
+            let before = fx.reason(Reason::FwdDsr);
+            let (action, out) = fx.run(&input);
+            assert_eq!(action, XDP_REDIRECT, "flow {sport}");
+            let mut want = input.clone();
+            want[0..6].copy_from_slice(&backend_mac(backend[3]));
+            want[6..12].copy_from_slice(&LB_BACKEND_MAC);
+            assert_eq!(
+                out, want,
+                "flow {sport}: only MACs change, to backend {backend:?}"
+            );
+            assert_eq!(fx.reason(Reason::FwdDsr), before + 1);
+        }
+    }
+    let snap = fx
+        .counters
+        .snapshot(&[fx.plan.services[0].info.id], &[])
+        .unwrap();
+    let t = snap.services.values().next().unwrap();
+    assert_eq!((t.packets, t.new_flows), (12, 4), "per-service counters");
+}
+
+#[test]
+fn maglev_choice_matches_userspace_prediction() {
+    if !require_root("maglev_choice_matches_userspace_prediction") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vip = [192, 0, 2, 10];
+    let mut seen = std::collections::HashSet::new();
+    for sport in 30000u16..30060 {
+        let h = flow_hash(
+            u32::from_ne_bytes(CLIENT),
+            u32::from_ne_bytes(vip),
+            sport.to_be(),
+            443u16.to_be(),
+            6,
+        );
+        let backend = fx.ring_backend("dsr-maglev", h % RING_SIZE);
+        seen.insert(backend);
+        let (action, out) = fx.run(&from_client(vip, sport, 443, L4::TcpSyn));
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(
+            out[0..6],
+            backend_mac(backend[3]),
+            "port {sport}: Maglev picked another backend"
+        );
+    }
+    assert_eq!(seen.len(), 3, "60 flows should reach all 3 backends");
+}
+
+#[test]
+fn nat_rewrites_destination_and_translates_replies() {
+    if !require_root("nat_rewrites_destination_and_translates_replies") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vip = [192, 0, 2, 20];
+    for (sport, l4, port, backend_port, svc) in [
+        (41000u16, L4::TcpSyn, 80u16, 8080u16, "nat-tcp"),
+        (41001, L4::TcpSyn, 80, 8080, "nat-tcp"),
+        (41002, L4::Udp, 53, 5353, "nat-udp"),
+    ] {
+        let slot = if svc == "nat-tcp" {
+            (sport - 41000) as u32
+        } else {
+            0
+        };
+        let backend = fx.ring_backend(svc, slot);
+        let input = from_client(vip, sport, port, l4);
+        let (action, out) = fx.run(&input);
+        assert_eq!(action, XDP_REDIRECT, "{svc} {sport}");
+        let want = frame(
+            LB_BACKEND_MAC,
+            backend_mac(backend[3]),
+            CLIENT,
+            backend,
+            sport,
+            backend_port,
+            l4,
+            b"hello",
+        );
+        assert_checksums(&out);
+        assert_eq!(
+            out, want,
+            "{svc} {sport}: destination rewritten to {backend:?}:{backend_port}"
+        );
+
+        // The backend's reply goes back out from the VIP to the client.
+        let reply_l4 = if matches!(l4, L4::Udp) {
+            L4::Udp
+        } else {
+            L4::TcpAck
+        };
+        let reply = frame(
+            backend_mac(backend[3]),
+            LB_BACKEND_MAC,
+            backend,
+            CLIENT,
+            backend_port,
+            sport,
+            reply_l4,
+            b"world",
+        );
+        let before = fx.reason(Reason::FwdReverseNat);
+        let (action, out) = fx.run(&reply);
+        assert_eq!(action, XDP_REDIRECT);
+        let want = frame(
+            LB_CLIENT_MAC,
+            CLIENT_MAC,
+            vip,
+            CLIENT,
+            port,
+            sport,
+            reply_l4,
+            b"world",
+        );
+        assert_checksums(&out);
+        assert_eq!(out, want, "{svc} reply translated back to the VIP");
+        assert_eq!(fx.reason(Reason::FwdReverseNat), before + 1);
+    }
+
+    // A UDP datagram without checksum keeps "no checksum".
+    let mut input = from_client(vip, 41003, 53, L4::Udp);
+    input[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    let (action, out) = fx.run(&input);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        &out[14 + 20 + 6..14 + 20 + 8],
+        &[0, 0],
+        "zero UDP checksum must stay zero"
+    );
+    assert_checksums(&out);
+
+    // A reply nobody asked for (unknown client port) is not translated.
+    let stray = frame(
+        backend_mac(11),
+        LB_BACKEND_MAC,
+        [203, 0, 113, 11],
+        CLIENT,
+        8080,
+        1,
+        L4::TcpAck,
+        b"x",
+    );
+    let (action, out) = fx.run(&stray);
+    assert_eq!((action, out), (XDP_PASS, stray));
+}
+
+#[test]
+fn unresolved_neighbour_hands_packet_to_kernel() {
+    if !require_root("unresolved_neighbour_hands_packet_to_kernel") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    // DSR: unchanged frame to the kernel.
+    let input = from_client([192, 0, 2, 30], 42000, 80, L4::TcpSyn);
+    let before = fx.reason(Reason::PassNoNeighbour);
+    let (action, out) = fx.run(&input);
+    assert_eq!((action, &out), (XDP_PASS, &input));
+    // NAT: rewritten (valid) frame to the kernel, which forwards and resolves.
+    let input = from_client([192, 0, 2, 31], 42001, 80, L4::TcpSyn);
+    let (action, out) = fx.run(&input);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out[14 + 16..14 + 20], [203, 0, 113, 99]);
+    assert_checksums(&out);
+    assert_eq!(fx.reason(Reason::PassNoNeighbour), before + 2);
+}
+
+#[test]
+fn odd_packets_have_defined_verdicts() {
+    if !require_root("odd_packets_have_defined_verdicts") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vip = [192, 0, 2, 10];
+    let good = from_client(vip, 43000, 80, L4::TcpSyn);
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = good.clone();
+        f(&mut v);
+        v
+    };
+    // Rewrite IPv4 bytes and fix the header checksum so only the intended oddity remains.
+    let ip_fixed = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = good.clone();
+        f(&mut v);
+        let ihl = ((v[14] & 0x0f) as usize * 4).max(20);
+        let end = (14 + ihl).min(v.len());
+        v[24..26].copy_from_slice(&[0, 0]);
+        let mut sum: u32 = 0;
+        for c in v[14..end].chunks(2) {
+            sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        v[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        v
+    };
+    let mut arp = good[..42].to_vec();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    let mut ipv6 = good.clone();
+    ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_MAC)
+        .ipv4(CLIENT, vip, 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut icmp, b"ping")
+        .unwrap();
+    // IPv4 header with 4 bytes of options (IHL 6): rebuild with a NOP option word.
+    let mut options = good[..34].to_vec();
+    options.extend_from_slice(&[1, 1, 1, 1]);
+    options.extend_from_slice(&good[34..]);
+    options[14] = 0x46;
+    let opt_len = (u16::from_be_bytes([options[16], options[17]]) + 4).to_be_bytes();
+    options[16..18].copy_from_slice(&opt_len);
+
+    let cases: Vec<(&str, Vec<u8>, u32, Reason)> = vec![
+        (
+            "TCP to another address",
+            from_client([192, 0, 2, 99], 43001, 80, L4::TcpSyn),
+            XDP_PASS,
+            Reason::PassNotService,
+        ),
+        (
+            "TCP to the VIP on an unserved port",
+            from_client(vip, 43002, 8081, L4::TcpSyn),
+            XDP_PASS,
+            Reason::PassNotService,
+        ),
+        (
+            "UDP to the VIP on an unserved port",
+            from_client(vip, 43003, 54, L4::Udp),
+            XDP_PASS,
+            Reason::PassNotService,
+        ),
+        (
+            "ICMP echo to the VIP",
+            icmp,
+            XDP_PASS,
+            Reason::PassNotService,
+        ),
+        ("ARP", arp, XDP_PASS, Reason::PassNotIpv4),
+        ("IPv6 ethertype", ipv6, XDP_PASS, Reason::PassNotIpv4),
+        // (BPF_PROG_TEST_RUN rejects frames under 14 bytes, as drivers never deliver them.)
+        (
+            "Ethernet header alone, IPv4 ethertype",
+            good[..14].to_vec(),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "IPv4 header cut short",
+            good[..14 + 12].to_vec(),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "TCP header cut short (IP length says more)",
+            good[..14 + 20 + 10].to_vec(),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "TCP header cut short (IP length agrees)",
+            ip_fixed(&|v| {
+                v.truncate(14 + 20 + 10);
+                v[16..18].copy_from_slice(&30u16.to_be_bytes());
+            }),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "IHL below 5",
+            ip_fixed(&|v| v[14] = 0x44),
+            XDP_DROP,
+            Reason::DropBadIpHeader,
+        ),
+        (
+            "IP version 6 in an IPv4 ethertype",
+            with(&|v| v[14] = 0x65),
+            XDP_DROP,
+            Reason::DropBadIpHeader,
+        ),
+        (
+            "total length below header length",
+            ip_fixed(&|v| v[16..18].copy_from_slice(&10u16.to_be_bytes())),
+            XDP_DROP,
+            Reason::DropBadIpHeader,
+        ),
+        (
+            "first fragment (MF set)",
+            ip_fixed(&|v| v[20] = 0x20),
+            XDP_PASS,
+            Reason::PassFragment,
+        ),
+        (
+            "non-first fragment",
+            ip_fixed(&|v| v[20..22].copy_from_slice(&[0x00, 0x10])),
+            XDP_PASS,
+            Reason::PassFragment,
+        ),
+        (
+            "IPv4 options",
+            ip_fixed(&|v| *v = options.clone()),
+            XDP_PASS,
+            Reason::PassIpOptions,
+        ),
+    ];
+    for (what, input, action, reason) in cases {
+        let before = fx.reason(reason);
+        let (got, out) = fx.run(&input);
+        assert_eq!(got, action, "{what}: verdict");
+        assert_eq!(out, input, "{what}: frame must not change");
+        assert_eq!(
+            fx.reason(reason),
+            before + 1,
+            "{what}: counted as {}",
+            reason.label()
+        );
+    }
+    // None of these created a flow.
+    let snap = fx.counters.snapshot(&[0], &[]).unwrap();
+    assert_eq!(snap.services[&0].new_flows, 0);
+}

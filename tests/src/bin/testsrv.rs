@@ -1,0 +1,79 @@
+//! Test backend: answers HTTP over TCP and datagrams over UDP with its own
+//! name, so a client can tell which backend served it.
+//!
+//! `xdplb-testsrv NAME --tcp ADDR:PORT... --udp ADDR:PORT...`
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, UdpSocket},
+    thread,
+    time::Duration,
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let name = args
+        .first()
+        .expect("usage: xdplb-testsrv NAME --tcp A:P --udp A:P")
+        .clone();
+    let mut kind = "";
+    let mut handles = Vec::new();
+    for a in &args[1..] {
+        match a.as_str() {
+            "--tcp" | "--udp" => kind = if a == "--tcp" { "tcp" } else { "udp" },
+            addr if kind == "tcp" => {
+                let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+                let name = name.clone();
+                handles.push(thread::spawn(move || serve_tcp(l, &name)));
+            }
+            addr if kind == "udp" => {
+                let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+                let name = name.clone();
+                handles.push(thread::spawn(move || serve_udp(s, &name)));
+            }
+            other => panic!("unexpected argument {other}"),
+        }
+    }
+    eprintln!("testsrv {name} listening");
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+fn serve_tcp(l: TcpListener, name: &str) {
+    for conn in l.incoming() {
+        let Ok(mut c) = conn else { continue };
+        let name = name.to_string();
+        thread::spawn(move || {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 1024];
+            let mut req = Vec::new();
+            // Read up to the end of the request head (or a plain line).
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.ends_with(b"\n\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+                if req.len() > 8192 {
+                    break;
+                }
+            }
+            let body = format!("backend={name}\n");
+            let resp = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = c.write_all(resp.as_bytes());
+        });
+    }
+}
+
+fn serve_udp(s: UdpSocket, name: &str) {
+    let mut buf = [0u8; 2048];
+    loop {
+        let Ok((_, peer)) = s.recv_from(&mut buf) else {
+            continue;
+        };
+        let _ = s.send_to(format!("backend={name}\n").as_bytes(), peer);
+    }
+}
