@@ -1,1 +1,361 @@
+//! End-to-end tests: real TCP/HTTP and UDP from a client namespace through
+//! `xdplb` in an LB namespace to two backend server processes, for DSR and
+//! NAT, in native and generic XDP mode.
+//!
+//! Topology (all addresses exist only inside these namespaces):
+//!
+//! ```text
+//! client 198.51.100.2 -- cli [LB] b1 -- 203.0.113.11 backend b1 (VIP on lo)
+//!                                 b2 -- 203.0.113.21 backend b2 (VIP on lo)
+//! ```
+//! The LB has no route to the VIP, so every answered request went through
+//! the XDP program. Native mode on veth needs TX checksum offload off on the
+//! senders into the LB and NAPI (GRO) on the peers receiving redirects.
 
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use xdplb_tests::{Netns, ProcessGuard, require_root, target_bin, veth};
+
+const VIP: &str = "192.0.2.10";
+const TCP_CONNECTIONS: usize = 120;
+const UDP_FLOWS: usize = 40;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Native,
+    Generic,
+}
+
+struct Lab {
+    // Field order is drop order: processes stop before namespaces go.
+    daemon: ProcessGuard,
+    _servers: Vec<ProcessGuard>,
+    client: Netns,
+    lb: Netns,
+    _backends: Vec<Netns>,
+    config: std::path::PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+fn lab(mode: Mode, forwarding: &str, scheduler: &str) -> Lab {
+    let client = Netns::new("xdplb-cl");
+    let lb = Netns::new("xdplb-lb");
+    let backends = [Netns::new("xdplb-b1"), Netns::new("xdplb-b2")];
+
+    veth(&client, "eth0", &lb, "cli");
+    client.sh(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    client.sh(&["ip", "route", "add", "default", "via", "198.51.100.1"]);
+    lb.sh(&["ip", "addr", "add", "198.51.100.1/24", "dev", "cli"]);
+    lb.sh(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ]);
+
+    let mut servers = Vec::new();
+    for (i, ns) in backends.iter().enumerate() {
+        let (lb_if, lb_addr, addr) = [
+            ("b1", "203.0.113.1", "203.0.113.11"),
+            ("b2", "203.0.113.17", "203.0.113.21"),
+        ][i];
+        veth(&lb, lb_if, ns, "eth0");
+        lb.sh(&["ip", "addr", "add", &format!("{lb_addr}/28"), "dev", lb_if]);
+        ns.sh(&["ip", "addr", "add", &format!("{addr}/28"), "dev", "eth0"]);
+        ns.sh(&["ip", "route", "add", "default", "via", lb_addr]);
+        // DSR: the backend owns the VIP but must not answer ARP for it.
+        ns.sh(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+        ns.sh(&[
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.arp_ignore=1",
+            "net.ipv4.conf.all.arp_announce=2",
+            "net.ipv4.conf.all.rp_filter=0",
+        ]);
+        let name = format!("b{}", i + 1);
+        let srv = target_bin("xdplb-testsrv").display().to_string();
+        let args: Vec<String> = [
+            srv.as_str(),
+            &name,
+            "--tcp",
+            "0.0.0.0:80",
+            "0.0.0.0:8080",
+            "--udp",
+            &format!("{VIP}:53"),
+            &format!("{addr}:5353"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut g = ProcessGuard::spawn(&name, &ns.name, &args);
+        g.wait_for("listening", Duration::from_secs(10));
+        servers.push(g);
+    }
+    if mode == Mode::Native {
+        client.sh(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
+        for ns in &backends {
+            ns.sh(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
+        }
+    }
+
+    let (tcp_port, udp_port) = if forwarding == "nat" {
+        (8080, 5353)
+    } else {
+        (80, 53)
+    };
+    let config = std::env::temp_dir().join(format!("{}.toml", lb.name));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[dataplane]
+flow_table_size = 65536
+
+[[service]]
+name = "www.foobar.com"
+vip = "{VIP}"
+port = 80
+protocol = "tcp"
+scheduler = "{scheduler}"
+forwarding = "{forwarding}"
+backend = [{{ address = "203.0.113.11", port = {tcp_port} }}, {{ address = "203.0.113.21", port = {tcp_port} }}]
+
+[[service]]
+name = "dns"
+vip = "{VIP}"
+port = 53
+protocol = "udp"
+scheduler = "{scheduler}"
+forwarding = "{forwarding}"
+backend = [{{ address = "203.0.113.11", port = {udp_port} }}, {{ address = "203.0.113.21", port = {udp_port} }}]
+"#
+        ),
+    )
+    .unwrap();
+    let xdp_mode = if mode == Mode::Native {
+        "native"
+    } else {
+        "generic"
+    };
+    let args: Vec<String> = [
+        target_bin("xdplb").display().to_string().as_str(),
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--iface",
+        "cli",
+        "--iface",
+        "b1",
+        "--iface",
+        "b2",
+        "--xdp-mode",
+        xdp_mode,
+        "--stats-interval",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut daemon = ProcessGuard::spawn("xdplb", &lb.name, &args);
+    daemon.wait_for("xdplb ready", Duration::from_secs(30));
+    let attached = daemon
+        .log()
+        .iter()
+        .filter(|l| l.contains("XDP program attached") && l.contains(&format!("\"{xdp_mode}\"")))
+        .count();
+    assert_eq!(
+        attached,
+        3,
+        "attached in {xdp_mode} mode on 3 interfaces:\n{}",
+        daemon.log().join("\n")
+    );
+    Lab {
+        daemon,
+        _servers: servers,
+        client,
+        lb,
+        _backends: backends.into(),
+        config,
+    }
+}
+
+/// One HTTP request on a new connection; returns the backend's name.
+fn http_get(vip: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: www.foobar.com\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("read: {e}"))?;
+    if !resp.starts_with("HTTP/1.0 200") {
+        return Err(format!("bad response {resp:?}"));
+    }
+    resp.lines()
+        .find_map(|l| l.strip_prefix("backend="))
+        .map(str::to_string)
+        .ok_or(format!("no name in {resp:?}"))
+}
+
+/// One datagram on a new socket (a new flow); returns the backend's name.
+fn udp_ask(vip: SocketAddr) -> Result<String, String> {
+    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    s.connect(vip).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 256];
+    let mut last = String::new();
+    for _ in 0..3 {
+        s.send(b"who").map_err(|e| e.to_string())?;
+        match s.recv(&mut buf) {
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                return text
+                    .trim()
+                    .strip_prefix("backend=")
+                    .map(str::to_string)
+                    .ok_or(format!("bad reply {text:?}"));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!("no reply: {last}"))
+}
+
+/// Run `n` requests (bounded by count and a 90 s deadline) and tally them.
+fn load(
+    n: usize,
+    f: impl Fn() -> Result<String, String>,
+) -> (BTreeMap<String, usize>, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut by_backend = BTreeMap::new();
+    let mut errors = Vec::new();
+    for _ in 0..n {
+        if Instant::now() > deadline {
+            errors.push("deadline reached".into());
+            break;
+        }
+        match f() {
+            Ok(name) => *by_backend.entry(name).or_insert(0) += 1,
+            Err(e) => errors.push(e),
+        }
+    }
+    (by_backend, errors)
+}
+
+fn end_to_end(test: &str, mode: Mode, forwarding: &str, scheduler: &str) {
+    if !require_root(test) {
+        return;
+    }
+    let mut lab = lab(mode, forwarding, scheduler);
+    let vip_tcp: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let vip_udp: SocketAddr = format!("{VIP}:53").parse().unwrap();
+    let (tcp, tcp_errors, udp, udp_errors) = {
+        let _in = lab.client.enter();
+        let (tcp, tcp_errors) = load(TCP_CONNECTIONS, || http_get(vip_tcp));
+        let (udp, udp_errors) = load(UDP_FLOWS, || udp_ask(vip_udp));
+        (tcp, tcp_errors, udp, udp_errors)
+    };
+    let status = lab.daemon.stop();
+    let log = lab.daemon.log().join("\n");
+    assert!(
+        tcp_errors.is_empty(),
+        "{test}: {} TCP failures, first: {:?}\n{log}",
+        tcp_errors.len(),
+        tcp_errors.first()
+    );
+    assert!(
+        udp_errors.is_empty(),
+        "{test}: {} UDP failures, first: {:?}\n{log}",
+        udp_errors.len(),
+        udp_errors.first()
+    );
+    assert_eq!(tcp.values().sum::<usize>(), TCP_CONNECTIONS);
+    assert_eq!(
+        tcp.len(),
+        2,
+        "{test}: TCP spread over both backends: {tcp:?}"
+    );
+    assert_eq!(
+        udp.len(),
+        2,
+        "{test}: UDP spread over both backends: {udp:?}"
+    );
+    if scheduler == "round_robin" {
+        // One cursor per CPU: each CPU alternates exactly, so the split is
+        // off by at most one flow per CPU that handled packets.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (b, n) in &tcp {
+            assert!(
+                n.abs_diff(TCP_CONNECTIONS / 2) <= cpus,
+                "{test}: round robin gave {b} {n} of {TCP_CONNECTIONS}: {tcp:?}"
+            );
+        }
+    }
+    eprintln!("{test}: TCP {tcp:?} UDP {udp:?}");
+    // The XDP program did the forwarding, and the daemon left cleanly.
+    let fwd = if forwarding == "nat" {
+        "fwd_nat="
+    } else {
+        "fwd_dsr="
+    };
+    assert!(
+        log.contains(fwd),
+        "{test}: no {fwd} in final counters:\n{log}"
+    );
+    if forwarding == "nat" {
+        assert!(
+            log.contains("fwd_reverse_nat="),
+            "{test}: replies not translated by XDP:\n{log}"
+        );
+    }
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{test}: daemon exit {status:?}\n{log}"
+    );
+    let links = std::process::Command::new("ip")
+        .args(["-n", &lab.lb.name, "link", "show"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !links.contains("prog/xdp"),
+        "{test}: XDP program left attached after shutdown:\n{links}"
+    );
+}
+
+#[test]
+fn native_dsr_maglev() {
+    end_to_end("native_dsr_maglev", Mode::Native, "dsr", "maglev");
+}
+
+#[test]
+fn native_nat_round_robin() {
+    end_to_end("native_nat_round_robin", Mode::Native, "nat", "round_robin");
+}
+
+#[test]
+fn generic_dsr_round_robin() {
+    end_to_end(
+        "generic_dsr_round_robin",
+        Mode::Generic,
+        "dsr",
+        "round_robin",
+    );
+}
+
+#[test]
+fn generic_nat_maglev() {
+    end_to_end("generic_nat_maglev", Mode::Generic, "nat", "maglev");
+}
