@@ -1,0 +1,223 @@
+//! Shared support for xdplb's integration tests: privilege checks, network
+//! namespaces with guards that always clean up, and process guards.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// Whether this test can run. Without root it fails under `CI=true`, and
+/// otherwise skips with a printed reason (a developer's non-root run).
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let ci = std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false);
+    assert!(
+        !ci,
+        "{test}: needs root (BPF and network namespaces) and CI=true forbids skipping"
+    );
+    eprintln!(
+        "SKIP {test}: needs root for BPF and network namespaces (run `cargo xtask test` as root)"
+    );
+    false
+}
+
+/// Run a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run a command inside namespace `ns`.
+pub fn ns_sh(ns: &str, args: &[&str]) {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    sh(&full);
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace deleted (with its interfaces) on drop, also on panic.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// A new namespace named `<prefix>-<pid>-<n>`, unique across parallel
+    /// tests and concurrent test processes. Loopback is brought up.
+    pub fn new(prefix: &str) -> Netns {
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.sh(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn sh(&self, args: &[&str]) {
+        ns_sh(&self.name, args);
+    }
+
+    /// Move the calling thread into this namespace until the guard drops.
+    pub fn enter(&self) -> NetnsEntered {
+        let here = File::open("/proc/thread-self/ns/net").expect("open own netns");
+        let there = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+        // SAFETY: valid fds; affects only this thread.
+        let rc = unsafe { libc::setns(there.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        NetnsEntered { back: here }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Returns the thread to its previous namespace on drop.
+pub struct NetnsEntered {
+    back: File,
+}
+
+impl Drop for NetnsEntered {
+    fn drop(&mut self) {
+        // SAFETY: valid fd of the namespace we came from.
+        unsafe { libc::setns(self.back.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// Connect two namespaces (or one with itself) with a veth pair.
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    sh(&[
+        "ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
+    ]);
+    a.sh(&["ip", "link", "set", a_if, "up"]);
+    b.sh(&["ip", "link", "set", b_if, "up"]);
+}
+
+/// A child process stopped by PID on drop: SIGTERM, then SIGKILL after 5 s.
+pub struct ProcessGuard {
+    pub child: Child,
+    pub name: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ProcessGuard {
+    /// Start `args` in namespace `ns`, collecting its stderr lines.
+    pub fn spawn(name: &str, ns: &str, args: &[String]) -> ProcessGuard {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        ProcessGuard {
+            child,
+            name: name.into(),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until a stderr line contains `needle`; panic with the log on
+    /// timeout or early exit.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before {needle:?}:\n{}",
+                    self.name,
+                    self.log().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{}: no {needle:?} within {timeout:?}:\n{}",
+            self.name,
+            self.log().join("\n")
+        );
+    }
+
+    /// Stop with SIGTERM and return the exit status (SIGKILL after 5 s).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(s)) = self.child.try_wait() {
+            return Some(s);
+        }
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Path of a binary built in the same target directory as this test.
+pub fn target_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built; run `cargo build --workspace` (cargo xtask test does)",
+        p.display()
+    );
+    p
+}

@@ -1,0 +1,175 @@
+//! `cargo xtask run` without a NIC: the www.foobar.com setup in network
+//! namespaces, xdplb in the middle, a bounded burst of HTTP requests, and
+//! the spread over the two backends. Everything is torn down on exit,
+//! including on Ctrl-C.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use xdplb_testsupport::{Netns, ProcessGuard, veth};
+
+use crate::{cargo, run as run_cmd, say};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+const VIP: &str = "192.0.2.10:80";
+
+pub fn run(root: &Path, requests: usize) -> anyhow::Result<()> {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_sigint as *const () as libc::sighandler_t);
+    }
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the demo creates network namespaces and loads XDP programs: run it as root");
+    }
+    say("building xdplb and the demo web servers");
+    run_cmd(cargo().args(["build", "-p", "lb-userspace", "-p", "xdplb-tests", "--bins"]))?;
+    let bin = root.join("target/debug");
+    let config = root.join("config/www.foobar.com.toml");
+
+    say("creating namespaces: client, lb, web1, web2 (removed again on exit)");
+    let client = Netns::new("xdplb-demo-client");
+    let lb = Netns::new("xdplb-demo-lb");
+    let webs = [Netns::new("xdplb-demo-web1"), Netns::new("xdplb-demo-web2")];
+    veth(&client, "eth0", &lb, "cli");
+    client.sh(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    client.sh(&["ip", "route", "add", "default", "via", "198.51.100.1"]);
+    lb.sh(&["ip", "addr", "add", "198.51.100.1/24", "dev", "cli"]);
+    lb.sh(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ]);
+    let mut servers = Vec::new();
+    for (i, ns) in webs.iter().enumerate() {
+        let (lb_if, gw, addr, name) = [
+            ("b1", "203.0.113.1", "203.0.113.11", "web1"),
+            ("b2", "203.0.113.17", "203.0.113.21", "web2"),
+        ][i];
+        veth(&lb, lb_if, ns, "eth0");
+        lb.sh(&["ip", "addr", "add", &format!("{gw}/28"), "dev", lb_if]);
+        ns.sh(&["ip", "addr", "add", &format!("{addr}/28"), "dev", "eth0"]);
+        ns.sh(&["ip", "route", "add", "default", "via", gw]);
+        // Native XDP on veth: checksums computed in software, NAPI via GRO.
+        ns.sh(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
+        let args = [
+            bin.join("xdplb-testsrv").display().to_string(),
+            name.into(),
+            "--tcp".into(),
+            "0.0.0.0:80".into(),
+        ];
+        let mut g = ProcessGuard::spawn(name, &ns.name, &args);
+        g.wait_for("listening", Duration::from_secs(10));
+        say(&format!("{name} serving HTTP on {addr}:80"));
+        servers.push(g);
+    }
+    client.sh(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
+
+    say(&format!(
+        "starting xdplb with {} on the LB's interfaces cli, b1, b2",
+        config.display()
+    ));
+    let args: Vec<String> = [
+        bin.join("xdplb").display().to_string().as_str(),
+        "run",
+        "--config",
+        config.to_str().context("config path")?,
+        "--iface",
+        "cli",
+        "--iface",
+        "b1",
+        "--iface",
+        "b2",
+        "--stats-interval",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut daemon = ProcessGuard::spawn("xdplb", &lb.name, &args);
+    daemon.wait_for("xdplb ready", Duration::from_secs(30));
+    for line in daemon.log() {
+        eprintln!("    {line}");
+    }
+
+    say(&format!(
+        "sending {requests} HTTP requests to http://{VIP}/ from the client namespace"
+    ));
+    let vip: SocketAddr = VIP.parse()?;
+    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failures = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    {
+        let _in = client.enter();
+        for _ in 0..requests {
+            if STOP.load(Ordering::SeqCst) || Instant::now() > deadline {
+                break;
+            }
+            match get(vip) {
+                Ok(name) => *spread.entry(name).or_default() += 1,
+                Err(_) => failures += 1,
+            }
+        }
+    }
+    let stopped = daemon.stop();
+    println!("\nwww.foobar.com ({VIP}) -> backends, {requests} requests:");
+    for (name, n) in &spread {
+        println!(
+            "  {name:>5} {n:>4}  {}",
+            "#".repeat(*n * 50 / requests.max(1))
+        );
+    }
+    if failures > 0 {
+        println!("  failed {failures:>4}");
+    }
+    for line in daemon
+        .log()
+        .iter()
+        .filter(|l| l.contains("counters") || l.contains("detached"))
+    {
+        println!("    {line}");
+    }
+    say("tearing down (daemon stopped, namespaces removed)");
+    drop(servers);
+    drop(daemon);
+    if STOP.load(Ordering::SeqCst) {
+        say("interrupted");
+    }
+    if !stopped.is_some_and(|s| s.success()) {
+        bail!("xdplb did not exit cleanly: {stopped:?}");
+    }
+    if failures > 0 || spread.len() < 2 {
+        bail!("{failures} requests failed; spread {spread:?}");
+    }
+    Ok(())
+}
+
+fn get(vip: SocketAddr) -> Result<String, String> {
+    let mut s =
+        TcpStream::connect_timeout(&vip, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: www.foobar.com\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).map_err(|e| e.to_string())?;
+    r.lines()
+        .find_map(|l| l.strip_prefix("backend="))
+        .map(str::to_string)
+        .ok_or_else(|| "no backend name".into())
+}
