@@ -21,20 +21,14 @@ use xdplb::{
     dataplane::Programmer,
     plan::{Plan, Planner},
 };
-use xdplb_tests::{Netns, NetnsEntered, require_root};
+use xdplb_tests::{
+    CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, Netns, NetnsEntered, backend_mac, fib_lab,
+    pin_to_cpu0, require_root,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
-
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
-const LB_CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0a];
-const LB_BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0c];
-const CLIENT: [u8; 4] = [198, 51, 100, 2];
-
-fn backend_mac(last_octet: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0xbb, last_octet]
-}
 
 const CONFIG: &str = r#"
 [dataplane]
@@ -106,64 +100,8 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        // Round robin keeps a cursor per CPU: stay on one CPU.
-        // SAFETY: plain affinity syscall on this thread.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(0, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
-        let ns = Netns::new("xdplb-fx");
-        ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        for (dev, mac, addr) in [
-            ("fxa", LB_CLIENT_MAC, "198.51.100.1/24"),
-            ("fxc", LB_BACKEND_MAC, "203.0.113.1/24"),
-        ] {
-            let mac = fmt_mac(mac);
-            ns.sh(&[
-                "ip",
-                "link",
-                "add",
-                dev,
-                "address",
-                &mac,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("{dev}p"),
-            ]);
-            ns.sh(&["ip", "addr", "add", addr, "dev", dev]);
-            ns.sh(&["ip", "link", "set", dev, "up"]);
-            ns.sh(&["ip", "link", "set", &format!("{dev}p"), "up"]);
-        }
-        ns.sh(&[
-            "ip",
-            "neigh",
-            "replace",
-            "198.51.100.2",
-            "lladdr",
-            &fmt_mac(CLIENT_MAC),
-            "dev",
-            "fxa",
-            "nud",
-            "permanent",
-        ]);
-        for last in [11u8, 12, 13] {
-            let addr = format!("203.0.113.{last}");
-            ns.sh(&[
-                "ip",
-                "neigh",
-                "replace",
-                &addr,
-                "lladdr",
-                &fmt_mac(backend_mac(last)),
-                "dev",
-                "fxc",
-                "nud",
-                "permanent",
-            ]);
-        }
+        pin_to_cpu0();
+        let ns = fib_lab("xdplb-fx");
         let entered = ns.enter();
         let config = Config::parse(Path::new("fixtures.toml"), CONFIG).expect("fixture config");
         let mut ebpf = bpf::load(config.dataplane.flow_table_size).expect("load XDP program");
@@ -212,13 +150,6 @@ impl Fixture {
         let id = s.ring[slot as usize];
         u32::from_be(self.plan.backends[&id].addr_be).to_be_bytes()
     }
-}
-
-fn fmt_mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 #[derive(Clone, Copy)]
