@@ -159,6 +159,8 @@ enum L4 {
     Udp,
 }
 
+/// Arguments mirror the header fields they set, in wire order.
+#[allow(clippy::too_many_arguments)]
 fn frame(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],

@@ -55,11 +55,11 @@ pub fn service(pkt: &Packet) -> Option<ServiceInfo> {
         _pad: 0,
     };
     // SAFETY: the value is copied out at once; userspace replaces whole entries.
-    unsafe { SERVICES.get(&key).copied() }
+    unsafe { SERVICES.get(key).copied() }
 }
 
 #[inline(always)]
 pub fn nat_reverse(pkt: &Packet) -> Option<NatReverse> {
     // SAFETY: as above.
-    unsafe { NAT_REVERSE.get(&flow_key(pkt)).copied() }
+    unsafe { NAT_REVERSE.get(flow_key(pkt)).copied() }
 }

@@ -97,11 +97,11 @@ pub fn forward(
         backend_id,
     };
     // SAFETY: copied out at once.
-    let known = unsafe { NAT_REVERSE.get(&reply) }.is_some_and(|r| *r == rev);
+    let known = unsafe { NAT_REVERSE.get(reply) }.is_some_and(|r| *r == rev);
     if !known {
         // On failure the reply passes untranslated to the kernel; nothing
         // better can be done without memory.
-        let _ = NAT_REVERSE.insert(&reply, &rev, 0);
+        let _ = NAT_REVERSE.insert(reply, rev, 0);
     }
     if !rewrite(
         ctx,

@@ -26,7 +26,7 @@ fn active_backend(id: u32) -> Option<Backend> {
 pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<(u32, Backend)> {
     let key = flow_key(pkt);
     // SAFETY: copied out at once.
-    if let Some(v) = unsafe { FLOWS.get(&key).copied() }
+    if let Some(v) = unsafe { FLOWS.get(key).copied() }
         && v.service_id == svc.id
         && let Some(b) = active_backend(v.backend_id)
     {
@@ -40,7 +40,7 @@ pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<(u32, Backend)> {
     };
     // An LRU insert only fails on allocation failure; the packet still goes
     // out, the next one of the flow is scheduled again.
-    let _ = FLOWS.insert(&key, &value, 0);
+    let _ = FLOWS.insert(key, value, 0);
     stats::count_new_flow(svc.id, id);
     Some((id, backend))
 }

@@ -361,3 +361,149 @@ fn toml_error(path: &Path, text: &str, key: &str, e: &toml::de::Error) -> Config
         reason: e.message().trim().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[service]]
+name = "www"
+vip = "192.0.2.10"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "dsr"
+[[service.backend]]
+address = "203.0.113.11"
+port = 80
+"#;
+
+    /// Parse `text`, expect an error, return (key, message).
+    fn err(text: &str) -> (String, String) {
+        let e = Config::parse(Path::new("/etc/xdplb/lb.toml"), text)
+            .expect_err("config should be rejected");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("/etc/xdplb/lb.toml"),
+            "error names the file: {msg}"
+        );
+        (e.key().unwrap_or_default().to_string(), msg)
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::parse(Path::new("x.toml"), GOOD).unwrap();
+        assert_eq!(c.services[0].backends[0].weight, 1);
+        assert_eq!(c.dataplane.xdp_mode, XdpMode::Auto);
+        assert!(c.dataplane.manage_neighbours);
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let (key, msg) = err(&GOOD.replace(
+            "port = 80\nprotocol",
+            "port = 80\nprotocoll = \"tcp\"\nprotocol",
+        ));
+        assert_eq!(key, "service[0].protocoll", "{msg}");
+        assert!(
+            msg.contains("lb.toml:6: ") && msg.contains("unknown field"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                "vip = \"192.0.2.10\"",
+                "vip = \"192.0.2.300\"",
+                "service[0].vip",
+                "invalid",
+            ),
+            (
+                "scheduler = \"maglev\"",
+                "scheduler = \"random\"",
+                "service[0].scheduler",
+                "unknown variant",
+            ),
+            (
+                "port = 80\nprotocol",
+                "port = 0\nprotocol",
+                "service[0].port",
+                "1..=65535",
+            ),
+            (
+                "vip = \"192.0.2.10\"",
+                "vip = \"0.0.0.0\"",
+                "service[0].vip",
+                "cannot be a virtual IP",
+            ),
+            (
+                "address = \"203.0.113.11\"\nport = 80",
+                "address = \"203.0.113.11\"\nport = 81",
+                "service[0].backend[0].port",
+                "DSR",
+            ),
+            (
+                "address = \"203.0.113.11\"\nport = 80",
+                "address = \"203.0.113.11\"\nport = 80\nweight = 0",
+                "service[0].backend",
+                "weight 0",
+            ),
+            (
+                "address = \"203.0.113.11\"\nport = 80",
+                "address = \"203.0.113.11\"\nport = 80\nweight = 1001",
+                "service[0].backend[0].weight",
+                "maximum",
+            ),
+        ];
+        for (from, to, key, reason) in cases {
+            let (k, msg) = err(&GOOD.replace(from, to));
+            assert_eq!(&k, key, "{msg}");
+            assert!(msg.contains(reason), "{msg} should say {reason:?}");
+        }
+    }
+
+    #[test]
+    fn cross_entry_rules() {
+        let (k, msg) = err("");
+        assert_eq!(k, "service", "{msg}");
+        let dup = format!(
+            "{GOOD}{}",
+            GOOD.replace("name = \"www\"", "name = \"www2\"")
+        );
+        let (k, msg) = err(&dup);
+        assert_eq!(k, "service[1].vip", "{msg}");
+        assert!(msg.contains("already served"), "{msg}");
+        let same_name = format!("{GOOD}{}", GOOD.replace("port = 80", "port = 443"));
+        let (k, _) = err(&same_name);
+        assert_eq!(k, "service[1].name");
+        let twice = format!("{GOOD}[[service.backend]]\naddress = \"203.0.113.11\"\nport = 80\n");
+        let (k, msg) = err(&twice);
+        assert_eq!(k, "service[0].backend[1].address", "{msg}");
+        let nobackend = GOOD.split("[[service.backend]]").next().unwrap();
+        let (k, _) = err(nobackend);
+        assert_eq!(k, "service[0].backend");
+        let (k, _) = err(&format!("[dataplane]\nflow_table_size = 10\n{GOOD}"));
+        assert_eq!(k, "dataplane.flow_table_size");
+        let (k, _) = err(&format!("[dataplane]\ninterfaces = [\"\"]\n{GOOD}"));
+        assert_eq!(k, "dataplane.interfaces[0]");
+    }
+
+    #[test]
+    fn toml_syntax_error_has_a_line() {
+        let (_, msg) = err("[[service]\nname = 1");
+        assert!(msg.contains("/etc/xdplb/lb.toml:1:"), "{msg}");
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let e = Config::load(Path::new("/nonexistent/xdplb.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/nonexistent/xdplb.toml: cannot read"),
+            "{e}"
+        );
+    }
+}

@@ -29,7 +29,7 @@ pub fn is_prime(n: u32) -> bool {
     }
     let mut d = 2u32;
     while (d as u64) * (d as u64) <= n as u64 {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -217,8 +217,8 @@ mod tests {
         let key_before = |s: usize| &all[before[s] as usize].key;
         let key_after = |s: usize| &rest[after[s] as usize].key;
         let mut moved_from_survivors = 0;
-        for s in 0..M as usize {
-            if before[s] as usize != removed && key_before(s) != key_after(s) {
+        for (s, owner) in before.iter().enumerate() {
+            if *owner as usize != removed && key_before(s) != key_after(s) {
                 moved_from_survivors += 1;
             }
         }

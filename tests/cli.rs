@@ -1,0 +1,63 @@
+//! `xdplb check`: the shipped configs validate; a bad one is rejected with
+//! file, key and reason and a non-zero exit. Needs no root.
+
+use std::process::Command;
+
+use xdplb_tests::target_bin;
+
+fn check(path: &std::path::Path) -> (bool, String) {
+    let out = Command::new(target_bin("xdplb"))
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            let (ok, out) = check(&p);
+            assert!(ok, "{}: {out}", p.display());
+            assert!(out.contains(": ok ("), "{out}");
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no configs in {}", dir.display());
+}
+
+#[test]
+fn bad_config_is_rejected_with_file_key_and_reason() {
+    let path = std::env::temp_dir().join(format!("xdplb-bad-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[[service]]\nname = \"www\"\nvip = \"192.0.2.10\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"maglev\"\nforwarding = \"dsr\"\n[[service.backend]]\naddress = \"203.0.113.11\"\nport = 8080\n",
+    )
+    .unwrap();
+    let (ok, out) = check(&path);
+    std::fs::remove_file(&path).ok();
+    assert!(!ok, "must fail: {out}");
+    assert!(
+        out.contains(&path.display().to_string()),
+        "names the file: {out}"
+    );
+    assert!(
+        out.contains("service[0].backend[0].port"),
+        "names the key: {out}"
+    );
+    assert!(
+        out.contains("DSR forwards without rewriting ports"),
+        "gives the reason: {out}"
+    );
+}
