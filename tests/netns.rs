@@ -333,6 +333,21 @@ fn end_to_end(test: &str, mode: Mode, forwarding: &str, scheduler: &str) {
         !links.contains("prog/xdp"),
         "{test}: XDP program left attached after shutdown:\n{links}"
     );
+    // It kept the backends' neighbours resolved while running, and removed
+    // those managed entries again on shutdown.
+    assert!(
+        log.contains("managed neighbour entry in place"),
+        "{test}: no managed neighbours:\n{log}"
+    );
+    let neigh = std::process::Command::new("ip")
+        .args(["-n", &lab.lb.name, "neigh", "show"])
+        .output()
+        .unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout);
+    assert!(
+        !neigh.contains("managed"),
+        "{test}: managed neighbour entries left behind:\n{neigh}"
+    );
 }
 
 #[test]

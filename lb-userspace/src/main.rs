@@ -111,6 +111,18 @@ fn run(
         );
     }
 
+    // Unknown interfaces are a config error: report before touching anything.
+    for iface in &config.dataplane.interfaces {
+        let c = std::ffi::CString::new(iface.as_str()).context("interface name")?;
+        // SAFETY: valid NUL-terminated string.
+        if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+            bail!(
+                "{}: dataplane.interfaces: no interface named {iface:?} in this network namespace",
+                path.display()
+            );
+        }
+    }
+
     let mut ebpf =
         bpf::load(config.dataplane.flow_table_size).context("loading the XDP program")?;
     let mut dp = BpfDataplane::new(&mut ebpf)?;
@@ -128,6 +140,7 @@ fn run(
         "maps programmed"
     );
 
+    let mut managed = Vec::new();
     if config.dataplane.manage_neighbours {
         let mut addrs: Vec<Ipv4Addr> = config
             .services
@@ -139,7 +152,8 @@ fn run(
         for (addr, r) in neigh::manage_backends(&addrs) {
             match r {
                 Ok(route) => {
-                    info!(backend = %addr, next_hop = %route.next_hop, ifindex = route.ifindex, "managed neighbour entry in place")
+                    info!(backend = %addr, next_hop = %route.next_hop, ifindex = route.ifindex, "managed neighbour entry in place");
+                    managed.push(route);
                 }
                 Err(e) => {
                     warn!(backend = %addr, error = %e, "cannot keep the backend's neighbour resolved; the kernel will forward its first packets")
@@ -204,6 +218,11 @@ fn run(
     });
     log_counters("final counters");
     bpf::detach(&mut ebpf, lb_common::names::PROGRAM, attachments);
+    for (route, r) in neigh::release(&managed) {
+        if let Err(e) = r {
+            warn!(next_hop = %route.next_hop, error = %e, "removing managed neighbour entry failed");
+        }
+    }
     if let Err(e) = waited {
         error!(error = %e, "signal handling failed");
         return Err(e.into());

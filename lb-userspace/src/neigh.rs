@@ -168,6 +168,53 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// Remove the neighbour entry for `addr` on `ifindex` (the kernel
+    /// re-resolves it on demand if anything else still needs it).
+    pub fn remove(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<(), NeighError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header = NeighbourHeader {
+            family: AddressFamily::Inet,
+            ifindex,
+            ..NeighbourHeader::default()
+        };
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                addr,
+            )));
+        self.request(
+            RouteNetlinkMessage::DelNeighbour(msg),
+            NLM_F_ACK,
+            &format!("delete neighbour {addr}"),
+        )
+        .map(|_| ())
+    }
+}
+
+/// Remove managed entries this process added (on clean shutdown).
+pub fn release(routes: &[Route]) -> Vec<(Route, Result<(), NeighError>)> {
+    let mut nl = match Netlink::open() {
+        Ok(nl) => nl,
+        Err(e) => {
+            let msg = e.to_string();
+            return routes
+                .iter()
+                .map(|r| (*r, Err(NeighError::Decode(msg.clone()))))
+                .collect();
+        }
+    };
+    let mut done: Vec<Route> = Vec::new();
+    routes
+        .iter()
+        .filter(|r| {
+            let first = !done.contains(r);
+            done.push(**r);
+            first
+        })
+        .map(|r| (*r, nl.remove(r.ifindex, r.next_hop)))
+        .collect()
+}
+
 /// Make sure every backend's next hop has a managed neighbour entry.
 /// Returns one result per address, so one unreachable backend does not
 /// stop the others.

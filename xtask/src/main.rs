@@ -62,7 +62,13 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // `cargo xtask run -- --iface eth0 ...`: a `--` right after the task name
+    // separates xtask's own options, not positional arguments.
+    let mut args: Vec<String> = std::env::args().collect();
+    if args.get(2).map(String::as_str) == Some("--") && args.get(1).is_some_and(|t| t != "test") {
+        args.remove(2);
+    }
+    let cli = Cli::parse_from(args);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
