@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xdplb_tests::{Netns, ProcessGuard, require_root, target_bin, veth};
+use xdplb_tests::{BACKEND_LINKS, LbTopology, Netns, ProcessGuard, require_root, target_bin};
 
 const VIP: &str = "192.0.2.10";
 const TCP_CONNECTIONS: usize = 120;
@@ -48,41 +48,9 @@ impl Drop for Lab {
 }
 
 fn lab(mode: Mode, forwarding: &str, scheduler: &str) -> Lab {
-    let client = Netns::new("xdplb-cl");
-    let lb = Netns::new("xdplb-lb");
-    let backends = [Netns::new("xdplb-b1"), Netns::new("xdplb-b2")];
-
-    veth(&client, "eth0", &lb, "cli");
-    client.sh(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
-    client.sh(&["ip", "route", "add", "default", "via", "198.51.100.1"]);
-    lb.sh(&["ip", "addr", "add", "198.51.100.1/24", "dev", "cli"]);
-    lb.sh(&[
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-        "net.ipv4.conf.all.rp_filter=0",
-        "net.ipv4.conf.default.rp_filter=0",
-    ]);
-
+    let topo = LbTopology::new("xdplb", VIP, mode == Mode::Native);
     let mut servers = Vec::new();
-    for (i, ns) in backends.iter().enumerate() {
-        let (lb_if, lb_addr, addr) = [
-            ("b1", "203.0.113.1", "203.0.113.11"),
-            ("b2", "203.0.113.17", "203.0.113.21"),
-        ][i];
-        veth(&lb, lb_if, ns, "eth0");
-        lb.sh(&["ip", "addr", "add", &format!("{lb_addr}/28"), "dev", lb_if]);
-        ns.sh(&["ip", "addr", "add", &format!("{addr}/28"), "dev", "eth0"]);
-        ns.sh(&["ip", "route", "add", "default", "via", lb_addr]);
-        // DSR: the backend owns the VIP but must not answer ARP for it.
-        ns.sh(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
-        ns.sh(&[
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.all.arp_ignore=1",
-            "net.ipv4.conf.all.arp_announce=2",
-            "net.ipv4.conf.all.rp_filter=0",
-        ]);
+    for (i, ns) in topo.backends.iter().enumerate() {
         let name = format!("b{}", i + 1);
         let srv = target_bin("xdplb-testsrv").display().to_string();
         let args: Vec<String> = [
@@ -93,7 +61,7 @@ fn lab(mode: Mode, forwarding: &str, scheduler: &str) -> Lab {
             "0.0.0.0:8080",
             "--udp",
             &format!("{VIP}:53"),
-            &format!("{addr}:5353"),
+            &format!("{}:5353", BACKEND_LINKS[i].addr),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -102,12 +70,11 @@ fn lab(mode: Mode, forwarding: &str, scheduler: &str) -> Lab {
         g.wait_for("listening", Duration::from_secs(10));
         servers.push(g);
     }
-    if mode == Mode::Native {
-        client.sh(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
-        for ns in &backends {
-            ns.sh(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
-        }
-    }
+    let LbTopology {
+        client,
+        lb,
+        backends,
+    } = topo;
 
     let (tcp_port, udp_port) = if forwarding == "nat" {
         (8080, 5353)
@@ -185,7 +152,7 @@ backend = [{{ address = "203.0.113.11", port = {udp_port} }}, {{ address = "203.
         _servers: servers,
         client,
         lb,
-        _backends: backends.into(),
+        _backends: backends,
         config,
     }
 }

@@ -33,6 +33,8 @@ pub enum NeighError {
     Kernel { what: String, err: std::io::Error },
     #[error("no route to {0}")]
     NoRoute(Ipv4Addr),
+    #[error("rtnetlink unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Where the kernel sends packets for a destination.
@@ -191,52 +193,37 @@ impl Netlink {
     }
 }
 
-/// Remove managed entries this process added (on clean shutdown).
-pub fn release(routes: &[Route]) -> Vec<(Route, Result<(), NeighError>)> {
-    let mut nl = match Netlink::open() {
-        Ok(nl) => nl,
+/// Run `f` for each item over one netlink socket, one result per item, so
+/// one failing item does not stop the others.
+fn for_each<T: Copy, R>(
+    items: &[T],
+    mut f: impl FnMut(&mut Netlink, T) -> Result<R, NeighError>,
+) -> Vec<(T, Result<R, NeighError>)> {
+    match Netlink::open() {
+        Ok(mut nl) => items.iter().map(|&i| (i, f(&mut nl, i))).collect(),
         Err(e) => {
             let msg = e.to_string();
-            return routes
+            items
                 .iter()
-                .map(|r| (*r, Err(NeighError::Decode(msg.clone()))))
-                .collect();
+                .map(|&i| (i, Err(NeighError::Unavailable(msg.clone()))))
+                .collect()
         }
-    };
-    let mut done: Vec<Route> = Vec::new();
-    routes
-        .iter()
-        .filter(|r| {
-            let first = !done.contains(r);
-            done.push(**r);
-            first
-        })
-        .map(|r| (*r, nl.remove(r.ifindex, r.next_hop)))
-        .collect()
+    }
 }
 
 /// Make sure every backend's next hop has a managed neighbour entry.
-/// Returns one result per address, so one unreachable backend does not
-/// stop the others.
 pub fn manage_backends(addrs: &[Ipv4Addr]) -> Vec<(Ipv4Addr, Result<Route, NeighError>)> {
-    let mut nl = match Netlink::open() {
-        Ok(nl) => nl,
-        Err(e) => {
-            let msg = e.to_string();
-            return addrs
-                .iter()
-                .map(|a| (*a, Err(NeighError::Decode(msg.clone()))))
-                .collect();
-        }
-    };
-    addrs
-        .iter()
-        .map(|&a| {
-            let r = nl.route_to(a).and_then(|route| {
-                nl.ensure_managed(route.ifindex, route.next_hop)
-                    .map(|_| route)
-            });
-            (a, r)
-        })
-        .collect()
+    for_each(addrs, |nl, a| {
+        let route = nl.route_to(a)?;
+        nl.ensure_managed(route.ifindex, route.next_hop)?;
+        Ok(route)
+    })
+}
+
+/// Remove the managed entries this process added (on clean shutdown).
+pub fn release(routes: &[Route]) -> Vec<(Route, Result<(), NeighError>)> {
+    let mut unique = routes.to_vec();
+    unique.sort_by_key(|r| (r.ifindex, r.next_hop));
+    unique.dedup();
+    for_each(&unique, |nl, r| nl.remove(r.ifindex, r.next_hop))
 }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use xdplb_testsupport::{Netns, ProcessGuard, veth};
+use xdplb_testsupport::{BACKEND_LINKS, LbTopology, ProcessGuard};
 
 use crate::{cargo, run as run_cmd, say};
 
@@ -41,32 +41,13 @@ pub fn run(root: &Path, requests: usize) -> anyhow::Result<()> {
     let config = root.join("config/www.foobar.com.toml");
 
     say("creating namespaces: client, lb, web1, web2 (removed again on exit)");
-    let client = Netns::new("xdplb-demo-client");
-    let lb = Netns::new("xdplb-demo-lb");
-    let webs = [Netns::new("xdplb-demo-web1"), Netns::new("xdplb-demo-web2")];
-    veth(&client, "eth0", &lb, "cli");
-    client.sh(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
-    client.sh(&["ip", "route", "add", "default", "via", "198.51.100.1"]);
-    lb.sh(&["ip", "addr", "add", "198.51.100.1/24", "dev", "cli"]);
-    lb.sh(&[
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-        "net.ipv4.conf.all.rp_filter=0",
-        "net.ipv4.conf.default.rp_filter=0",
-    ]);
+    let LbTopology {
+        client,
+        lb,
+        backends: webs,
+    } = LbTopology::new("xdplb-demo", "192.0.2.10", true);
     let mut servers = Vec::new();
-    for (i, ns) in webs.iter().enumerate() {
-        let (lb_if, gw, addr, name) = [
-            ("b1", "203.0.113.1", "203.0.113.11", "web1"),
-            ("b2", "203.0.113.17", "203.0.113.21", "web2"),
-        ][i];
-        veth(&lb, lb_if, ns, "eth0");
-        lb.sh(&["ip", "addr", "add", &format!("{gw}/28"), "dev", lb_if]);
-        ns.sh(&["ip", "addr", "add", &format!("{addr}/28"), "dev", "eth0"]);
-        ns.sh(&["ip", "route", "add", "default", "via", gw]);
-        // Native XDP on veth: checksums computed in software, NAPI via GRO.
-        ns.sh(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
+    for (ns, (link, name)) in webs.iter().zip(BACKEND_LINKS.iter().zip(["web1", "web2"])) {
         let args = [
             bin.join("xdplb-testsrv").display().to_string(),
             name.into(),
@@ -75,10 +56,9 @@ pub fn run(root: &Path, requests: usize) -> anyhow::Result<()> {
         ];
         let mut g = ProcessGuard::spawn(name, &ns.name, &args);
         g.wait_for("listening", Duration::from_secs(10));
-        say(&format!("{name} serving HTTP on {addr}:80"));
+        say(&format!("{name} serving HTTP on {}:80", link.addr));
         servers.push(g);
     }
-    client.sh(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
 
     say(&format!(
         "starting xdplb with {} on the LB's interfaces cli, b1, b2",

@@ -221,3 +221,102 @@ pub fn target_bin(name: &str) -> PathBuf {
     );
     p
 }
+
+/// One backend of [`LbTopology`]: the LB's interface to it, the LB's address
+/// on that link (the backend's gateway), and the backend's address.
+pub struct BackendLink {
+    pub lb_if: &'static str,
+    pub gateway: &'static str,
+    pub addr: &'static str,
+}
+
+pub const BACKEND_LINKS: [BackendLink; 2] = [
+    BackendLink {
+        lb_if: "b1",
+        gateway: "203.0.113.1",
+        addr: "203.0.113.11",
+    },
+    BackendLink {
+        lb_if: "b2",
+        gateway: "203.0.113.17",
+        addr: "203.0.113.21",
+    },
+];
+
+/// The LB lab used by the namespace tests and the demo:
+///
+/// ```text
+/// client 198.51.100.2 -- cli [LB] b1 -- 203.0.113.11 backend 1 (VIP on lo)
+///                                 b2 -- 203.0.113.21 backend 2 (VIP on lo)
+/// ```
+/// The LB routes between the links but has no route to the VIP, so traffic
+/// to the VIP only gets through via the XDP program.
+pub struct LbTopology {
+    pub client: Netns,
+    pub lb: Netns,
+    pub backends: Vec<Netns>,
+}
+
+impl LbTopology {
+    /// Build it with `vip` on the backends' loopback (for DSR). With
+    /// `native_veth`, set what native XDP on veth needs: TX checksum offload
+    /// off on the senders into the LB, GRO (NAPI) on the redirect targets.
+    pub fn new(prefix: &str, vip: &str, native_veth: bool) -> LbTopology {
+        let client = Netns::new(&format!("{prefix}-client"));
+        let lb = Netns::new(&format!("{prefix}-lb"));
+        veth(&client, "eth0", &lb, "cli");
+        client.sh(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+        client.sh(&["ip", "route", "add", "default", "via", "198.51.100.1"]);
+        lb.sh(&["ip", "addr", "add", "198.51.100.1/24", "dev", "cli"]);
+        lb.sh(&[
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ]);
+        let mut backends = Vec::new();
+        for (i, link) in BACKEND_LINKS.iter().enumerate() {
+            let ns = Netns::new(&format!("{prefix}-b{}", i + 1));
+            veth(&lb, link.lb_if, &ns, "eth0");
+            lb.sh(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/28", link.gateway),
+                "dev",
+                link.lb_if,
+            ]);
+            ns.sh(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/28", link.addr),
+                "dev",
+                "eth0",
+            ]);
+            ns.sh(&["ip", "route", "add", "default", "via", link.gateway]);
+            // DSR: the backend owns the VIP but must not answer ARP for it.
+            ns.sh(&["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"]);
+            ns.sh(&[
+                "sysctl",
+                "-qw",
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.all.rp_filter=0",
+            ]);
+            if native_veth {
+                ns.sh(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
+            }
+            backends.push(ns);
+        }
+        if native_veth {
+            client.sh(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"]);
+        }
+        LbTopology {
+            client,
+            lb,
+            backends,
+        }
+    }
+}
