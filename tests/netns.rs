@@ -39,11 +39,13 @@ struct Lab {
     lb: Netns,
     _backends: Vec<Netns>,
     config: std::path::PathBuf,
+    pid_file: std::path::PathBuf,
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.pid_file);
     }
 }
 
@@ -115,6 +117,7 @@ backend = [{{ address = "203.0.113.11", port = {udp_port} }}, {{ address = "203.
     } else {
         "generic"
     };
+    let pid_file = config.with_extension("pid");
     let args: Vec<String> = [
         target_bin("xdplb").display().to_string().as_str(),
         "run",
@@ -130,6 +133,8 @@ backend = [{{ address = "203.0.113.11", port = {udp_port} }}, {{ address = "203.
         xdp_mode,
         "--stats-interval",
         "0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -154,6 +159,7 @@ backend = [{{ address = "203.0.113.11", port = {udp_port} }}, {{ address = "203.
         lb,
         _backends: backends,
         config,
+        pid_file,
     }
 }
 
@@ -340,4 +346,167 @@ fn generic_dsr_round_robin() {
 #[test]
 fn generic_nat_maglev() {
     end_to_end("generic_nat_maglev", Mode::Generic, "nat", "maglev");
+}
+
+/// A NAT round-robin config for the TCP VIP with the given (address, weight)
+/// backends on port 8080, plus `extra` appended verbatim.
+fn nat_config(backends: &[(&str, u32)], extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(a, w)| format!("{{ address = \"{a}\", port = 8080, weight = {w} }}"))
+        .collect();
+    format!(
+        "[dataplane]\nflow_table_size = 65536\n\n[[service]]\nname = \"www.foobar.com\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"round_robin\"\nforwarding = \"nat\"\nbackend = [{}]\n{extra}",
+        list.join(", ")
+    )
+}
+
+/// A connection held open across reloads: one line out, the backend's name back.
+struct Held(std::io::BufReader<TcpStream>);
+
+impl Held {
+    fn open(vip: SocketAddr) -> Held {
+        let s = TcpStream::connect_timeout(&vip, Duration::from_secs(3)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut h = Held(std::io::BufReader::new(s));
+        h.0.get_mut().write_all(b"HOLD\n").unwrap();
+        h
+    }
+
+    fn ask(&mut self) -> Result<String, String> {
+        use std::io::BufRead;
+        if self.0.get_mut().write_all(b"ping\n").is_err() {
+            return Err("write failed".into());
+        }
+        let mut line = String::new();
+        self.0.read_line(&mut line).map_err(|e| e.to_string())?;
+        line.trim()
+            .strip_prefix("backend=")
+            .map(str::to_string)
+            .ok_or(format!("bad reply {line:?}"))
+    }
+
+    fn first(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.0.read_line(&mut line).expect("first reply");
+        line.trim()
+            .strip_prefix("backend=")
+            .expect("backend name")
+            .to_string()
+    }
+}
+
+#[test]
+fn reload_applies_diffs_keeps_established_flows_and_rejects_bad_configs() {
+    let test = "reload_applies_diffs_keeps_established_flows_and_rejects_bad_configs";
+    if !require_root(test) {
+        return;
+    }
+    let mut lab = lab(Mode::Native, "nat", "round_robin");
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let reload = |lab: &Lab| {
+        let out = std::process::Command::new(target_bin("xdplb"))
+            .args(["reload", "--pid-file", lab.pid_file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "xdplb reload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let both = [("203.0.113.11", 1), ("203.0.113.21", 1)];
+
+    let _in = lab.client.enter();
+    let mut held = Held::open(vip);
+    let held_on = held.first();
+    let (kept_addr, other_addr) = if held_on == "b1" {
+        both
+    } else {
+        [both[1], both[0]]
+    }
+    .map(|(a, _)| a)
+    .into();
+
+    // 1. Re-weight and add a service: applied live, the held flow carries on.
+    std::fs::write(
+        &lab.config,
+        nat_config(&[(kept_addr, 3), (other_addr, 1)], "[[service]]\nname = \"extra\"\nvip = \"192.0.2.11\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"maglev\"\nforwarding = \"nat\"\nbackend = [{ address = \"203.0.113.11\", port = 8080 }]\n"),
+    )
+    .unwrap();
+    reload(&lab);
+    lab.daemon
+        .wait_for_count("reload applied", 1, Duration::from_secs(10));
+    assert_eq!(
+        held.ask().as_deref(),
+        Ok(held_on.as_str()),
+        "held connection after reload 1"
+    );
+    let (spread, errors) = load(40, || http_get(vip));
+    assert!(errors.is_empty(), "after reload 1: {errors:?}");
+    let kept_name = held_on.clone();
+    assert!(
+        spread.get(&kept_name).copied().unwrap_or(0) >= 25,
+        "weight 3:1 not applied: {spread:?}"
+    );
+    let extra: SocketAddr = "192.0.2.11:80".parse().unwrap();
+    assert_eq!(
+        http_get(extra).as_deref(),
+        Ok("b1"),
+        "service added by reload"
+    );
+
+    // 2. An invalid config is rejected; the previous one keeps serving.
+    std::fs::write(
+        &lab.config,
+        nat_config(&both, "").replace("port = 8080", "port = 0"),
+    )
+    .unwrap();
+    reload(&lab);
+    lab.daemon
+        .wait_for_count("reload rejected", 1, Duration::from_secs(10));
+    let (spread2, errors) = load(20, || http_get(vip));
+    assert!(
+        errors.is_empty() && spread2.len() == 2,
+        "old config must keep serving: {spread2:?} {errors:?}"
+    );
+    assert_eq!(
+        http_get(extra).as_deref(),
+        Ok("b1"),
+        "old config's extra service still there"
+    );
+    assert_eq!(
+        held.ask().as_deref(),
+        Ok(held_on.as_str()),
+        "held connection after rejected reload"
+    );
+
+    // 3. Remove the other backend: new flows avoid it, the held flow stays.
+    std::fs::write(&lab.config, nat_config(&[(kept_addr, 1)], "")).unwrap();
+    reload(&lab);
+    lab.daemon
+        .wait_for_count("reload applied", 2, Duration::from_secs(10));
+    let (spread3, errors) = load(20, || http_get(vip));
+    assert!(errors.is_empty(), "after removing a backend: {errors:?}");
+    assert_eq!(
+        spread3.keys().collect::<Vec<_>>(),
+        vec![&kept_name],
+        "removed backend still gets flows: {spread3:?}"
+    );
+    assert_eq!(
+        held.ask().as_deref(),
+        Ok(held_on.as_str()),
+        "held connection after backend removal"
+    );
+    assert!(
+        http_get(extra).is_err(),
+        "service removed by reload still answers"
+    );
+    drop(_in);
+    let status = lab.daemon.stop();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "daemon exit {status:?}"
+    );
 }

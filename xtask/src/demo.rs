@@ -64,6 +64,7 @@ pub fn run(root: &Path, requests: usize) -> anyhow::Result<()> {
         "starting xdplb with {} on the LB's interfaces cli, b1, b2",
         config.display()
     ));
+    let pid_file = std::env::temp_dir().join(format!("{}.pid", lb.name));
     let args: Vec<String> = [
         bin.join("xdplb").display().to_string().as_str(),
         "run",
@@ -77,6 +78,8 @@ pub fn run(root: &Path, requests: usize) -> anyhow::Result<()> {
         "b2",
         "--stats-interval",
         "0",
+        "--pid-file",
+        pid_file.to_str().context("pid file path")?,
     ]
     .iter()
     .map(|s| s.to_string())

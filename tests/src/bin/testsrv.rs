@@ -49,13 +49,34 @@ fn serve_tcp(l: TcpListener, name: &str) {
             let mut buf = [0u8; 1024];
             let mut req = Vec::new();
             // Read up to the end of the request head (or a plain line).
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.ends_with(b"\n\n") {
+            let complete = |req: &[u8]| {
+                req.windows(4).any(|w| w == b"\r\n\r\n")
+                    || req.ends_with(b"\n\n")
+                    || (req.starts_with(b"HOLD") && req.ends_with(b"\n"))
+            };
+            while !complete(&req) {
                 match c.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => req.extend_from_slice(&buf[..n]),
                 }
                 if req.len() > 8192 {
                     break;
+                }
+            }
+            // "HOLD": a long-lived connection; answer every line until EOF.
+            if req.starts_with(b"HOLD") {
+                let mut pending = req.iter().filter(|&&b| b == b'\n').count();
+                loop {
+                    for _ in 0..pending {
+                        if c.write_all(format!("backend={name}\n").as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(120)));
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending = buf[..n].iter().filter(|&&b| b == b'\n').count(),
+                    }
                 }
             }
             let body = format!("backend={name}\n");

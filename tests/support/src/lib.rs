@@ -183,6 +183,22 @@ impl ProcessGuard {
         );
     }
 
+    /// Wait until `n` stderr lines contain `needle`.
+    pub fn wait_for_count(&mut self, needle: &str, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().iter().filter(|l| l.contains(needle)).count() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{}: fewer than {n} {needle:?} within {timeout:?}:\n{}",
+            self.name,
+            self.log().join("\n")
+        );
+    }
+
     /// Stop with SIGTERM and return the exit status (SIGKILL after 5 s).
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         if let Ok(Some(s)) = self.child.try_wait() {
