@@ -4,6 +4,7 @@
 pub mod bpf;
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
 pub mod neigh;
 pub mod plan;
