@@ -19,7 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xdplb_tests::{BACKEND_LINKS, LbTopology, Netns, ProcessGuard, require_root, target_bin};
+use xdplb_tests::{
+    BACKEND_LINKS, LbTopology, Netns, ProcessGuard, require_root, start_xdplb, target_bin,
+};
 
 const VIP: &str = "192.0.2.10";
 const TCP_CONNECTIONS: usize = 120;
@@ -118,29 +120,13 @@ backend = [{{ address = "203.0.113.11", port = {udp_port} }}, {{ address = "203.
         "generic"
     };
     let pid_file = config.with_extension("pid");
-    let args: Vec<String> = [
-        target_bin("xdplb").display().to_string().as_str(),
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--iface",
-        "cli",
-        "--iface",
-        "b1",
-        "--iface",
-        "b2",
-        "--xdp-mode",
-        xdp_mode,
-        "--stats-interval",
-        "0",
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut daemon = ProcessGuard::spawn("xdplb", &lb.name, &args);
-    daemon.wait_for("xdplb ready", Duration::from_secs(30));
+    let daemon = start_xdplb(
+        &lb,
+        &target_bin("xdplb"),
+        &config,
+        &pid_file,
+        &["--xdp-mode", xdp_mode],
+    );
     let attached = daemon
         .log()
         .iter()
@@ -504,6 +490,25 @@ fn reload_applies_diffs_keeps_established_flows_and_rejects_bad_configs() {
         "service removed by reload still answers"
     );
     drop(_in);
+    // Managed neighbour entries follow the backend set across reloads.
+    let neigh = std::process::Command::new("ip")
+        .args(["-n", &lab.lb.name, "neigh", "show"])
+        .output()
+        .unwrap();
+    let neigh = String::from_utf8_lossy(&neigh.stdout);
+    let managed = |addr: &str| {
+        neigh
+            .lines()
+            .any(|l| l.starts_with(&format!("{addr} ")) && l.contains("managed"))
+    };
+    assert!(
+        managed(kept_addr),
+        "kept backend lost its managed entry:\n{neigh}"
+    );
+    assert!(
+        !managed(other_addr),
+        "removed backend's managed entry left behind:\n{neigh}"
+    );
     let status = lab.daemon.stop();
     assert!(
         status.is_some_and(|s| s.success()),

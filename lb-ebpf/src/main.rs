@@ -33,12 +33,6 @@ pub fn baseline_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// Attached to veth peers so they get NAPI and accept native-mode redirects.
-#[xdp]
-pub fn pass_all(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
 #[inline(always)]
 fn process(ctx: &XdpContext) -> (u32, Reason) {
     let pkt = match parse::parse(ctx) {
@@ -56,10 +50,10 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
 
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &lb_common::ServiceInfo) -> (u32, Reason) {
-    let Some((backend_id, backend)) = sched::flow_backend(pkt, svc) else {
+    let Some((backend_id, backend, new_flow)) = sched::flow_backend(pkt, svc) else {
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
-    stats::count_traffic(svc.id, backend_id, pkt.frame_len);
+    stats::count_traffic(svc.id, backend_id, pkt.frame_len, new_flow);
     if svc.forwarding == Forwarding::Nat as u8 {
         nat::forward(ctx, pkt, svc, backend_id, &backend)
     } else {

@@ -8,7 +8,6 @@ use lb_common::{
 use crate::{
     maps::{BACKEND_RING, BACKENDS, FLOWS, RR_CURSOR, flow_key},
     parse::Packet,
-    stats,
 };
 
 #[inline(always)]
@@ -20,17 +19,18 @@ fn active_backend(id: u32) -> Option<Backend> {
     (b.flags & BACKEND_F_ACTIVE != 0).then_some(b)
 }
 
-/// The backend this packet's flow is pinned to; a new or stale flow is
-/// scheduled and pinned first. `None` when the service has no backend.
+/// The backend this packet's flow is pinned to, and whether the flow is new
+/// (a new or stale flow is scheduled and pinned first). `None` when the
+/// service has no backend.
 #[inline(always)]
-pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<(u32, Backend)> {
+pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<(u32, Backend, bool)> {
     let key = flow_key(pkt);
     // SAFETY: copied out at once.
     if let Some(v) = unsafe { FLOWS.get(key).copied() }
         && v.service_id == svc.id
         && let Some(b) = active_backend(v.backend_id)
     {
-        return Some((v.backend_id, b));
+        return Some((v.backend_id, b, false));
     }
     let id = schedule(pkt, svc)?;
     let backend = active_backend(id)?;
@@ -41,8 +41,7 @@ pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<(u32, Backend)> {
     // An LRU insert only fails on allocation failure; the packet still goes
     // out, the next one of the flow is scheduled again.
     let _ = FLOWS.insert(key, value, 0);
-    stats::count_new_flow(svc.id, id);
-    Some((id, backend))
+    Some((id, backend, true))
 }
 
 #[inline(always)]

@@ -16,26 +16,21 @@ pub fn count_reason(reason: Reason) {
     }
 }
 
+/// One update per map per packet: counts the packet and, if `new_flow`, the flow.
 #[inline(always)]
-fn add(map: &PerCpuArray<Traffic>, id: u32, packets: u64, bytes: u64, new_flows: u64) {
+fn add(map: &PerCpuArray<Traffic>, id: u32, bytes: u64, new_flow: bool) {
     if let Some(t) = map.get_ptr_mut(id) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe {
-            (*t).packets += packets;
+            (*t).packets += 1;
             (*t).bytes += bytes;
-            (*t).new_flows += new_flows;
+            (*t).new_flows += new_flow as u64;
         }
     }
 }
 
 #[inline(always)]
-pub fn count_traffic(service_id: u32, backend_id: u32, bytes: u64) {
-    add(&SERVICE_STATS, service_id, 1, bytes, 0);
-    add(&BACKEND_STATS, backend_id, 1, bytes, 0);
-}
-
-#[inline(always)]
-pub fn count_new_flow(service_id: u32, backend_id: u32) {
-    add(&SERVICE_STATS, service_id, 0, 0, 1);
-    add(&BACKEND_STATS, backend_id, 0, 0, 1);
+pub fn count_traffic(service_id: u32, backend_id: u32, bytes: u64, new_flow: bool) {
+    add(&SERVICE_STATS, service_id, bytes, new_flow);
+    add(&BACKEND_STATS, backend_id, bytes, new_flow);
 }

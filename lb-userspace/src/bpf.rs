@@ -30,6 +30,8 @@ pub enum BpfError {
     },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -46,21 +48,22 @@ pub fn load(flow_table_size: u32) -> Result<Ebpf, BpfError> {
         .map_max_entries(names::FLOWS, flow_table_size)
         .map_max_entries(names::NAT_REVERSE, flow_table_size)
         .load(EBPF_OBJECT)?;
-    for name in [names::PROGRAM, "baseline_tx", "pass_all"] {
-        xdp_program(&mut ebpf, name)?
-            .load()
-            .map_err(|source| BpfError::Program {
-                name: names::PROGRAM,
-                source,
-            })?;
-    }
+    load_program(&mut ebpf, names::PROGRAM)?;
     Ok(ebpf)
+}
+
+/// Load one XDP program of the object into the kernel (the data path is
+/// loaded by [`load`]; the benchmark loads its `baseline_tx` with this).
+pub fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), BpfError> {
+    xdp_program(ebpf, name)?
+        .load()
+        .map_err(|source| BpfError::Program { name, source })
 }
 
 /// A loaded XDP program of the object by name.
 pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, BpfError> {
     ebpf.program_mut(name)
-        .ok_or(BpfError::MissingMap(name))?
+        .ok_or(BpfError::MissingProgram(name))?
         .try_into()
         .map_err(|source| BpfError::Program { name, source })
 }

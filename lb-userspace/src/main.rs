@@ -134,7 +134,9 @@ struct Overrides {
     xdp_mode: Option<XdpMode>,
 }
 
-/// Read, override and validate the config.
+/// Read and validate the config (`Config::load` does), apply the overrides
+/// and check that every interface exists here (which also rejects a bad
+/// `--iface` name).
 fn read_config(path: &Path, o: &Overrides) -> anyhow::Result<Config> {
     let mut config = Config::load(path)?;
     if !o.ifaces.is_empty() {
@@ -143,9 +145,6 @@ fn read_config(path: &Path, o: &Overrides) -> anyhow::Result<Config> {
     if let Some(m) = o.xdp_mode {
         config.dataplane.xdp_mode = m;
     }
-    config
-        .validate()
-        .map_err(|(key, reason)| anyhow::anyhow!("{}: {key}: {reason}", path.display()))?;
     if config.dataplane.interfaces.is_empty() {
         bail!(
             "{}: dataplane.interfaces: no interface to attach to (set it or pass --iface)",

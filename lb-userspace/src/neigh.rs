@@ -168,9 +168,7 @@ impl Netlink {
         )
         .map(|_| ())
     }
-}
 
-impl Netlink {
     /// Remove the neighbour entry for `addr` on `ifindex` (the kernel
     /// re-resolves it on demand if anything else still needs it).
     pub fn remove(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<(), NeighError> {

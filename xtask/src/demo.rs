@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
-use xdplb_testsupport::{BACKEND_LINKS, LbTopology, ProcessGuard};
+use anyhow::bail;
+use xdplb_testsupport::{BACKEND_LINKS, LbTopology, ProcessGuard, start_xdplb};
 
 use crate::{cargo, run as run_cmd, say};
 
@@ -65,27 +65,7 @@ pub fn run(root: &Path, requests: usize) -> anyhow::Result<()> {
         config.display()
     ));
     let pid_file = std::env::temp_dir().join(format!("{}.pid", lb.name));
-    let args: Vec<String> = [
-        bin.join("xdplb").display().to_string().as_str(),
-        "run",
-        "--config",
-        config.to_str().context("config path")?,
-        "--iface",
-        "cli",
-        "--iface",
-        "b1",
-        "--iface",
-        "b2",
-        "--stats-interval",
-        "0",
-        "--pid-file",
-        pid_file.to_str().context("pid file path")?,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut daemon = ProcessGuard::spawn("xdplb", &lb.name, &args);
-    daemon.wait_for("xdplb ready", Duration::from_secs(30));
+    let mut daemon = start_xdplb(&lb, &bin.join("xdplb"), &config, &pid_file, &[]);
     for line in daemon.log() {
         eprintln!("    {line}");
     }

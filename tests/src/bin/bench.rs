@@ -139,6 +139,7 @@ fn main() {
         }
     };
 
+    bpf::load_program(&mut ebpf, "baseline_tx").unwrap();
     let base_rep = repeated(&mut ebpf, "baseline_tx", &est_dsr, REPEAT).0;
     let base_single = single(&mut ebpf, "baseline_tx", SINGLE_RUNS, |_| est_dsr.clone()).0;
     let rows: Vec<(&str, &str, (f64, u32), f64)> = vec![

@@ -336,3 +336,34 @@ impl LbTopology {
         }
     }
 }
+
+/// Start `xdplb run` in the LB namespace of an [`LbTopology`], attached to
+/// the LB's client and backend interfaces, and wait until it is ready.
+/// `extra` is appended to the command line (e.g. `--xdp-mode native`).
+pub fn start_xdplb(
+    lb: &Netns,
+    xdplb: &std::path::Path,
+    config: &std::path::Path,
+    pid_file: &std::path::Path,
+    extra: &[&str],
+) -> ProcessGuard {
+    let mut args = vec![
+        xdplb.display().to_string(),
+        "run".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    for iface in std::iter::once("cli").chain(BACKEND_LINKS.iter().map(|l| l.lb_if)) {
+        args.extend(["--iface".into(), iface.into()]);
+    }
+    args.extend([
+        "--stats-interval".into(),
+        "0".into(),
+        "--pid-file".into(),
+        pid_file.display().to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut daemon = ProcessGuard::spawn("xdplb", &lb.name, &args);
+    daemon.wait_for("xdplb ready", Duration::from_secs(30));
+    daemon
+}
