@@ -104,12 +104,19 @@ impl Fixture {
         let ns = fib_lab("xdplb-fx");
         let entered = ns.enter();
         let config = Config::parse(Path::new("fixtures.toml"), CONFIG).expect("fixture config");
-        let mut ebpf = bpf::load(config.dataplane.flow_table_size).expect("load XDP program");
+        let mut ebpf = bpf::load(config.dataplane.flow_table_size, None)
+            .expect("load XDP program")
+            .ebpf;
         let mut dp = BpfDataplane::new(&mut ebpf).expect("maps");
         let counters = Counters::new(&mut ebpf).expect("counter maps");
         let mut programmer = Programmer::default();
         programmer
-            .apply(&mut dp, Planner::default().plan(&config).unwrap())
+            .apply(
+                &mut dp,
+                Planner::default()
+                    .plan(&config, &Default::default())
+                    .unwrap(),
+            )
             .expect("program maps");
         let plan = programmer.applied().clone();
         Fixture {

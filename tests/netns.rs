@@ -20,7 +20,7 @@ use std::{
 };
 
 use xdplb_tests::{
-    BACKEND_LINKS, LbTopology, Netns, ProcessGuard, require_root, start_xdplb, target_bin,
+    BACKEND_LINKS, LbTopology, Netns, ProcessGuard, Xdplb, require_root, start_xdplb, target_bin,
 };
 
 const VIP: &str = "192.0.2.10";
@@ -35,7 +35,7 @@ enum Mode {
 
 struct Lab {
     // Field order is drop order: processes stop before namespaces go.
-    daemon: ProcessGuard,
+    daemon: Xdplb,
     _servers: Vec<ProcessGuard>,
     client: Netns,
     lb: Netns,

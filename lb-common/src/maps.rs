@@ -25,7 +25,25 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// The XDP entry point in the object file.
     pub const PROGRAM: &str = "xdplb";
+    /// Every map, all pinned so a restarted daemon adopts flows, config and
+    /// counters.
+    pub const MAPS: &[&str] = &[
+        SERVICES,
+        BACKENDS,
+        BACKEND_RING,
+        RR_CURSOR,
+        FLOWS,
+        NAT_REVERSE,
+        REASONS,
+        SERVICE_STATS,
+        BACKEND_STATS,
+    ];
 }
+
+/// Version of the map layout (keys, values, sizes). Pins live under a
+/// directory named after it, so a daemon never adopts maps it would misread;
+/// bump it with any change to a map type or size.
+pub const LAYOUT_VERSION: u32 = 2;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -79,12 +97,24 @@ pub struct ServiceInfo {
     pub scheduler: u8,
     /// A [`Forwarding`] as u8.
     pub forwarding: u8,
-    pub _pad: [u8; 2],
+    /// `SERVICE_F_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 12);
 
-/// Backend slot is in use. Flows pinned to a slot without it are re-scheduled.
+/// When the service has no backend left (all down or drained), hand its
+/// packets to the local stack instead of dropping them.
+pub const SERVICE_F_PASS_WHEN_EMPTY: u8 = 1;
+
+/// Backend slot is in use and healthy. Flows pinned to a slot without it are
+/// re-scheduled.
 pub const BACKEND_F_ACTIVE: u8 = 1;
+
+/// TCP flag bits (byte 13 of the TCP header).
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// Value of the backend table, indexed by backend id.
 #[repr(C)]
@@ -97,8 +127,12 @@ pub struct Backend {
     /// `BACKEND_F_*` bits.
     pub flags: u8,
     pub _pad: u8,
+    /// The service this backend entry belongs to (ids are per service, so
+    /// health and counters are too). Lets a restarted daemon rebuild its ids
+    /// from the pinned maps.
+    pub service_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+const _: () = assert!(core::mem::size_of::<Backend>() == 12);
 
 /// A flow as seen on the wire, in one direction. Key of the flow table
 /// (client -> VIP) and of the reverse-NAT table (backend -> client).
@@ -143,8 +177,16 @@ pub struct Traffic {
     pub bytes: u64,
     /// Flows this entity was chosen for (new flow-table entries).
     pub new_flows: u64,
+    /// Service only: packets that found no backend (dropped or passed per
+    /// the service's policy).
+    pub no_backend: u64,
+    /// Backend only: client SYNs (without ACK) on a flow already pinned to
+    /// this backend, i.e. retransmitted handshakes. Passive health signal.
+    pub syn_retransmits: u64,
+    /// Backend only, NAT: TCP resets the backend sent. Passive health signal.
+    pub resets: u64,
 }
-const _: () = assert!(core::mem::size_of::<Traffic>() == 24);
+const _: () = assert!(core::mem::size_of::<Traffic>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -34,8 +34,10 @@ reasons! {
     DropTruncated = "drop_truncated",
     /// IPv4 header that cannot be right (IHL < 5, total length too small).
     DropBadIpHeader = "drop_bad_ip_header",
-    /// The service has no backend to send the flow to.
+    /// The service has no backend to send the flow to (policy: drop).
     DropNoBackend = "drop_no_backend",
+    /// The service has no backend to send the flow to (policy: pass to the local stack).
+    PassNoBackend = "pass_no_backend",
     /// Forwarded to a backend with MAC rewrite only.
     FwdDsr = "fwd_dsr",
     /// Forwarded to a backend with destination NAT.

@@ -16,7 +16,7 @@ mod sched;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Forwarding, Reason};
+use lb_common::{Forwarding, Reason, SERVICE_F_PASS_WHEN_EMPTY, TCP_FLAG_RST};
 
 use crate::parse::{Packet, Parsed};
 
@@ -43,6 +43,9 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         return to_backend(ctx, &pkt, &svc);
     }
     if let Some(rev) = maps::nat_reverse(&pkt) {
+        if pkt.tcp_flags & TCP_FLAG_RST != 0 {
+            stats::count_reset(rev.backend_id);
+        }
         return nat::reverse(ctx, &pkt, &rev);
     }
     (xdp_action::XDP_PASS, Reason::PassNotService)
@@ -50,14 +53,19 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
 
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &lb_common::ServiceInfo) -> (u32, Reason) {
-    let Some((backend_id, backend, new_flow)) = sched::flow_backend(pkt, svc) else {
-        return (xdp_action::XDP_DROP, Reason::DropNoBackend);
+    let Some(c) = sched::flow_backend(pkt, svc) else {
+        stats::count_no_backend(svc.id);
+        return if svc.flags & SERVICE_F_PASS_WHEN_EMPTY != 0 {
+            (xdp_action::XDP_PASS, Reason::PassNoBackend)
+        } else {
+            (xdp_action::XDP_DROP, Reason::DropNoBackend)
+        };
     };
-    stats::count_traffic(svc.id, backend_id, pkt.frame_len, new_flow);
+    stats::count_traffic(svc.id, c.backend_id, pkt.frame_len, &c);
     if svc.forwarding == Forwarding::Nat as u8 {
-        nat::forward(ctx, pkt, svc, backend_id, &backend)
+        nat::forward(ctx, pkt, svc, c.backend_id, &c.backend)
     } else {
-        forward::dsr(ctx, pkt, &backend)
+        forward::dsr(ctx, pkt, &c.backend)
     }
 }
 

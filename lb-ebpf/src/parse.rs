@@ -3,7 +3,12 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{PROTO_TCP, PROTO_UDP, Reason};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::Ipv4Hdr,
+    tcp::{TCP_HDR_LEN, TcpHdr},
+    udp::UdpHdr,
+};
 
 pub const ETH_LEN: usize = core::mem::size_of::<EthHdr>();
 pub const IPV4_LEN: usize = core::mem::size_of::<Ipv4Hdr>();
@@ -33,6 +38,8 @@ pub struct Packet {
     pub sport_be: u16,
     pub dport_be: u16,
     pub proto: u8,
+    /// TCP flags byte (`TCP_FLAG_*`); 0 for UDP.
+    pub tcp_flags: u8,
     pub tos: u8,
     /// IPv4 total length, host order (for the FIB's MTU check).
     pub ip_len: u16,
@@ -91,13 +98,17 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     }
     // TCP and UDP both start with source and destination port; check the
     // whole header so NAT can reach the checksum.
-    let ports: *const [u8; 4] = match proto {
+    let (ports, tcp_flags): (*const [u8; 4], u8) = match proto {
         PROTO_TCP => match ptr_at::<TcpHdr>(ctx, L4_OFF) {
-            Some(p) => p as *const [u8; 4],
+            // SAFETY: the whole TCP header (20 bytes) is inside the frame;
+            // byte 13 holds the flags.
+            Some(p) => (p as *const [u8; 4], unsafe {
+                (*(p as *const [u8; TCP_HDR_LEN]))[13]
+            }),
             None => return verdict(XDP_DROP, Reason::DropTruncated),
         },
         PROTO_UDP => match ptr_at::<UdpHdr>(ctx, L4_OFF) {
-            Some(p) => p as *const [u8; 4],
+            Some(p) => (p as *const [u8; 4], 0),
             None => return verdict(XDP_DROP, Reason::DropTruncated),
         },
         _ => return verdict(XDP_PASS, Reason::PassNotService),
@@ -112,6 +123,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
         dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
         proto,
+        tcp_flags,
         tos,
         ip_len: tot_len,
         frame_len,

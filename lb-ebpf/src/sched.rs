@@ -2,7 +2,7 @@
 
 use lb_common::{
     BACKEND_F_ACTIVE, Backend, FlowValue, MAX_BACKENDS, MAX_SERVICES, RING_SIZE, Scheduler,
-    ServiceInfo, hash::flow_hash,
+    ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_SYN, hash::flow_hash,
 };
 
 use crate::{
@@ -19,18 +19,33 @@ fn active_backend(id: u32) -> Option<Backend> {
     (b.flags & BACKEND_F_ACTIVE != 0).then_some(b)
 }
 
-/// The backend this packet's flow is pinned to, and whether the flow is new
-/// (a new or stale flow is scheduled and pinned first). `None` when the
-/// service has no backend.
+/// Where a packet goes.
+pub struct Choice {
+    pub backend_id: u32,
+    pub backend: Backend,
+    /// The flow was scheduled by this packet.
+    pub new_flow: bool,
+    /// A client SYN (no ACK) on a flow already pinned to a live backend: the
+    /// handshake is being retried, a passive sign the backend is not answering.
+    pub syn_retransmit: bool,
+}
+
+/// The backend this packet's flow is pinned to (a new or stale flow is
+/// scheduled and pinned first). `None` when the service has no backend.
 #[inline(always)]
-pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<(u32, Backend, bool)> {
+pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<Choice> {
     let key = flow_key(pkt);
     // SAFETY: copied out at once.
     if let Some(v) = unsafe { FLOWS.get(key).copied() }
         && v.service_id == svc.id
         && let Some(b) = active_backend(v.backend_id)
     {
-        return Some((v.backend_id, b, false));
+        return Some(Choice {
+            backend_id: v.backend_id,
+            backend: b,
+            new_flow: false,
+            syn_retransmit: pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
+        });
     }
     let id = schedule(pkt, svc)?;
     let backend = active_backend(id)?;
@@ -41,7 +56,12 @@ pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<(u32, Backend, bo
     // An LRU insert only fails on allocation failure; the packet still goes
     // out, the next one of the flow is scheduled again.
     let _ = FLOWS.insert(key, value, 0);
-    Some((id, backend, true))
+    Some(Choice {
+        backend_id: id,
+        backend,
+        new_flow: true,
+        syn_retransmit: false,
+    })
 }
 
 #[inline(always)]

@@ -6,7 +6,10 @@
 use aya_ebpf::maps::PerCpuArray;
 use lb_common::{Reason, Traffic};
 
-use crate::maps::{BACKEND_STATS, REASONS, SERVICE_STATS};
+use crate::{
+    maps::{BACKEND_STATS, REASONS, SERVICE_STATS},
+    sched::Choice,
+};
 
 #[inline(always)]
 pub fn count_reason(reason: Reason) {
@@ -16,7 +19,7 @@ pub fn count_reason(reason: Reason) {
     }
 }
 
-/// One update per map per packet: counts the packet and, if `new_flow`, the flow.
+/// One update per map per packet: the service's traffic and new flows.
 #[inline(always)]
 fn add(map: &PerCpuArray<Traffic>, id: u32, bytes: u64, new_flow: bool) {
     if let Some(t) = map.get_ptr_mut(id) {
@@ -30,7 +33,33 @@ fn add(map: &PerCpuArray<Traffic>, id: u32, bytes: u64, new_flow: bool) {
 }
 
 #[inline(always)]
-pub fn count_traffic(service_id: u32, backend_id: u32, bytes: u64, new_flow: bool) {
-    add(&SERVICE_STATS, service_id, bytes, new_flow);
-    add(&BACKEND_STATS, backend_id, bytes, new_flow);
+pub fn count_traffic(service_id: u32, backend_id: u32, bytes: u64, c: &Choice) {
+    add(&SERVICE_STATS, service_id, bytes, c.new_flow);
+    if let Some(t) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe {
+            (*t).packets += 1;
+            (*t).bytes += bytes;
+            (*t).new_flows += c.new_flow as u64;
+            (*t).syn_retransmits += c.syn_retransmit as u64;
+        }
+    }
+}
+
+/// A packet for the service found no backend.
+#[inline(always)]
+pub fn count_no_backend(service_id: u32) {
+    if let Some(t) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { (*t).no_backend += 1 };
+    }
+}
+
+/// The backend reset a NAT flow.
+#[inline(always)]
+pub fn count_reset(backend_id: u32) {
+    if let Some(t) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { (*t).resets += 1 };
+    }
 }

@@ -1,19 +1,35 @@
 //! The real data path: loading the embedded XDP object, attaching it, and
 //! the aya-map implementation of [`Dataplane`], plus counter read-out.
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    fmt,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
-use lb_common::{Backend, Reason, ServiceInfo, ServiceKey, Traffic, names};
+use lb_common::{Backend, FlowKey, FlowValue, Reason, ServiceInfo, ServiceKey, Traffic, names};
 use tracing::{info, warn};
 
 use crate::{
     config::XdpMode,
     dataplane::{Dataplane, DataplaneError},
+    plan::{Plan, PlannedService},
 };
 
 /// The compiled `lb-ebpf` object, built by build.rs.
@@ -39,17 +55,96 @@ pub enum BpfError {
     },
     #[error("attaching to {iface}: {reason}")]
     Attach { iface: String, reason: String },
+    #[error("pinning at {0}: {1}")]
+    Pin(PathBuf, String),
+}
+
+/// The loaded data path and whether its maps were adopted from pins.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    /// This layout version's pin directory, when pinning is on.
+    pub pin_dir: Option<PathBuf>,
+    /// The maps existed (a previous daemon left them): flows, config and
+    /// counters carry over.
+    pub adopted: bool,
+}
+
+/// bpffs magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The pin directory for this layout version under `root`.
+pub fn pin_dir(root: &Path) -> PathBuf {
+    root.join(format!("v{}", lb_common::LAYOUT_VERSION))
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
 }
 
 /// Load (but do not attach) the data path. `flow_table_size` sizes the LRU
-/// flow and reverse-NAT tables.
-pub fn load(flow_table_size: u32) -> Result<Ebpf, BpfError> {
-    let mut ebpf = EbpfLoader::new()
+/// flow and reverse-NAT tables. With `pin_root`, every map is pinned under
+/// its versioned directory, re-using maps already pinned there.
+pub fn load(flow_table_size: u32, pin_root: Option<&Path>) -> Result<Loaded, BpfError> {
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(names::FLOWS, flow_table_size)
-        .map_max_entries(names::NAT_REVERSE, flow_table_size)
-        .load(EBPF_OBJECT)?;
+        .map_max_entries(names::NAT_REVERSE, flow_table_size);
+    let dir = pin_root.map(pin_dir);
+    let mut adopted = false;
+    let map_paths: Vec<(&'static str, PathBuf)> = match &dir {
+        Some(d) => names::MAPS.iter().map(|n| (*n, d.join(n))).collect(),
+        None => Vec::new(),
+    };
+    if let Some(d) = &dir {
+        std::fs::create_dir_all(d).map_err(|e| BpfError::Pin(d.clone(), e.to_string()))?;
+        if !is_bpffs(d) {
+            return Err(BpfError::Pin(
+                d.clone(),
+                "not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)".into(),
+            ));
+        }
+        adopted = map_paths.iter().any(|(_, p)| p.exists());
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
     load_program(&mut ebpf, names::PROGRAM)?;
-    Ok(ebpf)
+    if let Some(d) = &dir {
+        // Pinned so `bpftool prog show pinned` finds the running program.
+        let path = d.join(format!("prog_{}", names::PROGRAM));
+        let _ = std::fs::remove_file(&path);
+        xdp_program(&mut ebpf, names::PROGRAM)?
+            .pin(&path)
+            .map_err(|e| BpfError::Pin(path.clone(), e.to_string()))?;
+    }
+    Ok(Loaded {
+        ebpf,
+        pin_dir: dir,
+        adopted,
+    })
+}
+
+/// Remove every pin of this layout version (after a clean detach).
+pub fn unpin(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                warn!(path = %e.path().display(), error = %err, "removing pin failed");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    if let Some(root) = dir.parent() {
+        let _ = std::fs::remove_dir(root); // only if empty
+    }
 }
 
 /// Load one XDP program of the object into the kernel (the data path is
@@ -73,73 +168,170 @@ pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut
 pub struct Attachment {
     pub iface: String,
     pub mode: &'static str,
-    link: XdpLinkId,
+    link: AttachLink,
+}
+
+#[derive(Debug)]
+enum AttachLink {
+    /// Owned by the program; goes when the daemon goes.
+    Owned(XdpLinkId),
+    /// A bpf_link pinned at the path: survives the daemon.
+    Pinned(PathBuf, FdLink),
+}
+
+fn link_pin(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("link_{iface}"))
 }
 
 /// Attach program `name` to each interface. `Auto` tries native mode first
-/// and falls back to generic, logging why.
+/// and falls back to generic, logging why. With `pin_dir`, a link a previous
+/// daemon pinned for the interface is taken over by atomically replacing its
+/// program (no packet sees an interface without XDP), and new links are
+/// pinned.
 pub fn attach(
     ebpf: &mut Ebpf,
     name: &'static str,
     ifaces: &[String],
     mode: XdpMode,
+    pin_dir: Option<&Path>,
 ) -> Result<Vec<Attachment>, BpfError> {
-    let prog = xdp_program(ebpf, name)?;
     let mut out = Vec::new();
     for iface in ifaces {
-        let tries: &[(AyaXdpMode, &'static str)] = match mode {
-            XdpMode::Auto => &[(AyaXdpMode::Driver, "native"), (AyaXdpMode::Skb, "generic")],
-            XdpMode::Native => &[(AyaXdpMode::Driver, "native")],
-            XdpMode::Generic => &[(AyaXdpMode::Skb, "generic")],
-        };
-        let mut last_err = String::new();
-        let mut attached = None;
-        for (m, label) in tries {
-            match prog.attach(iface, *m) {
-                Ok(link) => {
-                    attached = Some(Attachment {
-                        iface: iface.clone(),
-                        mode: label,
-                        link,
-                    });
-                    break;
-                }
-                Err(e) => {
-                    last_err = error_chain(&e);
-                    if *label == "native" && mode == XdpMode::Auto {
-                        warn!(iface, reason = %last_err, "native XDP attach failed; falling back to generic mode");
-                    }
-                }
-            }
-        }
-        match attached {
-            Some(a) => {
-                info!(iface = %a.iface, mode = a.mode, program = name, "XDP program attached");
+        match attach_one(ebpf, name, iface, mode, pin_dir) {
+            Ok(a) => {
+                info!(iface = %a.iface, mode = a.mode, program = name, pinned = matches!(a.link, AttachLink::Pinned(..)), "XDP program attached");
                 out.push(a);
             }
-            None => {
+            Err(e) => {
                 // Do not leave the program on the interfaces done so far.
-                detach(ebpf, name, out);
-                return Err(BpfError::Attach {
-                    iface: iface.clone(),
-                    reason: last_err,
-                });
+                detach(ebpf, name, out, false);
+                return Err(e);
             }
         }
     }
     Ok(out)
 }
 
-/// Detach the given attachments, logging (not failing on) errors.
-pub fn detach(ebpf: &mut Ebpf, name: &'static str, attachments: Vec<Attachment>) {
-    let Ok(prog) = xdp_program(ebpf, name) else {
-        return;
+fn attach_one(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    mode: XdpMode,
+    pin_dir: Option<&Path>,
+) -> Result<Attachment, BpfError> {
+    let prog = xdp_program(ebpf, name)?;
+    let program_err = |source| BpfError::Program { name, source };
+    if let Some(dir) = pin_dir {
+        let path = link_pin(dir, iface);
+        if path.exists() {
+            match adopt_link(prog, &path) {
+                Ok(link) => {
+                    return Ok(Attachment {
+                        iface: iface.to_string(),
+                        mode: "adopted",
+                        link: AttachLink::Pinned(path, link),
+                    });
+                }
+                Err(reason) => {
+                    warn!(iface, path = %path.display(), %reason, "cannot take over the pinned XDP link; attaching anew");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+    let tries: &[(AyaXdpMode, &'static str)] = match mode {
+        XdpMode::Auto => &[(AyaXdpMode::Driver, "native"), (AyaXdpMode::Skb, "generic")],
+        XdpMode::Native => &[(AyaXdpMode::Driver, "native")],
+        XdpMode::Generic => &[(AyaXdpMode::Skb, "generic")],
     };
-    for a in attachments {
-        match prog.detach(a.link) {
-            Ok(()) => info!(iface = %a.iface, "XDP program detached"),
+    let mut last_err = String::new();
+    for (m, label) in tries {
+        match prog.attach(iface, *m) {
+            Ok(id) => {
+                let Some(dir) = pin_dir else {
+                    return Ok(Attachment {
+                        iface: iface.to_string(),
+                        mode: label,
+                        link: AttachLink::Owned(id),
+                    });
+                };
+                let link = prog.take_link(id).map_err(program_err)?;
+                let fd_link = match FdLink::try_from(link) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        return Err(BpfError::Attach {
+                            iface: iface.to_string(),
+                            reason: format!(
+                                "attached through netlink, which cannot be pinned ({}); set dataplane.pin_path = \"\" to run without hitless restart",
+                                error_chain(&e)
+                            ),
+                        });
+                    }
+                };
+                let path = link_pin(dir, iface);
+                let pinned = fd_link
+                    .pin(&path)
+                    .map_err(|e| BpfError::Pin(path.clone(), error_chain(&e)))?;
+                return Ok(Attachment {
+                    iface: iface.to_string(),
+                    mode: label,
+                    link: AttachLink::Pinned(path, pinned.into()),
+                });
+            }
             Err(e) => {
-                warn!(iface = %a.iface, error = %error_chain(&e), "detaching XDP program failed")
+                last_err = error_chain(&e);
+                if *label == "native" && mode == XdpMode::Auto {
+                    warn!(iface, reason = %last_err, "native XDP attach failed; falling back to generic mode");
+                }
+            }
+        }
+    }
+    Err(BpfError::Attach {
+        iface: iface.to_string(),
+        reason: last_err,
+    })
+}
+
+/// Replace the program of a pinned link with ours; returns the link.
+fn adopt_link(prog: &mut Xdp, path: &Path) -> Result<FdLink, String> {
+    let pinned = PinnedLink::from_pin(path).map_err(|e| error_chain(&e))?;
+    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| error_chain(&e))?;
+    let id = prog.attach_to_link(link).map_err(|e| error_chain(&e))?;
+    let link = prog.take_link(id).map_err(|e| error_chain(&e))?;
+    FdLink::try_from(link).map_err(|e| error_chain(&e))
+}
+
+/// Detach the given attachments, logging (not failing on) errors. With
+/// `keep_running`, pinned links stay (forwarding goes on without the daemon).
+pub fn detach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    attachments: Vec<Attachment>,
+    keep_running: bool,
+) {
+    for a in attachments {
+        match a.link {
+            AttachLink::Pinned(path, link) => {
+                if keep_running {
+                    info!(iface = %a.iface, pin = %path.display(), "XDP program left attached (pinned link)");
+                    continue;
+                }
+                if let Err(e) = std::fs::remove_file(&path) {
+                    warn!(iface = %a.iface, error = %e, "removing the link pin failed");
+                }
+                drop(link); // last reference: the kernel detaches
+                info!(iface = %a.iface, "XDP program detached");
+            }
+            AttachLink::Owned(id) => {
+                let Ok(prog) = xdp_program(ebpf, name) else {
+                    continue;
+                };
+                match prog.detach(id) {
+                    Ok(()) => info!(iface = %a.iface, "XDP program detached"),
+                    Err(e) => {
+                        warn!(iface = %a.iface, error = %error_chain(&e), "detaching XDP program failed")
+                    }
+                }
             }
         }
     }
@@ -178,6 +370,40 @@ impl BpfDataplane {
             backends: take(ebpf, names::BACKENDS)?,
             ring: take(ebpf, names::BACKEND_RING)?,
         })
+    }
+}
+
+impl BpfDataplane {
+    /// What the maps hold, as a plan (service names unknown): how a restarted
+    /// daemon learns the ids and contents a previous one left pinned.
+    pub fn read_plan(&self) -> Result<Plan, BpfError> {
+        let err = |name| move |source| BpfError::Map { name, source };
+        let mut plan = Plan::default();
+        for entry in self.services.iter() {
+            let (key, info) = entry.map_err(err(names::SERVICES))?;
+            let mut ring = Vec::with_capacity(info.ring_len as usize);
+            for slot in 0..info.ring_len.min(lb_common::RING_SIZE) {
+                ring.push(
+                    self.ring
+                        .get(&(info.id * lb_common::RING_SIZE + slot), 0)
+                        .map_err(err(names::BACKEND_RING))?,
+                );
+            }
+            plan.services.push(PlannedService {
+                name: String::new(),
+                key,
+                info,
+                ring,
+            });
+        }
+        plan.services.sort_by_key(|s| s.info.id);
+        for id in 0..lb_common::MAX_BACKENDS {
+            let b = self.backends.get(&id, 0).map_err(err(names::BACKENDS))?;
+            if b != Backend::default() {
+                plan.backends.insert(id, b);
+            }
+        }
+        Ok(plan)
     }
 }
 
@@ -298,6 +524,9 @@ impl Counters {
                 packets: a.packets + t.packets,
                 bytes: a.bytes + t.bytes,
                 new_flows: a.new_flows + t.new_flows,
+                no_backend: a.no_backend + t.no_backend,
+                syn_retransmits: a.syn_retransmits + t.syn_retransmits,
+                resets: a.resets + t.resets,
             }))
         };
         for id in service_ids {
@@ -309,5 +538,57 @@ impl Counters {
                 .insert(*id, sum(&self.backends, *id, names::BACKEND_STATS)?);
         }
         Ok(snap)
+    }
+}
+
+/// Counts flow-table entries per backend in a background thread, because a
+/// walk of a large LRU table takes one syscall per entry and must not stall
+/// health checks. Entries are flows the table still holds (idle ones stay
+/// until the LRU evicts them), so this is "flows pinned", not "open TCP
+/// connections".
+pub struct FlowCensus {
+    counts: Arc<Mutex<BTreeMap<u32, u64>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FlowCensus {
+    pub fn start(ebpf: &mut Ebpf, period: Duration) -> Result<Self, BpfError> {
+        let flows: HashMap<MapData, FlowKey, FlowValue> = take(ebpf, names::FLOWS)?;
+        let counts = Arc::new(Mutex::new(BTreeMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (counts.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("flow-census".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    let mut per_backend = BTreeMap::new();
+                    // Bounded: a table that changes under the walk can make
+                    // get_next_key restart, so stop after 2x the maximum.
+                    for (_, v) in flows.iter().flatten().take(2 * (1 << 24)) {
+                        *per_backend.entry(v.backend_id).or_insert(0u64) += 1;
+                    }
+                    if let Ok(mut g) = c.lock() {
+                        *g = per_backend;
+                    }
+                    let mut slept = Duration::ZERO;
+                    while slept < period && !s.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                        slept += Duration::from_millis(100);
+                    }
+                }
+            })
+            .map_err(|e| BpfError::Pin(PathBuf::from("flow-census thread"), e.to_string()))?;
+        Ok(Self { counts, stop })
+    }
+
+    /// Entries per backend id at the last walk.
+    pub fn counts(&self) -> BTreeMap<u32, u64> {
+        self.counts.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for FlowCensus {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }

@@ -4,7 +4,7 @@
 use std::{
     collections::HashSet,
     fmt,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -22,8 +22,35 @@ const IFNAMSIZ: usize = 16;
 pub struct Config {
     #[serde(default)]
     pub dataplane: DataplaneConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
     #[serde(rename = "service", default)]
     pub services: Vec<ServiceConfig>,
+}
+
+/// The daemon's own interfaces: metrics and status.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Address of the Prometheus `/metrics` endpoint; none when unset.
+    #[serde(default)]
+    pub metrics_address: Option<SocketAddr>,
+    /// Unix socket `xdplb status` reads the daemon's state from.
+    #[serde(default = "default_status_socket")]
+    pub status_socket: PathBuf,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            metrics_address: None,
+            status_socket: default_status_socket(),
+        }
+    }
+}
+
+fn default_status_socket() -> PathBuf {
+    PathBuf::from("/run/xdplb.sock")
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -42,6 +69,14 @@ pub struct DataplaneConfig {
     /// (managed neighbours), so the XDP FIB lookup finds their MACs.
     #[serde(default = "default_true")]
     pub manage_neighbours: bool,
+    /// bpffs directory the maps and XDP links are pinned under, so forwarding
+    /// survives a daemon restart or crash. Empty: no pinning.
+    #[serde(default = "default_pin_path")]
+    pub pin_path: PathBuf,
+}
+
+fn default_pin_path() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/xdplb")
 }
 
 impl Default for DataplaneConfig {
@@ -51,6 +86,7 @@ impl Default for DataplaneConfig {
             xdp_mode: XdpMode::default(),
             flow_table_size: default_flow_table_size(),
             manage_neighbours: true,
+            pin_path: default_pin_path(),
         }
     }
 }
@@ -82,8 +118,127 @@ pub struct ServiceConfig {
     pub protocol: Protocol,
     pub scheduler: SchedulerKind,
     pub forwarding: ForwardingKind,
+    /// What the service does while no backend is up.
+    #[serde(default)]
+    pub when_empty: WhenEmpty,
+    /// Active health check; without one every backend counts as up.
+    #[serde(default)]
+    pub check: Option<CheckConfig>,
+    /// Passive health from the data path's counters (needs `check`, which
+    /// brings a passively failed backend back).
+    #[serde(default)]
+    pub passive: Option<PassiveConfig>,
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
+}
+
+/// Policy for a service whose backends are all down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenEmpty {
+    /// Drop the packets (clients time out or retry).
+    #[default]
+    Drop,
+    /// Hand them to the local network stack (e.g. a sorry server or a RST).
+    Pass,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// TCP connect.
+    Tcp,
+    /// HTTP/1.0 GET; the status must be in `status`.
+    Http,
+    /// Read the MySQL server greeting; optionally log in and check the role.
+    Mysql,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MysqlRole {
+    /// Any server that greets.
+    #[default]
+    Any,
+    /// `@@global.read_only = 0`: the primary (writer VIP).
+    ReadWrite,
+    /// `@@global.read_only = 1`: a replica (reader VIP).
+    ReadOnly,
+}
+
+/// Active health check, HAProxy style.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    pub kind: CheckKind,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring a down backend back.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take an up backend out.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Port to check; the backend's port when unset.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// HTTP: path to GET.
+    #[serde(default = "default_http_path")]
+    pub path: String,
+    /// HTTP: Host header; none when unset.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// HTTP: accepted status codes, inclusive `[low, high]`.
+    #[serde(default = "default_http_status")]
+    pub status: [u16; 2],
+    /// MySQL: which role the server must have.
+    #[serde(default)]
+    pub mysql_role: MysqlRole,
+    /// MySQL: account for the role query (mysql_native_password).
+    #[serde(default)]
+    pub mysql_user: Option<String>,
+    #[serde(default)]
+    pub mysql_password: Option<String>,
+}
+
+fn default_interval_ms() -> u64 {
+    2000
+}
+fn default_timeout_ms() -> u64 {
+    1000
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_http_path() -> String {
+    "/".into()
+}
+fn default_http_status() -> [u16; 2] {
+    [200, 399]
+}
+
+/// Passive health: thresholds on what the data path saw per backend within
+/// one `window_ms`. 0 disables a signal.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveConfig {
+    /// Client SYN retransmissions on flows pinned to the backend.
+    #[serde(default)]
+    pub syn_retransmits: u64,
+    /// TCP resets from the backend (NAT only; DSR replies bypass the LB).
+    #[serde(default)]
+    pub resets: u64,
+    #[serde(default = "default_window_ms")]
+    pub window_ms: u64,
+}
+
+fn default_window_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -326,6 +481,32 @@ impl Config {
                 }
                 all_backends.insert((b.address, b.port));
             }
+            if let Some(c) = &s.check {
+                validate_check(c, &at)?;
+            }
+            if let Some(p) = &s.passive {
+                if s.check.is_none() {
+                    return Err((
+                        at("passive"),
+                        "needs an active [service.check]: it is what brings a passively failed backend back".into(),
+                    ));
+                }
+                if !(100..=60_000).contains(&p.window_ms) {
+                    return Err((at("passive.window_ms"), "must be 100..=60000".into()));
+                }
+                if p.resets > 0 && s.forwarding == ForwardingKind::Dsr {
+                    return Err((
+                        at("passive.resets"),
+                        "DSR replies bypass the load balancer, so it never sees a backend's resets (use syn_retransmits)".into(),
+                    ));
+                }
+                if s.protocol == Protocol::Udp && (p.resets > 0 || p.syn_retransmits > 0) {
+                    return Err((
+                        at("passive"),
+                        "passive signals are TCP's; this service is UDP".into(),
+                    ));
+                }
+            }
             if s.backends.iter().all(|b| b.weight == 0) {
                 return Err((
                     at("backend"),
@@ -344,6 +525,59 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn validate_check(c: &CheckConfig, at: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {
+    if !(100..=3_600_000).contains(&c.interval_ms) {
+        return Err((at("check.interval_ms"), "must be 100..=3600000".into()));
+    }
+    if c.timeout_ms < 10 || c.timeout_ms > c.interval_ms {
+        return Err((
+            at("check.timeout_ms"),
+            format!("must be 10..=interval_ms ({})", c.interval_ms),
+        ));
+    }
+    for (k, v) in [("check.rise", c.rise), ("check.fall", c.fall)] {
+        if !(1..=100).contains(&v) {
+            return Err((at(k), "must be 1..=100".into()));
+        }
+    }
+    if c.port == Some(0) {
+        return Err((at("check.port"), "must be 1..=65535".into()));
+    }
+    match c.kind {
+        CheckKind::Http => {
+            if !c.path.starts_with('/') || c.path.contains([' ', '\r', '\n']) {
+                return Err((
+                    at("check.path"),
+                    format!("{:?} is not an HTTP path", c.path),
+                ));
+            }
+            if c.host
+                .as_deref()
+                .is_some_and(|h| h.is_empty() || h.contains([' ', '\r', '\n']))
+            {
+                return Err((at("check.host"), "not a valid Host header value".into()));
+            }
+            let [lo, hi] = c.status;
+            if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+                return Err((
+                    at("check.status"),
+                    format!("[{lo}, {hi}] is not a range of HTTP status codes"),
+                ));
+            }
+        }
+        CheckKind::Mysql => {
+            if c.mysql_role != MysqlRole::Any && c.mysql_user.is_none() {
+                return Err((
+                    at("check.mysql_user"),
+                    "a mysql_role check logs in to ask @@global.read_only; set mysql_user".into(),
+                ));
+            }
+        }
+        CheckKind::Tcp => {}
+    }
+    Ok(())
 }
 
 fn toml_error(path: &Path, text: &str, key: &str, e: &toml::de::Error) -> ConfigError {
@@ -489,6 +723,73 @@ port = 80
         assert_eq!(k, "dataplane.flow_table_size");
         let (k, _) = err(&format!("[dataplane]\ninterfaces = [\"\"]\n{GOOD}"));
         assert_eq!(k, "dataplane.interfaces[0]");
+    }
+
+    #[test]
+    fn checks_and_passive_are_validated() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "[[service.backend]]",
+                &format!("{extra}\n[[service.backend]]"),
+            )
+        };
+        let ok = Config::parse(
+            Path::new("x.toml"),
+            &with("[service.check]\nkind = \"http\"\npath = \"/health\"\n[service.passive]\nsyn_retransmits = 3"),
+        )
+        .unwrap();
+        let c = ok.services[0].check.as_ref().unwrap();
+        assert_eq!(
+            (c.interval_ms, c.timeout_ms, c.rise, c.fall, c.status),
+            (2000, 1000, 2, 3, [200, 399])
+        );
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "[service.check]\nkind = \"tcp\"\ntimeout_ms = 5000",
+                "service[0].check.timeout_ms",
+                "interval_ms",
+            ),
+            (
+                "[service.check]\nkind = \"tcp\"\nfall = 0",
+                "service[0].check.fall",
+                "1..=100",
+            ),
+            (
+                "[service.check]\nkind = \"http\"\nstatus = [300, 200]",
+                "service[0].check.status",
+                "range",
+            ),
+            (
+                "[service.check]\nkind = \"http\"\npath = \"health\"",
+                "service[0].check.path",
+                "HTTP path",
+            ),
+            (
+                "[service.check]\nkind = \"mysql\"\nmysql_role = \"read_write\"",
+                "service[0].check.mysql_user",
+                "log",
+            ),
+            (
+                "[service.check]\nkind = \"smtp\"",
+                "service[0].check.kind",
+                "unknown variant",
+            ),
+            (
+                "[service.passive]\nsyn_retransmits = 3",
+                "service[0].passive",
+                "active",
+            ),
+            (
+                "[service.check]\nkind = \"tcp\"\n[service.passive]\nresets = 3",
+                "service[0].passive.resets",
+                "DSR",
+            ),
+        ];
+        for (extra, key, reason) in cases {
+            let (k, msg) = err(&with(extra));
+            assert_eq!(&k, key, "{msg}");
+            assert!(msg.contains(reason), "{msg} should say {reason:?}");
+        }
     }
 
     #[test]

@@ -50,6 +50,12 @@ impl Programmer {
         &self.applied
     }
 
+    /// Take what the maps already hold (pinned by an earlier daemon) as the
+    /// applied plan, so the next apply writes only the difference.
+    pub fn adopt(&mut self, found: Plan) {
+        self.applied = found;
+    }
+
     /// Write what differs between the applied plan and `plan`.
     /// On error the applied plan is left as it was, so a retry rewrites
     /// whatever may have been written partially.
@@ -206,7 +212,9 @@ mod tests {
         let mut dp = FakeDataplane::default();
         let mut prog = Programmer::default();
         let c = cfg(&[("203.0.113.11", 1), ("203.0.113.12", 1)], "maglev");
-        let st = prog.apply(&mut dp, planner.plan(&c).unwrap()).unwrap();
+        let st = prog
+            .apply(&mut dp, planner.plan(&c, &Default::default()).unwrap())
+            .unwrap();
         assert_eq!(st.backends_written, 2);
         assert_eq!(st.ring_slots_written, RING_SIZE as usize);
         assert_eq!(st.services_written, 1);
@@ -215,7 +223,9 @@ mod tests {
                 .values()
                 .all(|b| b.flags & BACKEND_F_ACTIVE != 0)
         );
-        let st = prog.apply(&mut dp, planner.plan(&c).unwrap()).unwrap();
+        let st = prog
+            .apply(&mut dp, planner.plan(&c, &Default::default()).unwrap())
+            .unwrap();
         assert_eq!(st, ApplyStats::default());
     }
 
@@ -232,7 +242,8 @@ mod tests {
             ],
             "maglev",
         );
-        prog.apply(&mut dp, planner.plan(&three).unwrap()).unwrap();
+        prog.apply(&mut dp, planner.plan(&three, &Default::default()).unwrap())
+            .unwrap();
         let gone_id = *dp
             .backends
             .iter()
@@ -241,7 +252,9 @@ mod tests {
             .0;
         let gone_slots = dp.rings.values().filter(|&&b| b == gone_id).count();
         let two = cfg(&[("203.0.113.11", 1), ("203.0.113.12", 1)], "maglev");
-        let st = prog.apply(&mut dp, planner.plan(&two).unwrap()).unwrap();
+        let st = prog
+            .apply(&mut dp, planner.plan(&two, &Default::default()).unwrap())
+            .unwrap();
         assert_eq!(st.backends_retired, 1);
         assert_eq!(dp.backends[&gone_id].flags & BACKEND_F_ACTIVE, 0);
         // Its slots all move; others move only a little (Maglev's promise).
@@ -260,12 +273,16 @@ mod tests {
         let mut prog = Programmer::default();
         let c = cfg(&[("203.0.113.11", 1), ("203.0.113.12", 2)], "round_robin");
         dp.fail_at = Some(3);
-        assert!(prog.apply(&mut dp, planner.plan(&c).unwrap()).is_err());
+        assert!(
+            prog.apply(&mut dp, planner.plan(&c, &Default::default()).unwrap())
+                .is_err()
+        );
         assert!(
             dp.services.is_empty(),
             "service must not appear before its ring"
         );
-        prog.apply(&mut dp, planner.plan(&c).unwrap()).unwrap();
+        prog.apply(&mut dp, planner.plan(&c, &Default::default()).unwrap())
+            .unwrap();
         let key = prog.applied().services[0].key;
         assert_eq!(dp.services[&key].ring_len, 3);
         let heavy = *dp

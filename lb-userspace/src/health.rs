@@ -38,6 +38,15 @@ impl Health {
         }
     }
 
+    /// Take the backend down now (a passive failure); it must then pass
+    /// `rise` checks to come back. Returns whether it was up.
+    pub fn force_down(&mut self) -> bool {
+        let was_up = self.up;
+        self.up = false;
+        self.streak = 0;
+        was_up
+    }
+
     pub fn is_up(&self) -> bool {
         self.up
     }

@@ -1,11 +1,16 @@
-//! xdplb control plane: configuration, scheduling tables, and programming of
-//! the XDP data path.
+//! xdplb control plane: configuration, scheduling tables, health, and
+//! programming of the XDP data path.
 
 pub mod bpf;
+pub mod check;
+pub mod check_route;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;
 pub mod neigh;
+pub mod passive;
 pub mod plan;
 pub mod ring;
+pub mod view;

@@ -60,7 +60,7 @@ impl Netlink {
     }
 
     /// Send one request and collect the replies up to its ACK or error.
-    fn request(
+    pub(crate) fn request(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,

@@ -5,17 +5,17 @@
 //! are still there.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
 use lb_common::{
-    BACKEND_F_ACTIVE, Backend, Forwarding, MAX_BACKENDS, MAX_SERVICES, RING_SIZE, Scheduler,
-    ServiceInfo, ServiceKey,
+    BACKEND_F_ACTIVE, Backend, Forwarding, MAX_BACKENDS, MAX_SERVICES, RING_SIZE,
+    SERVICE_F_PASS_WHEN_EMPTY, Scheduler, ServiceInfo, ServiceKey,
 };
 
 use crate::{
-    config::{Config, Protocol, SchedulerKind},
+    config::{BackendConfig, Config, Protocol, SchedulerKind, WhenEmpty},
     maglev::{self, MaglevBackend},
     ring,
 };
@@ -85,11 +85,15 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
     }
 }
 
+/// One backend of one service. Ids, health and counters are per service, so
+/// the same server can be up for a reader VIP and down for a writer VIP.
+pub type BackendRef = (ServiceKey, Ipv4Addr, u16);
+
 /// Makes plans, remembering ids between them.
 #[derive(Debug)]
 pub struct Planner {
     services: Ids<ServiceKey>,
-    backends: Ids<(Ipv4Addr, u16)>,
+    backends: Ids<BackendRef>,
 }
 
 impl Default for Planner {
@@ -110,8 +114,31 @@ pub fn service_key(vip: Ipv4Addr, port: u16, protocol: Protocol) -> ServiceKey {
     }
 }
 
+/// The service and endpoint a planned backend entry stands for.
+pub fn backend_ref(plan: &Plan, b: &Backend) -> Option<BackendRef> {
+    let svc = plan.services.iter().find(|s| s.info.id == b.service_id)?;
+    Some((
+        svc.key,
+        Ipv4Addr::from(u32::from_be(b.addr_be)),
+        u16::from_be(b.port_be),
+    ))
+}
+
 impl Planner {
-    pub fn plan(&mut self, config: &Config) -> Result<Plan, PlanError> {
+    /// Take over the ids of a plan found in the maps (pinned by a previous
+    /// daemon), so pinned flows keep meaning the same backends.
+    pub fn adopt(&mut self, plan: &Plan) {
+        self.services.ids = plan.services.iter().map(|s| (s.key, s.info.id)).collect();
+        self.backends.ids = plan
+            .backends
+            .iter()
+            .filter_map(|(id, b)| Some((backend_ref(plan, b)?, *id)))
+            .collect();
+    }
+
+    /// The map contents for `config`, with the backends in `down` inactive
+    /// and out of their service's ring.
+    pub fn plan(&mut self, config: &Config, down: &HashSet<BackendRef>) -> Result<Plan, PlanError> {
         let keys: Vec<ServiceKey> = config
             .services
             .iter()
@@ -119,33 +146,40 @@ impl Planner {
             .collect();
         let service_ids = self.services.assign(&keys).ok_or(PlanError::ServiceIds)?;
 
-        let mut endpoints: Vec<(Ipv4Addr, u16)> = config
+        let refs: Vec<BackendRef> = config
             .services
             .iter()
-            .flat_map(|s| s.backends.iter().map(|b| (b.address, b.port)))
+            .zip(&keys)
+            .flat_map(|(s, key)| s.backends.iter().map(|b| (*key, b.address, b.port)))
             .collect();
-        endpoints.sort();
-        endpoints.dedup();
-        let backend_ids = self
-            .backends
-            .assign(&endpoints)
-            .ok_or(PlanError::BackendIds)?;
-        let id_of: HashMap<(Ipv4Addr, u16), u32> = endpoints
+        let backend_ids = self.backends.assign(&refs).ok_or(PlanError::BackendIds)?;
+        let id_of: HashMap<BackendRef, u32> = refs
             .iter()
             .copied()
             .zip(backend_ids.iter().copied())
             .collect();
-
-        let backends = endpoints
+        let service_id_of: HashMap<ServiceKey, u32> = keys
             .iter()
-            .map(|&(addr, port)| {
+            .copied()
+            .zip(service_ids.iter().copied())
+            .collect();
+
+        let backends = refs
+            .iter()
+            .map(|r| {
+                let (key, addr, port) = *r;
                 (
-                    id_of[&(addr, port)],
+                    id_of[r],
                     Backend {
                         addr_be: u32::from(addr).to_be(),
                         port_be: port.to_be(),
-                        flags: BACKEND_F_ACTIVE,
+                        flags: if down.contains(r) {
+                            0
+                        } else {
+                            BACKEND_F_ACTIVE
+                        },
                         _pad: 0,
+                        service_id: service_id_of[&key],
                     },
                 )
             })
@@ -153,27 +187,35 @@ impl Planner {
 
         let mut services = Vec::with_capacity(config.services.len());
         for ((s, key), id) in config.services.iter().zip(keys).zip(service_ids) {
-            let ids: Vec<u32> = s
+            // Only backends that are up and have weight get new flows.
+            let live: Vec<&BackendConfig> = s
                 .backends
                 .iter()
-                .map(|b| id_of[&(b.address, b.port)])
+                .filter(|b| b.weight > 0 && !down.contains(&(key, b.address, b.port)))
                 .collect();
-            let slots = match s.scheduler {
-                SchedulerKind::Maglev => {
-                    let mb: Vec<MaglevBackend> = s
-                        .backends
-                        .iter()
-                        .map(|b| MaglevBackend {
-                            key: format!("{}:{}", b.address, b.port),
-                            weight: b.weight,
-                        })
-                        .collect();
-                    maglev::table(&mb, RING_SIZE)
-                        .map_err(|e| PlanError::Maglev(s.name.clone(), e))?
-                }
-                SchedulerKind::RoundRobin => {
-                    let weights: Vec<u32> = s.backends.iter().map(|b| b.weight).collect();
-                    ring::weighted_round_robin(&weights, RING_SIZE as usize)
+            let ids: Vec<u32> = live
+                .iter()
+                .map(|b| id_of[&(key, b.address, b.port)])
+                .collect();
+            let slots = if live.is_empty() {
+                Vec::new()
+            } else {
+                match s.scheduler {
+                    SchedulerKind::Maglev => {
+                        let mb: Vec<MaglevBackend> = live
+                            .iter()
+                            .map(|b| MaglevBackend {
+                                key: format!("{}:{}", b.address, b.port),
+                                weight: b.weight,
+                            })
+                            .collect();
+                        maglev::table(&mb, RING_SIZE)
+                            .map_err(|e| PlanError::Maglev(s.name.clone(), e))?
+                    }
+                    SchedulerKind::RoundRobin => {
+                        let weights: Vec<u32> = live.iter().map(|b| b.weight).collect();
+                        ring::weighted_round_robin(&weights, RING_SIZE as usize)
+                    }
                 }
             };
             let ring: Vec<u32> = slots.iter().map(|&i| ids[i as usize]).collect();
@@ -185,7 +227,11 @@ impl Planner {
                     ring_len: ring.len() as u32,
                     scheduler: Scheduler::from(s.scheduler) as u8,
                     forwarding: Forwarding::from(s.forwarding) as u8,
-                    _pad: [0; 2],
+                    flags: match s.when_empty {
+                        WhenEmpty::Drop => 0,
+                        WhenEmpty::Pass => SERVICE_F_PASS_WHEN_EMPTY,
+                    },
+                    _pad: 0,
                 },
                 ring,
             });
@@ -223,7 +269,9 @@ weight = 3
 
     #[test]
     fn round_robin_ring_carries_weights() {
-        let plan = Planner::default().plan(&config(TWO)).unwrap();
+        let plan = Planner::default()
+            .plan(&config(TWO), &HashSet::new())
+            .unwrap();
         let s = &plan.services[0];
         assert_eq!(s.info.ring_len, 4);
         assert_eq!(s.key.port_be, 80u16.to_be());
@@ -238,10 +286,80 @@ weight = 3
     }
 
     #[test]
+    fn down_backends_leave_the_ring_and_turn_inactive() {
+        let c = config(TWO);
+        let mut planner = Planner::default();
+        let key = service_key(Ipv4Addr::new(192, 0, 2, 10), 80, Protocol::Tcp);
+        let heavy = (key, Ipv4Addr::new(203, 0, 113, 12), 8080);
+        let light = (key, Ipv4Addr::new(203, 0, 113, 11), 8080);
+        let all_up = planner.plan(&c, &HashSet::new()).unwrap();
+        let down = planner.plan(&c, &HashSet::from([heavy])).unwrap();
+        // Same ids; the heavy backend stays in the table but inactive.
+        assert_eq!(
+            all_up.backends.keys().collect::<Vec<_>>(),
+            down.backends.keys().collect::<Vec<_>>()
+        );
+        let (heavy_id, b) = down
+            .backends
+            .iter()
+            .find(|(_, b)| backend_ref(&down, b) == Some(heavy))
+            .unwrap();
+        assert_eq!(b.flags, 0);
+        assert_eq!(down.services[0].info.ring_len, 1);
+        assert!(!down.services[0].ring.contains(heavy_id));
+        // All down: an empty ring, and the service says what to do then.
+        let none = planner.plan(&c, &HashSet::from([heavy, light])).unwrap();
+        assert_eq!(none.services[0].info.ring_len, 0);
+        assert_eq!(none.services[0].info.flags, 0);
+        let pass = config(&TWO.replace(
+            "forwarding = \"nat\"",
+            "forwarding = \"nat\"\nwhen_empty = \"pass\"",
+        ));
+        let none = planner.plan(&pass, &HashSet::from([heavy, light])).unwrap();
+        assert_eq!(none.services[0].info.flags, SERVICE_F_PASS_WHEN_EMPTY);
+    }
+
+    #[test]
+    fn the_same_server_has_an_id_per_service() {
+        let two_vips = format!(
+            "{TWO}{}",
+            TWO.replace("name = \"web\"", "name = \"web2\"")
+                .replace("port = 80\n", "port = 81\n")
+        );
+        let plan = Planner::default()
+            .plan(&config(&two_vips), &HashSet::new())
+            .unwrap();
+        assert_eq!(plan.backends.len(), 4);
+        for s in &plan.services {
+            for id in &s.ring {
+                assert_eq!(plan.backends[id].service_id, s.info.id);
+            }
+        }
+    }
+
+    #[test]
+    fn adopting_a_plan_keeps_its_ids() {
+        let mut first = Planner::default();
+        let three = TWO.replacen(
+            "[[service.backend]]",
+            "[[service.backend]]\naddress = \"203.0.113.13\"\nport = 8080\n[[service.backend]]",
+            1,
+        );
+        let _ = first.plan(&config(&three), &HashSet::new()).unwrap();
+        // Freeing the first backend's id makes the later ids non-obvious.
+        let found = first.plan(&config(TWO), &HashSet::new()).unwrap();
+        let mut second = Planner::default();
+        second.adopt(&found);
+        assert_eq!(second.plan(&config(TWO), &HashSet::new()).unwrap(), found);
+        let mut fresh = Planner::default();
+        assert_ne!(fresh.plan(&config(TWO), &HashSet::new()).unwrap(), found);
+    }
+
+    #[test]
     fn ids_survive_replanning_and_freed_ids_are_reused() {
         let mut planner = Planner::default();
-        let first = planner.plan(&config(TWO)).unwrap();
-        let again = planner.plan(&config(TWO)).unwrap();
+        let first = planner.plan(&config(TWO), &HashSet::new()).unwrap();
+        let again = planner.plan(&config(TWO), &HashSet::new()).unwrap();
         assert_eq!(first, again);
         // Drop the first backend: the second keeps its id.
         let fewer = TWO.replacen(
@@ -249,7 +367,7 @@ weight = 3
             "",
             1,
         );
-        let second = planner.plan(&config(&fewer)).unwrap();
+        let second = planner.plan(&config(&fewer), &HashSet::new()).unwrap();
         assert_eq!(second.backends.len(), 1);
         let (id, b) = second.backends.iter().next().unwrap();
         assert_eq!(first.backends[id], *b);

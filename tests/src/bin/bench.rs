@@ -114,10 +114,17 @@ fn main() {
     let ns = fib_lab("xdplb-bench");
     let _in = ns.enter();
     let config = Config::parse(Path::new("bench.toml"), CONFIG).unwrap();
-    let mut ebpf = bpf::load(config.dataplane.flow_table_size).unwrap();
+    let mut ebpf = bpf::load(config.dataplane.flow_table_size, None)
+        .unwrap()
+        .ebpf;
     let mut dp = BpfDataplane::new(&mut ebpf).unwrap();
     Programmer::default()
-        .apply(&mut dp, Planner::default().plan(&config).unwrap())
+        .apply(
+            &mut dp,
+            Planner::default()
+                .plan(&config, &Default::default())
+                .unwrap(),
+        )
         .unwrap();
 
     let dsr_vip = [192, 0, 2, 10];

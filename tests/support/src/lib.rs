@@ -130,11 +130,41 @@ pub struct ProcessGuard {
 }
 
 impl ProcessGuard {
-    /// Start `args` in namespace `ns`, collecting its stderr lines.
+    /// Start `args` in namespace `ns` (via `ip netns exec`), collecting its
+    /// stderr lines.
     pub fn spawn(name: &str, ns: &str, args: &[String]) -> ProcessGuard {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).args(args);
+        Self::start(name, cmd)
+    }
+
+    /// Start `args` in network namespace `ns` only, keeping this process's
+    /// mount namespace. `ip netns exec` mounts a private /sys, which hides the
+    /// host's /sys/fs/bpf; a daemon whose pins must outlive it (and be found
+    /// by the next one) needs the real bpffs.
+    pub fn spawn_in_netns(name: &str, ns: &str, args: &[String]) -> ProcessGuard {
+        use std::os::unix::process::CommandExt as _;
+        let netns = File::open(format!("/run/netns/{ns}")).expect("open netns");
+        let fd = netns.as_raw_fd();
+        let mut cmd = Command::new(&args[0]);
+        cmd.args(&args[1..]);
+        // SAFETY: setns is async-signal-safe; the fd stays open in the parent
+        // until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let g = Self::start(name, cmd);
+        drop(netns);
+        g
+    }
+
+    fn start(name: &str, mut cmd: Command) -> ProcessGuard {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -337,16 +367,47 @@ impl LbTopology {
     }
 }
 
-/// Start `xdplb run` in the LB namespace of an [`LbTopology`], attached to
-/// the LB's client and backend interfaces, and wait until it is ready.
-/// `extra` is appended to the command line (e.g. `--xdp-mode native`).
-pub fn start_xdplb(
-    lb: &Netns,
+/// A running `xdplb run` and what it owns on the host: stopping it (SIGTERM)
+/// detaches and unpins; dropping it also removes its bpffs pins, which a
+/// SIGKILLed daemon leaves behind.
+pub struct Xdplb {
+    pub process: ProcessGuard,
+    /// `--pin-path` root, unique to the test.
+    pub pin_root: PathBuf,
+    pub status_socket: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+impl std::ops::Deref for Xdplb {
+    type Target = ProcessGuard;
+    fn deref(&self) -> &ProcessGuard {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Xdplb {
+    fn deref_mut(&mut self) -> &mut ProcessGuard {
+        &mut self.process
+    }
+}
+
+impl Drop for Xdplb {
+    fn drop(&mut self) {
+        self.process.stop();
+        if self.pin_root.exists() {
+            let _ = std::fs::remove_dir_all(&self.pin_root);
+        }
+    }
+}
+
+/// The command line [`start_xdplb`] runs, for tests that restart the daemon.
+pub fn xdplb_args(
     xdplb: &std::path::Path,
     config: &std::path::Path,
     pid_file: &std::path::Path,
+    pin_root: &std::path::Path,
     extra: &[&str],
-) -> ProcessGuard {
+) -> Vec<String> {
     let mut args = vec![
         xdplb.display().to_string(),
         "run".into(),
@@ -361,9 +422,35 @@ pub fn start_xdplb(
         "0".into(),
         "--pid-file".into(),
         pid_file.display().to_string(),
+        "--status-socket".into(),
+        pid_file.with_extension("sock").display().to_string(),
+        "--pin-path".into(),
+        pin_root.display().to_string(),
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut daemon = ProcessGuard::spawn("xdplb", &lb.name, &args);
-    daemon.wait_for("xdplb ready", Duration::from_secs(30));
-    daemon
+    args
+}
+
+/// Start `xdplb run` in the LB namespace of an [`LbTopology`], attached to
+/// the LB's client and backend interfaces, and wait until it is ready. Its
+/// pins go under `/sys/fs/bpf/<lb namespace>` and its status socket next to
+/// `pid_file`, so parallel tests do not meet. `extra` is appended to the
+/// command line (e.g. `--xdp-mode native`).
+pub fn start_xdplb(
+    lb: &Netns,
+    xdplb: &std::path::Path,
+    config: &std::path::Path,
+    pid_file: &std::path::Path,
+    extra: &[&str],
+) -> Xdplb {
+    let pin_root = PathBuf::from("/sys/fs/bpf").join(&lb.name);
+    let args = xdplb_args(xdplb, config, pid_file, &pin_root, extra);
+    let mut process = ProcessGuard::spawn_in_netns("xdplb", &lb.name, &args);
+    process.wait_for("xdplb ready", Duration::from_secs(30));
+    Xdplb {
+        process,
+        pin_root,
+        status_socket: pid_file.with_extension("sock"),
+        pid_file: pid_file.to_owned(),
+    }
 }

@@ -1,0 +1,116 @@
+//! Passive health: the data path counts, per backend, client SYNs retried on
+//! flows it already pinned (the backend is not completing handshakes) and,
+//! for NAT, the resets the backend sends. A backend whose counts grow by a
+//! threshold within one window is taken down at once, ahead of the active
+//! check; the active check's `rise` brings it back.
+//!
+//! Pure: the caller passes the counter totals and the time.
+
+use std::time::Duration;
+
+use crate::config::PassiveConfig;
+
+/// Counter totals at the start of the current window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    start: Duration,
+    syn_retransmits: u64,
+    resets: u64,
+}
+
+impl Window {
+    pub fn new(now: Duration, syn_retransmits: u64, resets: u64) -> Self {
+        Self {
+            start: now,
+            syn_retransmits,
+            resets,
+        }
+    }
+
+    /// Feed the current totals. Returns why the backend should go down if a
+    /// threshold was reached in this window; a finished window starts anew.
+    pub fn observe(
+        &mut self,
+        now: Duration,
+        syn_retransmits: u64,
+        resets: u64,
+        cfg: &PassiveConfig,
+    ) -> Option<String> {
+        // Counters only grow; a smaller value means the maps were recreated.
+        let syn = syn_retransmits.saturating_sub(self.syn_retransmits);
+        let rst = resets.saturating_sub(self.resets);
+        let tripped = if cfg.syn_retransmits > 0 && syn >= cfg.syn_retransmits {
+            Some(format!(
+                "{syn} client SYN retransmissions within {} ms (threshold {})",
+                cfg.window_ms, cfg.syn_retransmits
+            ))
+        } else if cfg.resets > 0 && rst >= cfg.resets {
+            Some(format!(
+                "{rst} resets from the backend within {} ms (threshold {})",
+                cfg.window_ms, cfg.resets
+            ))
+        } else {
+            None
+        };
+        if tripped.is_some()
+            || now.saturating_sub(self.start) >= Duration::from_millis(cfg.window_ms)
+        {
+            *self = Window::new(now, syn_retransmits, resets);
+        }
+        tripped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(syn: u64, rst: u64) -> PassiveConfig {
+        PassiveConfig {
+            syn_retransmits: syn,
+            resets: rst,
+            window_ms: 1000,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn threshold_within_one_window_trips() {
+        let c = cfg(3, 0);
+        let mut w = Window::new(ms(0), 10, 0);
+        assert_eq!(w.observe(ms(300), 11, 0, &c), None);
+        assert_eq!(w.observe(ms(600), 12, 0, &c), None);
+        let why = w.observe(ms(900), 13, 0, &c).expect("3 within 1 s");
+        assert!(why.contains("3 client SYN"), "{why}");
+        // The window restarted at the trip: no double count.
+        assert_eq!(w.observe(ms(1000), 13, 0, &c), None);
+    }
+
+    #[test]
+    fn the_same_count_spread_over_windows_does_not() {
+        let c = cfg(3, 0);
+        let mut w = Window::new(ms(0), 0, 0);
+        assert_eq!(w.observe(ms(500), 2, 0, &c), None);
+        assert_eq!(w.observe(ms(1000), 2, 0, &c), None); // window ends: base 2
+        assert_eq!(w.observe(ms(1500), 4, 0, &c), None);
+        assert_eq!(w.observe(ms(2000), 4, 0, &c), None);
+    }
+
+    #[test]
+    fn resets_and_disabled_signals() {
+        let mut w = Window::new(ms(0), 0, 0);
+        assert!(
+            w.observe(ms(100), 0, 5, &cfg(0, 5))
+                .unwrap()
+                .contains("resets")
+        );
+        let mut w = Window::new(ms(0), 0, 0);
+        assert_eq!(w.observe(ms(100), 100, 100, &cfg(0, 0)), None);
+        // Recreated maps (counters went back to 0) do not underflow.
+        let mut w = Window::new(ms(0), 50, 50);
+        assert_eq!(w.observe(ms(100), 0, 0, &cfg(1, 1)), None);
+    }
+}
