@@ -16,11 +16,13 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{SocketAddr, TcpStream, UdpSocket},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use xdplb_tests::{
     BACKEND_LINKS, LbTopology, Netns, ProcessGuard, Xdplb, require_root, start_xdplb, target_bin,
+    xdplb_args,
 };
 
 const VIP: &str = "192.0.2.10";
@@ -36,10 +38,10 @@ enum Mode {
 struct Lab {
     // Field order is drop order: processes stop before namespaces go.
     daemon: Xdplb,
-    _servers: Vec<ProcessGuard>,
+    servers: Vec<ProcessGuard>,
     client: Netns,
     lb: Netns,
-    _backends: Vec<Netns>,
+    backends: Vec<Netns>,
     config: std::path::PathBuf,
     pid_file: std::path::PathBuf,
 }
@@ -52,43 +54,14 @@ impl Drop for Lab {
 }
 
 fn lab(mode: Mode, forwarding: &str, scheduler: &str) -> Lab {
-    let topo = LbTopology::new("xdplb", VIP, mode == Mode::Native);
-    let mut servers = Vec::new();
-    for (i, ns) in topo.backends.iter().enumerate() {
-        let name = format!("b{}", i + 1);
-        let srv = target_bin("xdplb-testsrv").display().to_string();
-        let args: Vec<String> = [
-            srv.as_str(),
-            &name,
-            "--tcp",
-            "0.0.0.0:80",
-            "0.0.0.0:8080",
-            "--udp",
-            &format!("{VIP}:53"),
-            &format!("{}:5353", BACKEND_LINKS[i].addr),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut g = ProcessGuard::spawn(&name, &ns.name, &args);
-        g.wait_for("listening", Duration::from_secs(10));
-        servers.push(g);
-    }
-    let LbTopology {
-        client,
-        lb,
-        backends,
-    } = topo;
-
     let (tcp_port, udp_port) = if forwarding == "nat" {
         (8080, 5353)
     } else {
         (80, 53)
     };
-    let config = std::env::temp_dir().join(format!("{}.toml", lb.name));
-    std::fs::write(
-        &config,
-        format!(
+    lab_with(
+        mode,
+        &format!(
             r#"
 [dataplane]
 flow_table_size = 65536
@@ -113,7 +86,49 @@ backend = [{{ address = "203.0.113.11", port = {udp_port} }}, {{ address = "203.
 "#
         ),
     )
-    .unwrap();
+}
+
+/// The command line of backend `i`'s test server (HTTP on 80 and 8080,
+/// UDP on the VIP:53 and its own address:5353).
+fn server_args(i: usize) -> Vec<String> {
+    let srv = target_bin("xdplb-testsrv").display().to_string();
+    [
+        srv.as_str(),
+        &format!("b{}", i + 1),
+        "--tcp",
+        "0.0.0.0:80",
+        "0.0.0.0:8080",
+        "--udp",
+        &format!("{VIP}:53"),
+        &format!("{}:5353", BACKEND_LINKS[i].addr),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start_server(ns: &Netns, i: usize) -> ProcessGuard {
+    let mut g = ProcessGuard::spawn(&format!("b{}", i + 1), &ns.name, &server_args(i));
+    g.wait_for("listening", Duration::from_secs(10));
+    g
+}
+
+/// The lab with `config` (its interfaces come from the command line).
+fn lab_with(mode: Mode, config_text: &str) -> Lab {
+    let topo = LbTopology::new("xdplb", VIP, mode == Mode::Native);
+    let servers = topo
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| start_server(ns, i))
+        .collect();
+    let LbTopology {
+        client,
+        lb,
+        backends,
+    } = topo;
+    let config = std::env::temp_dir().join(format!("{}.toml", lb.name));
+    std::fs::write(&config, config_text).unwrap();
     let xdp_mode = if mode == Mode::Native {
         "native"
     } else {
@@ -140,10 +155,10 @@ backend = [{{ address = "203.0.113.11", port = {udp_port} }}, {{ address = "203.
     );
     Lab {
         daemon,
-        _servers: servers,
+        servers,
         client,
         lb,
-        _backends: backends,
+        backends,
         config,
         pid_file,
     }
@@ -513,5 +528,482 @@ fn reload_applies_diffs_keeps_established_flows_and_rejects_bad_configs() {
     assert!(
         status.is_some_and(|s| s.success()),
         "daemon exit {status:?}"
+    );
+}
+
+// --- Control plane: health, passive health, hitless restart, metrics --------
+
+const CHECK_INTERVAL_MS: u64 = 300;
+const FALL: u64 = 3;
+
+/// One TCP service over both backends with `[service.*]` tables appended,
+/// and metrics on the LB namespace's loopback.
+fn service_config(forwarding: &str, tables: &str) -> String {
+    let port = if forwarding == "nat" { 8080 } else { 80 };
+    format!(
+        r#"
+[dataplane]
+flow_table_size = 65536
+
+[control]
+metrics_address = "127.0.0.1:9100"
+
+[[service]]
+name = "www.foobar.com"
+vip = "{VIP}"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "{forwarding}"
+backend = [{{ address = "203.0.113.11", port = {port} }}, {{ address = "203.0.113.21", port = {port} }}]
+{tables}
+"#
+    )
+}
+
+/// One request's start time and outcome.
+type Outcome = (Instant, Result<String, String>);
+
+/// New HTTP connections from the client namespace until `stop` is set,
+/// bounded by 4000 requests and 60 s.
+fn background_load(client: &Netns, vip: SocketAddr, stop: &AtomicBool) -> Vec<Outcome> {
+    let _in = client.enter();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    while !stop.load(Ordering::Relaxed) && out.len() < 4000 && Instant::now() < deadline {
+        let start = Instant::now();
+        out.push((start, http_get(vip)));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    out
+}
+
+/// GET /metrics from the daemon (it listens on the LB namespace's loopback).
+fn scrape(lab: &Lab) -> String {
+    let _in = lab.lb.enter();
+    let mut s = TcpStream::connect("127.0.0.1:9100").expect("metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
+}
+
+/// The value of the sample of `metric` whose labels contain `label`.
+fn sample(metrics: &str, metric: &str, label: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{metric}{{")) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn status_table(lab: &Lab) -> String {
+    let out = std::process::Command::new(target_bin("xdplb"))
+        .args(["status", "--socket"])
+        .arg(&lab.daemon.status_socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "xdplb status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Backend 1 fails its active check under load, leaves the scheduler within
+/// interval × fall (+ one interval), and takes connections again after it
+/// passes `rise` checks. NAT: its server process dies and comes back. DSR:
+/// the VIP disappears from its loopback while its server keeps listening on
+/// its own address, which only a check of the VIP notices.
+fn health_check(test: &str, forwarding: &str) {
+    if !require_root(test) {
+        return;
+    }
+    let kind = if forwarding == "nat" {
+        "kind = \"http\"\npath = \"/\"\nhost = \"www.foobar.com\"\nstatus = [200, 299]"
+    } else {
+        "kind = \"tcp\""
+    };
+    let config = service_config(
+        forwarding,
+        &format!(
+            "[service.check]\n{kind}\ninterval_ms = {CHECK_INTERVAL_MS}\ntimeout_ms = 250\nrise = 2\nfall = {FALL}\n"
+        ),
+    );
+    let mut lab = lab_with(Mode::Native, &config);
+    let port = if forwarding == "nat" { 8080 } else { 80 };
+    let b1 = format!("backend=\"203.0.113.11:{port}\"");
+    lab.daemon
+        .wait_for("health checks running", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(CHECK_INTERVAL_MS * 2));
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let stop = AtomicBool::new(false);
+    let bound = Duration::from_millis(CHECK_INTERVAL_MS * (FALL + 1));
+    let (outcomes, broke, went_down, restored, went_up, down_metrics, down_status) =
+        std::thread::scope(|s| {
+            let load = s.spawn(|| background_load(&lab.client, vip, &stop));
+            std::thread::sleep(Duration::from_secs(1));
+            let broke = Instant::now();
+            if forwarding == "nat" {
+                lab.servers[0].stop();
+            } else {
+                lab.backends[0].sh(&["ip", "addr", "del", &format!("{VIP}/32"), "dev", "lo"]);
+            }
+            lab.daemon.wait_for("backend DOWN", Duration::from_secs(10));
+            let went_down = Instant::now();
+            std::thread::sleep(Duration::from_secs(1));
+            let down_metrics = scrape(&lab);
+            let down_status = status_table(&lab);
+            let restored = Instant::now();
+            if forwarding == "nat" {
+                lab.servers[0] = start_server(&lab.backends[0], 0);
+            } else {
+                lab.backends[0].sh(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+            }
+            lab.daemon.wait_for("backend UP", Duration::from_secs(10));
+            let went_up = Instant::now();
+            std::thread::sleep(Duration::from_secs(1));
+            stop.store(true, Ordering::Relaxed);
+            (
+                load.join().unwrap(),
+                broke,
+                went_down,
+                restored,
+                went_up,
+                down_metrics,
+                down_status,
+            )
+        });
+    let log = lab.daemon.log().join("\n");
+    let late_failures: Vec<_> = outcomes
+        .iter()
+        .filter(|(t, r)| r.is_err() && *t > broke + bound + Duration::from_millis(200))
+        .collect();
+    let failures = outcomes.iter().filter(|(_, r)| r.is_err()).count();
+    let b1_after_up = outcomes
+        .iter()
+        .filter(|(t, r)| *t > went_up && r.as_deref() == Ok("b1"))
+        .count();
+    eprintln!(
+        "{test}: {} requests, {failures} failed; DOWN logged {:?} after the break (bound {bound:?}); UP {:?} after restore; b1 served {b1_after_up} after UP",
+        outcomes.len(),
+        went_down - broke,
+        went_up - restored
+    );
+    assert!(
+        late_failures.is_empty(),
+        "{test}: {} connections failed later than interval x (fall + 1) + 200 ms after the break, first at {:?}: {:?}\n{log}",
+        late_failures.len(),
+        late_failures[0].0 - broke,
+        late_failures[0].1
+    );
+    assert!(
+        b1_after_up > 0,
+        "{test}: b1 got no connections after UP\n{log}"
+    );
+    // While down, metrics and status said so.
+    assert_eq!(
+        sample(&down_metrics, "xdplb_backend_up", &b1),
+        Some(0.0),
+        "{down_metrics}"
+    );
+    assert!(
+        down_status
+            .lines()
+            .any(|l| l.contains("203.0.113.11") && l.contains("DOWN") && l.contains("fail:")),
+        "{down_status}"
+    );
+    // And now they show it back, with checks, latency and traffic counted.
+    let m = scrape(&lab);
+    assert_eq!(sample(&m, "xdplb_backend_up", &b1), Some(1.0), "{m}");
+    assert!(
+        sample(&m, "xdplb_backend_checks_total", &b1).unwrap_or(0.0) > 3.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "xdplb_backend_check_latency_seconds", &b1).is_some(),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "xdplb_backend_connections_total", &b1).unwrap_or(0.0) > 0.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "xdplb_service_packets_total", "www.foobar.com").unwrap_or(0.0) > 0.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "xdplb_packets_total", "reason=\"fwd_").is_some(),
+        "{m}"
+    );
+    let st = status_table(&lab);
+    assert!(
+        st.lines()
+            .filter(|l| l.contains("203.0.113.") && l.contains(" up "))
+            .count()
+            == 2,
+        "{st}"
+    );
+    eprintln!("{test}: status while b1 was down:\n{down_status}");
+    let status = lab.daemon.stop();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{test}: daemon exit {status:?}\n{log}"
+    );
+    // Probe routes (DSR) are gone with the daemon.
+    let rules = std::process::Command::new("ip")
+        .args(["-n", &lab.lb.name, "rule", "show"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        !rules.contains("fwmark"),
+        "{test}: probe rules left behind:\n{rules}"
+    );
+}
+
+#[test]
+fn health_check_nat_http_takes_a_dead_backend_out_and_back() {
+    health_check(
+        "health_check_nat_http_takes_a_dead_backend_out_and_back",
+        "nat",
+    );
+}
+
+#[test]
+fn health_check_dsr_probes_the_vip_on_the_backend() {
+    health_check("health_check_dsr_probes_the_vip_on_the_backend", "dsr");
+}
+
+fn xdp_attached(lb: &Netns) -> usize {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lb.name, "link", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .matches("prog/xdp")
+        .count()
+}
+
+fn xdplb_cmd(args: &[&str]) {
+    let out = std::process::Command::new(target_bin("xdplb"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "xdplb {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Start another daemon on the same pins; it must adopt them.
+fn restart_daemon(
+    lb: &Netns,
+    config: &std::path::Path,
+    pid_file: &std::path::Path,
+    pin_root: &std::path::Path,
+    name: &str,
+) -> ProcessGuard {
+    let args = xdplb_args(
+        &target_bin("xdplb"),
+        config,
+        pid_file,
+        pin_root,
+        &["--xdp-mode", "native"],
+    );
+    let mut p = ProcessGuard::spawn_in_netns(name, &lb.name, &args);
+    p.wait_for("xdplb ready", Duration::from_secs(30));
+    assert!(
+        p.log()
+            .iter()
+            .any(|l| l.contains("adopting the pinned data path")),
+        "{name} did not adopt the pins:\n{}",
+        p.log().join("\n")
+    );
+    p
+}
+
+#[test]
+fn hitless_restart_survives_sigkill_and_keep_running_stop() {
+    let test = "hitless_restart_survives_sigkill_and_keep_running_stop";
+    if !require_root(test) {
+        return;
+    }
+    let mut lab = lab_with(Mode::Native, &service_config("nat", ""));
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let mut held = {
+        let _in = lab.client.enter();
+        Held::open(vip)
+    };
+    let held_on = held.first();
+    let pins = lab
+        .daemon
+        .pin_root
+        .join(format!("v{}", lb_common::LAYOUT_VERSION));
+    let stop = AtomicBool::new(false);
+    let (outcomes, gap) = std::thread::scope(|s| {
+        let load = s.spawn(|| background_load(&lab.client, vip, &stop));
+        std::thread::sleep(Duration::from_millis(500));
+        // 1. SIGKILL: no chance to clean up. Forwarding must go on.
+        let pid = lab.daemon.child.id() as i32;
+        // SAFETY: our own child, by PID.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        let _ = lab.daemon.child.wait();
+        let killed = Instant::now();
+        assert!(
+            pins.join("link_cli").exists() && pins.join("FLOWS").exists(),
+            "pins gone after SIGKILL"
+        );
+        assert_eq!(xdp_attached(&lab.lb), 3, "XDP detached by the kill");
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            held.ask().as_deref(),
+            Ok(held_on.as_str()),
+            "held connection without a daemon"
+        );
+        // 2. A new daemon adopts the pinned maps and links.
+        lab.daemon.process = restart_daemon(
+            &lab.lb,
+            &lab.config,
+            &lab.pid_file,
+            &lab.daemon.pin_root,
+            "xdplb-2",
+        );
+        let restarted = Instant::now();
+        assert_eq!(
+            held.ask().as_deref(),
+            Ok(held_on.as_str()),
+            "held connection after restart"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        // 3. `xdplb stop --keep-running`: exits, forwarding stays; a third adopts.
+        let pid_file = lab.pid_file.display().to_string();
+        xdplb_cmd(&["stop", "--keep-running", "--pid-file", &pid_file]);
+        assert_eq!(xdp_attached(&lab.lb), 3, "--keep-running detached");
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            held.ask().as_deref(),
+            Ok(held_on.as_str()),
+            "held connection after --keep-running stop"
+        );
+        lab.daemon.process = restart_daemon(
+            &lab.lb,
+            &lab.config,
+            &lab.pid_file,
+            &lab.daemon.pin_root,
+            "xdplb-3",
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        (load.join().unwrap(), (killed, restarted))
+    });
+    assert_eq!(
+        held.ask().as_deref(),
+        Ok(held_on.as_str()),
+        "held connection at the end"
+    );
+    let failures: Vec<_> = outcomes.iter().filter(|(_, r)| r.is_err()).collect();
+    let (killed, restarted) = gap;
+    let without_daemon = outcomes
+        .iter()
+        .filter(|(t, r)| *t > killed && *t < restarted && r.is_ok())
+        .count();
+    let spread: BTreeMap<&str, usize> = outcomes.iter().fold(BTreeMap::new(), |mut m, (_, r)| {
+        if let Ok(b) = r {
+            *m.entry(b.as_str()).or_insert(0) += 1;
+        }
+        m
+    });
+    eprintln!(
+        "{test}: {} new connections, {} failed, {without_daemon} while no daemon ran; spread {spread:?}",
+        outcomes.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{test}: failures {:?}",
+        &failures[..failures.len().min(3)]
+    );
+    assert!(
+        without_daemon > 10,
+        "{test}: too few connections tried without a daemon"
+    );
+    assert_eq!(spread.len(), 2, "{test}: {spread:?}");
+    // 4. `xdplb stop`: detach, unpin, release.
+    let pid_file = lab.pid_file.display().to_string();
+    xdplb_cmd(&["stop", "--pid-file", &pid_file]);
+    assert_eq!(
+        xdp_attached(&lab.lb),
+        0,
+        "XDP left attached by a clean stop"
+    );
+    assert!(!lab.daemon.pin_root.exists(), "pins left by a clean stop");
+    let log = lab.daemon.log().join("\n");
+    assert!(log.contains("unpinned"), "{log}");
+}
+
+/// Passive health takes a backend out faster than its (deliberately slow)
+/// active check could: NAT counts the resets a backend with no server sends.
+#[test]
+fn passive_health_reacts_before_the_active_check() {
+    let test = "passive_health_reacts_before_the_active_check";
+    if !require_root(test) {
+        return;
+    }
+    let config = service_config(
+        "nat",
+        "[service.check]\nkind = \"tcp\"\ninterval_ms = 5000\ntimeout_ms = 1000\nfall = 3\n[service.passive]\nresets = 3\nwindow_ms = 1000\n",
+    );
+    let mut lab = lab_with(Mode::Native, &config);
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let stop = AtomicBool::new(false);
+    let (outcomes, broke, down_after) = std::thread::scope(|s| {
+        let load = s.spawn(|| background_load(&lab.client, vip, &stop));
+        std::thread::sleep(Duration::from_millis(500));
+        lab.servers[0].stop();
+        let broke = Instant::now();
+        lab.daemon
+            .wait_for("backend DOWN (passive)", Duration::from_secs(5));
+        let down_after = broke.elapsed();
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        (load.join().unwrap(), broke, down_after)
+    });
+    let failures: Vec<Duration> = outcomes
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(t, _)| t.saturating_duration_since(broke))
+        .collect();
+    eprintln!(
+        "{test}: passive DOWN {down_after:?} after the kill; {} of {} connections failed, the last {:?} after the kill",
+        failures.len(),
+        outcomes.len(),
+        failures.last()
+    );
+    let log = lab.daemon.log().join("\n");
+    // The active check alone needs 3 failures 5 s apart.
+    assert!(
+        down_after < Duration::from_secs(3),
+        "{test}: too slow\n{log}"
+    );
+    assert!(
+        failures.iter().all(|d| *d < Duration::from_secs(3)),
+        "{test}: failures after passive detection: {failures:?}"
+    );
+    let m = scrape(&lab);
+    assert!(
+        sample(&m, "xdplb_backend_resets_total", "203.0.113.11").unwrap_or(0.0) >= 3.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "xdplb_backend_up", "203.0.113.11"),
+        Some(0.0),
+        "{m}"
     );
 }

@@ -552,6 +552,8 @@ pub struct FlowCensus {
 }
 
 impl FlowCensus {
+    /// Walk the table every `period`, or less often if a walk takes longer
+    /// than a ninth of it.
     pub fn start(ebpf: &mut Ebpf, period: Duration) -> Result<Self, BpfError> {
         let flows: HashMap<MapData, FlowKey, FlowValue> = take(ebpf, names::FLOWS)?;
         let counts = Arc::new(Mutex::new(BTreeMap::new()));
@@ -561,6 +563,7 @@ impl FlowCensus {
             .name("flow-census".into())
             .spawn(move || {
                 while !s.load(Ordering::Relaxed) {
+                    let began = std::time::Instant::now();
                     let mut per_backend = BTreeMap::new();
                     // Bounded: a table that changes under the walk can make
                     // get_next_key restart, so stop after 2x the maximum.
@@ -570,8 +573,10 @@ impl FlowCensus {
                     if let Ok(mut g) = c.lock() {
                         *g = per_backend;
                     }
+                    // At most a tenth of one CPU, however large the table.
+                    let pause = period.max(began.elapsed() * 9);
                     let mut slept = Duration::ZERO;
-                    while slept < period && !s.load(Ordering::Relaxed) {
+                    while slept < pause && !s.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(100));
                         slept += Duration::from_millis(100);
                     }

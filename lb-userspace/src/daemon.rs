@@ -510,7 +510,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let pin_dir = loaded.pin_dir;
     let dp = BpfDataplane::new(&mut ebpf)?;
     let counters = Counters::new(&mut ebpf)?;
-    let census = FlowCensus::start(&mut ebpf, Duration::from_secs(5))?;
+    let census = FlowCensus::start(&mut ebpf, Duration::from_secs(1))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut control = Control::new(config.clone());
     if loaded.adopted {

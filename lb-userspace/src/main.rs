@@ -190,8 +190,7 @@ fn stop(pid_file: &Path, keep_running: bool, wait: u64) -> anyhow::Result<()> {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(wait);
     loop {
-        // SAFETY: signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid, 0) } != 0 {
+        if !alive(pid) {
             println!("xdplb (pid {pid}) has exited");
             return Ok(());
         }
@@ -200,6 +199,21 @@ fn stop(pid_file: &Path, keep_running: bool, wait: u64) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether `pid` still runs (a zombie, exited but not yet reaped by its
+/// parent, does not).
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // "pid (comm) S ...": the state follows the last ')'.
+    !matches!(
+        stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()),
+        Some('Z') | None
+    )
 }
 
 fn status(socket: &Path) -> anyhow::Result<()> {

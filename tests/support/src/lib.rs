@@ -394,6 +394,7 @@ impl std::ops::DerefMut for Xdplb {
 impl Drop for Xdplb {
     fn drop(&mut self) {
         self.process.stop();
+        let _ = std::fs::remove_file(&self.status_socket);
         if self.pin_root.exists() {
             let _ = std::fs::remove_dir_all(&self.pin_root);
         }
