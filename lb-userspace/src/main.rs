@@ -211,7 +211,8 @@ fn alive(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // "pid (comm) S ...": the state follows the last ')'.
     !matches!(
-        stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()),
+        stat.rsplit_once(')')
+            .and_then(|(_, r)| r.trim_start().chars().next()),
         Some('Z') | None
     )
 }

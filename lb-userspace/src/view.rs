@@ -468,6 +468,28 @@ mod tests {
     }
 
     #[test]
+    fn the_grafana_dashboard_only_uses_exported_metrics() {
+        let dashboard = include_str!("../../config/grafana-dashboard.json");
+        let exported = prometheus(&view());
+        let mut used = 0;
+        for (i, _) in dashboard.match_indices("xdplb_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name == "xdplb_" {
+                continue;
+            }
+            used += 1;
+            assert!(
+                exported.contains(&format!("# TYPE {name} ")),
+                "dashboard uses {name}, which /metrics does not export"
+            );
+        }
+        assert!(used >= 10, "dashboard queries only {used} metrics");
+    }
+
+    #[test]
     fn status_table_lines_up() {
         let t = table(&view());
         let lines: Vec<&str> = t.lines().collect();

@@ -89,6 +89,18 @@ pub fn run(root: &Path, requests: usize) -> anyhow::Result<()> {
             }
         }
     }
+    // Let the daemon's once-a-second flow census and rate sample catch up.
+    std::thread::sleep(Duration::from_millis(1500));
+    say("xdplb status (read from the running daemon's status socket):");
+    match std::process::Command::new(bin.join("xdplb"))
+        .arg("status")
+        .arg("--socket")
+        .arg(&daemon.status_socket)
+        .output()
+    {
+        Ok(o) => print!("{}", String::from_utf8_lossy(&o.stdout)),
+        Err(e) => println!("    xdplb status failed: {e}"),
+    }
     let stopped = daemon.stop();
     println!("\nwww.foobar.com ({VIP}) -> backends, {requests} requests:");
     for (name, n) in &spread {
