@@ -13,6 +13,10 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "procps",
+    // A real MariaDB server and client for the MySQL health-check test
+    // (server binaries only: no system service is installed or started).
+    "mariadb-server-core",
+    "mariadb-client-core",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
