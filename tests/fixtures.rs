@@ -17,9 +17,9 @@ use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use lb_common::{RING_SIZE, Reason, hash::flow_hash};
 use xdplb::{
     bpf::{self, BpfDataplane, Counters},
-    config::Config,
+    config::{Config, Protocol},
     dataplane::Programmer,
-    plan::{Plan, Planner},
+    plan::{BackendRef, Plan, Planner, service_key},
 };
 use xdplb_tests::{
     CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, Netns, NetnsEntered, backend_mac, fib_lab,
@@ -94,6 +94,9 @@ struct Fixture {
     ebpf: Ebpf,
     counters: Counters,
     plan: Plan,
+    dp: BpfDataplane,
+    planner: Planner,
+    programmer: Programmer,
     _entered: NetnsEntered,
     _ns: Netns,
 }
@@ -110,22 +113,38 @@ impl Fixture {
         let mut dp = BpfDataplane::new(&mut ebpf).expect("maps");
         let counters = Counters::new(&mut ebpf).expect("counter maps");
         let mut programmer = Programmer::default();
+        let mut planner = Planner::default();
         programmer
-            .apply(
-                &mut dp,
-                Planner::default()
-                    .plan(&config, &Default::default())
-                    .unwrap(),
-            )
+            .apply(&mut dp, planner.plan(&config, &Default::default()).unwrap())
             .expect("program maps");
         let plan = programmer.applied().clone();
         Fixture {
             ebpf,
             counters,
             plan,
+            dp,
+            planner,
+            programmer,
             _entered: entered,
             _ns: ns,
         }
+    }
+
+    /// Re-program the maps from `config` with the `down` backends out.
+    fn replan(&mut self, config: &str, down: &[BackendRef]) {
+        let config = Config::parse(Path::new("fixtures.toml"), config).expect("config");
+        let plan = self
+            .planner
+            .plan(&config, &down.iter().copied().collect())
+            .unwrap();
+        self.programmer
+            .apply(&mut self.dp, plan)
+            .expect("program maps");
+        self.plan = self.programmer.applied().clone();
+    }
+
+    fn backend_traffic(&self, id: u32) -> lb_common::Traffic {
+        self.counters.snapshot(&[], &[id]).unwrap().backends[&id]
     }
 
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -163,6 +182,7 @@ impl Fixture {
 enum L4 {
     TcpSyn,
     TcpAck,
+    TcpRst,
     Udp,
 }
 
@@ -189,6 +209,7 @@ fn frame(
             .tcp(sport, dport, 1001, 64240)
             .ack(5000)
             .write(&mut v, payload),
+        L4::TcpRst => ip.tcp(sport, dport, 5000, 0).rst().write(&mut v, payload),
         L4::Udp => ip.udp(sport, dport).write(&mut v, payload),
     }
     .unwrap();
@@ -569,4 +590,79 @@ fn odd_packets_have_defined_verdicts() {
     // None of these created a flow.
     let snap = fx.counters.snapshot(&[0], &[]).unwrap();
     assert_eq!(snap.services[&0].new_flows, 0);
+}
+
+#[test]
+fn passive_signals_and_the_all_down_policy() {
+    if !require_root("passive_signals_and_the_all_down_policy") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vip = [192, 0, 2, 20];
+    let backend = fx.ring_backend("nat-tcp", 0);
+    let svc = fx
+        .plan
+        .services
+        .iter()
+        .find(|s| s.name == "nat-tcp")
+        .unwrap();
+    let (svc_id, id) = (svc.info.id, svc.ring[0]);
+    // A SYN again on a pinned flow is a retried handshake; an ACK is not.
+    let syn = from_client(vip, 42000, 80, L4::TcpSyn);
+    assert_eq!(fx.run(&syn).0, XDP_REDIRECT);
+    assert_eq!(fx.backend_traffic(id).syn_retransmits, 0, "first SYN");
+    assert_eq!(fx.run(&syn).0, XDP_REDIRECT);
+    assert_eq!(
+        fx.run(&from_client(vip, 42000, 80, L4::TcpAck)).0,
+        XDP_REDIRECT
+    );
+    assert_eq!(fx.backend_traffic(id).syn_retransmits, 1, "retried SYN");
+    // The backend resets the flow: counted, and still translated back.
+    let rst = frame(
+        backend_mac(backend[3]),
+        LB_BACKEND_MAC,
+        backend,
+        CLIENT,
+        8080,
+        42000,
+        L4::TcpRst,
+        b"",
+    );
+    let (action, out) = fx.run(&rst);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out[26..30], vip, "RST source translated to the VIP");
+    assert_eq!(fx.backend_traffic(id).resets, 1);
+    // Every backend down: new and pinned flows find none and are dropped.
+    let key = service_key([192, 0, 2, 20].into(), 80, Protocol::Tcp);
+    let down = [
+        (key, [203, 0, 113, 11].into(), 8080),
+        (key, [203, 0, 113, 12].into(), 8080),
+    ];
+    fx.replan(CONFIG, &down);
+    let dropped = fx.reason(Reason::DropNoBackend);
+    assert_eq!(fx.run(&from_client(vip, 42001, 80, L4::TcpSyn)).0, XDP_DROP);
+    assert_eq!(fx.run(&from_client(vip, 42000, 80, L4::TcpAck)).0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::DropNoBackend), dropped + 2);
+    let no_backend =
+        |fx: &Fixture| fx.counters.snapshot(&[svc_id], &[]).unwrap().services[&svc_id].no_backend;
+    assert_eq!(no_backend(&fx), 2);
+    // when_empty = "pass": the local stack gets them, unchanged.
+    let pass = CONFIG.replacen(
+        "name = \"nat-tcp\"\n",
+        "name = \"nat-tcp\"\nwhen_empty = \"pass\"\n",
+        1,
+    );
+    assert_ne!(pass, CONFIG);
+    fx.replan(&pass, &down);
+    let input = from_client(vip, 42002, 80, L4::TcpSyn);
+    let (action, out) = fx.run(&input);
+    assert_eq!((action, out), (XDP_PASS, input));
+    assert_eq!(fx.reason(Reason::PassNoBackend), 1);
+    assert_eq!(no_backend(&fx), 3);
+    // One backend back: flows are scheduled again.
+    fx.replan(&pass, &down[..1]);
+    assert_eq!(
+        fx.run(&from_client(vip, 42003, 80, L4::TcpSyn)).0,
+        XDP_REDIRECT
+    );
 }
