@@ -949,31 +949,49 @@ fn hitless_restart_survives_sigkill_and_keep_running_stop() {
 }
 
 /// Passive health takes a backend out faster than its (deliberately slow)
-/// active check could: NAT counts the resets a backend with no server sends.
-#[test]
-fn passive_health_reacts_before_the_active_check() {
-    let test = "passive_health_reacts_before_the_active_check";
+/// active check could. NAT: the backend's server dies and the resets it
+/// sends are counted. DSR: the backend's answers to clients are blackholed
+/// (its check, answered to the LB's own address, still passes), and the
+/// clients' retried SYNs are counted.
+fn passive_health(test: &str, forwarding: &str) {
     if !require_root(test) {
         return;
     }
+    let passive = if forwarding == "nat" {
+        "resets = 3\nwindow_ms = 1000"
+    } else {
+        "syn_retransmits = 3\nwindow_ms = 2000"
+    };
     let config = service_config(
-        "nat",
-        "[service.check]\nkind = \"tcp\"\ninterval_ms = 5000\ntimeout_ms = 1000\nfall = 3\n[service.passive]\nresets = 3\nwindow_ms = 1000\n",
+        forwarding,
+        &format!(
+            "[service.check]\nkind = \"tcp\"\ninterval_ms = 5000\ntimeout_ms = 1000\nfall = 3\n[service.passive]\n{passive}\n"
+        ),
     );
     let mut lab = lab_with(Mode::Native, &config);
     let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
     let stop = AtomicBool::new(false);
+    // DSR connections to the broken backend hang until their SYN is retried,
+    // so several clients run at once.
+    let clients = if forwarding == "nat" { 1 } else { 4 };
     let (outcomes, broke, down_after) = std::thread::scope(|s| {
-        let load = s.spawn(|| background_load(&lab.client, vip, &stop));
+        let loads: Vec<_> = (0..clients)
+            .map(|_| s.spawn(|| background_load(&lab.client, vip, &stop)))
+            .collect();
         std::thread::sleep(Duration::from_millis(500));
-        lab.servers[0].stop();
         let broke = Instant::now();
+        if forwarding == "nat" {
+            lab.servers[0].stop();
+        } else {
+            lab.backends[0].sh(&["ip", "route", "add", "blackhole", "198.51.100.0/24"]);
+        }
         lab.daemon
-            .wait_for("backend DOWN (passive)", Duration::from_secs(5));
+            .wait_for("backend DOWN (passive)", Duration::from_secs(8));
         let down_after = broke.elapsed();
         std::thread::sleep(Duration::from_secs(1));
         stop.store(true, Ordering::Relaxed);
-        (load.join().unwrap(), broke, down_after)
+        let outcomes: Vec<Outcome> = loads.into_iter().flat_map(|l| l.join().unwrap()).collect();
+        (outcomes, broke, down_after)
     });
     let failures: Vec<Duration> = outcomes
         .iter()
@@ -981,24 +999,29 @@ fn passive_health_reacts_before_the_active_check() {
         .map(|(t, _)| t.saturating_duration_since(broke))
         .collect();
     eprintln!(
-        "{test}: passive DOWN {down_after:?} after the kill; {} of {} connections failed, the last {:?} after the kill",
+        "{test}: passive DOWN {down_after:?} after the break; {} of {} connections failed, started at most {:?} after it",
         failures.len(),
         outcomes.len(),
-        failures.last()
+        failures.iter().max()
     );
     let log = lab.daemon.log().join("\n");
-    // The active check alone needs 3 failures 5 s apart.
+    // The active check alone needs 3 failures 5 s apart (and in DSR passes).
     assert!(
-        down_after < Duration::from_secs(3),
+        down_after < Duration::from_secs(5),
         "{test}: too slow\n{log}"
     );
     assert!(
-        failures.iter().all(|d| *d < Duration::from_secs(3)),
-        "{test}: failures after passive detection: {failures:?}"
+        failures.iter().all(|d| *d < down_after),
+        "{test}: connections started after passive detection failed: {failures:?}"
     );
     let m = scrape(&lab);
+    let signal = if forwarding == "nat" {
+        "xdplb_backend_resets_total"
+    } else {
+        "xdplb_backend_syn_retransmits_total"
+    };
     assert!(
-        sample(&m, "xdplb_backend_resets_total", "203.0.113.11").unwrap_or(0.0) >= 3.0,
+        sample(&m, signal, "203.0.113.11").unwrap_or(0.0) >= 3.0,
         "{m}"
     );
     assert_eq!(
@@ -1006,6 +1029,16 @@ fn passive_health_reacts_before_the_active_check() {
         Some(0.0),
         "{m}"
     );
+}
+
+#[test]
+fn passive_health_nat_counts_backend_resets() {
+    passive_health("passive_health_nat_counts_backend_resets", "nat");
+}
+
+#[test]
+fn passive_health_dsr_counts_retried_syns() {
+    passive_health("passive_health_dsr_counts_retried_syns", "dsr");
 }
 
 /// A MariaDB server in a backend namespace, its data under the temp dir;
