@@ -404,7 +404,8 @@ impl Config {
         }
         let mut names = HashSet::new();
         let mut keys = HashSet::new();
-        let mut all_backends = HashSet::new();
+        // Backend ids are per service, so every listed backend takes one.
+        let mut all_backends = 0usize;
         for (i, s) in self.services.iter().enumerate() {
             let at = |k: &str| format!("service[{i}].{k}");
             if s.name.trim().is_empty() {
@@ -479,7 +480,7 @@ impl Config {
                         format!("{}:{} is listed twice", b.address, b.port),
                     ));
                 }
-                all_backends.insert((b.address, b.port));
+                all_backends += 1;
             }
             if let Some(c) = &s.check {
                 validate_check(c, &at)?;
@@ -514,12 +515,11 @@ impl Config {
                 ));
             }
         }
-        if all_backends.len() > MAX_BACKENDS as usize {
+        if all_backends > MAX_BACKENDS as usize {
             return Err((
                 "service".into(),
                 format!(
-                    "{} distinct backends; the data path holds at most {MAX_BACKENDS}",
-                    all_backends.len()
+                    "{all_backends} backends over all services; the data path holds at most {MAX_BACKENDS}"
                 ),
             ));
         }
