@@ -391,6 +391,7 @@ async fn read_single_value(stream: &mut TcpStream) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::CheckConfig;
 
     #[test]
     fn status_lines() {
@@ -437,6 +438,66 @@ mod tests {
         assert_eq!(hex.len(), 40);
         assert_eq!(hex, KNOWN_SCRAMBLE);
         assert!(native_password("", salt).is_empty());
+    }
+
+    /// A target that accepts and never answers times out on its own; the
+    /// healthy one beside it keeps its cadence. Loopback only.
+    #[test]
+    fn a_hanging_target_never_delays_another() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let (hang_addr, good_addr) = (hang.local_addr().unwrap(), good.local_addr().unwrap());
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((s, _)) = hang.accept().await {
+                    held.push(s); // never read, never answered
+                }
+            });
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = good.accept().await {
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 512];
+                        let _ = s.read(&mut buf).await;
+                        let _ = s.write_all(b"HTTP/1.0 204 No Content\r\n\r\n").await;
+                    });
+                }
+            });
+            let spec: CheckConfig =
+                toml::from_str("kind = \"http\"\ninterval_ms = 100\ntimeout_ms = 80").unwrap();
+            let key = lb_common::ServiceKey::default();
+            let target = |addr: SocketAddr, n: u16| Target {
+                backend: (key, std::net::Ipv4Addr::LOCALHOST, n),
+                connect: addr,
+                mark: None,
+                spec: spec.clone(),
+            };
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let mut probes = Probes::default();
+            probes.restart(vec![target(hang_addr, 1), target(good_addr, 2)], &tx);
+            let mut hung = Vec::new();
+            let mut ok = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(1050);
+            while let Ok(Some(r)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                assert_eq!(r.generation, probes.generation);
+                if r.backend.2 == 1 {
+                    hung.push(r.result.unwrap_err());
+                } else {
+                    r.result.expect("the good target passes");
+                    ok += 1;
+                }
+            }
+            assert!(ok >= 9, "the good target was probed {ok} times in 1 s");
+            assert!(!hung.is_empty());
+            assert!(
+                hung.iter().all(|e| e.contains("no answer within 80 ms")),
+                "{hung:?}"
+            );
+        });
     }
 
     const KNOWN_SCRAMBLE: &str = "8817c50fa779daef010ee7577825b0847df9842e";
