@@ -19,31 +19,31 @@ pub fn count_reason(reason: Reason) {
     }
 }
 
-/// One update per map per packet: the service's traffic and new flows.
+/// One update per map per packet: traffic, a new flow, a retried SYN
+/// (`syn_retransmit` is always false for the service map).
 #[inline(always)]
-fn add(map: &PerCpuArray<Traffic>, id: u32, bytes: u64, new_flow: bool) {
+fn add(map: &PerCpuArray<Traffic>, id: u32, bytes: u64, new_flow: bool, syn_retransmit: bool) {
     if let Some(t) = map.get_ptr_mut(id) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe {
             (*t).packets += 1;
             (*t).bytes += bytes;
             (*t).new_flows += new_flow as u64;
+            (*t).syn_retransmits += syn_retransmit as u64;
         }
     }
 }
 
 #[inline(always)]
 pub fn count_traffic(service_id: u32, backend_id: u32, bytes: u64, c: &Choice) {
-    add(&SERVICE_STATS, service_id, bytes, c.new_flow);
-    if let Some(t) = BACKEND_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: per-CPU slot, no concurrent writer.
-        unsafe {
-            (*t).packets += 1;
-            (*t).bytes += bytes;
-            (*t).new_flows += c.new_flow as u64;
-            (*t).syn_retransmits += c.syn_retransmit as u64;
-        }
-    }
+    add(&SERVICE_STATS, service_id, bytes, c.new_flow, false);
+    add(
+        &BACKEND_STATS,
+        backend_id,
+        bytes,
+        c.new_flow,
+        c.syn_retransmit,
+    );
 }
 
 /// A packet for the service found no backend.

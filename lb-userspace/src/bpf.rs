@@ -57,6 +57,8 @@ pub enum BpfError {
     Attach { iface: String, reason: String },
     #[error("pinning at {0}: {1}")]
     Pin(PathBuf, String),
+    #[error("starting the flow-census thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// The loaded data path and whether its maps were adopted from pins.
@@ -513,33 +515,41 @@ impl Counters {
                 })?;
             snap.reasons.insert(r.label(), v.iter().sum());
         }
-        let sum = |m: &PerCpuArray<MapData, Traffic>,
-                   id: u32,
-                   name: &'static str|
-         -> Result<Traffic, BpfError> {
-            let v = m
-                .get(&id, 0)
-                .map_err(|source| BpfError::Map { name, source })?;
-            Ok(v.iter().fold(Traffic::default(), |a, t| Traffic {
-                packets: a.packets + t.packets,
-                bytes: a.bytes + t.bytes,
-                new_flows: a.new_flows + t.new_flows,
-                no_backend: a.no_backend + t.no_backend,
-                syn_retransmits: a.syn_retransmits + t.syn_retransmits,
-                resets: a.resets + t.resets,
-            }))
-        };
-        for id in service_ids {
-            snap.services
-                .insert(*id, sum(&self.services, *id, names::SERVICE_STATS)?);
-        }
-        for id in backend_ids {
-            snap.backends
-                .insert(*id, sum(&self.backends, *id, names::BACKEND_STATS)?);
-        }
+        snap.services = sum_traffic(&self.services, service_ids, names::SERVICE_STATS)?;
+        snap.backends = self.backend_traffic(backend_ids)?;
         Ok(snap)
     }
+
+    /// Only the given backends' traffic, summed over CPUs.
+    pub fn backend_traffic(&self, ids: &[u32]) -> Result<BTreeMap<u32, Traffic>, BpfError> {
+        sum_traffic(&self.backends, ids, names::BACKEND_STATS)
+    }
 }
+
+fn sum_traffic(
+    m: &PerCpuArray<MapData, Traffic>,
+    ids: &[u32],
+    name: &'static str,
+) -> Result<BTreeMap<u32, Traffic>, BpfError> {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let v = m
+            .get(id, 0)
+            .map_err(|source| BpfError::Map { name, source })?;
+        let t = v.iter().fold(Traffic::default(), |a, t| Traffic {
+            packets: a.packets + t.packets,
+            bytes: a.bytes + t.bytes,
+            new_flows: a.new_flows + t.new_flows,
+            no_backend: a.no_backend + t.no_backend,
+            syn_retransmits: a.syn_retransmits + t.syn_retransmits,
+            resets: a.resets + t.resets,
+        });
+        out.insert(*id, t);
+    }
+    Ok(out)
+}
+
+impl Counters {}
 
 /// Counts flow-table entries per backend in a background thread, because a
 /// walk of a large LRU table takes one syscall per entry and must not stall
@@ -582,7 +592,7 @@ impl FlowCensus {
                     }
                 }
             })
-            .map_err(|e| BpfError::Pin(PathBuf::from("flow-census thread"), e.to_string()))?;
+            .map_err(BpfError::Thread)?;
         Ok(Self { counts, stop })
     }
 

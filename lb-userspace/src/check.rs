@@ -218,7 +218,7 @@ async fn mysql(stream: &mut TcpStream, spec: &CheckConfig) -> Result<(), String>
     let password = spec.mysql_password.as_deref().unwrap_or_default();
     let response = handshake_response(user, &native_password(password, &g.salt));
     write_packet(stream, seq.wrapping_add(1), &response).await?;
-    let (mut seq, mut reply) = read_packet(stream).await?;
+    let (seq, mut reply) = read_packet(stream).await?;
     if reply.first() == Some(&0xfe) {
         // Auth switch: only to mysql_native_password with a new salt.
         let body = &reply[1..];
@@ -242,9 +242,8 @@ async fn mysql(stream: &mut TcpStream, spec: &CheckConfig) -> Result<(), String>
             &native_password(password, &salt),
         )
         .await?;
-        (seq, reply) = read_packet(stream).await?;
+        reply = read_packet(stream).await?.1;
     }
-    let _ = seq;
     ok_or_err(&reply, "login")?;
     let mut query = vec![COM_QUERY];
     query.extend_from_slice(b"SELECT @@global.read_only");
@@ -391,7 +390,6 @@ async fn read_single_value(stream: &mut TcpStream) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CheckConfig;
 
     #[test]
     fn status_lines() {

@@ -56,6 +56,8 @@ pub struct CheckTarget {
     pub backend: BackendRef,
     pub backend_id: u32,
     pub service: String,
+    /// The service's virtual IP (DSR probes are addressed to it).
+    pub vip: std::net::Ipv4Addr,
     pub forwarding: ForwardingKind,
     pub check: CheckConfig,
 }
@@ -97,10 +99,8 @@ impl Control {
     /// must pass `rise` checks).
     pub fn adopt(&mut self, found: Plan) {
         self.planner.adopt(&found);
-        for b in found.backends.values() {
-            if b.flags & lb_common::BACKEND_F_ACTIVE == 0
-                && let Some(r) = crate::plan::backend_ref(&found, b)
-            {
+        for (r, id) in found.backend_ids() {
+            if found.backends[&id].flags & lb_common::BACKEND_F_ACTIVE == 0 {
                 self.health.insert(r, BackendState::new(Health::new_down()));
             }
         }
@@ -208,23 +208,19 @@ impl Control {
 
     /// Every checked backend with its id in the maps.
     pub fn check_targets(&self) -> Vec<CheckTarget> {
-        let plan = self.programmer.applied();
+        let ids = self.programmer.applied().backend_ids();
         let mut out = Vec::new();
         for s in &self.config.services {
             let Some(check) = &s.check else { continue };
             let key = service_key(s.vip, s.port, s.protocol);
             for b in &s.backends {
                 let r = (key, b.address, b.port);
-                let id = plan
-                    .backends
-                    .iter()
-                    .find(|(_, e)| crate::plan::backend_ref(plan, e) == Some(r))
-                    .map(|(id, _)| *id);
-                if let Some(backend_id) = id {
+                if let Some(&backend_id) = ids.get(&r) {
                     out.push(CheckTarget {
                         backend: r,
                         backend_id,
                         service: s.name.clone(),
+                        vip: s.vip,
                         forwarding: s.forwarding,
                         check: check.clone(),
                     });

@@ -203,23 +203,17 @@ impl Daemon {
         };
         for t in targets {
             let (_, addr, port) = t.backend;
-            let svc = self
-                .control
-                .config()
-                .services
-                .iter()
-                .find(|s| s.name == t.service);
             let check_port = t.check.port.unwrap_or(port);
-            let (connect, mark) = match (t.forwarding, svc, nl.as_mut()) {
-                (ForwardingKind::Nat, _, _) => (SocketAddrV4::new(addr, check_port), None),
-                (ForwardingKind::Dsr, Some(svc), Some(nl)) => {
+            let (connect, mark) = match (t.forwarding, nl.as_mut()) {
+                (ForwardingKind::Nat, _) => (SocketAddrV4::new(addr, check_port), None),
+                (ForwardingKind::Dsr, Some(nl)) => {
                     let route = nl
                         .route_to(addr)
-                        .map(|r| ProbeRoute::new(t.backend_id, svc.vip, addr, r.ifindex));
+                        .map(|r| ProbeRoute::new(t.backend_id, t.vip, addr, r.ifindex));
                     match route.and_then(|r| nl.add_probe_route(&r).map(|()| r)) {
                         Ok(r) => {
                             routes.push(r);
-                            (SocketAddrV4::new(svc.vip, check_port), Some(r.mark))
+                            (SocketAddrV4::new(t.vip, check_port), Some(r.mark))
                         }
                         Err(e) => {
                             warn!(service = %t.service, backend = %addr, error = %e, "cannot route the DSR probe to the VIP on this backend; probing its own address instead");
@@ -227,7 +221,7 @@ impl Daemon {
                         }
                     }
                 }
-                (ForwardingKind::Dsr, _, _) => (SocketAddrV4::new(addr, check_port), None),
+                (ForwardingKind::Dsr, None) => (SocketAddrV4::new(addr, check_port), None),
             };
             probe_targets.push(check::Target {
                 backend: t.backend,
@@ -337,14 +331,15 @@ impl Daemon {
         if watched.is_empty() {
             return;
         }
-        let applied = self.control.applied();
-        let ids: Vec<(BackendRef, u32)> = applied
-            .backends
-            .iter()
-            .filter_map(|(id, b)| Some((xdplb::plan::backend_ref(applied, b)?, *id)))
+        let ids: Vec<(BackendRef, u32)> = self
+            .control
+            .applied()
+            .backend_ids()
+            .into_iter()
+            .filter(|(r, _)| watched.iter().any(|(k, _)| *k == r.0))
             .collect();
         let backend_ids: Vec<u32> = ids.iter().map(|(_, id)| *id).collect();
-        let Ok(snap) = self.counters.snapshot(&[], &backend_ids) else {
+        let Ok(traffic) = self.counters.backend_traffic(&backend_ids) else {
             return;
         };
         let now = self.started.elapsed();
@@ -353,7 +348,7 @@ impl Daemon {
             let Some((_, cfg)) = watched.iter().find(|(k, _)| *k == r.0) else {
                 continue;
             };
-            let t = snap.backends.get(&id).copied().unwrap_or_default();
+            let t = traffic.get(&id).copied().unwrap_or_default();
             let w = self
                 .passive
                 .entry(r)

@@ -114,14 +114,26 @@ pub fn service_key(vip: Ipv4Addr, port: u16, protocol: Protocol) -> ServiceKey {
     }
 }
 
-/// The service and endpoint a planned backend entry stands for.
-pub fn backend_ref(plan: &Plan, b: &Backend) -> Option<BackendRef> {
-    let svc = plan.services.iter().find(|s| s.info.id == b.service_id)?;
-    Some((
-        svc.key,
-        Ipv4Addr::from(u32::from_be(b.addr_be)),
-        u16::from_be(b.port_be),
-    ))
+impl Plan {
+    /// Backend id by (service, address, port), for every backend entry.
+    pub fn backend_ids(&self) -> HashMap<BackendRef, u32> {
+        let keys: HashMap<u32, ServiceKey> =
+            self.services.iter().map(|s| (s.info.id, s.key)).collect();
+        self.backends
+            .iter()
+            .filter_map(|(id, b)| {
+                let key = *keys.get(&b.service_id)?;
+                Some((
+                    (
+                        key,
+                        Ipv4Addr::from(u32::from_be(b.addr_be)),
+                        u16::from_be(b.port_be),
+                    ),
+                    *id,
+                ))
+            })
+            .collect()
+    }
 }
 
 impl Planner {
@@ -129,11 +141,7 @@ impl Planner {
     /// daemon), so pinned flows keep meaning the same backends.
     pub fn adopt(&mut self, plan: &Plan) {
         self.services.ids = plan.services.iter().map(|s| (s.key, s.info.id)).collect();
-        self.backends.ids = plan
-            .backends
-            .iter()
-            .filter_map(|(id, b)| Some((backend_ref(plan, b)?, *id)))
-            .collect();
+        self.backends.ids = plan.backend_ids();
     }
 
     /// The map contents for `config`, with the backends in `down` inactive
@@ -299,12 +307,8 @@ weight = 3
             all_up.backends.keys().collect::<Vec<_>>(),
             down.backends.keys().collect::<Vec<_>>()
         );
-        let (heavy_id, b) = down
-            .backends
-            .iter()
-            .find(|(_, b)| backend_ref(&down, b) == Some(heavy))
-            .unwrap();
-        assert_eq!(b.flags, 0);
+        let heavy_id = &down.backend_ids()[&heavy];
+        assert_eq!(down.backends[heavy_id].flags, 0);
         assert_eq!(down.services[0].info.ring_len, 1);
         assert!(!down.services[0].ring.contains(heavy_id));
         // All down: an empty ring, and the service says what to do then.

@@ -6,11 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use lb_common::Traffic;
 
-use crate::{
-    config::ForwardingKind,
-    control::Control,
-    plan::{backend_ref, service_key},
-};
+use crate::{config::ForwardingKind, control::Control, plan::service_key};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthView {
@@ -77,6 +73,7 @@ pub struct Readings<'a> {
 /// Assemble the view of what `control` serves.
 pub fn build(control: &Control, r: &Readings<'_>) -> View {
     let plan = control.applied();
+    let ids = plan.backend_ids();
     let mut services = Vec::new();
     for s in &control.config().services {
         let key = service_key(s.vip, s.port, s.protocol);
@@ -87,11 +84,7 @@ pub fn build(control: &Control, r: &Readings<'_>) -> View {
         let mut backends = Vec::new();
         for b in &s.backends {
             let r_ = (key, b.address, b.port);
-            let bid = plan
-                .backends
-                .iter()
-                .find(|(_, e)| backend_ref(plan, e) == Some(r_))
-                .map(|(id, _)| *id);
+            let bid = ids.get(&r_).copied();
             let st = control.state(&r_);
             backends.push(BackendView {
                 endpoint: format!("{}:{}", b.address, b.port),
