@@ -22,12 +22,13 @@ use xdplb::{
     plan::{BackendRef, Plan, Planner, service_key},
 };
 use xdplb_tests::{
-    CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, Netns, NetnsEntered, backend_mac, fib_lab,
-    pin_to_cpu0, require_root,
+    CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, Netns, NetnsEntered, SMALL_MTU, backend_mac,
+    fib_lab, pin_to_cpu0, require_root, wire,
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 const CONFIG: &str = r#"
@@ -88,6 +89,42 @@ protocol = "tcp"
 scheduler = "round_robin"
 forwarding = "nat"
 backend = [{ address = "203.0.113.99", port = 8080 }]
+
+[[service]]
+name = "nat-small-mtu"
+vip = "192.0.2.40"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.14", port = 8080 }]
+
+[[service]]
+name = "dsr-small-mtu"
+vip = "192.0.2.40"
+port = 53
+protocol = "udp"
+scheduler = "round_robin"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.14", port = 53 }]
+
+[[service]]
+name = "nat-no-route"
+vip = "192.0.2.41"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "10.99.0.1", port = 8080 }]
+
+[[service]]
+name = "nat-blackhole"
+vip = "192.0.2.42"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.50", port = 8080 }]
 "#;
 
 struct Fixture {
@@ -574,6 +611,78 @@ fn odd_packets_have_defined_verdicts() {
             XDP_PASS,
             Reason::PassIpOptions,
         ),
+        (
+            // The ports would come from the Ethernet trailer.
+            "UDP datagram ending inside its own header (total length 23)",
+            ip_fixed(&|v| {
+                *v = from_client([192, 0, 2, 20], 43010, 53, L4::Udp);
+                v[16..18].copy_from_slice(&23u16.to_be_bytes());
+            }),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "TCP header ending beyond the datagram (total length 32)",
+            ip_fixed(&|v| v[16..18].copy_from_slice(&32u16.to_be_bytes())),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "TCP data offset 4 (below the header's own 20 bytes)",
+            with(&|v| v[14 + 20 + 12] = 0x40),
+            XDP_DROP,
+            Reason::DropBadL4Header,
+        ),
+        (
+            "TCP data offset 15 (60 bytes) in a 25-byte segment",
+            with(&|v| v[14 + 20 + 12] = 0xf0),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "UDP length 7",
+            with(&|v| {
+                *v = from_client([192, 0, 2, 20], 43011, 53, L4::Udp);
+                v[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&7u16.to_be_bytes());
+            }),
+            XDP_DROP,
+            Reason::DropBadL4Header,
+        ),
+        (
+            "UDP length beyond the datagram",
+            with(&|v| {
+                *v = from_client([192, 0, 2, 20], 43012, 53, L4::Udp);
+                v[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&14u16.to_be_bytes());
+            }),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "wrong IPv4 header checksum, to a VIP",
+            with(&|v| v[24] ^= 0x55),
+            XDP_DROP,
+            Reason::DropBadIpChecksum,
+        ),
+        (
+            "wrong IPv4 header checksum, to another address (the kernel decides)",
+            with(&|v| {
+                *v = from_client([192, 0, 2, 99], 43013, 80, L4::TcpSyn);
+                v[24] ^= 0x55;
+            }),
+            XDP_PASS,
+            Reason::PassNotService,
+        ),
+        (
+            "VLAN-tagged frame",
+            with(&|v| {
+                let mut tagged = v[..12].to_vec();
+                tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+                tagged.extend_from_slice(&v[12..]);
+                *v = tagged;
+            }),
+            XDP_PASS,
+            Reason::PassNotIpv4,
+        ),
     ];
     for (what, input, action, reason) in cases {
         let before = fx.reason(reason);
@@ -587,9 +696,137 @@ fn odd_packets_have_defined_verdicts() {
             reason.label()
         );
     }
-    // None of these created a flow.
-    let snap = fx.counters.snapshot(&[0], &[]).unwrap();
-    assert_eq!(snap.services[&0].new_flows, 0);
+    // None of these created a flow or NAT state.
+    let ids: Vec<u32> = fx.plan.services.iter().map(|s| s.info.id).collect();
+    let snap = fx.counters.snapshot(&ids, &[]).unwrap();
+    for (id, t) in &snap.services {
+        assert_eq!(t.new_flows, 0, "service {id}");
+    }
+
+    // UDP length shorter than the datagram: padding, which the kernel trims;
+    // forwarded as it is.
+    let mut padded = from_client([192, 0, 2, 20], 43014, 53, L4::Udp);
+    padded[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&10u16.to_be_bytes());
+    let (action, out) = fx.run(&padded);
+    assert_eq!(action, XDP_REDIRECT, "padded UDP datagram");
+    assert_eq!(out[14 + 16..14 + 20], [203, 0, 113, 11]);
+}
+
+/// A TCP frame of `payload` bytes with DF set or not.
+fn big_frame(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    payload: usize,
+    df: bool,
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    let (src_mac, dst_mac) = if src == CLIENT {
+        (CLIENT_MAC, LB_CLIENT_MAC)
+    } else {
+        (backend_mac(src[3]), LB_BACKEND_MAC)
+    };
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 7, 64240)
+        .ack(1)
+        .write(&mut v, &vec![0x5a; payload])
+        .unwrap();
+    if !df {
+        v[14 + 6] &= !0x40;
+        wire::fix_ipv4_checksum(&mut v);
+    }
+    v
+}
+
+#[test]
+fn oversize_frames_get_an_icmp_quoting_what_was_sent() {
+    if !require_root("oversize_frames_get_an_icmp_quoting_what_was_sent") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let small_mtu_vip = [192, 0, 2, 40];
+    let mtu = SMALL_MTU as usize;
+    // NAT towards a backend behind a 1280-byte route, DF set: the client gets
+    // ICMP "fragmentation needed" about its own packet (to the VIP), from the VIP.
+    let input = big_frame(CLIENT, small_mtu_vip, 44000, 80, mtu, true);
+    let before = fx.reason(Reason::TxIcmpFragNeeded);
+    let (action, out) = fx.run(&input);
+    assert_eq!(
+        action, XDP_TX,
+        "ICMP goes back out of the ingress interface"
+    );
+    assert_eq!(out, wire::icmp_frag_needed(&input, SMALL_MTU), "NAT, DF");
+    assert_eq!(fx.reason(Reason::TxIcmpFragNeeded), before + 1);
+    // The same without DF cannot be fragmented here: dropped untouched.
+    let input = big_frame(CLIENT, small_mtu_vip, 44001, 80, mtu, false);
+    let (action, out) = fx.run(&input);
+    assert_eq!((action, &out), (XDP_DROP, &input), "NAT, no DF");
+    assert_eq!(fx.reason(Reason::DropTooBig), 1);
+    // DSR (UDP) the same way.
+    let mut input = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_MAC)
+        .ipv4(CLIENT, small_mtu_vip, 64)
+        .udp(44002, 53)
+        .write(&mut input, &vec![1u8; mtu])
+        .unwrap();
+    let (action, out) = fx.run(&input);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out, wire::icmp_frag_needed(&input, SMALL_MTU), "DSR, DF");
+    // A backend's reply too big for the client's 1500-byte link: the backend
+    // gets the ICMP about its own (untranslated) reply.
+    let (action, _) = fx.run(&from_client([192, 0, 2, 20], 44003, 80, L4::TcpSyn));
+    assert_eq!(action, XDP_REDIRECT);
+    let backend = fx.ring_backend("nat-tcp", 0);
+    let reply = big_frame(backend, CLIENT, 8080, 44003, 1500, true);
+    let (action, out) = fx.run(&reply);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out, wire::icmp_frag_needed(&reply, 1500), "reverse NAT, DF");
+    assert_eq!(fx.reason(Reason::TxIcmpFragNeeded), before + 3);
+    assert_eq!(fx.reason(Reason::FwdReverseNat), 0);
+}
+
+#[test]
+fn unroutable_backends_drop_the_packet_untouched() {
+    if !require_root("unroutable_backends_drop_the_packet_untouched") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    for vip in [[192, 0, 2, 41], [192, 0, 2, 42]] {
+        let input = from_client(vip, 45000, 80, L4::TcpSyn);
+        let (action, out) = fx.run(&input);
+        assert_eq!((action, &out), (XDP_DROP, &input), "{vip:?}");
+    }
+    assert_eq!(fx.reason(Reason::DropNoRoute), 2);
+    // A NAT reply to a client without a route: dropped, not translated.
+    let far_client = [10, 98, 0, 1];
+    let mut syn = frame(
+        CLIENT_MAC,
+        LB_CLIENT_MAC,
+        far_client,
+        [192, 0, 2, 20],
+        45001,
+        80,
+        L4::TcpSyn,
+        b"",
+    );
+    wire::fix_ipv4_checksum(&mut syn);
+    assert_eq!(fx.run(&syn).0, XDP_REDIRECT);
+    let backend = fx.ring_backend("nat-tcp", 0);
+    let reply = frame(
+        backend_mac(backend[3]),
+        LB_BACKEND_MAC,
+        backend,
+        far_client,
+        8080,
+        45001,
+        L4::TcpAck,
+        b"x",
+    );
+    let (action, out) = fx.run(&reply);
+    assert_eq!((action, &out), (XDP_DROP, &reply), "reply without a route");
+    assert_eq!(fx.reason(Reason::DropNoRoute), 3);
 }
 
 #[test]

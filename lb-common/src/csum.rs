@@ -5,7 +5,7 @@
 //! write the result back the same way.
 
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
@@ -27,6 +27,25 @@ pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
         + (new & 0xffff)
         + (new >> 16);
     !fold(sum)
+}
+
+/// One's-complement sum of 16-bit words (as read from the packet), folded.
+/// A header whose checksum field is right sums to 0xffff.
+#[inline(always)]
+pub fn sum_words<const N: usize>(words: &[u16; N]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < N {
+        sum += words[i] as u32;
+        i += 1;
+    }
+    fold(sum)
+}
+
+/// Whether a 20-byte IPv4 header's checksum is right.
+#[inline(always)]
+pub fn ipv4_header_ok(words: &[u16; 10]) -> bool {
+    sum_words(words) == 0xffff
 }
 
 /// UDP variant: a zero checksum means "none" and stays zero; a computed zero
@@ -81,6 +100,17 @@ mod tests {
             words[3] = new16;
             assert_eq!(replace2(check, old16, new16), full(&words), "replace2");
         }
+    }
+
+    #[test]
+    fn ipv4_header_check() {
+        // RFC 1071-style example header with a correct checksum (0xb861).
+        let mut h: [u16; 10] = [
+            0x4500, 0x0073, 0x0000, 0x4000, 0x4011, 0xb861, 0xc0a8, 0x0001, 0xc0a8, 0x00c7,
+        ];
+        assert!(ipv4_header_ok(&h));
+        h[5] = 0xb862;
+        assert!(!ipv4_header_ok(&h));
     }
 
     #[test]

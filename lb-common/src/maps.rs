@@ -25,6 +25,8 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// The XDP entry point in the object file.
     pub const PROGRAM: &str = "xdplb";
+    /// Global in `.rodata` that plants a bug for the fuzz test's self-check.
+    pub const TEST_FAULT: &str = "TEST_FAULT";
     /// Every map, all pinned so a restarted daemon adopts flows, config and
     /// counters.
     pub const MAPS: &[&str] = &[
@@ -43,7 +45,7 @@ pub mod names {
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -112,6 +114,7 @@ pub const SERVICE_F_PASS_WHEN_EMPTY: u8 = 1;
 pub const BACKEND_F_ACTIVE: u8 = 1;
 
 /// TCP flag bits (byte 13 of the TCP header).
+pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;

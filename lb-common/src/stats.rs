@@ -18,7 +18,7 @@ macro_rules! reasons {
 }
 
 reasons! {
-    /// Not IPv4 (ARP, IPv6, VLAN, ...): handed to the kernel.
+    /// Not IPv4 (ARP, IPv6, VLAN-tagged, ...): handed to the kernel.
     PassNotIpv4 = "pass_not_ipv4",
     /// IPv4 but not for a configured service, nor a NAT reply.
     PassNotService = "pass_not_service",
@@ -26,14 +26,26 @@ reasons! {
     PassFragment = "pass_fragment",
     /// IPv4 header with options (IHL > 5): handed to the kernel.
     PassIpOptions = "pass_ip_options",
-    /// The next hop's MAC is not resolved yet: the kernel forwards this one and resolves it.
+    /// The next hop's MAC is not resolved yet: DSR hands the frame to the kernel
+    /// unchanged; NAT hands it over already translated (its source is the
+    /// client, so the kernel forwards it and resolves the neighbour).
     PassNoNeighbour = "pass_no_neighbour",
-    /// The route lookup failed (unreachable, blackhole, MTU, ...): the kernel decides.
-    PassFibFailed = "pass_fib_failed",
-    /// Ethernet, IPv4 or L4 header cut short by the end of the frame.
+    /// Ethernet, IPv4 or L4 header cut short by the end of the frame or of
+    /// the IPv4 datagram (total length).
     DropTruncated = "drop_truncated",
-    /// IPv4 header that cannot be right (IHL < 5, total length too small).
+    /// IPv4 header that cannot be right (version not 4, IHL < 5, total length
+    /// smaller than the header).
     DropBadIpHeader = "drop_bad_ip_header",
+    /// IPv4 header checksum wrong on a packet the LB would forward or translate.
+    DropBadIpChecksum = "drop_bad_ip_checksum",
+    /// TCP data offset below 5, or UDP length below 8 or beyond the datagram.
+    DropBadL4Header = "drop_bad_l4_header",
+    /// The kernel has no usable route to the next hop (unreachable, blackhole,
+    /// prohibit, forwarding disabled on the ingress interface).
+    DropNoRoute = "drop_no_route",
+    /// Larger than the egress MTU without DF: XDP cannot fragment, so it is
+    /// dropped (with DF the sender gets an ICMP instead, see below).
+    DropTooBig = "drop_too_big",
     /// The service has no backend to send the flow to (policy: drop).
     DropNoBackend = "drop_no_backend",
     /// The service has no backend to send the flow to (policy: pass to the local stack).
@@ -44,6 +56,9 @@ reasons! {
     FwdNat = "fwd_nat",
     /// A backend's reply translated back to the VIP and forwarded to the client.
     FwdReverseNat = "fwd_reverse_nat",
+    /// Larger than the egress MTU with DF set: answered with ICMP "fragmentation
+    /// needed" quoting the frame as the sender sent it (path-MTU discovery).
+    TxIcmpFragNeeded = "tx_icmp_frag_needed",
 }
 
 /// Number of reasons; the size of the `REASONS` map.

@@ -1,18 +1,25 @@
 //! Sending a packet on: next hop from the kernel FIB, then TX or redirect.
+//!
+//! The next hop is decided *before* any rewrite, so a packet that cannot be
+//! sent (no route, too big) is still the packet its sender sent: it is
+//! dropped untouched, or answered with an ICMP that quotes it as sent.
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup, xdp_action,
+    },
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::{Backend, Reason};
+use lb_common::Reason;
 
-use crate::parse::Packet;
+use crate::{icmp, parse::Packet};
 
 const AF_INET: u8 = 2;
 
-/// Where the kernel would send a packet to `dst_be`.
+/// Where the kernel would send a packet from `src_be` to `dst_be`.
 pub enum NextHop {
     Found {
         ifindex: u32,
@@ -21,6 +28,9 @@ pub enum NextHop {
     },
     /// Route known, neighbour not resolved (yet).
     NoNeighbour,
+    /// The packet is larger than the route's MTU.
+    FragNeeded { mtu: u16 },
+    /// No usable route (unreachable, blackhole, prohibit, forwarding off).
     Failed,
 }
 
@@ -51,6 +61,10 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, src_be: u32, dst_be: u32) -> Nex
             dmac: p.dmac,
         },
         BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::NoNeighbour,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => NextHop::FragNeeded {
+            // SAFETY: on FRAG_NEEDED the kernel wrote the MTU into the union.
+            mtu: unsafe { p.__bindgen_anon_1.mtu_result },
+        },
         _ => NextHop::Failed,
     }
 }
@@ -71,19 +85,60 @@ pub fn transmit(ctx: &XdpContext, pkt: &Packet, ifindex: u32, smac: [u8; 6], dma
     }
 }
 
-/// Send the packet as is (VIP still the destination) to the backend's MAC.
-/// The backend holds the VIP and answers the client directly.
+/// What to do with a packet whose next hop is known.
+pub enum Go {
+    /// Rewrite (NAT), then transmit with these MACs.
+    Send {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
+    /// Rewrite (NAT), then hand to the kernel: it forwards the packet and
+    /// resolves the neighbour. A translated packet's source is the client,
+    /// so the kernel accepts it; DSR has nothing to rewrite, and the daemon's
+    /// managed neighbour entries keep backends resolved.
+    Pass,
+}
+
+/// Whether the packet can go on; if not, the final verdict, with the packet
+/// still as its sender sent it (dropped, or answered with an ICMP).
 #[inline(always)]
-pub fn dsr(ctx: &XdpContext, pkt: &Packet, backend: &Backend) -> (u32, Reason) {
-    match next_hop(ctx, pkt, pkt.src_be, backend.addr_be) {
+pub fn decide(ctx: &XdpContext, pkt: &Packet, hop: NextHop) -> Result<Go, (u32, Reason)> {
+    match hop {
         NextHop::Found {
             ifindex,
             smac,
             dmac,
-        } => (transmit(ctx, pkt, ifindex, smac, dmac), Reason::FwdDsr),
-        // The daemon keeps backend neighbours resolved (managed entries);
-        // until then the kernel gets the packet.
-        NextHop::NoNeighbour => (xdp_action::XDP_PASS, Reason::PassNoNeighbour),
-        NextHop::Failed => (xdp_action::XDP_PASS, Reason::PassFibFailed),
+        } => Ok(Go::Send {
+            ifindex,
+            smac,
+            dmac,
+        }),
+        NextHop::NoNeighbour => Ok(Go::Pass),
+        NextHop::FragNeeded { mtu } if pkt.df => Err(icmp::frag_needed(ctx, mtu)),
+        NextHop::FragNeeded { .. } => Err((xdp_action::XDP_DROP, Reason::DropTooBig)),
+        NextHop::Failed => Err((xdp_action::XDP_DROP, Reason::DropNoRoute)),
+    }
+}
+
+/// Send a packet that [`decide`] let through (and that was rewritten).
+#[inline(always)]
+pub fn go(ctx: &XdpContext, pkt: &Packet, go: Go, ok: Reason) -> (u32, Reason) {
+    match go {
+        Go::Send {
+            ifindex,
+            smac,
+            dmac,
+        } => (transmit(ctx, pkt, ifindex, smac, dmac), ok),
+        Go::Pass => (xdp_action::XDP_PASS, Reason::PassNoNeighbour),
+    }
+}
+
+/// DSR: only the MACs change; the backend holds the VIP itself.
+#[inline(always)]
+pub fn dsr(ctx: &XdpContext, pkt: &Packet, backend_be: u32) -> (u32, Reason) {
+    match decide(ctx, pkt, next_hop(ctx, pkt, pkt.src_be, backend_be)) {
+        Ok(g) => go(ctx, pkt, g, Reason::FwdDsr),
+        Err(v) => v,
     }
 }

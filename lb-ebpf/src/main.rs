@@ -8,7 +8,9 @@
 #![no_std]
 #![no_main]
 
+mod fault;
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -40,9 +42,15 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         Parsed::Verdict(action, reason) => return (action, reason),
     };
     if let Some(svc) = maps::service(&pkt) {
+        if !pkt.ip_checksum_ok() {
+            return (xdp_action::XDP_DROP, Reason::DropBadIpChecksum);
+        }
         return to_backend(ctx, &pkt, &svc);
     }
     if let Some(rev) = maps::nat_reverse(&pkt) {
+        if !pkt.ip_checksum_ok() {
+            return (xdp_action::XDP_DROP, Reason::DropBadIpChecksum);
+        }
         if pkt.tcp_flags & TCP_FLAG_RST != 0 {
             stats::count_reset(rev.backend_id);
         }
@@ -61,12 +69,14 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, svc: &lb_common::ServiceInfo) -> (
             (xdp_action::XDP_DROP, Reason::DropNoBackend)
         };
     };
-    stats::count_traffic(svc.id, c.backend_id, pkt.frame_len, &c);
-    if svc.forwarding == Forwarding::Nat as u8 {
+    let (action, reason) = if svc.forwarding == Forwarding::Nat as u8 {
         nat::forward(ctx, pkt, svc, c.backend_id, &c.backend)
     } else {
-        forward::dsr(ctx, pkt, &c.backend)
-    }
+        forward::dsr(ctx, pkt, c.backend.addr_be)
+    };
+    let sent = matches!(reason, Reason::FwdNat | Reason::FwdDsr);
+    stats::count_traffic(svc.id, c.backend_id, sent.then_some(pkt.frame_len), &c);
+    (action, reason)
 }
 
 #[cfg(not(test))]

@@ -6,7 +6,8 @@ use lb_common::{Backend, FlowKey, NatReverse, PROTO_TCP, Reason, ServiceInfo, cs
 use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
-    forward::{NextHop, next_hop, transmit},
+    fault,
+    forward::{decide, go, next_hop},
     maps::NAT_REVERSE,
     parse::{L4_OFF, Packet, ptr_at},
 };
@@ -49,7 +50,9 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, side: Side, addr_be: u32, port_be: u1
             }
             let mut check = u16::from_ne_bytes((*tcp).check);
             check = csum::replace4(check, old_addr, addr_be);
-            check = csum::replace2(check, old_port, port_be);
+            if !fault::planted() {
+                check = csum::replace2(check, old_port, port_be);
+            }
             (*tcp).check = check.to_ne_bytes();
         }
     } else {
@@ -64,7 +67,9 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, side: Side, addr_be: u32, port_be: u1
             }
             let old = u16::from_ne_bytes((*udp).check);
             let mut check = csum::replace4(old, old_addr, addr_be);
-            check = csum::replace2(check, old_port, port_be);
+            if !fault::planted() {
+                check = csum::replace2(check, old_port, port_be);
+            }
             (*udp).check = csum::udp_fixup(old, check).to_ne_bytes();
         }
     }
@@ -72,7 +77,8 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, side: Side, addr_be: u32, port_be: u1
 }
 
 /// Forward a client packet to its backend with destination NAT and remember
-/// how to translate the backend's replies.
+/// how to translate the backend's replies. The next hop is looked up first:
+/// a packet that cannot go on is left as its sender sent it.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
@@ -81,6 +87,26 @@ pub fn forward(
     backend_id: u32,
     backend: &Backend,
 ) -> (u32, Reason) {
+    let g = match decide(ctx, pkt, next_hop(ctx, pkt, pkt.src_be, backend.addr_be)) {
+        Ok(g) => g,
+        Err(v) => return v,
+    };
+    remember_reply(pkt, svc, backend_id, backend);
+    if !rewrite(
+        ctx,
+        pkt,
+        Side::Destination,
+        backend.addr_be,
+        backend.port_be,
+    ) {
+        return (xdp_action::XDP_DROP, Reason::DropTruncated);
+    }
+    go(ctx, pkt, g, Reason::FwdNat)
+}
+
+/// Store how the backend's replies to this flow are translated back.
+#[inline(always)]
+fn remember_reply(pkt: &Packet, svc: &ServiceInfo, backend_id: u32, backend: &Backend) {
     let reply = FlowKey {
         src_be: backend.addr_be,
         dst_be: pkt.src_be,
@@ -103,38 +129,17 @@ pub fn forward(
         // better can be done without memory.
         let _ = NAT_REVERSE.insert(reply, rev, 0);
     }
-    if !rewrite(
-        ctx,
-        pkt,
-        Side::Destination,
-        backend.addr_be,
-        backend.port_be,
-    ) {
-        return (xdp_action::XDP_DROP, Reason::DropTruncated);
-    }
-    send(ctx, pkt, pkt.src_be, backend.addr_be, Reason::FwdNat)
 }
 
 /// Translate a backend's reply back to the VIP and forward it to the client.
 #[inline(always)]
 pub fn reverse(ctx: &XdpContext, pkt: &Packet, rev: &NatReverse) -> (u32, Reason) {
+    let g = match decide(ctx, pkt, next_hop(ctx, pkt, rev.vip_be, pkt.dst_be)) {
+        Ok(g) => g,
+        Err(v) => return v,
+    };
     if !rewrite(ctx, pkt, Side::Source, rev.vip_be, rev.vport_be) {
         return (xdp_action::XDP_DROP, Reason::DropTruncated);
     }
-    send(ctx, pkt, rev.vip_be, pkt.dst_be, Reason::FwdReverseNat)
-}
-
-/// After a rewrite the packet is valid as is, so when the neighbour is not
-/// resolved the kernel can forward it (and resolve the neighbour).
-#[inline(always)]
-fn send(ctx: &XdpContext, pkt: &Packet, src_be: u32, dst_be: u32, ok: Reason) -> (u32, Reason) {
-    match next_hop(ctx, pkt, src_be, dst_be) {
-        NextHop::Found {
-            ifindex,
-            smac,
-            dmac,
-        } => (transmit(ctx, pkt, ifindex, smac, dmac), ok),
-        NextHop::NoNeighbour => (xdp_action::XDP_PASS, Reason::PassNoNeighbour),
-        NextHop::Failed => (xdp_action::XDP_PASS, Reason::PassFibFailed),
-    }
+    go(ctx, pkt, g, Reason::FwdReverseNat)
 }

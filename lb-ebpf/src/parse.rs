@@ -1,22 +1,24 @@
 //! Header parsing. All packet memory is reached through [`ptr_at`], the one
 //! bounds-checked accessor the verifier needs to see.
+//!
+//! Lengths are checked against the IPv4 *total length*, not only against the
+//! frame: bytes after the datagram (an Ethernet trailer) are never read as
+//! headers.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{PROTO_TCP, PROTO_UDP, Reason};
-use network_types::{
-    eth::EthHdr,
-    ip::Ipv4Hdr,
-    tcp::{TCP_HDR_LEN, TcpHdr},
-    udp::UdpHdr,
-};
+use lb_common::{PROTO_TCP, PROTO_UDP, Reason, csum};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 pub const ETH_LEN: usize = core::mem::size_of::<EthHdr>();
 pub const IPV4_LEN: usize = core::mem::size_of::<Ipv4Hdr>();
 /// Offset of the L4 header; IPv4 options are not forwarded, so it is fixed.
 pub const L4_OFF: usize = ETH_LEN + IPV4_LEN;
+const TCP_LEN: usize = 20;
+const UDP_LEN: usize = 8;
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
 /// MF flag and fragment offset bits of `frag_off`.
 const IP_MF_OR_OFFSET: u16 = 0x3fff;
+const IP_DF: u16 = 0x4000;
 
 /// Pointer to a `T` at `offset` into the frame, or `None` if the frame is too short.
 #[inline(always)]
@@ -41,9 +43,22 @@ pub struct Packet {
     /// TCP flags byte (`TCP_FLAG_*`); 0 for UDP.
     pub tcp_flags: u8,
     pub tos: u8,
+    /// Don't Fragment: an oversize packet gets an ICMP instead of a drop.
+    pub df: bool,
     /// IPv4 total length, host order (for the FIB's MTU check).
     pub ip_len: u16,
     pub frame_len: u64,
+}
+
+impl Packet {
+    /// Whether the IPv4 header checksum is right. Checked only for packets
+    /// the LB acts on (forwards, translates), not for what it passes.
+    #[inline(always)]
+    pub fn ip_checksum_ok(&self) -> bool {
+        // SAFETY: the 20-byte header was bounds-checked by the parser.
+        let words = unsafe { core::ptr::read_unaligned(self.ip as *const [u16; 10]) };
+        csum::ipv4_header_ok(&words)
+    }
 }
 
 pub enum Parsed {
@@ -96,25 +111,52 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if ihl != 5 {
         return verdict(XDP_PASS, Reason::PassIpOptions);
     }
-    // TCP and UDP both start with source and destination port; check the
-    // whole header so NAT can reach the checksum.
-    let (ports, tcp_flags): (*const [u8; 4], u8) = match proto {
-        PROTO_TCP => match ptr_at::<TcpHdr>(ctx, L4_OFF) {
-            // SAFETY: the whole TCP header (20 bytes) is inside the frame;
-            // byte 13 holds the flags.
-            Some(p) => (p as *const [u8; 4], unsafe {
-                (*(p as *const [u8; TCP_HDR_LEN]))[13]
-            }),
-            None => return verdict(XDP_DROP, Reason::DropTruncated),
-        },
-        PROTO_UDP => match ptr_at::<UdpHdr>(ctx, L4_OFF) {
-            Some(p) => (p as *const [u8; 4], 0),
-            None => return verdict(XDP_DROP, Reason::DropTruncated),
-        },
+    // Bytes of the datagram after the IPv4 header; the L4 header must fit in
+    // them (not just in the frame, which may carry a trailer).
+    let l4_len = tot_len as usize - IPV4_LEN;
+    // Both headers start with source and destination port; the whole header
+    // is checked so NAT can reach the checksum.
+    let (ports, tcp_flags): ([u8; 4], u8) = match proto {
+        PROTO_TCP => {
+            if l4_len < TCP_LEN {
+                return verdict(XDP_DROP, Reason::DropTruncated);
+            }
+            let Some(h) = ptr_at::<[u8; TCP_LEN]>(ctx, L4_OFF) else {
+                return verdict(XDP_DROP, Reason::DropTruncated);
+            };
+            // SAFETY: the 20-byte TCP header is inside the frame.
+            let h = unsafe { *h };
+            let header_len = (h[12] >> 4) as usize * 4;
+            if header_len < TCP_LEN {
+                return verdict(XDP_DROP, Reason::DropBadL4Header);
+            }
+            if header_len > l4_len {
+                return verdict(XDP_DROP, Reason::DropTruncated);
+            }
+            ([h[0], h[1], h[2], h[3]], h[13])
+        }
+        PROTO_UDP => {
+            if l4_len < UDP_LEN {
+                return verdict(XDP_DROP, Reason::DropTruncated);
+            }
+            let Some(h) = ptr_at::<[u8; UDP_LEN]>(ctx, L4_OFF) else {
+                return verdict(XDP_DROP, Reason::DropTruncated);
+            };
+            // SAFETY: the 8-byte UDP header is inside the frame.
+            let h = unsafe { *h };
+            let udp_len = u16::from_be_bytes([h[4], h[5]]) as usize;
+            if udp_len < UDP_LEN {
+                return verdict(XDP_DROP, Reason::DropBadL4Header);
+            }
+            // Shorter than the datagram is padding the kernel trims; longer
+            // means the datagram was cut.
+            if udp_len > l4_len {
+                return verdict(XDP_DROP, Reason::DropTruncated);
+            }
+            ([h[0], h[1], h[2], h[3]], 0)
+        }
         _ => return verdict(XDP_PASS, Reason::PassNotService),
     };
-    // SAFETY: the L4 header (at least 8 bytes) was bounds-checked above.
-    let ports = unsafe { *ports };
     Parsed::Packet(Packet {
         eth,
         ip,
@@ -125,6 +167,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         proto,
         tcp_flags,
         tos,
+        df: frag_off & IP_DF != 0,
         ip_len: tot_len,
         frame_len,
     })

@@ -19,15 +19,24 @@ pub fn count_reason(reason: Reason) {
     }
 }
 
-/// One update per map per packet: traffic, a new flow, a retried SYN
-/// (`syn_retransmit` is always false for the service map).
+/// One update per map per packet: traffic (`sent`: the frame's bytes, when
+/// it went to the backend), a new flow, a retried SYN (`syn_retransmit` is
+/// always false for the service map).
 #[inline(always)]
-fn add(map: &PerCpuArray<Traffic>, id: u32, bytes: u64, new_flow: bool, syn_retransmit: bool) {
+fn add(
+    map: &PerCpuArray<Traffic>,
+    id: u32,
+    sent: Option<u64>,
+    new_flow: bool,
+    syn_retransmit: bool,
+) {
     if let Some(t) = map.get_ptr_mut(id) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe {
-            (*t).packets += 1;
-            (*t).bytes += bytes;
+            if let Some(bytes) = sent {
+                (*t).packets += 1;
+                (*t).bytes += bytes;
+            }
             (*t).new_flows += new_flow as u64;
             (*t).syn_retransmits += syn_retransmit as u64;
         }
@@ -35,12 +44,12 @@ fn add(map: &PerCpuArray<Traffic>, id: u32, bytes: u64, new_flow: bool, syn_retr
 }
 
 #[inline(always)]
-pub fn count_traffic(service_id: u32, backend_id: u32, bytes: u64, c: &Choice) {
-    add(&SERVICE_STATS, service_id, bytes, c.new_flow, false);
+pub fn count_traffic(service_id: u32, backend_id: u32, sent: Option<u64>, c: &Choice) {
+    add(&SERVICE_STATS, service_id, sent, c.new_flow, false);
     add(
         &BACKEND_STATS,
         backend_id,
-        bytes,
+        sent,
         c.new_flow,
         c.syn_retransmit,
     );

@@ -94,10 +94,30 @@ fn is_bpffs(path: &Path) -> bool {
 /// flow and reverse-NAT tables. With `pin_root`, every map is pinned under
 /// its versioned directory, re-using maps already pinned there.
 pub fn load(flow_table_size: u32, pin_root: Option<&Path>) -> Result<Loaded, BpfError> {
+    load_with(flow_table_size, pin_root, TestFault::None)
+}
+
+/// A bug the fuzz test plants in the data path to prove it would notice
+/// (see `lb-ebpf/src/fault.rs`). Never set by the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestFault {
+    None = 0,
+    /// NAT skips the port part of the L4 checksum update.
+    NatPortChecksum = 1,
+}
+
+/// [`load`], with a planted [`TestFault`] (tests only).
+pub fn load_with(
+    flow_table_size: u32,
+    pin_root: Option<&Path>,
+    fault: TestFault,
+) -> Result<Loaded, BpfError> {
     let mut loader = EbpfLoader::new();
+    let fault = fault as u32;
     loader
         .map_max_entries(names::FLOWS, flow_table_size)
-        .map_max_entries(names::NAT_REVERSE, flow_table_size);
+        .map_max_entries(names::NAT_REVERSE, flow_table_size)
+        .override_global(names::TEST_FAULT, &fault, true);
     let dir = pin_root.map(pin_dir);
     let mut adopted = false;
     let map_paths: Vec<(&'static str, PathBuf)> = match &dir {

@@ -3,6 +3,8 @@
 
 pub use xdplb_testsupport::*;
 
+pub mod wire;
+
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
 pub const LB_CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0a];
 pub const LB_BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0c];
@@ -20,10 +22,19 @@ pub fn fmt_mac(m: [u8; 6]) -> String {
         .join(":")
 }
 
+/// Route MTU towards [`SMALL_MTU_BACKEND`].
+pub const SMALL_MTU: u16 = 1280;
+/// A backend behind a route with a small MTU ([`SMALL_MTU`]).
+pub const SMALL_MTU_BACKEND: [u8; 4] = [203, 0, 113, 14];
+/// A backend whose route is a blackhole.
+pub const BLACKHOLED_BACKEND: [u8; 4] = [203, 0, 113, 50];
+
 /// A namespace whose FIB gives known answers to the program's
 /// `bpf_fib_lookup`: client 198.51.100.2 behind `fxa`, backends
-/// 203.0.113.11–13 behind `fxc`, all with permanent neighbour entries
-/// (203.0.113.99 is routable but has none).
+/// 203.0.113.11–14 behind `fxc`, all with permanent neighbour entries
+/// (203.0.113.99 is routable but has none). 203.0.113.14 is reached over a
+/// route with MTU [`SMALL_MTU`]; 203.0.113.50 is blackholed; nothing outside
+/// 198.51.100.0/24 and 203.0.113.0/24 has a route.
 pub fn fib_lab(prefix: &str) -> Netns {
     let ns = Netns::new(prefix);
     ns.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
@@ -61,7 +72,7 @@ pub fn fib_lab(prefix: &str) -> Netns {
         "nud",
         "permanent",
     ]);
-    for last in [11u8, 12, 13] {
+    for last in [11u8, 12, 13, 14] {
         let addr = format!("203.0.113.{last}");
         ns.sh(&[
             "ip",
@@ -76,6 +87,18 @@ pub fn fib_lab(prefix: &str) -> Netns {
             "permanent",
         ]);
     }
+    ns.sh(&[
+        "ip",
+        "route",
+        "add",
+        "203.0.113.14/32",
+        "dev",
+        "fxc",
+        "mtu",
+        "lock",
+        &SMALL_MTU.to_string(),
+    ]);
+    ns.sh(&["ip", "route", "add", "blackhole", "203.0.113.50/32"]);
     ns
 }
 

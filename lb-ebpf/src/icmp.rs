@@ -1,0 +1,114 @@
+//! ICMP "fragmentation needed" (type 3, code 4) for packets larger than the
+//! egress MTU with DF set, sent straight back to their sender (XDP_TX).
+//!
+//! The kernel cannot do this for us: it never sees the packet as the sender
+//! addressed it, so an ICMP it made would quote a header (after NAT) the
+//! sender cannot match, and path-MTU discovery would break. The reply comes
+//! from the packet's destination (a VIP, or the client for a NAT reply) and
+//! quotes the IPv4 header and the first 8 bytes of L4 (RFC 792), enough for
+//! TCP and UDP to find the socket.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use lb_common::{Reason, csum};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::parse::{ETH_LEN, IPV4_LEN, ptr_at};
+
+const ICMP_LEN: usize = 8;
+/// Quoted part of the offending packet: its IPv4 header and 8 bytes of L4.
+const QUOTE_LEN: usize = IPV4_LEN + 8;
+/// Bytes put in front of the original frame: a new IPv4 and ICMP header.
+const GROW: usize = IPV4_LEN + ICMP_LEN;
+/// The reply: Ethernet, IPv4, ICMP, quote.
+const REPLY_LEN: usize = ETH_LEN + GROW + QUOTE_LEN;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+const PROTO_ICMP: u8 = 1;
+/// Precedence "internetwork control", as the kernel's ICMP errors carry.
+const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;
+
+/// Turn the frame into an ICMP "fragmentation needed, next-hop MTU `mtu`"
+/// addressed to its sender, and bounce it out of the ingress interface.
+/// The parser guaranteed an IPv4 header without options and at least 8
+/// bytes of L4 inside the frame. A cold path: kept out of line (a BPF
+/// subprogram) so the per-packet code stays small.
+#[inline(never)]
+pub fn frag_needed(ctx: &XdpContext, mtu: u16) -> (u32, Reason) {
+    let drop = (xdp_action::XDP_DROP, Reason::DropTooBig);
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)) else {
+        return drop;
+    };
+    // SAFETY: both headers were bounds-checked just above.
+    let (sender_mac, our_mac, sender, receiver) = unsafe {
+        (
+            (*eth).src_addr,
+            (*eth).dst_addr,
+            (*ip).src_addr,
+            (*ip).dst_addr,
+        )
+    };
+    let old_len = (ctx.data_end() - ctx.data()) as i32;
+    // Make room in front: the original frame's IPv4 header then starts right
+    // where the quote belongs (after the new Ethernet, IPv4 and ICMP headers).
+    // SAFETY: helper call on our own context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GROW as i32)) } != 0 {
+        return drop;
+    }
+    // Cut everything after the quote.
+    let shrink = REPLY_LEN as i32 - (old_len + GROW as i32);
+    // SAFETY: as above; the frame only shrinks.
+    if shrink < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
+        return drop;
+    }
+    let (Some(head), Some(quote)) = (
+        ptr_at::<[u8; ETH_LEN + GROW]>(ctx, 0),
+        ptr_at::<[u16; QUOTE_LEN / 2]>(ctx, ETH_LEN + GROW),
+    ) else {
+        return drop;
+    };
+
+    let mut h = [0u8; ETH_LEN + GROW];
+    h[0..6].copy_from_slice(&sender_mac);
+    h[6..12].copy_from_slice(&our_mac);
+    h[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    // IPv4: no options, no fragmentation, TTL 64.
+    let ip_off = ETH_LEN;
+    h[ip_off] = 0x45;
+    h[ip_off + 1] = TOS_INTERNETWORK_CONTROL;
+    h[ip_off + 2..ip_off + 4].copy_from_slice(&((GROW + QUOTE_LEN) as u16).to_be_bytes());
+    h[ip_off + 8] = 64;
+    h[ip_off + 9] = PROTO_ICMP;
+    h[ip_off + 12..ip_off + 16].copy_from_slice(&receiver);
+    h[ip_off + 16..ip_off + 20].copy_from_slice(&sender);
+    let ip_check = !csum::sum_words(&words::<10>(&h, ip_off));
+    h[ip_off + 10..ip_off + 12].copy_from_slice(&ip_check.to_ne_bytes());
+    // ICMP header: type, code, checksum, unused, next-hop MTU.
+    let icmp_off = ETH_LEN + IPV4_LEN;
+    h[icmp_off] = ICMP_DEST_UNREACH;
+    h[icmp_off + 1] = ICMP_FRAG_NEEDED;
+    h[icmp_off + 6..icmp_off + 8].copy_from_slice(&mtu.to_be_bytes());
+    // SAFETY: `quote` was bounds-checked above.
+    let quoted = unsafe { core::ptr::read_unaligned(quote) };
+    let header_sum = csum::sum_words(&words::<4>(&h, icmp_off)) as u32;
+    let icmp_check = !csum::fold(header_sum + csum::sum_words(&quoted) as u32);
+    h[icmp_off + 2..icmp_off + 4].copy_from_slice(&icmp_check.to_ne_bytes());
+    // SAFETY: `head` was bounds-checked above.
+    unsafe { core::ptr::write_unaligned(head, h) };
+    (xdp_action::XDP_TX, Reason::TxIcmpFragNeeded)
+}
+
+/// `N` 16-bit words of `bytes` from `off`, as they sit in the packet.
+#[inline(always)]
+fn words<const N: usize>(bytes: &[u8; ETH_LEN + GROW], off: usize) -> [u16; N] {
+    let mut w = [0u16; N];
+    let mut i = 0;
+    while i < N {
+        w[i] = u16::from_ne_bytes([bytes[off + 2 * i], bytes[off + 2 * i + 1]]);
+        i += 1;
+    }
+    w
+}
