@@ -3,6 +3,7 @@
 
 pub use xdplb_testsupport::*;
 
+pub mod model;
 pub mod wire;
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];

@@ -1,0 +1,708 @@
+//! Fuzz test of the data path: seeded, mutated frames through the real XDP
+//! program (BPF_PROG_TEST_RUN), each checked against the reference model in
+//! `xdplb_tests::model`.
+//!
+//! Per frame: never XDP_ABORTED; verdict and reason as the model predicts;
+//! PASS and DROP leave the frame byte for byte as it came, except the one
+//! named case (NAT towards an unresolved neighbour is translated, then
+//! passed); TX/REDIRECT output differs from the input only in the MACs and
+//! the addresses and ports the forwarding mode may rewrite, its checksums
+//! carry exactly the damage the input carried (valid stays valid). Every
+//! batch of 10,000 frames, every reason counter and the per-service and
+//! per-backend counters must equal the model's.
+//!
+//! `XDPLB_FUZZ_SEED` replays a run (the seed is printed), `XDPLB_FUZZ_FRAMES`
+//! sets its length (default 1,000,000).
+
+use std::{collections::BTreeMap, path::Path, time::Instant};
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions},
+};
+use etherparse::PacketBuilder;
+use lb_common::Reason;
+use xdplb::{
+    bpf::{self, BpfDataplane, Counters, TestFault},
+    config::Config,
+    dataplane::Programmer,
+    plan::{BackendRef, Plan, Planner, service_key},
+};
+use xdplb_tests::{
+    CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, backend_mac, fib_lab,
+    model::{Action, Model, Tuple, check_output},
+    pin_to_cpu0, require_root, wire,
+};
+
+const BATCH: u64 = 10_000;
+const DEFAULT_FRAMES: u64 = 1_000_000;
+/// A re-plan (one backend down, or back) every this many frames, so flows
+/// pinned to a backend that went away are exercised too.
+const REPLAN_EVERY: u64 = 100_000;
+
+const CONFIG: &str = r#"
+[dataplane]
+flow_table_size = 1048576
+manage_neighbours = false
+
+[[service]]
+name = "dsr-rr-tcp"
+vip = "192.0.2.10"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.11", port = 80 }, { address = "203.0.113.12", port = 80, weight = 2 }]
+
+[[service]]
+name = "dsr-maglev-tcp"
+vip = "192.0.2.10"
+port = 443
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.11", port = 443 }, { address = "203.0.113.12", port = 443 }, { address = "203.0.113.13", port = 443 }]
+
+[[service]]
+name = "dsr-rr-udp"
+vip = "192.0.2.10"
+port = 53
+protocol = "udp"
+scheduler = "round_robin"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.11", port = 53 }, { address = "203.0.113.13", port = 53 }]
+
+[[service]]
+name = "dsr-maglev-udp"
+vip = "192.0.2.10"
+port = 123
+protocol = "udp"
+scheduler = "maglev"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.12", port = 123 }, { address = "203.0.113.13", port = 123 }]
+
+[[service]]
+name = "nat-rr-tcp"
+vip = "192.0.2.20"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
+
+[[service]]
+name = "nat-maglev-tcp"
+vip = "192.0.2.20"
+port = 443
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "nat"
+backend = [{ address = "203.0.113.12", port = 8443 }, { address = "203.0.113.13", port = 8443 }]
+
+[[service]]
+name = "nat-maglev-udp"
+vip = "192.0.2.20"
+port = 53
+protocol = "udp"
+scheduler = "maglev"
+forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 5353 }, { address = "203.0.113.12", port = 5353 }]
+
+[[service]]
+name = "nat-rr-udp"
+vip = "192.0.2.20"
+port = 514
+protocol = "udp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.13", port = 5514 }]
+
+[[service]]
+name = "nat-small-mtu"
+vip = "192.0.2.40"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.14", port = 8080 }]
+
+[[service]]
+name = "dsr-unresolved"
+vip = "192.0.2.30"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.99", port = 80 }]
+
+[[service]]
+name = "nat-unresolved"
+vip = "192.0.2.31"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "nat"
+backend = [{ address = "203.0.113.99", port = 8080 }]
+
+[[service]]
+name = "nat-no-route"
+vip = "192.0.2.41"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "10.99.0.1", port = 8080 }]
+
+[[service]]
+name = "nat-blackhole"
+vip = "192.0.2.42"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.50", port = 8080 }]
+
+[[service]]
+name = "empty-drop"
+vip = "192.0.2.50"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+when_empty = "drop"
+backend = [{ address = "203.0.113.11", port = 8080 }]
+
+[[service]]
+name = "empty-pass"
+vip = "192.0.2.51"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "dsr"
+when_empty = "pass"
+backend = [{ address = "203.0.113.12", port = 80 }]
+"#;
+
+/// SplitMix64: small, fast, and the same sequence for the same seed anywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+/// Addresses clients send from: resolved, unresolved (same subnet), unrouted.
+const CLIENTS: [[u8; 4]; 3] = [CLIENT, [198, 51, 100, 3], [10, 9, 9, 9]];
+/// A small pool of client ports, so flows repeat.
+const CLIENT_PORTS: u16 = 48;
+/// (VIP, port, protocol) a client frame may target: every service and some
+/// ports nobody serves.
+const TARGETS: &[([u8; 4], u16, u8)] = &[
+    ([192, 0, 2, 10], 80, 6),
+    ([192, 0, 2, 10], 443, 6),
+    ([192, 0, 2, 10], 53, 17),
+    ([192, 0, 2, 10], 123, 17),
+    ([192, 0, 2, 20], 80, 6),
+    ([192, 0, 2, 20], 443, 6),
+    ([192, 0, 2, 20], 53, 17),
+    ([192, 0, 2, 20], 514, 17),
+    ([192, 0, 2, 40], 80, 6),
+    ([192, 0, 2, 30], 80, 6),
+    ([192, 0, 2, 31], 80, 6),
+    ([192, 0, 2, 41], 80, 6),
+    ([192, 0, 2, 42], 80, 6),
+    ([192, 0, 2, 50], 80, 6),
+    ([192, 0, 2, 51], 80, 6),
+    ([192, 0, 2, 10], 22, 6),
+    ([192, 0, 2, 20], 80, 17),
+    ([192, 0, 2, 99], 80, 6),
+];
+const TCP_FLAGS: &[u8] = &[0x02, 0x10, 0x18, 0x11, 0x04, 0x14, 0x12, 0x01];
+
+struct Gen {
+    rng: Rng,
+}
+
+impl Gen {
+    fn payload_len(&mut self) -> usize {
+        match self.rng.below(100) {
+            0..70 => self.rng.below(40) as usize,
+            70..90 => 40 + self.rng.below(600) as usize,
+            _ => 1200 + self.rng.below(360) as usize,
+        }
+    }
+
+    /// A well-formed IPv4 TCP or UDP frame with right checksums.
+    #[allow(clippy::too_many_arguments)]
+    fn frame(
+        &mut self,
+        macs: ([u8; 6], [u8; 6]),
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        flags: u8,
+    ) -> Vec<u8> {
+        let payload: Vec<u8> = (0..self.payload_len()).map(|_| self.rng.byte()).collect();
+        let ip = PacketBuilder::ethernet2(macs.0, macs.1).ipv4(src, dst, 1 + self.rng.byte() % 128);
+        let mut v = Vec::new();
+        if proto == wire::PROTO_TCP {
+            let mut t = ip.tcp(sport, dport, self.rng.next() as u32, 64240);
+            if flags & 0x01 != 0 {
+                t = t.fin();
+            }
+            if flags & 0x02 != 0 {
+                t = t.syn();
+            }
+            if flags & 0x04 != 0 {
+                t = t.rst();
+            }
+            if flags & 0x08 != 0 {
+                t = t.psh();
+            }
+            if flags & 0x10 != 0 {
+                t = t.ack(self.rng.next() as u32);
+            }
+            t.write(&mut v, &payload).unwrap();
+        } else {
+            ip.udp(sport, dport).write(&mut v, &payload).unwrap();
+            if self.rng.chance(10) {
+                v[wire::L4_OFF + 6..wire::L4_OFF + 8].copy_from_slice(&[0, 0]);
+            }
+        }
+        // Vary the IPv4 header a little: DF mostly set, some TOS, an id.
+        if self.rng.chance(10) {
+            v[wire::IP_OFF + 6] &= !0x40;
+        }
+        if self.rng.chance(10) {
+            v[wire::IP_OFF + 1] = self.rng.byte();
+        }
+        v[wire::IP_OFF + 4] = self.rng.byte();
+        wire::fix_ipv4_checksum(&mut v);
+        v
+    }
+
+    fn client_frame(&mut self) -> Vec<u8> {
+        let (vip, port, proto) = *self.rng.pick(TARGETS);
+        let client = if self.rng.chance(80) {
+            CLIENT
+        } else {
+            *self.rng.pick(&CLIENTS)
+        };
+        let sport = 20000 + self.rng.below(CLIENT_PORTS as u64) as u16;
+        let flags = *self.rng.pick(TCP_FLAGS);
+        self.frame(
+            (CLIENT_MAC, LB_CLIENT_MAC),
+            client,
+            vip,
+            sport,
+            port,
+            proto,
+            flags,
+        )
+    }
+
+    /// A backend's reply: mostly to a NAT flow the model knows, else to a
+    /// client and port that may or may not have one.
+    fn reply_frame(&mut self, model: &Model) -> Vec<u8> {
+        let all = model.nat_replies();
+        let known: Vec<Tuple> = all[all.len().saturating_sub(512)..]
+            .iter()
+            .filter(|t| CLIENTS.contains(&t.dst))
+            .copied()
+            .collect();
+        let t = if !known.is_empty() && self.rng.chance(80) {
+            *self.rng.pick(&known)
+        } else {
+            Tuple {
+                src: [203, 0, 113, 11 + self.rng.below(4) as u8],
+                dst: *self.rng.pick(&CLIENTS),
+                sport: *self.rng.pick(&[8080u16, 8443, 5353, 5514]),
+                dport: 20000 + self.rng.below(CLIENT_PORTS as u64) as u16,
+                proto: *self.rng.pick(&[6u8, 17]),
+            }
+        };
+        let flags = *self.rng.pick(TCP_FLAGS);
+        self.frame(
+            (backend_mac(t.src[3]), LB_BACKEND_MAC),
+            t.src,
+            t.dst,
+            t.sport,
+            t.dport,
+            t.proto,
+            flags,
+        )
+    }
+
+    /// Traffic for the LB host itself or elsewhere: other addresses, ICMP.
+    fn other_frame(&mut self) -> Vec<u8> {
+        if self.rng.chance(30) {
+            let mut v = Vec::new();
+            PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_MAC)
+                .ipv4(CLIENT, [192, 0, 2, 10], 64)
+                .icmpv4_echo_request(1, self.rng.byte() as u16)
+                .write(&mut v, b"ping")
+                .unwrap();
+            return v;
+        }
+        let dst = [
+            self.rng.byte(),
+            self.rng.byte(),
+            self.rng.byte(),
+            self.rng.byte(),
+        ];
+        let proto = *self.rng.pick(&[6u8, 17]);
+        let (sport, dport) = (self.rng.next() as u16, self.rng.next() as u16);
+        self.frame(
+            (CLIENT_MAC, LB_CLIENT_MAC),
+            CLIENT,
+            dst,
+            sport,
+            dport,
+            proto,
+            0x10,
+        )
+    }
+
+    /// Damage a frame in 1 to 3 ways, then (usually) make its IPv4 header
+    /// checksum right again so the damage reaches past the checksum test.
+    fn mutate(&mut self, mut v: Vec<u8>) -> Vec<u8> {
+        for _ in 0..1 + self.rng.below(3) {
+            let n = v.len();
+            match self.rng.below(17) {
+                0 if n > 14 => v.truncate(14 + self.rng.below((n - 14) as u64) as usize),
+                1 => {
+                    let i = self.rng.below(n.min(64) as u64) as usize;
+                    v[i] ^= 1 << self.rng.below(8);
+                }
+                2 if n > 14 => v[14] = (v[14] & 0xf0) | self.rng.below(16) as u8,
+                3 if n > 14 => v[14] = (v[14] & 0x0f) | (self.rng.below(16) as u8) << 4,
+                4 if n > 17 => {
+                    let len = self.rng.below(n as u64 + 24) as u16;
+                    v[16..18].copy_from_slice(&len.to_be_bytes());
+                }
+                5 if n > 21 => {
+                    let frag = match self.rng.below(3) {
+                        0 => 0x2000,
+                        1 => self.rng.below(0x2000) as u16,
+                        _ => 0x4000 | self.rng.below(0x4000) as u16,
+                    };
+                    v[20..22].copy_from_slice(&frag.to_be_bytes());
+                }
+                6 if n >= 34 => {
+                    let words = 1 + self.rng.below(10) as usize;
+                    let opts: Vec<u8> = (0..words * 4).map(|_| self.rng.byte() % 4).collect();
+                    v.splice(34..34, opts);
+                    v[14] = 0x40 | (5 + words as u8);
+                    let len = u16::from_be_bytes([v[16], v[17]]).wrapping_add(words as u16 * 4);
+                    v[16..18].copy_from_slice(&len.to_be_bytes());
+                }
+                7 if n > 23 => {
+                    let any = self.rng.byte();
+                    v[23] = *self.rng.pick(&[6u8, 17, 1, 47, any]);
+                }
+                8 if n > 46 => v[46] = (self.rng.below(16) as u8) << 4 | (v[46] & 0x0f),
+                9 if n > 25 => v[24 + self.rng.below(2) as usize] ^= 1 + self.rng.byte() % 255,
+                10 if n > 51 => {
+                    let i = if v[23] == 6 { 50 } else { 40 };
+                    v[i] ^= 1 + self.rng.byte() % 255;
+                }
+                11 if n > 39 => {
+                    let len = self.rng.below(n as u64) as u16;
+                    v[38..40].copy_from_slice(&len.to_be_bytes());
+                }
+                12 => {
+                    let any = self.rng.next() as u16;
+                    let et: u16 = *self.rng.pick(&[0x8100, 0x86dd, 0x0806, 0x88a8, any]);
+                    if et == 0x8100 && self.rng.chance(50) {
+                        v.splice(12..12, [0x81, 0x00, 0x00, self.rng.byte()]);
+                    } else {
+                        v[12..14].copy_from_slice(&et.to_be_bytes());
+                    }
+                }
+                13 => {
+                    let trailer = 1 + self.rng.below(32) as usize;
+                    for _ in 0..trailer {
+                        let b = self.rng.byte();
+                        v.push(b);
+                    }
+                }
+                14 if n > 47 => v[47] = self.rng.byte(),
+                15 if n > 37 => {
+                    let i = 34 + self.rng.below(4) as usize;
+                    v[i] = self.rng.byte();
+                }
+                16 if n > 33 => {
+                    let i = 26 + self.rng.below(8) as usize;
+                    v[i] ^= 1 << self.rng.below(8);
+                }
+                _ => {}
+            }
+        }
+        if v.len() >= 34 && self.rng.chance(75) {
+            wire::fix_ipv4_checksum(&mut v);
+        }
+        v
+    }
+
+    fn next(&mut self, model: &Model) -> Vec<u8> {
+        match self.rng.below(100) {
+            0..40 => self.client_frame(),
+            40..55 => self.reply_frame(model),
+            55..60 => self.other_frame(),
+            60..90 => {
+                let base = match self.rng.below(3) {
+                    0 => self.client_frame(),
+                    1 => self.reply_frame(model),
+                    _ => self.other_frame(),
+                };
+                self.mutate(base)
+            }
+            90..95 => {
+                let len = 14 + self.rng.below(200) as usize;
+                (0..len).map(|_| self.rng.byte()).collect()
+            }
+            _ => {
+                let mut v = self.client_frame();
+                v.truncate(14 + self.rng.below(28) as usize);
+                v
+            }
+        }
+    }
+}
+
+struct Harness {
+    ebpf: Ebpf,
+    counters: Counters,
+    dp: BpfDataplane,
+    planner: Planner,
+    programmer: Programmer,
+    config: Config,
+    _entered: xdplb_tests::NetnsEntered,
+    _ns: xdplb_tests::Netns,
+}
+
+impl Harness {
+    fn new(fault: TestFault) -> Harness {
+        pin_to_cpu0();
+        let ns = fib_lab("xdplb-fuzz");
+        let entered = ns.enter();
+        let config = Config::parse(Path::new("fuzz.toml"), CONFIG).expect("fuzz config");
+        let mut ebpf = bpf::load_with(config.dataplane.flow_table_size, None, fault)
+            .expect("load XDP program")
+            .ebpf;
+        let dp = BpfDataplane::new(&mut ebpf).expect("maps");
+        let counters = Counters::new(&mut ebpf).expect("counter maps");
+        Harness {
+            ebpf,
+            counters,
+            dp,
+            planner: Planner::default(),
+            programmer: Programmer::default(),
+            config,
+            _entered: entered,
+            _ns: ns,
+        }
+    }
+
+    /// Program the maps with `down` out (the two "empty" services always
+    /// have their only backend down).
+    fn program(&mut self, down: &[BackendRef]) -> Plan {
+        let mut down: std::collections::HashSet<BackendRef> = down.iter().copied().collect();
+        for (vip, addr, port) in [
+            ([192, 0, 2, 50], [203, 0, 113, 11], 8080),
+            ([192, 0, 2, 51], [203, 0, 113, 12], 80),
+        ] {
+            let key = service_key(vip.into(), 80, xdplb::config::Protocol::Tcp);
+            down.insert((key, addr.into(), port));
+        }
+        let plan = self.planner.plan(&self.config, &down).expect("plan");
+        self.programmer
+            .apply(&mut self.dp, plan)
+            .expect("program maps");
+        self.programmer.applied().clone()
+    }
+
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog = bpf::xdp_program(&mut self.ebpf, lb_common::names::PROGRAM).unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()));
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// Backends a re-plan takes down in turn (then brings back).
+fn churn(step: u64) -> Vec<BackendRef> {
+    let tcp = xdplb::config::Protocol::Tcp;
+    let udp = xdplb::config::Protocol::Udp;
+    let cases: [Vec<BackendRef>; 4] = [
+        vec![],
+        vec![(
+            service_key([192, 0, 2, 20].into(), 80, tcp),
+            [203, 0, 113, 11].into(),
+            8080,
+        )],
+        vec![(
+            service_key([192, 0, 2, 10].into(), 443, tcp),
+            [203, 0, 113, 12].into(),
+            443,
+        )],
+        vec![(
+            service_key([192, 0, 2, 20].into(), 53, udp),
+            [203, 0, 113, 12].into(),
+            5353,
+        )],
+    ];
+    cases[(step % 4) as usize].clone()
+}
+
+/// Run `frames` frames from `seed`. Returns the verdict tally, or the first
+/// broken invariant with everything needed to replay it.
+fn fuzz(seed: u64, frames: u64, fault: TestFault) -> Result<BTreeMap<&'static str, u64>, String> {
+    let mut h = Harness::new(fault);
+    let plan = h.program(&[]);
+    let mut model = Model::new(&plan);
+    let service_ids: Vec<u32> = plan.services.iter().map(|s| s.info.id).collect();
+    let backend_ids: Vec<u32> = plan.backends.keys().copied().collect();
+    let mut generator = Gen { rng: Rng(seed) };
+    for i in 0..frames {
+        if i > 0 && i % REPLAN_EVERY == 0 {
+            let plan = h.program(&churn(i / REPLAN_EVERY));
+            model.program(&plan);
+        }
+        let frame = generator.next(&model);
+        let want = model.predict(&frame);
+        let (code, out) = h.run(&frame);
+        let fail = |why: String| {
+            Err(format!(
+                "frame {i} (seed {seed:#x}): {why}\n  input  {}\n  output {}\n  expected {want:?}",
+                hex(&frame),
+                hex(&out)
+            ))
+        };
+        let Some(action) = Action::from_code(code) else {
+            return fail(format!("verdict {code} (XDP_ABORTED or unknown)"));
+        };
+        if action != want.action {
+            return fail(format!("verdict {action:?}, want {:?}", want.action));
+        }
+        if let Some(why) = check_output(&frame, &want.output, &out) {
+            return fail(why);
+        }
+        if (i + 1) % BATCH == 0 || i + 1 == frames {
+            let snap = h.counters.snapshot(&service_ids, &backend_ids).unwrap();
+            for r in Reason::ALL {
+                let want = model.counts.reasons.get(r.label()).copied().unwrap_or(0);
+                if snap.reason(*r) != want {
+                    return Err(format!(
+                        "after frame {i} (seed {seed:#x}): counter {} is {}, the model says {want}",
+                        r.label(),
+                        snap.reason(*r)
+                    ));
+                }
+            }
+            for (kind, got, want) in [
+                ("service", &snap.services, &model.counts.services),
+                ("backend", &snap.backends, &model.counts.backends),
+            ] {
+                for (id, t) in got {
+                    let w = want.get(id).copied().unwrap_or_default();
+                    if *t != w {
+                        return Err(format!(
+                            "after frame {i} (seed {seed:#x}): {kind} {id} counters {t:?}, the model says {w:?}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(model.counts.reasons.clone())
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+#[test]
+fn fuzz_data_path_against_the_model() {
+    if !require_root("fuzz_data_path_against_the_model") {
+        return;
+    }
+    let seed = env_u64("XDPLB_FUZZ_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
+    let frames = env_u64("XDPLB_FUZZ_FRAMES").unwrap_or(DEFAULT_FRAMES);
+    eprintln!(
+        "fuzz: seed {seed:#x}, {frames} frames (replay: XDPLB_FUZZ_SEED={seed:#x} cargo xtask test -- --test fuzz)"
+    );
+    let began = Instant::now();
+    let tally = fuzz(seed, frames, TestFault::None).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "fuzz: {frames} frames in {:.1?}, all as the model predicted: {tally:?}",
+        began.elapsed()
+    );
+    // The generator reached every verdict the program has.
+    for r in Reason::ALL {
+        assert!(
+            tally.get(r.label()).copied().unwrap_or(0) > 0 || frames < 100_000,
+            "no frame ended as {} in {frames} frames (seed {seed:#x})",
+            r.label()
+        );
+    }
+}
+
+/// The test can fail: with NAT's port checksum update planted out of the
+/// program, the checksum invariant trips.
+#[test]
+fn fuzz_catches_a_planted_checksum_bug() {
+    if !require_root("fuzz_catches_a_planted_checksum_bug") {
+        return;
+    }
+    let err = fuzz(0x5eed, 50_000, TestFault::NatPortChecksum)
+        .expect_err("a program that skips part of the NAT checksum update passed the fuzz test");
+    eprintln!(
+        "fuzz (planted bug): caught as expected: {}",
+        err.lines().next().unwrap()
+    );
+    assert!(err.contains("L4 checksum residual"), "{err}");
+}

@@ -1,0 +1,549 @@
+//! A reference model of the XDP program, for the fuzz test: given a frame and
+//! the state the program has built so far (flows, NAT replies, round-robin
+//! cursors), the verdict, the counted reason, and the frame it must emit.
+//!
+//! It is written from the README's verdict list and the RFCs, in plain Rust
+//! over byte slices, sharing nothing with `lb-ebpf` but the map *contents*
+//! the daemon's planner computed (rings, backends) and the flow hash (the
+//! Maglev contract between daemon and data path). The FIB is the lab's
+//! ([`crate::fib_lab`]), written down here.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    rc::Rc,
+};
+
+use lb_common::{
+    BACKEND_F_ACTIVE, Forwarding, RING_SIZE, Reason, SERVICE_F_PASS_WHEN_EMPTY, Scheduler, Traffic,
+    hash::flow_hash,
+};
+use xdplb::plan::Plan;
+
+use crate::{CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, SMALL_MTU, backend_mac, wire};
+
+/// XDP verdicts as the kernel numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Drop = 1,
+    Pass = 2,
+    Tx = 3,
+    Redirect = 4,
+}
+
+impl Action {
+    pub fn from_code(c: u32) -> Option<Action> {
+        Some(match c {
+            1 => Action::Drop,
+            2 => Action::Pass,
+            3 => Action::Tx,
+            4 => Action::Redirect,
+            _ => return None,
+        })
+    }
+}
+
+/// What the program must emit for one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Byte for byte the input.
+    Unchanged,
+    /// Exactly these bytes (an ICMP the program built).
+    Exact(Vec<u8>),
+    /// A forwarded (or translated-then-passed) IPv4 TCP/UDP frame: equal to
+    /// `frame` in every byte except the IPv4 and L4 checksum fields, whose
+    /// "damage" (residual) must equal the input's; a zero UDP checksum stays
+    /// zero.
+    Rewritten(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expect {
+    pub action: Action,
+    pub reason: Reason,
+    pub output: Output,
+}
+
+impl Expect {
+    fn same(action: Action, reason: Reason) -> Expect {
+        Expect {
+            action,
+            reason,
+            output: Output::Unchanged,
+        }
+    }
+}
+
+/// A flow as the program keys it: source, destination, ports, protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+#[derive(Debug, Clone)]
+struct Service {
+    id: u32,
+    nat: bool,
+    maglev: bool,
+    pass_when_empty: bool,
+    ring: Rc<Vec<u32>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BackendEntry {
+    addr: [u8; 4],
+    port: u16,
+    active: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NatReply {
+    vip: [u8; 4],
+    vport: u16,
+    backend_id: u32,
+}
+
+/// The lab FIB's answer for a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    Found { smac: [u8; 6], dmac: [u8; 6] },
+    NoNeighbour,
+    FragNeeded(u16),
+    Failed,
+}
+
+/// [`crate::fib_lab`]: 198.51.100.0/24 on `fxa` (LB .1, client .2 resolved),
+/// 203.0.113.0/24 on `fxc` (LB .1, backends .11-.14 resolved, .14 behind a
+/// 1280-byte route, .50 blackholed); MTU 1500; no other routes. The kernel
+/// checks route type, then MTU, then the neighbour.
+fn fib(dst: [u8; 4], tot_len: u16) -> Hop {
+    let (lb_mac, neighbour, mtu) = match dst {
+        [198, 51, 100, last] => {
+            if last == 1 || last == 255 || last == 0 {
+                return Hop::Failed; // local, broadcast, network
+            }
+            (LB_CLIENT_MAC, (dst == CLIENT).then_some(CLIENT_MAC), 1500)
+        }
+        [203, 0, 113, last] => {
+            if last == 1 || last == 255 || last == 0 || last == 50 {
+                return Hop::Failed; // local, broadcast, network, blackhole
+            }
+            let mtu = if last == 14 { SMALL_MTU } else { 1500 };
+            let resolved = (11..=14).contains(&last);
+            (LB_BACKEND_MAC, resolved.then(|| backend_mac(last)), mtu)
+        }
+        _ => return Hop::Failed,
+    };
+    if tot_len > mtu {
+        return Hop::FragNeeded(mtu);
+    }
+    match neighbour {
+        Some(dmac) => Hop::Found { smac: lb_mac, dmac },
+        None => Hop::NoNeighbour,
+    }
+}
+
+/// Counters the program keeps, as the model predicts them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub reasons: BTreeMap<&'static str, u64>,
+    pub services: BTreeMap<u32, Traffic>,
+    pub backends: BTreeMap<u32, Traffic>,
+}
+
+pub struct Model {
+    services: HashMap<([u8; 4], u16, u8), Service>,
+    backends: BTreeMap<u32, BackendEntry>,
+    flows: HashMap<Tuple, (u32, u32)>,
+    nat: HashMap<Tuple, NatReply>,
+    /// NAT reply tuples in the order they were first stored (deterministic,
+    /// unlike the map's iteration order), for the generator.
+    nat_order: Vec<Tuple>,
+    rr_cursor: HashMap<u32, u32>,
+    pub counts: Counts,
+}
+
+/// Parsed fields of a frame the program acts on.
+struct Pkt {
+    t: Tuple,
+    tcp_flags: u8,
+    df: bool,
+    tot_len: u16,
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+impl Model {
+    /// A model of a freshly loaded program serving `plan`.
+    pub fn new(plan: &Plan) -> Model {
+        let mut m = Model {
+            services: HashMap::new(),
+            backends: BTreeMap::new(),
+            flows: HashMap::new(),
+            nat: HashMap::new(),
+            nat_order: Vec::new(),
+            rr_cursor: HashMap::new(),
+            counts: Counts::default(),
+        };
+        m.program(plan);
+        m
+    }
+
+    /// New map contents (a re-plan); flows, NAT state and cursors stay.
+    pub fn program(&mut self, plan: &Plan) {
+        self.services = plan
+            .services
+            .iter()
+            .map(|s| {
+                let key = (
+                    u32::from_be(s.key.vip_be).to_be_bytes(),
+                    u16::from_be(s.key.port_be),
+                    s.key.proto,
+                );
+                let svc = Service {
+                    id: s.info.id,
+                    nat: s.info.forwarding == Forwarding::Nat as u8,
+                    maglev: s.info.scheduler == Scheduler::Maglev as u8,
+                    pass_when_empty: s.info.flags & SERVICE_F_PASS_WHEN_EMPTY != 0,
+                    ring: Rc::new(s.ring.clone()),
+                };
+                (key, svc)
+            })
+            .collect();
+        self.backends = plan
+            .backends
+            .iter()
+            .map(|(id, b)| {
+                (
+                    *id,
+                    BackendEntry {
+                        addr: u32::from_be(b.addr_be).to_be_bytes(),
+                        port: u16::from_be(b.port_be),
+                        active: b.flags & BACKEND_F_ACTIVE != 0,
+                    },
+                )
+            })
+            .collect();
+    }
+
+    /// Reply tuples of NAT flows, oldest first (a reply to one of them is
+    /// translated), for the generator.
+    pub fn nat_replies(&self) -> &[Tuple] {
+        &self.nat_order
+    }
+
+    /// The verdict for `frame`, updating the model's state and counters as
+    /// the program would.
+    pub fn predict(&mut self, frame: &[u8]) -> Expect {
+        let e = self.decide(frame);
+        *self.counts.reasons.entry(e.reason.label()).or_insert(0) += 1;
+        e
+    }
+
+    fn decide(&mut self, f: &[u8]) -> Expect {
+        use Action::*;
+        if f.len() < 14 {
+            return Expect::same(Drop, Reason::DropTruncated);
+        }
+        if be16(f, 12) != 0x0800 {
+            return Expect::same(Pass, Reason::PassNotIpv4);
+        }
+        if f.len() < 34 {
+            return Expect::same(Drop, Reason::DropTruncated);
+        }
+        let ip = &f[14..];
+        let (version, ihl) = (ip[0] >> 4, (ip[0] & 0x0f) as usize);
+        let tot_len = be16(ip, 2);
+        if version != 4 || ihl < 5 || (tot_len as usize) < ihl * 4 {
+            return Expect::same(Drop, Reason::DropBadIpHeader);
+        }
+        if 14 + tot_len as usize > f.len() {
+            return Expect::same(Drop, Reason::DropTruncated);
+        }
+        let frag = be16(ip, 6);
+        if frag & 0x3fff != 0 {
+            return Expect::same(Pass, Reason::PassFragment);
+        }
+        if ihl != 5 {
+            return Expect::same(Pass, Reason::PassIpOptions);
+        }
+        let l4_len = tot_len as usize - 20;
+        let proto = ip[9];
+        let l4 = &f[34..];
+        let tcp_flags = match proto {
+            wire::PROTO_TCP => {
+                if l4_len < 20 {
+                    return Expect::same(Drop, Reason::DropTruncated);
+                }
+                let doff = (l4[12] >> 4) as usize * 4;
+                if doff < 20 {
+                    return Expect::same(Drop, Reason::DropBadL4Header);
+                }
+                if doff > l4_len {
+                    return Expect::same(Drop, Reason::DropTruncated);
+                }
+                l4[13]
+            }
+            wire::PROTO_UDP => {
+                if l4_len < 8 {
+                    return Expect::same(Drop, Reason::DropTruncated);
+                }
+                let ulen = be16(l4, 4) as usize;
+                if ulen < 8 {
+                    return Expect::same(Drop, Reason::DropBadL4Header);
+                }
+                if ulen > l4_len {
+                    return Expect::same(Drop, Reason::DropTruncated);
+                }
+                0
+            }
+            _ => return Expect::same(Pass, Reason::PassNotService),
+        };
+        let p = Pkt {
+            t: Tuple {
+                src: ip[12..16].try_into().unwrap(),
+                dst: ip[16..20].try_into().unwrap(),
+                sport: be16(l4, 0),
+                dport: be16(l4, 2),
+                proto,
+            },
+            tcp_flags,
+            df: frag & 0x4000 != 0,
+            tot_len,
+        };
+        let ip_ok = wire::ipv4_residual(f) == 0xffff;
+        if let Some(svc) = self.services.get(&(p.t.dst, p.t.dport, proto)).cloned() {
+            if !ip_ok {
+                return Expect::same(Drop, Reason::DropBadIpChecksum);
+            }
+            return self.client_packet(f, &p, &svc);
+        }
+        if let Some(rev) = self.nat.get(&p.t).copied() {
+            if !ip_ok {
+                return Expect::same(Drop, Reason::DropBadIpChecksum);
+            }
+            if p.tcp_flags & TCP_RST != 0 && proto == wire::PROTO_TCP {
+                self.counts
+                    .backends
+                    .entry(rev.backend_id)
+                    .or_default()
+                    .resets += 1;
+            }
+            return self.reverse(f, &p, rev);
+        }
+        Expect::same(Pass, Reason::PassNotService)
+    }
+
+    fn active(&self, id: u32) -> Option<BackendEntry> {
+        self.backends.get(&id).copied().filter(|b| b.active)
+    }
+
+    fn client_packet(&mut self, f: &[u8], p: &Pkt, svc: &Service) -> Expect {
+        let pinned = self
+            .flows
+            .get(&p.t)
+            .copied()
+            .filter(|(sid, _)| *sid == svc.id)
+            .and_then(|(_, bid)| Some((bid, self.active(bid)?)));
+        let (bid, b, new_flow, syn_retransmit) = match pinned {
+            Some((bid, b)) => {
+                let retry =
+                    p.t.proto == wire::PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+                (bid, b, false, retry)
+            }
+            None => match self.schedule(p, svc) {
+                Some((bid, b)) => {
+                    self.flows.insert(p.t, (svc.id, bid));
+                    (bid, b, true, false)
+                }
+                None => {
+                    self.counts.services.entry(svc.id).or_default().no_backend += 1;
+                    return if svc.pass_when_empty {
+                        Expect::same(Action::Pass, Reason::PassNoBackend)
+                    } else {
+                        Expect::same(Action::Drop, Reason::DropNoBackend)
+                    };
+                }
+            },
+        };
+        let ok = if svc.nat {
+            Reason::FwdNat
+        } else {
+            Reason::FwdDsr
+        };
+        let e = self.deliver(f, p, fib(b.addr, p.tot_len), ok, |m, out| {
+            if svc.nat {
+                let reply = Tuple {
+                    src: b.addr,
+                    dst: p.t.src,
+                    sport: b.port,
+                    dport: p.t.sport,
+                    proto: p.t.proto,
+                };
+                let rev = NatReply {
+                    vip: p.t.dst,
+                    vport: p.t.dport,
+                    backend_id: bid,
+                };
+                if m.nat.insert(reply, rev).is_none() {
+                    m.nat_order.push(reply);
+                }
+                out[30..34].copy_from_slice(&b.addr);
+                out[36..38].copy_from_slice(&b.port.to_be_bytes());
+            }
+        });
+        let sent = e.reason == ok;
+        for (t, retry) in [
+            (self.counts.services.entry(svc.id).or_default(), false),
+            (self.counts.backends.entry(bid).or_default(), syn_retransmit),
+        ] {
+            if sent {
+                t.packets += 1;
+                t.bytes += f.len() as u64;
+            }
+            t.new_flows += new_flow as u64;
+            t.syn_retransmits += retry as u64;
+        }
+        e
+    }
+
+    fn schedule(&mut self, p: &Pkt, svc: &Service) -> Option<(u32, BackendEntry)> {
+        let len = svc.ring.len() as u32;
+        if len == 0 {
+            return None;
+        }
+        let slot = if svc.maglev {
+            let h = flow_hash(
+                u32::from_ne_bytes(p.t.src),
+                u32::from_ne_bytes(p.t.dst),
+                p.t.sport.to_be(),
+                p.t.dport.to_be(),
+                p.t.proto,
+            );
+            assert_eq!(len, RING_SIZE, "Maglev rings are full size");
+            h % len
+        } else {
+            let c = self.rr_cursor.entry(svc.id).or_insert(0);
+            let slot = *c % len;
+            *c = if slot + 1 >= len { 0 } else { slot + 1 };
+            slot
+        };
+        let bid = svc.ring[slot as usize];
+        Some((bid, self.active(bid)?))
+    }
+
+    fn reverse(&mut self, f: &[u8], p: &Pkt, rev: NatReply) -> Expect {
+        self.deliver(
+            f,
+            p,
+            fib(p.t.dst, p.tot_len),
+            Reason::FwdReverseNat,
+            |_, out| {
+                out[26..30].copy_from_slice(&rev.vip);
+                out[34..36].copy_from_slice(&rev.vport.to_be_bytes());
+            },
+        )
+    }
+
+    /// The next-hop decision, taken before any rewrite; `rewrite` edits the
+    /// expected output's addresses and ports (and records NAT state) only for
+    /// packets that go on.
+    fn deliver(
+        &mut self,
+        f: &[u8],
+        p: &Pkt,
+        hop: Hop,
+        ok: Reason,
+        rewrite: impl FnOnce(&mut Model, &mut Vec<u8>),
+    ) -> Expect {
+        let mut out = f.to_vec();
+        match hop {
+            Hop::Found { smac, dmac } => {
+                rewrite(self, &mut out);
+                out[0..6].copy_from_slice(&dmac);
+                out[6..12].copy_from_slice(&smac);
+                Expect {
+                    action: Action::Redirect,
+                    reason: ok,
+                    output: Output::Rewritten(out),
+                }
+            }
+            Hop::NoNeighbour => {
+                rewrite(self, &mut out);
+                Expect {
+                    action: Action::Pass,
+                    reason: Reason::PassNoNeighbour,
+                    output: if out == f {
+                        Output::Unchanged
+                    } else {
+                        Output::Rewritten(out)
+                    },
+                }
+            }
+            Hop::FragNeeded(mtu) if p.df => Expect {
+                action: Action::Tx,
+                reason: Reason::TxIcmpFragNeeded,
+                output: Output::Exact(wire::icmp_frag_needed(f, mtu)),
+            },
+            Hop::FragNeeded(_) => Expect::same(Action::Drop, Reason::DropTooBig),
+            Hop::Failed => Expect::same(Action::Drop, Reason::DropNoRoute),
+        }
+    }
+}
+
+/// Why an emitted frame breaks an invariant, or `None` if it holds.
+pub fn check_output(input: &[u8], want: &Output, got: &[u8]) -> Option<String> {
+    match want {
+        Output::Unchanged if got != input => Some("frame changed".into()),
+        Output::Unchanged => None,
+        Output::Exact(v) if got != v.as_slice() => Some("not the expected frame".into()),
+        Output::Exact(_) => None,
+        Output::Rewritten(v) => check_rewritten(input, v, got),
+    }
+}
+
+fn check_rewritten(input: &[u8], want: &[u8], got: &[u8]) -> Option<String> {
+    if got.len() != want.len() {
+        return Some(format!("length {} instead of {}", got.len(), want.len()));
+    }
+    let proto = input[wire::IP_OFF + 9];
+    let l4_check = match proto {
+        wire::PROTO_TCP => wire::L4_OFF + 16,
+        _ => wire::L4_OFF + 6,
+    };
+    let checksum_byte = |i: usize| (24..26).contains(&i) || (l4_check..l4_check + 2).contains(&i);
+    if let Some(i) = (0..got.len()).find(|&i| !checksum_byte(i) && got[i] != want[i]) {
+        return Some(format!(
+            "byte {i} is {:#04x}, want {:#04x} (only MACs, addresses and ports may change)",
+            got[i], want[i]
+        ));
+    }
+    let norm = |r: u16| if r == 0 { 0xffff } else { r };
+    let (ip_in, ip_out) = (wire::ipv4_residual(input), wire::ipv4_residual(got));
+    if norm(ip_in) != norm(ip_out) {
+        return Some(format!(
+            "IPv4 checksum residual {ip_out:#06x}, input had {ip_in:#06x}"
+        ));
+    }
+    if proto == wire::PROTO_UDP && input[l4_check..l4_check + 2] == [0, 0] {
+        if got[l4_check..l4_check + 2] != [0, 0] {
+            return Some("a zero UDP checksum must stay zero".into());
+        }
+        return None;
+    }
+    match (wire::l4_residual(input), wire::l4_residual(got)) {
+        (Some(a), Some(b)) if norm(a) == norm(b) => None,
+        (a, b) => Some(format!(
+            "L4 checksum residual {b:?}, input had {a:?} (valid is 0xffff)"
+        )),
+    }
+}
