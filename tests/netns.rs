@@ -1238,3 +1238,75 @@ fn mysql_role_checks_follow_the_primary() {
     assert!(log.contains("server is read-only (a replica)"), "{log}");
     assert!(log.contains("server is read-write (the primary)"), "{log}");
 }
+
+/// Path-MTU discovery through a NAT VIP: the LB's link to the backend has a
+/// smaller MTU than the client's path, so the client's full-sized segments
+/// cannot be forwarded. The LB must answer them with ICMP "fragmentation
+/// needed" quoting the packet as the client sent it (to the VIP); the
+/// client then lowers its path MTU, re-sends smaller segments, and the
+/// request completes. An ICMP quoting the translated packet (to the backend)
+/// would be ignored by the client, and the connection would stall.
+#[test]
+fn path_mtu_discovery_works_through_a_nat_vip() {
+    let test = "path_mtu_discovery_works_through_a_nat_vip";
+    if !require_root(test) {
+        return;
+    }
+    let config = format!(
+        "[dataplane]\nflow_table_size = 65536\n[control]\nmetrics_address = \"127.0.0.1:9100\"\n[[service]]\nname = \"www\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"round_robin\"\nforwarding = \"nat\"\nbackend = [{{ address = \"203.0.113.11\", port = 8080 }}]\n"
+    );
+    let lab = lab_with(Mode::Native, &config);
+    // Only the LB's side of the link to backend 1 is small: the backend
+    // still advertises a 1460-byte MSS, so the client sends 1500-byte packets.
+    lab.lb.sh(&["ip", "link", "set", "b1", "mtu", "1280"]);
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let pad = "x".repeat(6000);
+    let request = format!("GET / HTTP/1.0\r\nHost: www\r\nX-Pad: {pad}\r\n\r\n");
+    let started = Instant::now();
+    let result = {
+        let _in = lab.client.enter();
+        (|| -> Result<String, String> {
+            let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+                .map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(request.as_bytes())
+                .map_err(|e| format!("write: {e}"))?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp)
+                .map_err(|e| format!("read: {e}"))?;
+            Ok(resp)
+        })()
+    };
+    let took = started.elapsed();
+    let route = std::process::Command::new("ip")
+        .args(["-n", &lab.client.name, "route", "get", VIP])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    let m = scrape(&lab);
+    let icmps = sample(&m, "xdplb_packets_total", "reason=\"tx_icmp_frag_needed\"").unwrap_or(0.0);
+    eprintln!(
+        "{test}: request took {took:?}; {icmps} ICMPs sent; client route: {}",
+        route.trim()
+    );
+    let resp = result.unwrap_or_else(|e| {
+        panic!(
+            "{test}: large request through the VIP failed after {took:?}: {e}\nclient route: {route}\n{}",
+            lab.daemon.log().join("\n")
+        )
+    });
+    assert!(resp.starts_with("HTTP/1.0 200"), "{test}: {resp:?}");
+    assert!(
+        resp.contains(&format!("request_bytes={}\n", request.len())),
+        "{test}: the backend did not receive the whole {}-byte request: {resp:?}",
+        request.len()
+    );
+    assert!(
+        icmps >= 1.0,
+        "{test}: no ICMP fragmentation-needed counted:\n{m}"
+    );
+    assert!(
+        route.contains("mtu 1280"),
+        "{test}: the client did not learn the path MTU from the LB's ICMP: {route}"
+    );
+}

@@ -83,6 +83,21 @@ fn read_config(path: &Path, o: &Overrides) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The kernel's FIB refuses to forward packets that arrive on an interface
+/// with IPv4 forwarding off, and the data path then drops them
+/// (`drop_no_route`). Say so at start-up rather than leave it to counters.
+fn warn_if_forwarding_off(ifaces: &[String]) {
+    for iface in ifaces {
+        let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+            warn!(
+                iface = %iface,
+                "IPv4 forwarding is off on this interface: the kernel's FIB will not give next hops for packets arriving on it, so they are dropped (drop_no_route); set net.ipv4.conf.{iface}.forwarding=1 (or net.ipv4.ip_forward=1)"
+            );
+        }
+    }
+}
+
 /// New-flow rates from two counter readings a second apart.
 #[derive(Default)]
 struct Rates {
@@ -532,6 +547,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         rates: Rates::default(),
     };
     let ifaces = config.dataplane.interfaces.clone();
+    warn_if_forwarding_off(&ifaces);
     {
         let _guard = rt.enter(); // probe tasks are spawned on this runtime
         daemon.apply(config.clone())?;

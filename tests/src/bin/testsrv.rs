@@ -59,7 +59,7 @@ fn serve_tcp(l: TcpListener, name: &str) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => req.extend_from_slice(&buf[..n]),
                 }
-                if req.len() > 8192 {
+                if req.len() > 65536 {
                     break;
                 }
             }
@@ -79,7 +79,8 @@ fn serve_tcp(l: TcpListener, name: &str) {
                     }
                 }
             }
-            let body = format!("backend={name}\n");
+            // The request's size lets a test see it arrived whole.
+            let body = format!("backend={name}\nrequest_bytes={}\n", req.len());
             let resp = format!(
                 "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
