@@ -19,7 +19,7 @@ use xdplb::{
     bpf::{self, BpfDataplane, Counters},
     config::{Config, Protocol},
     dataplane::Programmer,
-    plan::{BackendRef, Plan, Planner, service_key},
+    plan::{Availability, BackendRef, Plan, Planner, service_key},
 };
 use xdplb_tests::{
     CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, Netns, NetnsEntered, SMALL_MTU, backend_mac,
@@ -61,6 +61,16 @@ port = 80
 protocol = "tcp"
 scheduler = "round_robin"
 forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
+
+[[service]]
+name = "nat-noredispatch"
+vip = "192.0.2.21"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+redispatch = false
 backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
 
 [[service]]
@@ -172,12 +182,43 @@ impl Fixture {
         let config = Config::parse(Path::new("fixtures.toml"), config).expect("config");
         let plan = self
             .planner
-            .plan(&config, &down.iter().copied().collect())
+            .plan(&config, &Availability::down(down.iter().copied().collect()))
             .unwrap();
         self.programmer
             .apply(&mut self.dp, plan)
             .expect("program maps");
         self.plan = self.programmer.applied().clone();
+    }
+
+    /// Re-program the maps from `config` with these backends down or held.
+    fn replan_with(&mut self, config: &str, avail: &Availability) {
+        let config = Config::parse(Path::new("fixtures.toml"), config).expect("config");
+        let plan = self.planner.plan(&config, avail).unwrap();
+        self.programmer
+            .apply(&mut self.dp, plan)
+            .expect("program maps");
+        self.plan = self.programmer.applied().clone();
+    }
+
+    fn service_traffic(&self, name: &str) -> lb_common::Traffic {
+        let id = self.service(name).info.id;
+        self.counters.snapshot(&[id], &[]).unwrap().services[&id]
+    }
+
+    fn service(&self, name: &str) -> &xdplb::plan::PlannedService {
+        self.plan.services.iter().find(|s| s.name == name).unwrap()
+    }
+
+    /// Backend id of `addr` in `service`.
+    fn backend_id(&self, service: &str, addr: [u8; 4]) -> u32 {
+        let sid = self.service(service).info.id;
+        *self
+            .plan
+            .backends
+            .iter()
+            .find(|(_, b)| b.service_id == sid && b.addr_be == u32::from_ne_bytes(addr))
+            .unwrap()
+            .0
     }
 
     fn backend_traffic(&self, id: u32) -> lb_common::Traffic {
@@ -253,6 +294,68 @@ fn frame(
     v
 }
 
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// A TCP frame with this sequence number and these flags (ACK acknowledges 1).
+#[allow(clippy::too_many_arguments)]
+fn tcp_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    flags: u8,
+) -> Vec<u8> {
+    let mut t = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, seq, 64240);
+    for (bit, set) in [(FIN, 0), (SYN, 1), (RST, 2)] {
+        if flags & bit != 0 {
+            t = match set {
+                0 => t.fin(),
+                1 => t.syn(),
+                _ => t.rst(),
+            };
+        }
+    }
+    if flags & ACK != 0 {
+        t = t.ack(1);
+    }
+    let mut v = Vec::new();
+    t.write(&mut v, b"").unwrap();
+    v
+}
+
+/// Client -> VIP, TCP with `seq` and `flags`.
+fn client_tcp(vip: [u8; 4], sport: u16, seq: u32, flags: u8) -> Vec<u8> {
+    tcp_frame(
+        (CLIENT_MAC, LB_CLIENT_MAC),
+        CLIENT,
+        vip,
+        sport,
+        80,
+        seq,
+        flags,
+    )
+}
+
+/// Backend (port 8080) -> client, TCP with `flags`.
+fn backend_tcp(backend: [u8; 4], client_port: u16, flags: u8) -> Vec<u8> {
+    tcp_frame(
+        (backend_mac(backend[3]), LB_BACKEND_MAC),
+        backend,
+        CLIENT,
+        8080,
+        client_port,
+        0,
+        flags,
+    )
+}
+
 /// Client -> VIP frame as it arrives at the LB.
 fn from_client(vip: [u8; 4], sport: u16, dport: u16, l4: L4) -> Vec<u8> {
     frame(
@@ -322,7 +425,7 @@ fn dsr_rewrites_only_macs_and_pins_flows() {
         .snapshot(&[fx.plan.services[0].info.id], &[])
         .unwrap();
     let t = snap.services.values().next().unwrap();
-    assert_eq!((t.packets, t.new_flows), (12, 4), "per-service counters");
+    assert_eq!((t.packets, t.connections), (12, 4), "per-service counters");
 }
 
 #[test]
@@ -458,18 +561,54 @@ fn unresolved_neighbour_hands_packet_to_kernel() {
         return;
     }
     let mut fx = Fixture::new();
-    // DSR: unchanged frame to the kernel.
+    let (fxa, fxc) = (wire::ifindex("fxa"), wire::ifindex("fxc"));
+    let unresolved = [203, 0, 113, 99];
+    // DSR: the frame goes to the kernel unchanged, with its next hop in XDP
+    // metadata for the tc program's redirect_neigh.
     let input = from_client([192, 0, 2, 30], 42000, 80, L4::TcpSyn);
-    let before = fx.reason(Reason::PassNoNeighbour);
     let (action, out) = fx.run(&input);
-    assert_eq!((action, &out), (XDP_PASS, &input));
-    // NAT: rewritten (valid) frame to the kernel, which forwards and resolves.
+    assert_eq!(action, XDP_PASS);
+    let (meta, frame) = out.split_at(12);
+    assert_eq!(meta, wire::neigh_meta(fxc, unresolved), "DSR metadata");
+    assert_eq!(frame, input, "DSR frame unchanged");
+    // NAT: translated first (a valid packet), then the same.
     let input = from_client([192, 0, 2, 31], 42001, 80, L4::TcpSyn);
     let (action, out) = fx.run(&input);
     assert_eq!(action, XDP_PASS);
-    assert_eq!(out[14 + 16..14 + 20], [203, 0, 113, 99]);
-    assert_checksums(&out);
-    assert_eq!(fx.reason(Reason::PassNoNeighbour), before + 2);
+    let (meta, frame) = out.split_at(12);
+    assert_eq!(meta, wire::neigh_meta(fxc, unresolved), "NAT metadata");
+    assert_eq!(frame[14 + 16..14 + 20], unresolved);
+    assert_checksums(frame);
+    // A NAT reply to a client the LB has no neighbour entry for: translated
+    // (source: the VIP), next hop the client itself on fxa.
+    let new_client = [198, 51, 100, 3];
+    let syn = tcp_frame(
+        (CLIENT_MAC, LB_CLIENT_MAC),
+        new_client,
+        [192, 0, 2, 20],
+        42002,
+        80,
+        1,
+        SYN,
+    );
+    let (action, out) = fx.run(&syn);
+    assert_eq!(action, XDP_REDIRECT);
+    let backend = dst_of(&out);
+    let mut reply = backend_tcp(backend, 42002, SYN | ACK);
+    reply[14 + 16..14 + 20].copy_from_slice(&new_client);
+    wire::fix_ipv4_checksum(&mut reply);
+    reply[14 + 20 + 16..14 + 20 + 18].copy_from_slice(&[0, 0]);
+    let c = wire::l4_residual(&reply).map(|r| !r).unwrap();
+    reply[14 + 20 + 16..14 + 20 + 18].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(wire::l4_residual(&reply), Some(0xffff));
+    let (action, out) = fx.run(&reply);
+    assert_eq!(action, XDP_PASS);
+    let (meta, frame) = out.split_at(12);
+    assert_eq!(meta, wire::neigh_meta(fxa, new_client), "reply metadata");
+    assert_eq!(frame[14 + 12..14 + 16], [192, 0, 2, 20], "source: the VIP");
+    assert_eq!(frame[14 + 20..14 + 22], 80u16.to_be_bytes());
+    assert_checksums(frame);
+    assert_eq!(fx.reason(Reason::PassNoNeighbour), 3);
 }
 
 #[test]
@@ -700,7 +839,7 @@ fn odd_packets_have_defined_verdicts() {
     let ids: Vec<u32> = fx.plan.services.iter().map(|s| s.info.id).collect();
     let snap = fx.counters.snapshot(&ids, &[]).unwrap();
     for (id, t) in &snap.services {
-        assert_eq!(t.new_flows, 0, "service {id}");
+        assert_eq!(t.connections, 0, "service {id}");
     }
 
     // UDP length shorter than the datagram: padding, which the kernel trims;
@@ -854,7 +993,8 @@ fn passive_signals_and_the_all_down_policy() {
         XDP_REDIRECT
     );
     assert_eq!(fx.backend_traffic(id).syn_retransmits, 1, "retried SYN");
-    // The backend resets the flow: counted, and still translated back.
+    // The backend resets the established connection: an ordinary reset, not
+    // a refusal; translated back and not counted as a passive signal.
     let rst = frame(
         backend_mac(backend[3]),
         LB_BACKEND_MAC,
@@ -868,7 +1008,7 @@ fn passive_signals_and_the_all_down_policy() {
     let (action, out) = fx.run(&rst);
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out[26..30], vip, "RST source translated to the VIP");
-    assert_eq!(fx.backend_traffic(id).resets, 1);
+    assert_eq!(fx.backend_traffic(id).refused, 0);
     // Every backend down: new and pinned flows find none and are dropped.
     let key = service_key([192, 0, 2, 20].into(), 80, Protocol::Tcp);
     let down = [
@@ -901,5 +1041,184 @@ fn passive_signals_and_the_all_down_policy() {
     assert_eq!(
         fx.run(&from_client(vip, 42003, 80, L4::TcpSyn)).0,
         XDP_REDIRECT
+    );
+}
+
+/// Destination address of a forwarded (NAT) frame.
+fn dst_of(frame: &[u8]) -> [u8; 4] {
+    frame[14 + 16..14 + 20].try_into().unwrap()
+}
+
+#[test]
+fn tcp_connections_follow_isn_fin_and_rst() {
+    if !require_root("tcp_connections_follow_isn_fin_and_rst") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vip = [192, 0, 2, 20];
+    let (x, y) = (fx.ring_backend("nat-tcp", 0), fx.ring_backend("nat-tcp", 1));
+    assert_ne!(x, y);
+    let (xid, yid) = (fx.backend_id("nat-tcp", x), fx.backend_id("nat-tcp", y));
+    let go = |fx: &mut Fixture, f: Vec<u8>| {
+        let (action, out) = fx.run(&f);
+        assert_eq!(action, XDP_REDIRECT);
+        out
+    };
+    // A SYN opens a connection (round robin: x).
+    assert_eq!(dst_of(&go(&mut fx, client_tcp(vip, 46000, 100, SYN))), x);
+    // The same SYN again (same ISN) is a retransmission: same backend, counted
+    // as a passive signal, not as a connection.
+    assert_eq!(dst_of(&go(&mut fx, client_tcp(vip, 46000, 100, SYN))), x);
+    assert_eq!(fx.backend_traffic(xid).syn_retransmits, 1);
+    assert_eq!(fx.service_traffic("nat-tcp").connections, 1);
+    // A SYN with another ISN on the same 4-tuple is a new connection: scheduled
+    // afresh (round robin moves on to y) and counted.
+    assert_eq!(dst_of(&go(&mut fx, client_tcp(vip, 46000, 200, SYN))), y);
+    assert_eq!(fx.service_traffic("nat-tcp").connections, 2);
+    assert_eq!(
+        fx.backend_traffic(xid).syn_retransmits,
+        1,
+        "not a retransmission"
+    );
+    // Established, then the client closes: a later SYN, even with the same
+    // ISN, is a new connection.
+    assert_eq!(dst_of(&go(&mut fx, client_tcp(vip, 46000, 201, ACK))), y);
+    assert_eq!(
+        dst_of(&go(&mut fx, client_tcp(vip, 46000, 201, FIN | ACK))),
+        y
+    );
+    assert_eq!(dst_of(&go(&mut fx, client_tcp(vip, 46000, 200, SYN))), x);
+    assert_eq!(fx.service_traffic("nat-tcp").connections, 3);
+    assert_eq!(fx.backend_traffic(yid).syn_retransmits, 0);
+    // The backend answers, the client acknowledges, then the backend resets
+    // the established connection: an ordinary reset, translated and not a
+    // refusal; it closes the connection, so the next SYN is new again.
+    let synack = go(&mut fx, backend_tcp(x, 46000, SYN | ACK));
+    assert_eq!(synack[26..30], vip, "SYN-ACK from the VIP");
+    go(&mut fx, client_tcp(vip, 46000, 201, ACK));
+    let rst = go(&mut fx, backend_tcp(x, 46000, RST | ACK));
+    assert_eq!(rst[26..30], vip);
+    assert_eq!(fx.backend_traffic(xid).refused, 0);
+    assert_eq!(dst_of(&go(&mut fx, client_tcp(vip, 46000, 200, SYN))), y);
+    assert_eq!(fx.service_traffic("nat-tcp").connections, 4);
+    // A backend FIN closes too.
+    go(&mut fx, backend_tcp(y, 46000, SYN | ACK));
+    go(&mut fx, client_tcp(vip, 46000, 201, ACK));
+    go(&mut fx, backend_tcp(y, 46000, FIN | ACK));
+    assert_eq!(dst_of(&go(&mut fx, client_tcp(vip, 46000, 200, SYN))), x);
+    assert_eq!(fx.service_traffic("nat-tcp").connections, 5);
+    // A packet without SYN that finds no flow is scheduled mid-connection,
+    // counted as such and not as a connection.
+    go(&mut fx, client_tcp(vip, 46001, 7, ACK));
+    let t = fx.service_traffic("nat-tcp");
+    assert_eq!((t.connections, t.midstream), (5, 1));
+}
+
+#[test]
+fn refused_connections_are_redispatched_once() {
+    if !require_root("refused_connections_are_redispatched_once") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vip = [192, 0, 2, 20];
+    let (x, y) = (fx.ring_backend("nat-tcp", 0), fx.ring_backend("nat-tcp", 1));
+    let (xid, yid) = (fx.backend_id("nat-tcp", x), fx.backend_id("nat-tcp", y));
+    let (action, out) = fx.run(&client_tcp(vip, 46100, 500, SYN));
+    assert_eq!((action, dst_of(&out)), (XDP_REDIRECT, x));
+    // x refuses (RST to the SYN, no SYN-ACK before): the RST is withheld.
+    let rst = backend_tcp(x, 46100, RST | ACK);
+    let (action, out) = fx.run(&rst);
+    assert_eq!((action, &out), (XDP_DROP, &rst), "RST withheld, untouched");
+    assert_eq!(fx.reason(Reason::DropRstRedispatch), 1);
+    let t = fx.backend_traffic(xid);
+    assert_eq!((t.refused, t.redispatched), (1, 1));
+    // The client's retried SYN goes to another backend; it is the same
+    // connection attempt, not a new one, nor a retransmission to x.
+    let (action, out) = fx.run(&client_tcp(vip, 46100, 500, SYN));
+    assert_eq!((action, dst_of(&out)), (XDP_REDIRECT, y), "redispatched");
+    assert_eq!(fx.service_traffic("nat-tcp").connections, 1);
+    assert_eq!(fx.backend_traffic(xid).syn_retransmits, 0);
+    // y refuses too: redispatch happens once, so this RST reaches the client.
+    let (action, out) = fx.run(&backend_tcp(y, 46100, RST | ACK));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out[26..30], vip, "RST translated to the client");
+    let t = fx.backend_traffic(yid);
+    assert_eq!((t.refused, t.redispatched), (1, 0));
+    assert_eq!(fx.reason(Reason::DropRstRedispatch), 1);
+
+    // With redispatch off, the first refusal reaches the client and is counted.
+    let off = [192, 0, 2, 21];
+    let (action, out) = fx.run(&client_tcp(off, 46200, 900, SYN));
+    assert_eq!(action, XDP_REDIRECT);
+    let b = dst_of(&out);
+    let bid = fx.backend_id("nat-noredispatch", b);
+    let (action, out) = fx.run(&backend_tcp(b, 46200, RST | ACK));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out[26..30], off);
+    let t = fx.backend_traffic(bid);
+    assert_eq!((t.refused, t.redispatched), (1, 0));
+
+    // A reset after the backend answered (SYN-ACK) is not a refusal.
+    let (_, out) = fx.run(&client_tcp(vip, 46300, 77, SYN));
+    let b = dst_of(&out);
+    let bid = fx.backend_id("nat-tcp", b);
+    let before = fx.backend_traffic(bid).refused;
+    assert_eq!(fx.run(&backend_tcp(b, 46300, SYN | ACK)).0, XDP_REDIRECT);
+    assert_eq!(fx.run(&backend_tcp(b, 46300, RST | ACK)).0, XDP_REDIRECT);
+    assert_eq!(fx.backend_traffic(bid).refused, before);
+}
+
+#[test]
+fn a_held_backend_keeps_established_flows_and_loses_handshakes() {
+    if !require_root("a_held_backend_keeps_established_flows_and_loses_handshakes") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let vip = [192, 0, 2, 20];
+    let (x, y) = (fx.ring_backend("nat-tcp", 0), fx.ring_backend("nat-tcp", 1));
+    let xid = fx.backend_id("nat-tcp", x);
+    let dst = |fx: &mut Fixture, f: Vec<u8>| {
+        let (action, out) = fx.run(&f);
+        assert_eq!(action, XDP_REDIRECT);
+        dst_of(&out)
+    };
+    // An established connection on x, one on y, and one still in its
+    // handshake on x (round robin alternates).
+    assert_eq!(dst(&mut fx, client_tcp(vip, 46400, 1, SYN)), x);
+    assert_eq!(dst(&mut fx, client_tcp(vip, 46400, 2, ACK)), x);
+    assert_eq!(dst(&mut fx, client_tcp(vip, 46401, 1, SYN)), y);
+    assert_eq!(dst(&mut fx, client_tcp(vip, 46402, 1, SYN)), x);
+    // Passive health holds x: no new connections, established flows stay.
+    let key = service_key([192, 0, 2, 20].into(), 80, Protocol::Tcp);
+    let held: BackendRef = (key, x.into(), 8080);
+    fx.replan_with(
+        CONFIG,
+        &Availability {
+            down: Default::default(),
+            held: [held].into(),
+        },
+    );
+    assert_eq!(
+        dst(&mut fx, client_tcp(vip, 46400, 2, ACK)),
+        x,
+        "established stays"
+    );
+    // The handshake on x is retried: it moves, and is no retransmission to x.
+    assert_eq!(
+        dst(&mut fx, client_tcp(vip, 46402, 1, SYN)),
+        y,
+        "handshake moves"
+    );
+    assert_eq!(fx.backend_traffic(xid).syn_retransmits, 0);
+    // New connections go to y only.
+    for port in 46403..46406 {
+        assert_eq!(dst(&mut fx, client_tcp(vip, port, 1, SYN)), y);
+    }
+    // Down (the active check failed): even the established flow moves.
+    fx.replan_with(CONFIG, &Availability::down([held].into()));
+    assert_eq!(
+        dst(&mut fx, client_tcp(vip, 46400, 2, ACK)),
+        y,
+        "moved when down"
     );
 }

@@ -4,8 +4,8 @@
 //!
 //! Per frame: never XDP_ABORTED; verdict and reason as the model predicts;
 //! PASS and DROP leave the frame byte for byte as it came, except the one
-//! named case (NAT towards an unresolved neighbour is translated, then
-//! passed); TX/REDIRECT output differs from the input only in the MACs and
+//! named case: a packet handed to the kernel for neighbour resolution
+//! carries its next hop in XDP metadata and, for NAT, is already translated; TX/REDIRECT output differs from the input only in the MACs and
 //! the addresses and ports the forwarding mode may rewrite, its checksums
 //! carry exactly the damage the input carried (valid stays valid). Every
 //! batch of 10,000 frames, every reason counter and the per-service and
@@ -26,11 +26,11 @@ use xdplb::{
     bpf::{self, BpfDataplane, Counters, TestFault},
     config::Config,
     dataplane::Programmer,
-    plan::{BackendRef, Plan, Planner, service_key},
+    plan::{Availability, BackendRef, Plan, Planner, service_key},
 };
 use xdplb_tests::{
     CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, backend_mac, fib_lab,
-    model::{Action, Model, Tuple, check_output},
+    model::{Action, LabLinks, Model, Tuple, check_output},
     pin_to_cpu0, require_root, wire,
 };
 
@@ -249,7 +249,8 @@ impl Gen {
         }
     }
 
-    /// A well-formed IPv4 TCP or UDP frame with right checksums.
+    /// A well-formed IPv4 TCP or UDP frame with right checksums; `seq`
+    /// (TCP) is random unless given.
     #[allow(clippy::too_many_arguments)]
     fn frame(
         &mut self,
@@ -260,12 +261,14 @@ impl Gen {
         dport: u16,
         proto: u8,
         flags: u8,
+        seq: Option<u32>,
     ) -> Vec<u8> {
         let payload: Vec<u8> = (0..self.payload_len()).map(|_| self.rng.byte()).collect();
         let ip = PacketBuilder::ethernet2(macs.0, macs.1).ipv4(src, dst, 1 + self.rng.byte() % 128);
         let mut v = Vec::new();
         if proto == wire::PROTO_TCP {
-            let mut t = ip.tcp(sport, dport, self.rng.next() as u32, 64240);
+            let seq = seq.unwrap_or_else(|| self.rng.next() as u32);
+            let mut t = ip.tcp(sport, dport, seq, 64240);
             if flags & 0x01 != 0 {
                 t = t.fin();
             }
@@ -300,7 +303,9 @@ impl Gen {
         v
     }
 
-    fn client_frame(&mut self) -> Vec<u8> {
+    /// A client's packet to a target; a SYN on a known 4-tuple often
+    /// re-sends the ISN the flow was opened with (a retransmission).
+    fn client_frame(&mut self, model: &Model) -> Vec<u8> {
         let (vip, port, proto) = *self.rng.pick(TARGETS);
         let client = if self.rng.chance(80) {
             CLIENT
@@ -309,6 +314,17 @@ impl Gen {
         };
         let sport = 20000 + self.rng.below(CLIENT_PORTS as u64) as u16;
         let flags = *self.rng.pick(TCP_FLAGS);
+        let tuple = Tuple {
+            src: client,
+            dst: vip,
+            sport,
+            dport: port,
+            proto,
+        };
+        let seq = model
+            .syn_seq(&tuple)
+            .filter(|_| self.rng.chance(50))
+            .map(|wire_seq| u32::from_be_bytes(wire_seq.to_ne_bytes()));
         self.frame(
             (CLIENT_MAC, LB_CLIENT_MAC),
             client,
@@ -317,6 +333,7 @@ impl Gen {
             port,
             proto,
             flags,
+            seq,
         )
     }
 
@@ -349,6 +366,7 @@ impl Gen {
             t.dport,
             t.proto,
             flags,
+            None,
         )
     }
 
@@ -379,6 +397,7 @@ impl Gen {
             dport,
             proto,
             0x10,
+            None,
         )
     }
 
@@ -465,12 +484,12 @@ impl Gen {
 
     fn next(&mut self, model: &Model) -> Vec<u8> {
         match self.rng.below(100) {
-            0..40 => self.client_frame(),
+            0..40 => self.client_frame(model),
             40..55 => self.reply_frame(model),
             55..60 => self.other_frame(),
             60..90 => {
                 let base = match self.rng.below(3) {
-                    0 => self.client_frame(),
+                    0 => self.client_frame(model),
                     1 => self.reply_frame(model),
                     _ => self.other_frame(),
                 };
@@ -481,7 +500,7 @@ impl Gen {
                 (0..len).map(|_| self.rng.byte()).collect()
             }
             _ => {
-                let mut v = self.client_frame();
+                let mut v = self.client_frame(model);
                 v.truncate(14 + self.rng.below(28) as usize);
                 v
             }
@@ -523,10 +542,10 @@ impl Harness {
         }
     }
 
-    /// Program the maps with `down` out (the two "empty" services always
-    /// have their only backend down).
-    fn program(&mut self, down: &[BackendRef]) -> Plan {
-        let mut down: std::collections::HashSet<BackendRef> = down.iter().copied().collect();
+    /// Program the maps with `avail`'s backends down or held (the two
+    /// "empty" services always have their only backend down).
+    fn program(&mut self, mut avail: Availability) -> Plan {
+        let down = &mut avail.down;
         for (vip, addr, port) in [
             ([192, 0, 2, 50], [203, 0, 113, 11], 8080),
             ([192, 0, 2, 51], [203, 0, 113, 12], 80),
@@ -534,7 +553,7 @@ impl Harness {
             let key = service_key(vip.into(), 80, xdplb::config::Protocol::Tcp);
             down.insert((key, addr.into(), port));
         }
-        let plan = self.planner.plan(&self.config, &down).expect("plan");
+        let plan = self.planner.plan(&self.config, &avail).expect("plan");
         self.programmer
             .apply(&mut self.dp, plan)
             .expect("program maps");
@@ -563,43 +582,58 @@ fn hex(b: &[u8]) -> String {
         .join("")
 }
 
-/// Backends a re-plan takes down in turn (then brings back).
-fn churn(step: u64) -> Vec<BackendRef> {
+/// Backends a re-plan takes down or holds (passive) in turn, then brings back.
+fn churn(step: u64) -> Availability {
     let tcp = xdplb::config::Protocol::Tcp;
     let udp = xdplb::config::Protocol::Udp;
-    let cases: [Vec<BackendRef>; 4] = [
-        vec![],
-        vec![(
-            service_key([192, 0, 2, 20].into(), 80, tcp),
-            [203, 0, 113, 11].into(),
-            8080,
-        )],
-        vec![(
-            service_key([192, 0, 2, 10].into(), 443, tcp),
-            [203, 0, 113, 12].into(),
-            443,
-        )],
-        vec![(
-            service_key([192, 0, 2, 20].into(), 53, udp),
-            [203, 0, 113, 12].into(),
-            5353,
-        )],
-    ];
-    cases[(step % 4) as usize].clone()
+    let nat_tcp: BackendRef = (
+        service_key([192, 0, 2, 20].into(), 80, tcp),
+        [203, 0, 113, 11].into(),
+        8080,
+    );
+    let dsr_tcp: BackendRef = (
+        service_key([192, 0, 2, 10].into(), 443, tcp),
+        [203, 0, 113, 12].into(),
+        443,
+    );
+    let nat_udp: BackendRef = (
+        service_key([192, 0, 2, 20].into(), 53, udp),
+        [203, 0, 113, 12].into(),
+        5353,
+    );
+    let set = |v: &[BackendRef]| v.iter().copied().collect();
+    match step % 6 {
+        1 => Availability::down(set(&[nat_tcp])),
+        2 => Availability::down(set(&[dsr_tcp])),
+        3 => Availability::down(set(&[nat_udp])),
+        4 => Availability {
+            down: set(&[]),
+            held: set(&[nat_tcp, dsr_tcp]),
+        },
+        5 => Availability {
+            down: set(&[dsr_tcp]),
+            held: set(&[nat_tcp]),
+        },
+        _ => Availability::default(),
+    }
 }
 
 /// Run `frames` frames from `seed`. Returns the verdict tally, or the first
 /// broken invariant with everything needed to replay it.
 fn fuzz(seed: u64, frames: u64, fault: TestFault) -> Result<BTreeMap<&'static str, u64>, String> {
     let mut h = Harness::new(fault);
-    let plan = h.program(&[]);
-    let mut model = Model::new(&plan);
+    let plan = h.program(Availability::default());
+    let links = LabLinks {
+        fxa: wire::ifindex("fxa"),
+        fxc: wire::ifindex("fxc"),
+    };
+    let mut model = Model::new(&plan, links);
     let service_ids: Vec<u32> = plan.services.iter().map(|s| s.info.id).collect();
     let backend_ids: Vec<u32> = plan.backends.keys().copied().collect();
     let mut generator = Gen { rng: Rng(seed) };
     for i in 0..frames {
         if i > 0 && i % REPLAN_EVERY == 0 {
-            let plan = h.program(&churn(i / REPLAN_EVERY));
+            let plan = h.program(churn(i / REPLAN_EVERY));
             model.program(&plan);
         }
         let frame = generator.next(&model);
@@ -648,7 +682,15 @@ fn fuzz(seed: u64, frames: u64, fault: TestFault) -> Result<BTreeMap<&'static st
             }
         }
     }
-    Ok(model.counts.reasons.clone())
+    let mut tally = model.counts.reasons.clone();
+    // The connection signals the counters carry, summed over backends.
+    let sum = |f: fn(&lb_common::Traffic) -> u64| model.counts.backends.values().map(f).sum();
+    tally.insert("(connections)", sum(|t| t.connections));
+    tally.insert("(syn_retransmits)", sum(|t| t.syn_retransmits));
+    tally.insert("(refused)", sum(|t| t.refused));
+    tally.insert("(redispatched)", sum(|t| t.redispatched));
+    tally.insert("(midstream)", sum(|t| t.midstream));
+    Ok(tally)
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -681,12 +723,19 @@ fn fuzz_data_path_against_the_model() {
         "fuzz: {frames} frames in {:.1?}, all as the model predicted: {tally:?}",
         began.elapsed()
     );
-    // The generator reached every verdict the program has.
-    for r in Reason::ALL {
+    // The generator reached every verdict the program has, and every
+    // connection signal.
+    let signals = [
+        "(connections)",
+        "(syn_retransmits)",
+        "(refused)",
+        "(redispatched)",
+        "(midstream)",
+    ];
+    for label in Reason::ALL.iter().map(|r| r.label()).chain(signals) {
         assert!(
-            tally.get(r.label()).copied().unwrap_or(0) > 0 || frames < 100_000,
-            "no frame ended as {} in {frames} frames (seed {seed:#x})",
-            r.label()
+            tally.get(label).copied().unwrap_or(0) > 0 || frames < 100_000,
+            "no frame ended as {label} in {frames} frames (seed {seed:#x})"
         );
     }
 }

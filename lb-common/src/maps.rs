@@ -25,6 +25,9 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// The XDP entry point in the object file.
     pub const PROGRAM: &str = "xdplb";
+    /// The tc-ingress program that sends packets the XDP program could not
+    /// (unresolved neighbour) through the kernel's neighbour resolution.
+    pub const NEIGH_PROGRAM: &str = "xdplb_neigh";
     /// Global in `.rodata` that plants a bug for the fuzz test's self-check.
     pub const TEST_FAULT: &str = "TEST_FAULT";
     /// Every map, all pinned so a restarted daemon adopts flows, config and
@@ -108,10 +111,17 @@ const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 12);
 /// When the service has no backend left (all down or drained), hand its
 /// packets to the local stack instead of dropping them.
 pub const SERVICE_F_PASS_WHEN_EMPTY: u8 = 1;
+/// NAT: when a backend refuses a connection (RST to the SYN), withhold the
+/// RST and send the client's retried SYN to another backend.
+pub const SERVICE_F_REDISPATCH: u8 = 2;
 
-/// Backend slot is in use and healthy. Flows pinned to a slot without it are
-/// re-scheduled.
+/// Backend slot is in use and its active check passes: the flows pinned to
+/// it stay. Flows pinned to a slot without it are re-scheduled.
 pub const BACKEND_F_ACTIVE: u8 = 1;
+/// The backend takes new connections (it is in its service's ring). Without
+/// it (passive failure, weight 0) established flows stay, and a connection
+/// still in its handshake moves on its next retried SYN.
+pub const BACKEND_F_NEW_CONNECTIONS: u8 = 2;
 
 /// TCP flag bits (byte 13 of the TCP header).
 pub const TCP_FLAG_FIN: u8 = 0x01;
@@ -151,14 +161,38 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
-/// Value of the flow table: where this flow is pinned.
+/// Value of the flow table: where this flow is pinned and, for TCP, which
+/// connection it is. A SYN on a known 4-tuple is a retransmission only if it
+/// carries `syn_seq_be` and the connection is not closing; any other SYN is a
+/// new connection (client ports repeat within seconds under load).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
     pub backend_id: u32,
     pub service_id: u32,
+    /// Initial sequence number of the client SYN that opened the connection,
+    /// as on the wire (valid with `FLOW_F_SYN`).
+    pub syn_seq_be: u32,
+    /// `FLOW_F_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+
+/// The entry was opened by a client SYN; `syn_seq_be` holds its ISN.
+pub const FLOW_F_SYN: u8 = 1;
+/// The client acknowledged the handshake (a non-SYN ACK): established.
+pub const FLOW_F_ESTABLISHED: u8 = 2;
+/// NAT: the backend answered the SYN (SYN-ACK seen).
+pub const FLOW_F_REPLIED: u8 = 4;
+/// A FIN or RST was seen in either direction the LB sees.
+pub const FLOW_F_CLOSING: u8 = 8;
+/// NAT: the backend refused the connection (RST to the SYN) and the RST was
+/// withheld; the client's retried SYN goes to another backend.
+pub const FLOW_F_REFUSED: u8 = 16;
+/// NAT: this connection attempt was redispatched once already; a second
+/// refusal reaches the client.
+pub const FLOW_F_REDISPATCHED: u8 = 32;
 
 /// Value of the reverse-NAT table: the address the client talked to.
 #[repr(C)]
@@ -166,7 +200,9 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
 pub struct NatReverse {
     pub vip_be: u32,
     pub vport_be: u16,
-    pub _pad: u16,
+    /// `SERVICE_F_*` bits of the service, as the reply path needs them.
+    pub service_flags: u8,
+    pub _pad: u8,
     pub service_id: u32,
     pub backend_id: u32,
 }
@@ -178,18 +214,64 @@ const _: () = assert!(core::mem::size_of::<NatReverse>() == 16);
 pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
-    /// Flows this entity was chosen for (new flow-table entries).
-    pub new_flows: u64,
+    /// Connections started: TCP SYNs scheduled (a new SYN on a reused 4-tuple
+    /// included, retransmissions not); UDP: new flows.
+    pub connections: u64,
     /// Service only: packets that found no backend (dropped or passed per
     /// the service's policy).
     pub no_backend: u64,
-    /// Backend only: client SYNs (without ACK) on a flow already pinned to
-    /// this backend, i.e. retransmitted handshakes. Passive health signal.
+    /// Backend only: client SYNs retransmitted (same ISN) on a connection
+    /// pinned to this backend. Passive health signal.
     pub syn_retransmits: u64,
-    /// Backend only, NAT: TCP resets the backend sent. Passive health signal.
-    pub resets: u64,
+    /// Backend only, NAT: connections the backend refused (RST answering the
+    /// SYN before any SYN-ACK). Passive health signal; the ordinary resets
+    /// of a server closing connections do not count.
+    pub refused: u64,
+    /// Backend only, NAT: refused connections whose RST was withheld and
+    /// whose retried SYN went to another backend.
+    pub redispatched: u64,
+    /// TCP packets without SYN that found no flow and were scheduled
+    /// mid-connection: a flow table too small, or state lost (restart
+    /// without pins, failover without sync).
+    pub midstream: u64,
 }
-const _: () = assert!(core::mem::size_of::<Traffic>() == 48);
+const _: () = assert!(core::mem::size_of::<Traffic>() == 64);
+
+impl Traffic {
+    /// Field-wise sum (per-CPU slots into one total).
+    pub fn merged(self, o: &Traffic) -> Traffic {
+        Traffic {
+            packets: self.packets + o.packets,
+            bytes: self.bytes + o.bytes,
+            connections: self.connections + o.connections,
+            no_backend: self.no_backend + o.no_backend,
+            syn_retransmits: self.syn_retransmits + o.syn_retransmits,
+            refused: self.refused + o.refused,
+            redispatched: self.redispatched + o.redispatched,
+            midstream: self.midstream + o.midstream,
+        }
+    }
+}
+
+/// XDP metadata in front of a packet the XDP program hands to the kernel
+/// because its next hop's MAC is unknown: the tc-ingress program on the same
+/// interface reads it and calls `bpf_redirect_neigh`, so the kernel resolves
+/// the neighbour and sends the (already rewritten) packet, instead of the IP
+/// stack seeing it (a reply with the VIP as source would be a martian).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NeighMeta {
+    /// [`NEIGH_META_MAGIC`]: the metadata is ours.
+    pub magic: u32,
+    /// Egress interface the FIB named.
+    pub ifindex: u32,
+    /// Next hop the FIB named (gateway, or the destination itself), network order.
+    pub next_hop_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<NeighMeta>() == 12);
+/// "XDPn" with the layout version in the low byte, so a tc program of
+/// another layout never acts on it.
+pub const NEIGH_META_MAGIC: u32 = 0x5844_5000 | LAYOUT_VERSION;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -56,6 +56,9 @@ reasons! {
     FwdNat = "fwd_nat",
     /// A backend's reply translated back to the VIP and forwarded to the client.
     FwdReverseNat = "fwd_reverse_nat",
+    /// A backend refused a NAT connection (RST to the SYN): the RST is
+    /// withheld and the client's retried SYN goes to another backend.
+    DropRstRedispatch = "drop_rst_redispatch",
     /// Larger than the egress MTU with DF set: answered with ICMP "fragmentation
     /// needed" quoting the frame as the sender sent it (path-MTU discovery).
     TxIcmpFragNeeded = "tx_icmp_frag_needed",

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use lb_common::Reason;
 
-use crate::{icmp, parse::Packet};
+use crate::{icmp, neigh, parse::Packet};
 
 const AF_INET: u8 = 2;
 
@@ -26,8 +26,9 @@ pub enum NextHop {
         smac: [u8; 6],
         dmac: [u8; 6],
     },
-    /// Route known, neighbour not resolved (yet).
-    NoNeighbour,
+    /// Route known, neighbour not resolved (yet): out of `ifindex` via
+    /// `next_hop_be`.
+    NoNeighbour { ifindex: u32, next_hop_be: u32 },
     /// The packet is larger than the route's MTU.
     FragNeeded { mtu: u16 },
     /// No usable route (unreachable, blackhole, prohibit, forwarding off).
@@ -60,7 +61,13 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, src_be: u32, dst_be: u32) -> Nex
             smac: p.smac,
             dmac: p.dmac,
         },
-        BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::NoNeighbour,
+        // The kernel fills in the egress interface and the next hop (gateway
+        // or destination) before it looks for the neighbour.
+        BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::NoNeighbour {
+            ifindex: p.ifindex,
+            // SAFETY: IPv4 lookup: the union holds the IPv4 next hop.
+            next_hop_be: unsafe { p.__bindgen_anon_4.ipv4_dst },
+        },
         BPF_FIB_LKUP_RET_FRAG_NEEDED => NextHop::FragNeeded {
             // SAFETY: on FRAG_NEEDED the kernel wrote the MTU into the union.
             mtu: unsafe { p.__bindgen_anon_1.mtu_result },
@@ -93,11 +100,11 @@ pub enum Go {
         smac: [u8; 6],
         dmac: [u8; 6],
     },
-    /// Rewrite (NAT), then hand to the kernel: it forwards the packet and
-    /// resolves the neighbour. A translated packet's source is the client,
-    /// so the kernel accepts it; DSR has nothing to rewrite, and the daemon's
-    /// managed neighbour entries keep backends resolved.
-    Pass,
+    /// Rewrite (NAT), then hand to the kernel with the next hop in XDP
+    /// metadata: the tc-ingress program (`neigh.rs`) has the kernel resolve
+    /// the neighbour and send the packet, so it never meets the IP stack (a
+    /// translated reply's source is the VIP, a martian if the VIP is local).
+    Resolve { ifindex: u32, next_hop_be: u32 },
 }
 
 /// Whether the packet can go on; if not, the final verdict, with the packet
@@ -114,7 +121,13 @@ pub fn decide(ctx: &XdpContext, pkt: &Packet, hop: NextHop) -> Result<Go, (u32, 
             smac,
             dmac,
         }),
-        NextHop::NoNeighbour => Ok(Go::Pass),
+        NextHop::NoNeighbour {
+            ifindex,
+            next_hop_be,
+        } => Ok(Go::Resolve {
+            ifindex,
+            next_hop_be,
+        }),
         NextHop::FragNeeded { mtu } if pkt.df => Err(icmp::frag_needed(ctx, mtu)),
         NextHop::FragNeeded { .. } => Err((xdp_action::XDP_DROP, Reason::DropTooBig)),
         NextHop::Failed => Err((xdp_action::XDP_DROP, Reason::DropNoRoute)),
@@ -130,7 +143,13 @@ pub fn go(ctx: &XdpContext, pkt: &Packet, go: Go, ok: Reason) -> (u32, Reason) {
             smac,
             dmac,
         } => (transmit(ctx, pkt, ifindex, smac, dmac), ok),
-        Go::Pass => (xdp_action::XDP_PASS, Reason::PassNoNeighbour),
+        Go::Resolve {
+            ifindex,
+            next_hop_be,
+        } => {
+            neigh::mark(ctx, ifindex, next_hop_be);
+            (xdp_action::XDP_PASS, Reason::PassNoNeighbour)
+        }
     }
 }
 

@@ -13,12 +13,13 @@ mod forward;
 mod icmp;
 mod maps;
 mod nat;
+mod neigh;
 mod parse;
 mod sched;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Forwarding, Reason, SERVICE_F_PASS_WHEN_EMPTY, TCP_FLAG_RST};
+use lb_common::{Forwarding, Reason, SERVICE_F_PASS_WHEN_EMPTY};
 
 use crate::parse::{Packet, Parsed};
 
@@ -51,8 +52,11 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         if !pkt.ip_checksum_ok() {
             return (xdp_action::XDP_DROP, Reason::DropBadIpChecksum);
         }
-        if pkt.tcp_flags & TCP_FLAG_RST != 0 {
-            stats::count_reset(rev.backend_id);
+        if let nat::Reply::Refused { redispatch } = nat::track_reply(&pkt, &rev) {
+            stats::count_refused(rev.backend_id, redispatch);
+            if redispatch {
+                return (xdp_action::XDP_DROP, Reason::DropRstRedispatch);
+            }
         }
         return nat::reverse(ctx, &pkt, &rev);
     }

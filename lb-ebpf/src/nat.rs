@@ -2,13 +2,17 @@
 //! replies, with incremental IPv4 and L4 checksum updates.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{Backend, FlowKey, NatReverse, PROTO_TCP, Reason, ServiceInfo, csum};
+use lb_common::{
+    Backend, FLOW_F_CLOSING, FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED,
+    FLOW_F_REPLIED, FLOW_F_SYN, FlowKey, NatReverse, PROTO_TCP, Reason, SERVICE_F_REDISPATCH,
+    ServiceInfo, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN, csum,
+};
 use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
     fault,
     forward::{decide, go, next_hop},
-    maps::NAT_REVERSE,
+    maps::{FLOWS, NAT_REVERSE},
     parse::{L4_OFF, Packet, ptr_at},
 };
 
@@ -118,6 +122,7 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, backend_id: u32, backend: &Ba
     let rev = NatReverse {
         vip_be: pkt.dst_be,
         vport_be: pkt.dport_be,
+        service_flags: svc.flags,
         _pad: 0,
         service_id: svc.id,
         backend_id,
@@ -129,6 +134,71 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, backend_id: u32, backend: &Ba
         // better can be done without memory.
         let _ = NAT_REVERSE.insert(reply, rev, 0);
     }
+}
+
+/// What a backend's TCP reply says about its connection.
+pub enum Reply {
+    /// Nothing the flow needs to know, or no flow.
+    Plain,
+    /// The backend refused the connection (RST to the SYN, before any
+    /// SYN-ACK). With `redispatch`, the RST is withheld: the client's retried
+    /// SYN goes to another backend.
+    Refused { redispatch: bool },
+}
+
+/// Follow the backend's side of a NAT connection in the client's flow entry:
+/// SYN-ACK (answered), FIN/RST (closing), RST to the SYN (refused). Only
+/// replies carrying SYN, FIN or RST are looked at, so ordinary data costs
+/// nothing extra.
+#[inline(always)]
+pub fn track_reply(pkt: &Packet, rev: &NatReverse) -> Reply {
+    let f = pkt.tcp_flags;
+    if !pkt.is_tcp() || f & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST) == 0 {
+        return Reply::Plain;
+    }
+    let client = FlowKey {
+        src_be: pkt.dst_be,
+        dst_be: rev.vip_be,
+        sport_be: pkt.dport_be,
+        dport_be: rev.vport_be,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    let Some(v) = FLOWS.get_ptr_mut(client) else {
+        return Reply::Plain;
+    };
+    // SAFETY: a pointer into the map value; a concurrent flag update on
+    // another CPU can at worst be lost.
+    let flow = unsafe { *v };
+    if flow.backend_id != rev.backend_id {
+        return Reply::Plain; // the connection moved on; old news
+    }
+    let mut flags = flow.flags;
+    let mut reply = Reply::Plain;
+    if f & TCP_FLAG_RST != 0 {
+        let handshake = FLOW_F_SYN | FLOW_F_REPLIED | FLOW_F_ESTABLISHED | FLOW_F_CLOSING;
+        if flags & handshake == FLOW_F_SYN {
+            let redispatch =
+                rev.service_flags & SERVICE_F_REDISPATCH != 0 && flags & FLOW_F_REDISPATCHED == 0;
+            flags |= if redispatch {
+                FLOW_F_REFUSED
+            } else {
+                FLOW_F_CLOSING
+            };
+            reply = Reply::Refused { redispatch };
+        } else {
+            flags |= FLOW_F_CLOSING;
+        }
+    } else if f & TCP_FLAG_FIN != 0 {
+        flags |= FLOW_F_CLOSING;
+    } else {
+        flags |= FLOW_F_REPLIED; // SYN-ACK
+    }
+    if flags != flow.flags {
+        // SAFETY: as above.
+        unsafe { (*v).flags = flags };
+    }
+    reply
 }
 
 /// Translate a backend's reply back to the VIP and forward it to the client.

@@ -6,7 +6,7 @@
 //! headers.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{PROTO_TCP, PROTO_UDP, Reason, csum};
+use lb_common::{PROTO_TCP, PROTO_UDP, Reason, TCP_FLAG_ACK, TCP_FLAG_SYN, csum};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 pub const ETH_LEN: usize = core::mem::size_of::<EthHdr>();
@@ -42,6 +42,8 @@ pub struct Packet {
     pub proto: u8,
     /// TCP flags byte (`TCP_FLAG_*`); 0 for UDP.
     pub tcp_flags: u8,
+    /// TCP sequence number as on the wire; 0 for UDP.
+    pub seq_be: u32,
     pub tos: u8,
     /// Don't Fragment: an oversize packet gets an ICMP instead of a drop.
     pub df: bool,
@@ -51,6 +53,15 @@ pub struct Packet {
 }
 
 impl Packet {
+    pub fn is_tcp(&self) -> bool {
+        self.proto == PROTO_TCP
+    }
+
+    /// A connection-opening SYN (SYN without ACK).
+    pub fn is_syn(&self) -> bool {
+        self.is_tcp() && self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+    }
+
     /// Whether the IPv4 header checksum is right. Checked only for packets
     /// the LB acts on (forwards, translates), not for what it passes.
     #[inline(always)]
@@ -116,7 +127,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     let l4_len = tot_len as usize - IPV4_LEN;
     // Both headers start with source and destination port; the whole header
     // is checked so NAT can reach the checksum.
-    let (ports, tcp_flags): ([u8; 4], u8) = match proto {
+    let (ports, tcp_flags, seq_be): ([u8; 4], u8, u32) = match proto {
         PROTO_TCP => {
             if l4_len < TCP_LEN {
                 return verdict(XDP_DROP, Reason::DropTruncated);
@@ -133,7 +144,11 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
             if header_len > l4_len {
                 return verdict(XDP_DROP, Reason::DropTruncated);
             }
-            ([h[0], h[1], h[2], h[3]], h[13])
+            (
+                [h[0], h[1], h[2], h[3]],
+                h[13],
+                u32::from_ne_bytes([h[4], h[5], h[6], h[7]]),
+            )
         }
         PROTO_UDP => {
             if l4_len < UDP_LEN {
@@ -153,7 +168,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
             if udp_len > l4_len {
                 return verdict(XDP_DROP, Reason::DropTruncated);
             }
-            ([h[0], h[1], h[2], h[3]], 0)
+            ([h[0], h[1], h[2], h[3]], 0, 0)
         }
         _ => return verdict(XDP_PASS, Reason::PassNotService),
     };
@@ -166,6 +181,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
         proto,
         tcp_flags,
+        seq_be,
         tos,
         df: frag_off & IP_DF != 0,
         ip_len: tot_len,

@@ -1,8 +1,16 @@
-//! Backend choice: follow the flow table, or schedule a new flow.
+//! Backend choice: follow the flow table, or schedule a new connection.
+//!
+//! TCP flows know which connection they are: the ISN of the SYN that opened
+//! them and whether a FIN or RST was seen. A SYN on a known 4-tuple is a
+//! retransmission only with the same ISN on a connection that is not
+//! closing; any other SYN opens a new connection, scheduled afresh (client
+//! ports repeat within seconds under load, so a 4-tuple alone says nothing).
 
 use lb_common::{
-    BACKEND_F_ACTIVE, Backend, FlowValue, MAX_BACKENDS, MAX_SERVICES, RING_SIZE, Scheduler,
-    ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_SYN, hash::flow_hash,
+    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, FLOW_F_CLOSING, FLOW_F_ESTABLISHED,
+    FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN, FlowValue, MAX_BACKENDS, MAX_SERVICES,
+    RING_SIZE, Scheduler, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN,
+    hash::flow_hash,
 };
 
 use crate::{
@@ -10,48 +18,115 @@ use crate::{
     parse::Packet,
 };
 
+/// Ring slots tried after the first when the first names the backend that
+/// just refused this connection (redispatch).
+const REDISPATCH_PROBES: u32 = 8;
+
 #[inline(always)]
-fn active_backend(id: u32) -> Option<Backend> {
+fn backend(id: u32) -> Option<Backend> {
     if id >= MAX_BACKENDS {
         return None;
     }
-    let b = *BACKENDS.get(id)?;
-    (b.flags & BACKEND_F_ACTIVE != 0).then_some(b)
+    BACKENDS.get(id).copied()
 }
 
-/// Where a packet goes.
+#[inline(always)]
+fn active_backend(id: u32) -> Option<Backend> {
+    backend(id).filter(|b| b.flags & BACKEND_F_ACTIVE != 0)
+}
+
+/// Where a packet goes, and what it means for the counters.
 pub struct Choice {
     pub backend_id: u32,
     pub backend: Backend,
-    /// The flow was scheduled by this packet.
-    pub new_flow: bool,
-    /// A client SYN (no ACK) on a flow already pinned to a live backend: the
-    /// handshake is being retried, a passive sign the backend is not answering.
+    /// The packet started a connection (a scheduled SYN; for UDP a new flow).
+    pub connection: bool,
+    /// A client SYN retransmitted (same ISN) on a connection pinned to a live
+    /// backend: a passive sign the backend is not answering.
     pub syn_retransmit: bool,
+    /// A TCP packet without SYN that found no flow.
+    pub midstream: bool,
 }
 
-/// The backend this packet's flow is pinned to (a new or stale flow is
-/// scheduled and pinned first). `None` when the service has no backend.
+/// Flow-state bits a client packet sets (on TCP).
+#[inline(always)]
+fn client_flags(pkt: &Packet) -> u8 {
+    let f = pkt.tcp_flags;
+    let mut bits = 0;
+    if f & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+        bits |= FLOW_F_CLOSING;
+    }
+    if f & (TCP_FLAG_ACK | TCP_FLAG_SYN) == TCP_FLAG_ACK {
+        bits |= FLOW_F_ESTABLISHED;
+    }
+    bits
+}
+
+/// The backend this packet's flow goes to; a new connection is scheduled and
+/// pinned first. `None` when the service has no backend.
 #[inline(always)]
 pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<Choice> {
     let key = flow_key(pkt);
-    // SAFETY: copied out at once.
-    if let Some(v) = unsafe { FLOWS.get(key).copied() }
-        && v.service_id == svc.id
-        && let Some(b) = active_backend(v.backend_id)
-    {
-        return Some(Choice {
-            backend_id: v.backend_id,
-            backend: b,
-            new_flow: false,
-            syn_retransmit: pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN,
-        });
+    let syn = pkt.is_syn();
+    // A retried SYN of a connection that must go elsewhere keeps its ISN and
+    // is not a new connection.
+    let mut moving: Option<FlowValue> = None;
+    let mut exclude = u32::MAX;
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a pointer into the map value; other CPUs may write its
+        // flags at the same time, which at worst loses one flag update.
+        let f = unsafe { *v };
+        if f.service_id == svc.id
+            && let Some(b) = backend(f.backend_id)
+        {
+            let active = b.flags & BACKEND_F_ACTIVE != 0;
+            if !syn {
+                if active {
+                    let flags = f.flags | client_flags(pkt);
+                    if flags != f.flags {
+                        // SAFETY: as above.
+                        unsafe { (*v).flags = flags };
+                    }
+                    return Some(pinned(f.backend_id, b, false));
+                }
+                // Its backend is gone: re-scheduled below, mid-connection.
+            } else if f.flags & FLOW_F_SYN != 0 && f.syn_seq_be == pkt.seq_be {
+                // The same connection attempt again.
+                if f.flags & FLOW_F_REFUSED != 0 {
+                    exclude = f.backend_id;
+                    moving = Some(f);
+                } else if f.flags & FLOW_F_CLOSING == 0 {
+                    let takes_new = b.flags & BACKEND_F_NEW_CONNECTIONS != 0;
+                    if active && (takes_new || f.flags & FLOW_F_ESTABLISHED != 0) {
+                        return Some(pinned(f.backend_id, b, true));
+                    }
+                    // Still in its handshake with a backend that no longer
+                    // takes new connections (or is down): move it.
+                    moving = Some(f);
+                }
+            }
+        }
     }
-    let id = schedule(pkt, svc)?;
-    let backend = active_backend(id)?;
-    let value = FlowValue {
-        backend_id: id,
-        service_id: svc.id,
+    let (id, backend) = schedule(pkt, svc, exclude)?;
+    let value = match moving {
+        Some(f) => {
+            // Refused once (now redispatched), or redispatched before.
+            let redispatched = f.flags & (FLOW_F_REFUSED | FLOW_F_REDISPATCHED) != 0;
+            FlowValue {
+                backend_id: id,
+                service_id: svc.id,
+                syn_seq_be: f.syn_seq_be,
+                flags: FLOW_F_SYN | if redispatched { FLOW_F_REDISPATCHED } else { 0 },
+                _pad: [0; 3],
+            }
+        }
+        None => FlowValue {
+            backend_id: id,
+            service_id: svc.id,
+            syn_seq_be: if syn { pkt.seq_be } else { 0 },
+            flags: if syn { FLOW_F_SYN } else { client_flags(pkt) },
+            _pad: [0; 3],
+        },
     };
     // An LRU insert only fails on allocation failure; the packet still goes
     // out, the next one of the flow is scheduled again.
@@ -59,14 +134,29 @@ pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<Choice> {
     Some(Choice {
         backend_id: id,
         backend,
-        new_flow: true,
+        connection: moving.is_none() && (syn || !pkt.is_tcp()),
         syn_retransmit: false,
+        midstream: pkt.is_tcp() && !syn,
     })
 }
 
 #[inline(always)]
-fn schedule(pkt: &Packet, svc: &ServiceInfo) -> Option<u32> {
-    if svc.ring_len == 0 || svc.ring_len > RING_SIZE || svc.id >= MAX_SERVICES {
+fn pinned(backend_id: u32, backend: Backend, syn_retransmit: bool) -> Choice {
+    Choice {
+        backend_id,
+        backend,
+        connection: false,
+        syn_retransmit,
+        midstream: false,
+    }
+}
+
+/// A backend for a new connection from the service's ring, avoiding
+/// `exclude` (the backend that just refused it) if another one is there.
+#[inline(always)]
+fn schedule(pkt: &Packet, svc: &ServiceInfo, exclude: u32) -> Option<(u32, Backend)> {
+    let len = svc.ring_len;
+    if len == 0 || len > RING_SIZE || svc.id >= MAX_SERVICES {
         return None;
     }
     let slot = if svc.scheduler == Scheduler::Maglev as u8 {
@@ -76,19 +166,30 @@ fn schedule(pkt: &Packet, svc: &ServiceInfo) -> Option<u32> {
             pkt.sport_be,
             pkt.dport_be,
             pkt.proto,
-        ) % svc.ring_len
+        ) % len
     } else {
         let cursor = RR_CURSOR.get_ptr_mut(svc.id)?;
         // SAFETY: per-CPU slot of this service; nothing else writes it while we run.
         unsafe {
-            let slot = *cursor % svc.ring_len;
-            *cursor = if slot + 1 >= svc.ring_len {
-                0
-            } else {
-                slot + 1
-            };
+            let slot = *cursor % len;
+            *cursor = if slot + 1 >= len { 0 } else { slot + 1 };
             slot
         }
     };
-    BACKEND_RING.get(svc.id * RING_SIZE + slot).copied()
+    let base = svc.id * RING_SIZE;
+    let first = *BACKEND_RING.get(base + slot)?;
+    if first == exclude {
+        let mut i = 1;
+        while i <= REDISPATCH_PROBES {
+            let s = (slot + i) % len;
+            if let Some(&id) = BACKEND_RING.get(base + s)
+                && id != exclude
+                && let Some(b) = active_backend(id)
+            {
+                return Some((id, b));
+            }
+            i += 1;
+        }
+    }
+    Some((first, active_backend(first)?))
 }

@@ -20,16 +20,10 @@ pub fn count_reason(reason: Reason) {
 }
 
 /// One update per map per packet: traffic (`sent`: the frame's bytes, when
-/// it went to the backend), a new flow, a retried SYN (`syn_retransmit` is
-/// always false for the service map).
+/// it went to the backend) and what the packet meant for its connection
+/// (`syn_retransmit` is always false for the service map).
 #[inline(always)]
-fn add(
-    map: &PerCpuArray<Traffic>,
-    id: u32,
-    sent: Option<u64>,
-    new_flow: bool,
-    syn_retransmit: bool,
-) {
+fn add(map: &PerCpuArray<Traffic>, id: u32, sent: Option<u64>, c: &Choice, syn_retransmit: bool) {
     if let Some(t) = map.get_ptr_mut(id) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe {
@@ -37,7 +31,8 @@ fn add(
                 (*t).packets += 1;
                 (*t).bytes += bytes;
             }
-            (*t).new_flows += new_flow as u64;
+            (*t).connections += c.connection as u64;
+            (*t).midstream += c.midstream as u64;
             (*t).syn_retransmits += syn_retransmit as u64;
         }
     }
@@ -45,14 +40,8 @@ fn add(
 
 #[inline(always)]
 pub fn count_traffic(service_id: u32, backend_id: u32, sent: Option<u64>, c: &Choice) {
-    add(&SERVICE_STATS, service_id, sent, c.new_flow, false);
-    add(
-        &BACKEND_STATS,
-        backend_id,
-        sent,
-        c.new_flow,
-        c.syn_retransmit,
-    );
+    add(&SERVICE_STATS, service_id, sent, c, false);
+    add(&BACKEND_STATS, backend_id, sent, c, c.syn_retransmit);
 }
 
 /// A packet for the service found no backend.
@@ -64,11 +53,14 @@ pub fn count_no_backend(service_id: u32) {
     }
 }
 
-/// The backend reset a NAT flow.
+/// The backend refused a NAT connection; `redispatched`: its RST was withheld.
 #[inline(always)]
-pub fn count_reset(backend_id: u32) {
+pub fn count_refused(backend_id: u32, redispatched: bool) {
     if let Some(t) = BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU slot, no concurrent writer.
-        unsafe { (*t).resets += 1 };
+        unsafe {
+            (*t).refused += 1;
+            (*t).redispatched += redispatched as u64;
+        }
     }
 }

@@ -18,8 +18,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
-        Xdp, XdpMode as AyaXdpMode,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
         xdp::{XdpLink, XdpLinkId},
     },
 };
@@ -139,6 +140,12 @@ pub fn load_with(
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     load_program(&mut ebpf, names::PROGRAM)?;
+    neigh_program(&mut ebpf)?
+        .load()
+        .map_err(|source| BpfError::Program {
+            name: names::NEIGH_PROGRAM,
+            source,
+        })?;
     if let Some(d) = &dir {
         // Pinned so `bpftool prog show pinned` finds the running program.
         let path = d.join(format!("prog_{}", names::PROGRAM));
@@ -185,12 +192,76 @@ pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut
         .map_err(|source| BpfError::Program { name, source })
 }
 
+/// The tc program that sends packets with an unresolved next hop through
+/// the kernel's neighbour resolution (`lb-ebpf/src/neigh.rs`).
+pub fn neigh_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, BpfError> {
+    let name = names::NEIGH_PROGRAM;
+    ebpf.program_mut(name)
+        .ok_or(BpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| BpfError::Program { name, source })
+}
+
 /// One interface the program is attached to.
 #[derive(Debug)]
 pub struct Attachment {
     pub iface: String,
     pub mode: &'static str,
     link: AttachLink,
+    /// The tc-ingress neighbour-resolution program, if it could be attached.
+    neigh: Option<NeighLink>,
+}
+
+#[derive(Debug)]
+enum NeighLink {
+    Owned(SchedClassifierLinkId),
+    Pinned(PathBuf, FdLink),
+}
+
+fn neigh_link_pin(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("tclink_{iface}"))
+}
+
+/// Attach the tc program in front of the interface's other TCX programs
+/// (it only acts on packets the XDP program marked), pinned with `pin_dir`;
+/// a pinned link a previous daemon left is taken over in place.
+fn attach_neigh(ebpf: &mut Ebpf, iface: &str, pin_dir: Option<&Path>) -> Result<NeighLink, String> {
+    let prog = neigh_program(ebpf).map_err(|e| e.to_string())?;
+    if let Some(dir) = pin_dir {
+        let path = neigh_link_pin(dir, iface);
+        if path.exists() {
+            let adopted = (|| {
+                let pinned = PinnedLink::from_pin(&path).map_err(|e| error_chain(&e))?;
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(|e| error_chain(&e))?;
+                let id = prog.attach_to_link(link).map_err(|e| error_chain(&e))?;
+                let link = prog.take_link(id).map_err(|e| error_chain(&e))?;
+                FdLink::try_from(link).map_err(|e| error_chain(&e))
+            })();
+            match adopted {
+                Ok(link) => return Ok(NeighLink::Pinned(path, link)),
+                Err(reason) => {
+                    warn!(iface, %reason, "cannot take over the pinned tc link; attaching anew");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+    let id = prog
+        .attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .map_err(|e| error_chain(&e))?;
+    let Some(dir) = pin_dir else {
+        return Ok(NeighLink::Owned(id));
+    };
+    let link = prog.take_link(id).map_err(|e| error_chain(&e))?;
+    let fd_link = FdLink::try_from(link).map_err(|e| error_chain(&e))?;
+    let path = neigh_link_pin(dir, iface);
+    let pinned = fd_link.pin(&path).map_err(|e| error_chain(&e))?;
+    Ok(NeighLink::Pinned(path, pinned.into()))
 }
 
 #[derive(Debug)]
@@ -220,8 +291,21 @@ pub fn attach(
     let mut out = Vec::new();
     for iface in ifaces {
         match attach_one(ebpf, name, iface, mode, pin_dir) {
-            Ok(a) => {
+            Ok(mut a) => {
                 info!(iface = %a.iface, mode = a.mode, program = name, pinned = matches!(a.link, AttachLink::Pinned(..)), "XDP program attached");
+                match attach_neigh(ebpf, iface, pin_dir) {
+                    Ok(l) => {
+                        info!(
+                            iface,
+                            program = names::NEIGH_PROGRAM,
+                            "tc neighbour resolution attached"
+                        );
+                        a.neigh = Some(l);
+                    }
+                    Err(reason) => {
+                        warn!(iface, %reason, "cannot attach the tc neighbour-resolution program (TCX, Linux 6.6+); packets whose next hop is unresolved go to the IP stack instead, where a NAT reply from a local VIP is dropped as a martian")
+                    }
+                }
                 out.push(a);
             }
             Err(e) => {
@@ -252,6 +336,7 @@ fn attach_one(
                         iface: iface.to_string(),
                         mode: "adopted",
                         link: AttachLink::Pinned(path, link),
+                        neigh: None,
                     });
                 }
                 Err(reason) => {
@@ -275,6 +360,7 @@ fn attach_one(
                         iface: iface.to_string(),
                         mode: label,
                         link: AttachLink::Owned(id),
+                        neigh: None,
                     });
                 };
                 let link = prog.take_link(id).map_err(program_err)?;
@@ -298,6 +384,7 @@ fn attach_one(
                     iface: iface.to_string(),
                     mode: label,
                     link: AttachLink::Pinned(path, pinned.into()),
+                    neigh: None,
                 });
             }
             Err(e) => {
@@ -332,6 +419,26 @@ pub fn detach(
     keep_running: bool,
 ) {
     for a in attachments {
+        match a.neigh {
+            Some(NeighLink::Pinned(path, link)) => {
+                if keep_running {
+                    // Stays with the XDP link; the next daemon takes it over.
+                } else {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        warn!(iface = %a.iface, error = %e, "removing the tc link pin failed");
+                    }
+                    drop(link);
+                }
+            }
+            Some(NeighLink::Owned(id)) => {
+                if let Ok(prog) = neigh_program(ebpf)
+                    && let Err(e) = prog.detach(id)
+                {
+                    warn!(iface = %a.iface, error = %error_chain(&e), "detaching the tc program failed");
+                }
+            }
+            None => {}
+        }
         match a.link {
             AttachLink::Pinned(path, link) => {
                 if keep_running {
@@ -556,14 +663,7 @@ fn sum_traffic(
         let v = m
             .get(id, 0)
             .map_err(|source| BpfError::Map { name, source })?;
-        let t = v.iter().fold(Traffic::default(), |a, t| Traffic {
-            packets: a.packets + t.packets,
-            bytes: a.bytes + t.bytes,
-            new_flows: a.new_flows + t.new_flows,
-            no_backend: a.no_backend + t.no_backend,
-            syn_retransmits: a.syn_retransmits + t.syn_retransmits,
-            resets: a.resets + t.resets,
-        });
+        let t = v.iter().fold(Traffic::default(), |a, t| a.merged(t));
         out.insert(*id, t);
     }
     Ok(out)

@@ -128,6 +128,11 @@ pub struct ServiceConfig {
     /// brings a passively failed backend back).
     #[serde(default)]
     pub passive: Option<PassiveConfig>,
+    /// NAT, TCP: when a backend refuses a connection (RST answering the SYN),
+    /// withhold the RST and send the client's retried SYN to another backend
+    /// (once). On by default where it applies.
+    #[serde(default)]
+    pub redispatch: Option<bool>,
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
 }
@@ -223,18 +228,32 @@ fn default_http_status() -> [u16; 2] {
 }
 
 /// Passive health: thresholds on what the data path saw per backend within
-/// one `window_ms`. 0 disables a signal.
+/// one `window_ms`. 0 disables a signal. A passive failure stops new
+/// connections to the backend; its established flows stay (only the active
+/// check, failing `fall` times, moves them).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveConfig {
-    /// Client SYN retransmissions on flows pinned to the backend.
+    /// Client SYNs retransmitted (same ISN) on connections pinned to the
+    /// backend.
     #[serde(default)]
     pub syn_retransmits: u64,
-    /// TCP resets from the backend (NAT only; DSR replies bypass the LB).
+    /// Connections the backend refused: RST answering the SYN, before any
+    /// SYN-ACK (NAT only; DSR replies bypass the LB). The ordinary resets of
+    /// a server closing connections do not count.
     #[serde(default)]
-    pub resets: u64,
+    pub refused: u64,
     #[serde(default = "default_window_ms")]
     pub window_ms: u64,
+    /// Passive health never takes more than this share of the service's
+    /// backends out of new connections at once (and never the last one), so
+    /// legitimate overload cannot empty a service.
+    #[serde(default = "default_max_out_percent")]
+    pub max_out_percent: u32,
+}
+
+fn default_max_out_percent() -> u32 {
+    50
 }
 
 fn default_window_ms() -> u64 {
@@ -260,6 +279,15 @@ fn default_weight() -> u32 {
 pub enum Protocol {
     Tcp,
     Udp,
+}
+
+impl ServiceConfig {
+    /// Whether refused connections are redispatched (NAT TCP, unless off).
+    pub fn redispatches(&self) -> bool {
+        self.forwarding == ForwardingKind::Nat
+            && self.protocol == Protocol::Tcp
+            && self.redispatch.unwrap_or(true)
+    }
 }
 
 impl Protocol {
@@ -495,18 +523,29 @@ impl Config {
                 if !(100..=60_000).contains(&p.window_ms) {
                     return Err((at("passive.window_ms"), "must be 100..=60000".into()));
                 }
-                if p.resets > 0 && s.forwarding == ForwardingKind::Dsr {
+                if p.refused > 0 && s.forwarding == ForwardingKind::Dsr {
                     return Err((
-                        at("passive.resets"),
-                        "DSR replies bypass the load balancer, so it never sees a backend's resets (use syn_retransmits)".into(),
+                        at("passive.refused"),
+                        "DSR replies bypass the load balancer, so it never sees a backend refuse a connection (use syn_retransmits)".into(),
                     ));
                 }
-                if s.protocol == Protocol::Udp && (p.resets > 0 || p.syn_retransmits > 0) {
+                if !(1..=100).contains(&p.max_out_percent) {
+                    return Err((at("passive.max_out_percent"), "must be 1..=100".into()));
+                }
+                if s.protocol == Protocol::Udp && (p.refused > 0 || p.syn_retransmits > 0) {
                     return Err((
                         at("passive"),
                         "passive signals are TCP's; this service is UDP".into(),
                     ));
                 }
+            }
+            if s.redispatch == Some(true)
+                && (s.forwarding == ForwardingKind::Dsr || s.protocol == Protocol::Udp)
+            {
+                return Err((
+                    at("redispatch"),
+                    "applies to NAT TCP services only: the load balancer must see the backend refuse a connection".into(),
+                ));
             }
             if s.backends.iter().all(|b| b.weight == 0) {
                 return Err((
@@ -780,10 +819,21 @@ port = 80
                 "active",
             ),
             (
-                "[service.check]\nkind = \"tcp\"\n[service.passive]\nresets = 3",
-                "service[0].passive.resets",
+                "[service.check]\nkind = \"tcp\"\n[service.passive]\nrefused = 3",
+                "service[0].passive.refused",
                 "DSR",
             ),
+            (
+                "[service.check]\nkind = \"tcp\"\n[service.passive]\nresets = 3",
+                "service[0].passive.resets",
+                "unknown field",
+            ),
+            (
+                "[service.check]\nkind = \"tcp\"\n[service.passive]\nsyn_retransmits = 3\nmax_out_percent = 0",
+                "service[0].passive.max_out_percent",
+                "1..=100",
+            ),
+            ("redispatch = true", "service[0].redispatch", "NAT TCP"),
         ];
         for (extra, key, reason) in cases {
             let (k, msg) = err(&with(extra));

@@ -15,8 +15,8 @@ use std::{
 use crate::{
     config::{CheckConfig, Config, ForwardingKind},
     dataplane::{ApplyStats, Dataplane, DataplaneError, Programmer},
-    health::{Health, Transition},
-    plan::{BackendRef, Plan, PlanError, Planner, service_key},
+    health::{Health, State, Transition},
+    plan::{Availability, BackendRef, Plan, PlanError, Planner, service_key},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,18 @@ impl BackendState {
             failures: 0,
         }
     }
+}
+
+/// What a passive failure did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// The backend takes no new connections now; its flows stay.
+    Held,
+    /// It was not up (already held, or down) or is not checked.
+    NotUp,
+    /// Holding it would take more of the service out than `max_out_percent`
+    /// allows (or the last backend): it stays in, the refusal is logged.
+    TooManyOut { out: usize, of: usize },
 }
 
 /// A backend to probe, with what the probe needs to know.
@@ -96,18 +108,44 @@ impl Control {
 
     /// Take over maps a previous daemon left pinned: its ids, its contents,
     /// and its verdicts (a backend it had taken out starts down here too and
-    /// must pass `rise` checks).
+    /// must pass `rise` checks; one it held stays held). A backend found
+    /// without new connections may also just have weight 0: `apply` keeps
+    /// health only for checked backends, and `rise` checks clear it.
     pub fn adopt(&mut self, found: Plan) {
+        use lb_common::{BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS};
         self.planner.adopt(&found);
         for (r, id) in found.backend_ids() {
-            if found.backends[&id].flags & lb_common::BACKEND_F_ACTIVE == 0 {
-                self.health.insert(r, BackendState::new(Health::new_down()));
-            }
+            let flags = found.backends[&id].flags;
+            let health = if flags & BACKEND_F_ACTIVE == 0 {
+                Health::new_down()
+            } else if flags & BACKEND_F_NEW_CONNECTIONS == 0 {
+                Health::new_held()
+            } else {
+                continue;
+            };
+            self.health.insert(r, BackendState::new(health));
         }
         self.programmer.adopt(found);
     }
 
-    /// Backends currently out of their scheduler.
+    /// Backends not fully up, by why.
+    pub fn availability(&self) -> Availability {
+        let mut a = Availability::default();
+        for (r, s) in &self.health {
+            match s.health.state() {
+                State::Up => {}
+                State::Held => {
+                    a.held.insert(*r);
+                }
+                State::Down => {
+                    a.down.insert(*r);
+                }
+            }
+        }
+        a
+    }
+
+    /// Backends out of their scheduler (held or down).
     pub fn down(&self) -> HashSet<BackendRef> {
         self.health
             .iter()
@@ -137,15 +175,20 @@ impl Control {
                 health.insert(r, st);
             }
         }
-        let down = health
-            .iter()
-            .filter(|(_, s)| !s.health.is_up())
-            .map(|(r, _)| *r)
-            .collect();
-        let plan = self.planner.plan(&config, &down)?;
-        let st = self.programmer.apply(dp, plan)?;
+        let old = std::mem::replace(&mut self.health, health);
+        let applied = self
+            .planner
+            .plan(&config, &self.availability())
+            .map_err(ControlError::from)
+            .and_then(|plan| self.programmer.apply(dp, plan).map_err(ControlError::from));
+        let st = match applied {
+            Ok(st) => st,
+            Err(e) => {
+                self.health = old;
+                return Err(e);
+            }
+        };
         self.config = config;
-        self.health = health;
         self.dirty = false;
         Ok(st)
     }
@@ -175,14 +218,42 @@ impl Control {
         t
     }
 
-    /// Take a backend out now (passive failure). Returns whether it was up.
-    pub fn force_down(&mut self, b: &BackendRef) -> bool {
-        let Some(st) = self.health.get_mut(b) else {
-            return false;
+    /// A passive failure: stop new connections to `b` now (its flows stay)
+    /// unless that would take more than `max_out_percent` of its service's
+    /// weighted backends out of new connections, or the last one.
+    pub fn hold(&mut self, b: &BackendRef, max_out_percent: u32) -> Hold {
+        if !self.health.get(b).is_some_and(|s| s.health.is_up()) {
+            return Hold::NotUp;
+        }
+        let Some(svc) = self
+            .config
+            .services
+            .iter()
+            .find(|s| service_key(s.vip, s.port, s.protocol) == b.0)
+        else {
+            return Hold::NotUp;
         };
-        let was_up = st.health.force_down();
-        self.dirty |= was_up;
-        was_up
+        let weighted: Vec<BackendRef> = svc
+            .backends
+            .iter()
+            .filter(|x| x.weight > 0)
+            .map(|x| (b.0, x.address, x.port))
+            .collect();
+        let out = weighted
+            .iter()
+            .filter(|r| self.health.get(r).is_some_and(|s| !s.health.is_up()))
+            .count();
+        let of = weighted.len();
+        // Never the last one, and never beyond the allowed share.
+        if out + 1 >= of || (out + 1) * 100 > max_out_percent as usize * of {
+            return Hold::TooManyOut { out, of };
+        }
+        if let Some(st) = self.health.get_mut(b)
+            && st.health.hold()
+        {
+            self.dirty = true;
+        }
+        Hold::Held
     }
 
     /// Write pending health changes to the maps. A failed write stays
@@ -191,7 +262,7 @@ impl Control {
         if !self.dirty {
             return Ok(None);
         }
-        let plan = self.planner.plan(&self.config, &self.down())?;
+        let plan = self.planner.plan(&self.config, &self.availability())?;
         let st = self.programmer.apply(dp, plan)?;
         self.dirty = false;
         Ok(Some(st))
@@ -355,15 +426,41 @@ port = 80
     }
 
     #[test]
-    fn passive_failure_takes_it_down_at_once_and_adoption_keeps_verdicts() {
+    fn passive_failure_stops_new_connections_keeps_flows_and_adoption_keeps_verdicts() {
+        use lb_common::BACKEND_F_NEW_CONNECTIONS;
         let mut dp = FakeDataplane::default();
         let mut c = Control::new(cfg(CFG));
         c.apply(&mut dp, cfg(CFG)).unwrap();
-        assert!(c.force_down(&web(21)));
-        assert!(!c.force_down(&web(21)));
+        assert_eq!(c.hold(&web(21), 50), Hold::Held);
+        assert_eq!(c.hold(&web(21), 50), Hold::NotUp);
+        // The other one would be the last: refused.
+        assert_eq!(c.hold(&web(11), 100), Hold::TooManyOut { out: 1, of: 2 });
         c.sync(&mut dp).unwrap();
         assert_eq!(ring(&dp, &c), vec![Ipv4Addr::new(203, 0, 113, 11)]);
-        // A new daemon adopting these maps keeps .21 down and rewrites nothing.
+        // Held, not down: its entry stays active (pinned flows stay) but
+        // takes no new connections.
+        let id = c.applied().backend_ids()[&web(21)];
+        assert_eq!(dp.backends[&id].flags, BACKEND_F_ACTIVE);
+        assert_eq!(
+            c.availability().held,
+            HashSet::from([web(21)]),
+            "held, not down"
+        );
+        // Rise good checks bring it back.
+        c.record(&web(21), Ok(()), Duration::ZERO);
+        assert_eq!(
+            c.record(&web(21), Ok(()), Duration::ZERO),
+            Transition::WentUp
+        );
+        c.sync(&mut dp).unwrap();
+        assert_eq!(
+            dp.backends[&id].flags,
+            BACKEND_F_ACTIVE | BACKEND_F_NEW_CONNECTIONS
+        );
+        // Held again, then a new daemon adopting these maps keeps it held and
+        // rewrites nothing.
+        assert_eq!(c.hold(&web(21), 50), Hold::Held);
+        c.sync(&mut dp).unwrap();
         let found = c.applied().clone();
         let mut next = Control::new(cfg(CFG));
         next.adopt(found);
@@ -371,6 +468,31 @@ port = 80
         let st = next.apply(&mut dp, cfg(CFG)).unwrap();
         assert_eq!(st, ApplyStats::default());
         assert_eq!(dp.writes, writes);
-        assert_eq!(next.down(), HashSet::from([web(21)]));
+        assert_eq!(next.availability().held, HashSet::from([web(21)]));
+        // An active failure (down) is adopted as down.
+        fail(&mut c, &web(11), 3);
+        c.sync(&mut dp).unwrap();
+        let mut third = Control::new(cfg(CFG));
+        third.adopt(c.applied().clone());
+        assert_eq!(third.availability().down, HashSet::from([web(11)]));
+    }
+
+    #[test]
+    fn passive_health_never_empties_a_service() {
+        let four = CFG.to_string()
+            + "[[service.backend]]\naddress = \"203.0.113.31\"\nport = 80\n[[service.backend]]\naddress = \"203.0.113.41\"\nport = 80\n";
+        let mut dp = FakeDataplane::default();
+        let mut c = Control::new(cfg(&four));
+        c.apply(&mut dp, cfg(&four)).unwrap();
+        let b = |n| (web(11).0, Ipv4Addr::new(203, 0, 113, n), 80);
+        // At most half of four: two held, the third refused.
+        assert_eq!(c.hold(&b(11), 50), Hold::Held);
+        assert_eq!(c.hold(&b(21), 50), Hold::Held);
+        assert_eq!(c.hold(&b(31), 50), Hold::TooManyOut { out: 2, of: 4 });
+        // Even at 100 %, never the last one.
+        assert_eq!(c.hold(&b(31), 100), Hold::Held);
+        assert_eq!(c.hold(&b(41), 100), Hold::TooManyOut { out: 3, of: 4 });
+        c.sync(&mut dp).unwrap();
+        assert_eq!(ring(&dp, &c), vec![Ipv4Addr::new(203, 0, 113, 41)]);
     }
 }

@@ -23,13 +23,17 @@ use xdplb::{
     check::{self, Probes, Report},
     check_route::ProbeRoute,
     config::{Config, ForwardingKind, XdpMode},
-    control::Control,
+    control::{Control, Hold},
     health::Transition,
     neigh::{self, Netlink, Route},
     passive,
     plan::BackendRef,
     view,
 };
+
+/// How often passive-health counters are sampled: a failing backend stops
+/// taking new connections within this (plus the threshold's own time).
+const PASSIVE_TICK: Duration = Duration::from_millis(50);
 
 /// Command-line settings that replace the config file's.
 pub struct Overrides {
@@ -114,8 +118,8 @@ impl Rates {
                         old: &BTreeMap<u32, lb_common::Traffic>| {
                 cur.iter()
                     .map(|(id, t)| {
-                        let before = old.get(id).map_or(t.new_flows, |o| o.new_flows);
-                        (*id, t.new_flows.saturating_sub(before) as f64 / dt)
+                        let before = old.get(id).map_or(t.connections, |o| o.connections);
+                        (*id, t.connections.saturating_sub(before) as f64 / dt)
                     })
                     .collect()
             };
@@ -367,14 +371,20 @@ impl Daemon {
             let w = self
                 .passive
                 .entry(r)
-                .or_insert_with(|| passive::Window::new(now, t.syn_retransmits, t.resets));
-            if let Some(why) = w.observe(now, t.syn_retransmits, t.resets, cfg) {
-                tripped.push((r, why));
+                .or_insert_with(|| passive::Window::new(now, t.syn_retransmits, t.refused));
+            if let Some(why) = w.observe(now, t.syn_retransmits, t.refused, cfg) {
+                tripped.push((r, why, cfg.max_out_percent));
             }
         }
-        for (r, why) in tripped {
-            if self.control.force_down(&r) {
-                warn!(service = %self.service_name(&r), backend = %format!("{}:{}", r.1, r.2), reason = %why, "backend DOWN (passive): out of the scheduler until it passes rise checks");
+        for (r, why, max_out) in tripped {
+            match self.control.hold(&r, max_out) {
+                Hold::Held => {
+                    warn!(service = %self.service_name(&r), backend = %format!("{}:{}", r.1, r.2), reason = %why, "backend HELD (passive): no new connections until it passes rise checks; established flows stay")
+                }
+                Hold::NotUp => {}
+                Hold::TooManyOut { out, of } => {
+                    warn!(service = %self.service_name(&r), backend = %format!("{}:{}", r.1, r.2), reason = %why, out, of, max_out_percent = max_out, "passive health would take this backend out, but that would leave too few taking new connections; keeping it")
+                }
             }
         }
         self.sync();
@@ -587,7 +597,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         let period = Duration::from_secs(stats_interval.max(1));
         let mut stats_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut rate_tick = tokio::time::interval(Duration::from_secs(1));
-        let mut passive_tick = tokio::time::interval(Duration::from_millis(100));
+        // Passive health reacts within one tick of a threshold being reached.
+        let mut passive_tick = tokio::time::interval(PASSIVE_TICK);
         for t in [&mut stats_tick, &mut rate_tick, &mut passive_tick] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }

@@ -1,8 +1,9 @@
-//! Passive health: the data path counts, per backend, client SYNs retried on
-//! flows it already pinned (the backend is not completing handshakes) and,
-//! for NAT, the resets the backend sends. A backend whose counts grow by a
-//! threshold within one window is taken down at once, ahead of the active
-//! check; the active check's `rise` brings it back.
+//! Passive health: the data path counts, per backend, client SYNs
+//! retransmitted (same ISN) on connections pinned to it (the backend is not
+//! completing handshakes) and, for NAT, the connections it refused (RST
+//! answering the SYN). A backend whose counts grow by a threshold within one
+//! window stops taking new connections at once, ahead of the active check
+//! (its established flows stay); the active check's `rise` brings it back.
 //!
 //! Pure: the caller passes the counter totals and the time.
 
@@ -15,15 +16,15 @@ use crate::config::PassiveConfig;
 pub struct Window {
     start: Duration,
     syn_retransmits: u64,
-    resets: u64,
+    refused: u64,
 }
 
 impl Window {
-    pub fn new(now: Duration, syn_retransmits: u64, resets: u64) -> Self {
+    pub fn new(now: Duration, syn_retransmits: u64, refused: u64) -> Self {
         Self {
             start: now,
             syn_retransmits,
-            resets,
+            refused,
         }
     }
 
@@ -33,21 +34,21 @@ impl Window {
         &mut self,
         now: Duration,
         syn_retransmits: u64,
-        resets: u64,
+        refused: u64,
         cfg: &PassiveConfig,
     ) -> Option<String> {
         // Counters only grow; a smaller value means the maps were recreated.
         let syn = syn_retransmits.saturating_sub(self.syn_retransmits);
-        let rst = resets.saturating_sub(self.resets);
+        let rst = refused.saturating_sub(self.refused);
         let tripped = if cfg.syn_retransmits > 0 && syn >= cfg.syn_retransmits {
             Some(format!(
                 "{syn} client SYN retransmissions within {} ms (threshold {})",
                 cfg.window_ms, cfg.syn_retransmits
             ))
-        } else if cfg.resets > 0 && rst >= cfg.resets {
+        } else if cfg.refused > 0 && rst >= cfg.refused {
             Some(format!(
-                "{rst} resets from the backend within {} ms (threshold {})",
-                cfg.window_ms, cfg.resets
+                "{rst} connections refused by the backend within {} ms (threshold {})",
+                cfg.window_ms, cfg.refused
             ))
         } else {
             None
@@ -55,7 +56,7 @@ impl Window {
         if tripped.is_some()
             || now.saturating_sub(self.start) >= Duration::from_millis(cfg.window_ms)
         {
-            *self = Window::new(now, syn_retransmits, resets);
+            *self = Window::new(now, syn_retransmits, refused);
         }
         tripped
     }
@@ -68,8 +69,9 @@ mod tests {
     fn cfg(syn: u64, rst: u64) -> PassiveConfig {
         PassiveConfig {
             syn_retransmits: syn,
-            resets: rst,
+            refused: rst,
             window_ms: 1000,
+            max_out_percent: 50,
         }
     }
 
@@ -100,12 +102,12 @@ mod tests {
     }
 
     #[test]
-    fn resets_and_disabled_signals() {
+    fn refused_and_disabled_signals() {
         let mut w = Window::new(ms(0), 0, 0);
         assert!(
             w.observe(ms(100), 0, 5, &cfg(0, 5))
                 .unwrap()
-                .contains("resets")
+                .contains("refused")
         );
         let mut w = Window::new(ms(0), 0, 0);
         assert_eq!(w.observe(ms(100), 100, 100, &cfg(0, 0)), None);

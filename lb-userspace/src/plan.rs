@@ -10,8 +10,8 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_F_ACTIVE, Backend, Forwarding, MAX_BACKENDS, MAX_SERVICES, RING_SIZE,
-    SERVICE_F_PASS_WHEN_EMPTY, Scheduler, ServiceInfo, ServiceKey,
+    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, Forwarding, MAX_BACKENDS, MAX_SERVICES,
+    RING_SIZE, SERVICE_F_PASS_WHEN_EMPTY, SERVICE_F_REDISPATCH, Scheduler, ServiceInfo, ServiceKey,
 };
 
 use crate::{
@@ -89,6 +89,25 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
 /// the same server can be up for a reader VIP and down for a writer VIP.
 pub type BackendRef = (ServiceKey, Ipv4Addr, u16);
 
+/// Backends that are not fully up, and why.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Availability {
+    /// Out: their flows re-schedule (active check failed).
+    pub down: HashSet<BackendRef>,
+    /// No new connections, established flows stay (passive failure).
+    pub held: HashSet<BackendRef>,
+}
+
+impl Availability {
+    /// Only `down` backends, none held.
+    pub fn down(down: HashSet<BackendRef>) -> Self {
+        Self {
+            down,
+            held: HashSet::new(),
+        }
+    }
+}
+
 /// Makes plans, remembering ids between them.
 #[derive(Debug)]
 pub struct Planner {
@@ -144,9 +163,11 @@ impl Planner {
         self.backends.ids = plan.backend_ids();
     }
 
-    /// The map contents for `config`, with the backends in `down` inactive
-    /// and out of their service's ring.
-    pub fn plan(&mut self, config: &Config, down: &HashSet<BackendRef>) -> Result<Plan, PlanError> {
+    /// The map contents for `config`: backends that are down inactive and out
+    /// of their service's ring; held and weight-0 backends active (their
+    /// flows stay) but out of the ring (no new connections).
+    pub fn plan(&mut self, config: &Config, avail: &Availability) -> Result<Plan, PlanError> {
+        let (down, held) = (&avail.down, &avail.held);
         let keys: Vec<ServiceKey> = config
             .services
             .iter()
@@ -172,20 +193,33 @@ impl Planner {
             .zip(service_ids.iter().copied())
             .collect();
 
+        let weight_of: HashMap<BackendRef, u32> = config
+            .services
+            .iter()
+            .zip(&keys)
+            .flat_map(|(s, key)| {
+                s.backends
+                    .iter()
+                    .map(|b| ((*key, b.address, b.port), b.weight))
+            })
+            .collect();
         let backends = refs
             .iter()
             .map(|r| {
                 let (key, addr, port) = *r;
+                let flags = if down.contains(r) {
+                    0
+                } else if held.contains(r) || weight_of[r] == 0 {
+                    BACKEND_F_ACTIVE
+                } else {
+                    BACKEND_F_ACTIVE | BACKEND_F_NEW_CONNECTIONS
+                };
                 (
                     id_of[r],
                     Backend {
                         addr_be: u32::from(addr).to_be(),
                         port_be: port.to_be(),
-                        flags: if down.contains(r) {
-                            0
-                        } else {
-                            BACKEND_F_ACTIVE
-                        },
+                        flags,
                         _pad: 0,
                         service_id: service_id_of[&key],
                     },
@@ -195,11 +229,14 @@ impl Planner {
 
         let mut services = Vec::with_capacity(config.services.len());
         for ((s, key), id) in config.services.iter().zip(keys).zip(service_ids) {
-            // Only backends that are up and have weight get new flows.
+            // Only backends that are up and have weight get new connections.
             let live: Vec<&BackendConfig> = s
                 .backends
                 .iter()
-                .filter(|b| b.weight > 0 && !down.contains(&(key, b.address, b.port)))
+                .filter(|b| {
+                    let r = (key, b.address, b.port);
+                    b.weight > 0 && !down.contains(&r) && !held.contains(&r)
+                })
                 .collect();
             let ids: Vec<u32> = live
                 .iter()
@@ -238,6 +275,10 @@ impl Planner {
                     flags: match s.when_empty {
                         WhenEmpty::Drop => 0,
                         WhenEmpty::Pass => SERVICE_F_PASS_WHEN_EMPTY,
+                    } | if s.redispatches() {
+                        SERVICE_F_REDISPATCH
+                    } else {
+                        0
                     },
                     _pad: 0,
                 },
@@ -278,7 +319,7 @@ weight = 3
     #[test]
     fn round_robin_ring_carries_weights() {
         let plan = Planner::default()
-            .plan(&config(TWO), &HashSet::new())
+            .plan(&config(TWO), &Availability::default())
             .unwrap();
         let s = &plan.services[0];
         assert_eq!(s.info.ring_len, 4);
@@ -300,8 +341,10 @@ weight = 3
         let key = service_key(Ipv4Addr::new(192, 0, 2, 10), 80, Protocol::Tcp);
         let heavy = (key, Ipv4Addr::new(203, 0, 113, 12), 8080);
         let light = (key, Ipv4Addr::new(203, 0, 113, 11), 8080);
-        let all_up = planner.plan(&c, &HashSet::new()).unwrap();
-        let down = planner.plan(&c, &HashSet::from([heavy])).unwrap();
+        let all_up = planner.plan(&c, &Availability::default()).unwrap();
+        let down = planner
+            .plan(&c, &Availability::down(HashSet::from([heavy])))
+            .unwrap();
         // Same ids; the heavy backend stays in the table but inactive.
         assert_eq!(
             all_up.backends.keys().collect::<Vec<_>>(),
@@ -312,15 +355,57 @@ weight = 3
         assert_eq!(down.services[0].info.ring_len, 1);
         assert!(!down.services[0].ring.contains(heavy_id));
         // All down: an empty ring, and the service says what to do then.
-        let none = planner.plan(&c, &HashSet::from([heavy, light])).unwrap();
+        let none = planner
+            .plan(&c, &Availability::down(HashSet::from([heavy, light])))
+            .unwrap();
         assert_eq!(none.services[0].info.ring_len, 0);
-        assert_eq!(none.services[0].info.flags, 0);
+        assert_eq!(none.services[0].info.flags, SERVICE_F_REDISPATCH);
         let pass = config(&TWO.replace(
             "forwarding = \"nat\"",
             "forwarding = \"nat\"\nwhen_empty = \"pass\"",
         ));
-        let none = planner.plan(&pass, &HashSet::from([heavy, light])).unwrap();
-        assert_eq!(none.services[0].info.flags, SERVICE_F_PASS_WHEN_EMPTY);
+        let none = planner
+            .plan(&pass, &Availability::down(HashSet::from([heavy, light])))
+            .unwrap();
+        assert_eq!(
+            none.services[0].info.flags,
+            SERVICE_F_PASS_WHEN_EMPTY | SERVICE_F_REDISPATCH
+        );
+    }
+
+    #[test]
+    fn held_and_drained_backends_keep_their_flows_but_leave_the_ring() {
+        let c = config(&TWO.replace("weight = 3", "weight = 0"));
+        let mut planner = Planner::default();
+        let key = service_key(Ipv4Addr::new(192, 0, 2, 10), 80, Protocol::Tcp);
+        let drained = (key, Ipv4Addr::new(203, 0, 113, 12), 8080);
+        let held = (key, Ipv4Addr::new(203, 0, 113, 11), 8080);
+        let p = planner.plan(&c, &Availability::default()).unwrap();
+        let ids = p.backend_ids();
+        assert_eq!(p.backends[&ids[&drained]].flags, BACKEND_F_ACTIVE);
+        assert_eq!(
+            p.backends[&ids[&held]].flags,
+            BACKEND_F_ACTIVE | BACKEND_F_NEW_CONNECTIONS
+        );
+        let avail = Availability {
+            down: HashSet::new(),
+            held: HashSet::from([held]),
+        };
+        let p = planner.plan(&c, &avail).unwrap();
+        assert_eq!(p.backends[&ids[&held]].flags, BACKEND_F_ACTIVE);
+        assert_eq!(
+            p.services[0].info.ring_len, 0,
+            "nobody takes new connections"
+        );
+        // DSR never redispatches: it cannot see a refusal.
+        let dsr = config(
+            &TWO.replace("forwarding = \"nat\"", "forwarding = \"dsr\"")
+                .replace("8080", "80"),
+        );
+        let p = Planner::default()
+            .plan(&dsr, &Availability::default())
+            .unwrap();
+        assert_eq!(p.services[0].info.flags & SERVICE_F_REDISPATCH, 0);
     }
 
     #[test]
@@ -331,7 +416,7 @@ weight = 3
                 .replace("port = 80\n", "port = 81\n")
         );
         let plan = Planner::default()
-            .plan(&config(&two_vips), &HashSet::new())
+            .plan(&config(&two_vips), &Availability::default())
             .unwrap();
         assert_eq!(plan.backends.len(), 4);
         for s in &plan.services {
@@ -349,21 +434,33 @@ weight = 3
             "[[service.backend]]\naddress = \"203.0.113.13\"\nport = 8080\n[[service.backend]]",
             1,
         );
-        let _ = first.plan(&config(&three), &HashSet::new()).unwrap();
+        let _ = first
+            .plan(&config(&three), &Availability::default())
+            .unwrap();
         // Freeing the first backend's id makes the later ids non-obvious.
-        let found = first.plan(&config(TWO), &HashSet::new()).unwrap();
+        let found = first.plan(&config(TWO), &Availability::default()).unwrap();
         let mut second = Planner::default();
         second.adopt(&found);
-        assert_eq!(second.plan(&config(TWO), &HashSet::new()).unwrap(), found);
+        assert_eq!(
+            second.plan(&config(TWO), &Availability::default()).unwrap(),
+            found
+        );
         let mut fresh = Planner::default();
-        assert_ne!(fresh.plan(&config(TWO), &HashSet::new()).unwrap(), found);
+        assert_ne!(
+            fresh.plan(&config(TWO), &Availability::default()).unwrap(),
+            found
+        );
     }
 
     #[test]
     fn ids_survive_replanning_and_freed_ids_are_reused() {
         let mut planner = Planner::default();
-        let first = planner.plan(&config(TWO), &HashSet::new()).unwrap();
-        let again = planner.plan(&config(TWO), &HashSet::new()).unwrap();
+        let first = planner
+            .plan(&config(TWO), &Availability::default())
+            .unwrap();
+        let again = planner
+            .plan(&config(TWO), &Availability::default())
+            .unwrap();
         assert_eq!(first, again);
         // Drop the first backend: the second keeps its id.
         let fewer = TWO.replacen(
@@ -371,7 +468,9 @@ weight = 3
             "",
             1,
         );
-        let second = planner.plan(&config(&fewer), &HashSet::new()).unwrap();
+        let second = planner
+            .plan(&config(&fewer), &Availability::default())
+            .unwrap();
         assert_eq!(second.backends.len(), 1);
         let (id, b) = second.backends.iter().next().unwrap();
         assert_eq!(first.backends[id], *b);

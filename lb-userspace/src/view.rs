@@ -6,11 +6,13 @@ use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use lb_common::Traffic;
 
-use crate::{config::ForwardingKind, control::Control, plan::service_key};
+use crate::{config::ForwardingKind, control::Control, health::State, plan::service_key};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthView {
     Up,
+    /// Passive health stopped new connections; established flows stay.
+    Held,
     Down,
     /// The service has no active check.
     Unchecked,
@@ -20,9 +22,15 @@ impl HealthView {
     fn label(self) -> &'static str {
         match self {
             HealthView::Up => "up",
+            HealthView::Held => "HELD (passive)",
             HealthView::Down => "DOWN",
             HealthView::Unchecked => "up (no check)",
         }
+    }
+
+    /// Takes new connections (by health; weight aside).
+    fn takes_new(self) -> bool {
+        matches!(self, HealthView::Up | HealthView::Unchecked)
     }
 }
 
@@ -89,10 +97,11 @@ pub fn build(control: &Control, r: &Readings<'_>) -> View {
             backends.push(BackendView {
                 endpoint: format!("{}:{}", b.address, b.port),
                 weight: b.weight,
-                health: match st {
+                health: match st.map(|s| s.health.state()) {
                     None => HealthView::Unchecked,
-                    Some(st) if st.health.is_up() => HealthView::Up,
-                    Some(_) => HealthView::Down,
+                    Some(State::Up) => HealthView::Up,
+                    Some(State::Held) => HealthView::Held,
+                    Some(State::Down) => HealthView::Down,
                 },
                 traffic: bid
                     .and_then(|i| r.backends.get(&i))
@@ -185,14 +194,20 @@ pub fn prometheus(v: &View) -> String {
         (
             "xdplb_service_connections_total",
             "counter",
-            "New flows scheduled for the service.",
-            |s| s.traffic.new_flows as f64,
+            "Connections started: TCP SYNs scheduled (a new SYN on a reused 4-tuple included, retransmissions not); UDP: new flows.",
+            |s| s.traffic.connections as f64,
         ),
         (
             "xdplb_service_connections_per_second",
             "gauge",
-            "New flows per second over the last second.",
+            "Connections started per second over the last second.",
             |s| s.conn_rate,
+        ),
+        (
+            "xdplb_service_midstream_total",
+            "counter",
+            "TCP packets without SYN that found no flow (flow table too small, or state lost).",
+            |s| s.traffic.midstream as f64,
         ),
         (
             "xdplb_service_no_backend_packets_total",
@@ -203,11 +218,11 @@ pub fn prometheus(v: &View) -> String {
         (
             "xdplb_service_backends_up",
             "gauge",
-            "Backends taking new flows.",
+            "Backends taking new connections.",
             |s| {
                 s.backends
                     .iter()
-                    .filter(|b| b.health != HealthView::Down && b.weight > 0)
+                    .filter(|b| b.health.takes_new() && b.weight > 0)
                     .count() as f64
             },
         ),
@@ -240,13 +255,13 @@ pub fn prometheus(v: &View) -> String {
         (
             "xdplb_backend_connections_total",
             "counter",
-            "New flows scheduled to the backend.",
-            |b| Some(b.traffic.new_flows as f64),
+            "Connections scheduled to the backend (TCP SYN-started; UDP new flows).",
+            |b| Some(b.traffic.connections as f64),
         ),
         (
             "xdplb_backend_connections_per_second",
             "gauge",
-            "New flows per second over the last second.",
+            "Connections scheduled per second over the last second.",
             |b| Some(b.conn_rate),
         ),
         (
@@ -258,8 +273,14 @@ pub fn prometheus(v: &View) -> String {
         (
             "xdplb_backend_up",
             "gauge",
-            "1 if the backend takes new flows by health, 0 if a check took it out.",
-            |b| Some((b.health != HealthView::Down) as u8 as f64),
+            "1 if the backend takes new connections by health, 0 if a check or passive health took it out.",
+            |b| Some(b.health.takes_new() as u8 as f64),
+        ),
+        (
+            "xdplb_backend_held",
+            "gauge",
+            "1 while passive health holds the backend: no new connections, established flows stay.",
+            |b| Some((b.health == HealthView::Held) as u8 as f64),
         ),
         ("xdplb_backend_weight", "gauge", "Configured weight.", |b| {
             Some(b.weight as f64)
@@ -267,14 +288,20 @@ pub fn prometheus(v: &View) -> String {
         (
             "xdplb_backend_syn_retransmits_total",
             "counter",
-            "Client SYNs retried on flows already pinned to the backend (passive health).",
+            "Client SYNs retransmitted (same ISN) on connections pinned to the backend (passive health).",
             |b| Some(b.traffic.syn_retransmits as f64),
         ),
         (
-            "xdplb_backend_resets_total",
+            "xdplb_backend_refused_total",
             "counter",
-            "TCP resets sent by the backend on NAT flows (passive health).",
-            |b| Some(b.traffic.resets as f64),
+            "NAT connections the backend refused: RST answering the SYN (passive health).",
+            |b| Some(b.traffic.refused as f64),
+        ),
+        (
+            "xdplb_backend_redispatched_total",
+            "counter",
+            "Refused NAT connections whose RST was withheld and whose retried SYN went to another backend.",
+            |b| Some(b.traffic.redispatched as f64),
         ),
         (
             "xdplb_backend_checks_total",
@@ -345,7 +372,7 @@ pub fn table(v: &View) -> String {
             String::new(),
             format!("{:.1}", s.conn_rate),
             s.backends.iter().map(|b| b.flows).sum::<u64>().to_string(),
-            s.traffic.new_flows.to_string(),
+            s.traffic.connections.to_string(),
             s.traffic.packets.to_string(),
             if s.traffic.no_backend > 0 {
                 format!("{} pkts found no backend", s.traffic.no_backend)
@@ -367,7 +394,7 @@ pub fn table(v: &View) -> String {
                 b.weight.to_string(),
                 format!("{:.1}", b.conn_rate),
                 b.flows.to_string(),
-                b.traffic.new_flows.to_string(),
+                b.traffic.connections.to_string(),
                 b.traffic.packets.to_string(),
                 check,
             ]);
@@ -412,7 +439,7 @@ mod tests {
             traffic: Traffic {
                 packets,
                 bytes: packets * 100,
-                new_flows: 3,
+                connections: 3,
                 ..Traffic::default()
             },
             conn_rate: 1.5,
@@ -430,7 +457,7 @@ mod tests {
                 forwarding: "nat",
                 traffic: Traffic {
                     packets: 30,
-                    new_flows: 6,
+                    connections: 6,
                     no_backend: 2,
                     ..Traffic::default()
                 },

@@ -14,8 +14,8 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_F_ACTIVE, Forwarding, RING_SIZE, Reason, SERVICE_F_PASS_WHEN_EMPTY, Scheduler, Traffic,
-    hash::flow_hash,
+    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Forwarding, RING_SIZE, Reason,
+    SERVICE_F_PASS_WHEN_EMPTY, SERVICE_F_REDISPATCH, Scheduler, Traffic, hash::flow_hash,
 };
 use xdplb::plan::Plan;
 
@@ -54,6 +54,10 @@ pub enum Output {
     /// "damage" (residual) must equal the input's; a zero UDP checksum stays
     /// zero.
     Rewritten(Vec<u8>),
+    /// The named exception for PASS: a packet handed to the kernel for
+    /// neighbour resolution carries this XDP metadata in front of it (the
+    /// frame itself as the inner output says).
+    Meta(Vec<u8>, Box<Output>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,51 +93,98 @@ struct Service {
     nat: bool,
     maglev: bool,
     pass_when_empty: bool,
+    redispatch: bool,
     ring: Rc<Vec<u32>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct BackendEntry {
     addr: [u8; 4],
     port: u16,
+    /// Its pinned flows stay.
     active: bool,
+    /// It takes new connections.
+    new: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct NatReply {
     vip: [u8; 4],
     vport: u16,
+    redispatch: bool,
     backend_id: u32,
+}
+
+/// A flow-table entry: where the flow is pinned and which TCP connection it
+/// is (the README's connection rules).
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    service_id: u32,
+    backend_id: u32,
+    /// ISN of the SYN that opened it, as read from the wire (with `syn`).
+    syn_seq: u32,
+    syn: bool,
+    established: bool,
+    replied: bool,
+    closing: bool,
+    refused: bool,
+    redispatched: bool,
 }
 
 /// The lab FIB's answer for a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hop {
-    Found { smac: [u8; 6], dmac: [u8; 6] },
-    NoNeighbour,
+    Found {
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
+    /// Out of this interface, to this next hop (on-link: the destination).
+    NoNeighbour {
+        ifindex: u32,
+        next_hop: [u8; 4],
+    },
     FragNeeded(u16),
     Failed,
+}
+
+/// Interface indexes of the lab's links, as the kernel numbered them.
+#[derive(Debug, Clone, Copy)]
+pub struct LabLinks {
+    pub fxa: u32,
+    pub fxc: u32,
 }
 
 /// [`crate::fib_lab`]: 198.51.100.0/24 on `fxa` (LB .1, client .2 resolved),
 /// 203.0.113.0/24 on `fxc` (LB .1, backends .11-.14 resolved, .14 behind a
 /// 1280-byte route, .50 blackholed); MTU 1500; no other routes. The kernel
 /// checks route type, then MTU, then the neighbour.
-fn fib(dst: [u8; 4], tot_len: u16) -> Hop {
-    let (lb_mac, neighbour, mtu) = match dst {
+fn fib(links: LabLinks, dst: [u8; 4], tot_len: u16) -> Hop {
+    let (lb_mac, neighbour, mtu, ifindex) = match dst {
         [198, 51, 100, last] => {
-            if last == 1 || last == 255 || last == 0 {
-                return Hop::Failed; // local, broadcast, network
+            // Local and broadcast routes; the network address (.0) is an
+            // ordinary on-link destination for the kernel.
+            if last == 1 || last == 255 {
+                return Hop::Failed;
             }
-            (LB_CLIENT_MAC, (dst == CLIENT).then_some(CLIENT_MAC), 1500)
+            (
+                LB_CLIENT_MAC,
+                (dst == CLIENT).then_some(CLIENT_MAC),
+                1500,
+                links.fxa,
+            )
         }
         [203, 0, 113, last] => {
-            if last == 1 || last == 255 || last == 0 || last == 50 {
-                return Hop::Failed; // local, broadcast, network, blackhole
+            if last == 1 || last == 255 || last == 50 {
+                return Hop::Failed; // local, broadcast, blackhole
             }
             let mtu = if last == 14 { SMALL_MTU } else { 1500 };
             let resolved = (11..=14).contains(&last);
-            (LB_BACKEND_MAC, resolved.then(|| backend_mac(last)), mtu)
+            (
+                LB_BACKEND_MAC,
+                resolved.then(|| backend_mac(last)),
+                mtu,
+                links.fxc,
+            )
         }
         _ => return Hop::Failed,
     };
@@ -142,7 +193,10 @@ fn fib(dst: [u8; 4], tot_len: u16) -> Hop {
     }
     match neighbour {
         Some(dmac) => Hop::Found { smac: lb_mac, dmac },
-        None => Hop::NoNeighbour,
+        None => Hop::NoNeighbour {
+            ifindex,
+            next_hop: dst,
+        },
     }
 }
 
@@ -157,12 +211,13 @@ pub struct Counts {
 pub struct Model {
     services: HashMap<([u8; 4], u16, u8), Service>,
     backends: BTreeMap<u32, BackendEntry>,
-    flows: HashMap<Tuple, (u32, u32)>,
+    flows: HashMap<Tuple, Flow>,
     nat: HashMap<Tuple, NatReply>,
     /// NAT reply tuples in the order they were first stored (deterministic,
     /// unlike the map's iteration order), for the generator.
     nat_order: Vec<Tuple>,
     rr_cursor: HashMap<u32, u32>,
+    links: LabLinks,
     pub counts: Counts,
 }
 
@@ -170,10 +225,31 @@ pub struct Model {
 struct Pkt {
     t: Tuple,
     tcp_flags: u8,
+    /// TCP sequence number as read from the wire (native-endian u32).
+    seq: u32,
     df: bool,
     tot_len: u16,
 }
 
+impl Pkt {
+    fn tcp(&self) -> bool {
+        self.t.proto == wire::PROTO_TCP
+    }
+    /// A connection-opening SYN.
+    fn syn(&self) -> bool {
+        self.tcp() && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+    /// (established, closing) bits a client packet sets.
+    fn client_bits(&self) -> (bool, bool) {
+        let f = self.tcp_flags;
+        (
+            f & (TCP_ACK | TCP_SYN) == TCP_ACK,
+            f & (TCP_FIN | TCP_RST) != 0,
+        )
+    }
+}
+
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
@@ -183,8 +259,9 @@ fn be16(b: &[u8], at: usize) -> u16 {
 }
 
 impl Model {
-    /// A model of a freshly loaded program serving `plan`.
-    pub fn new(plan: &Plan) -> Model {
+    /// A model of a freshly loaded program serving `plan` in the lab whose
+    /// links are `links`.
+    pub fn new(plan: &Plan, links: LabLinks) -> Model {
         let mut m = Model {
             services: HashMap::new(),
             backends: BTreeMap::new(),
@@ -192,6 +269,7 @@ impl Model {
             nat: HashMap::new(),
             nat_order: Vec::new(),
             rr_cursor: HashMap::new(),
+            links,
             counts: Counts::default(),
         };
         m.program(plan);
@@ -214,6 +292,7 @@ impl Model {
                     nat: s.info.forwarding == Forwarding::Nat as u8,
                     maglev: s.info.scheduler == Scheduler::Maglev as u8,
                     pass_when_empty: s.info.flags & SERVICE_F_PASS_WHEN_EMPTY != 0,
+                    redispatch: s.info.flags & SERVICE_F_REDISPATCH != 0,
                     ring: Rc::new(s.ring.clone()),
                 };
                 (key, svc)
@@ -229,10 +308,17 @@ impl Model {
                         addr: u32::from_be(b.addr_be).to_be_bytes(),
                         port: u16::from_be(b.port_be),
                         active: b.flags & BACKEND_F_ACTIVE != 0,
+                        new: b.flags & BACKEND_F_NEW_CONNECTIONS != 0,
                     },
                 )
             })
             .collect();
+    }
+
+    /// The ISN (as on the wire) of the SYN that opened `t`'s flow, if known:
+    /// the generator re-sends it to exercise retransmissions.
+    pub fn syn_seq(&self, t: &Tuple) -> Option<u32> {
+        self.flows.get(t).filter(|f| f.syn).map(|f| f.syn_seq)
     }
 
     /// Reply tuples of NAT flows, oldest first (a reply to one of them is
@@ -279,6 +365,7 @@ impl Model {
         let l4_len = tot_len as usize - 20;
         let proto = ip[9];
         let l4 = &f[34..];
+        let mut seq = 0;
         let tcp_flags = match proto {
             wire::PROTO_TCP => {
                 if l4_len < 20 {
@@ -291,6 +378,7 @@ impl Model {
                 if doff > l4_len {
                     return Expect::same(Drop, Reason::DropTruncated);
                 }
+                seq = u32::from_ne_bytes(l4[4..8].try_into().unwrap());
                 l4[13]
             }
             wire::PROTO_UDP => {
@@ -317,6 +405,7 @@ impl Model {
                 proto,
             },
             tcp_flags,
+            seq,
             df: frag & 0x4000 != 0,
             tot_len,
         };
@@ -331,39 +420,133 @@ impl Model {
             if !ip_ok {
                 return Expect::same(Drop, Reason::DropBadIpChecksum);
             }
-            if p.tcp_flags & TCP_RST != 0 && proto == wire::PROTO_TCP {
-                self.counts
-                    .backends
-                    .entry(rev.backend_id)
-                    .or_default()
-                    .resets += 1;
+            if self.track_reply(&p, &rev) {
+                return Expect::same(Drop, Reason::DropRstRedispatch);
             }
             return self.reverse(f, &p, rev);
         }
         Expect::same(Pass, Reason::PassNotService)
     }
 
+    /// A backend table slot as the program reads it: retired or never used
+    /// slots are all zero (inactive).
+    fn slot(&self, id: u32) -> BackendEntry {
+        self.backends.get(&id).copied().unwrap_or_default()
+    }
+
     fn active(&self, id: u32) -> Option<BackendEntry> {
-        self.backends.get(&id).copied().filter(|b| b.active)
+        Some(self.slot(id)).filter(|b| b.active)
+    }
+
+    /// A backend's TCP reply seen on a NAT flow: SYN-ACK answers the client's
+    /// flow, FIN/RST close it, RST to a bare SYN is a refusal. Returns true
+    /// when the RST is withheld for a redispatch.
+    fn track_reply(&mut self, p: &Pkt, rev: &NatReply) -> bool {
+        if !p.tcp() || p.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+            return false;
+        }
+        let client = Tuple {
+            src: p.t.dst,
+            dst: rev.vip,
+            sport: p.t.dport,
+            dport: rev.vport,
+            proto: p.t.proto,
+        };
+        let Some(fl) = self.flows.get_mut(&client) else {
+            return false;
+        };
+        if fl.backend_id != rev.backend_id {
+            return false;
+        }
+        if p.tcp_flags & TCP_RST != 0 {
+            let in_handshake = fl.syn && !fl.replied && !fl.established && !fl.closing;
+            if in_handshake {
+                let redispatch = rev.redispatch && !fl.redispatched;
+                if redispatch {
+                    fl.refused = true;
+                } else {
+                    fl.closing = true;
+                }
+                let t = self.counts.backends.entry(rev.backend_id).or_default();
+                t.refused += 1;
+                t.redispatched += redispatch as u64;
+                return redispatch;
+            }
+            fl.closing = true;
+        } else if p.tcp_flags & TCP_FIN != 0 {
+            fl.closing = true;
+        } else {
+            fl.replied = true;
+        }
+        false
     }
 
     fn client_packet(&mut self, f: &[u8], p: &Pkt, svc: &Service) -> Expect {
-        let pinned = self
+        let syn = p.syn();
+        // (backend, entry, syn_retransmit) when the flow stays where it is.
+        let mut stay = None;
+        let mut moving: Option<Flow> = None;
+        let mut exclude = None;
+        if let Some(fl) = self
             .flows
             .get(&p.t)
             .copied()
-            .filter(|(sid, _)| *sid == svc.id)
-            .and_then(|(_, bid)| Some((bid, self.active(bid)?)));
-        let (bid, b, new_flow, syn_retransmit) = match pinned {
-            Some((bid, b)) => {
-                let retry =
-                    p.t.proto == wire::PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-                (bid, b, false, retry)
+            .filter(|fl| fl.service_id == svc.id)
+        {
+            let b = self.slot(fl.backend_id);
+            if !syn {
+                if b.active {
+                    let (est, closing) = p.client_bits();
+                    let e = self.flows.get_mut(&p.t).unwrap();
+                    e.established |= est;
+                    e.closing |= closing;
+                    stay = Some((fl.backend_id, b, false));
+                }
+            } else if fl.syn && fl.syn_seq == p.seq {
+                if fl.refused {
+                    exclude = Some(fl.backend_id);
+                    moving = Some(fl);
+                } else if !fl.closing {
+                    if b.active && (b.new || fl.established) {
+                        stay = Some((fl.backend_id, b, true));
+                    } else {
+                        moving = Some(fl);
+                    }
+                }
             }
-            None => match self.schedule(p, svc) {
+        }
+        let (bid, b, connection, syn_retransmit, midstream) = match stay {
+            Some((bid, b, retry)) => (bid, b, false, retry, false),
+            None => match self.schedule(p, svc, exclude) {
                 Some((bid, b)) => {
-                    self.flows.insert(p.t, (svc.id, bid));
-                    (bid, b, true, false)
+                    let (est, closing) = p.client_bits();
+                    let flow = match moving {
+                        Some(old) => Flow {
+                            service_id: svc.id,
+                            backend_id: bid,
+                            syn_seq: old.syn_seq,
+                            syn: true,
+                            established: false,
+                            replied: false,
+                            closing: false,
+                            refused: false,
+                            redispatched: old.refused || old.redispatched,
+                        },
+                        None => Flow {
+                            service_id: svc.id,
+                            backend_id: bid,
+                            syn_seq: if syn { p.seq } else { 0 },
+                            syn,
+                            established: !syn && est,
+                            replied: false,
+                            closing: !syn && closing,
+                            refused: false,
+                            redispatched: false,
+                        },
+                    };
+                    self.flows.insert(p.t, flow);
+                    let connection = moving.is_none() && (syn || !p.tcp());
+                    (bid, b, connection, false, p.tcp() && !syn)
                 }
                 None => {
                     self.counts.services.entry(svc.id).or_default().no_backend += 1;
@@ -380,7 +563,9 @@ impl Model {
         } else {
             Reason::FwdDsr
         };
-        let e = self.deliver(f, p, fib(b.addr, p.tot_len), ok, |m, out| {
+        let redispatch = svc.redispatch;
+        let hop = fib(self.links, b.addr, p.tot_len);
+        let e = self.deliver(f, p, hop, ok, |m, out| {
             if svc.nat {
                 let reply = Tuple {
                     src: b.addr,
@@ -392,6 +577,7 @@ impl Model {
                 let rev = NatReply {
                     vip: p.t.dst,
                     vport: p.t.dport,
+                    redispatch,
                     backend_id: bid,
                 };
                 if m.nat.insert(reply, rev).is_none() {
@@ -410,13 +596,19 @@ impl Model {
                 t.packets += 1;
                 t.bytes += f.len() as u64;
             }
-            t.new_flows += new_flow as u64;
+            t.connections += connection as u64;
+            t.midstream += midstream as u64;
             t.syn_retransmits += retry as u64;
         }
         e
     }
 
-    fn schedule(&mut self, p: &Pkt, svc: &Service) -> Option<(u32, BackendEntry)> {
+    fn schedule(
+        &mut self,
+        p: &Pkt,
+        svc: &Service,
+        exclude: Option<u32>,
+    ) -> Option<(u32, BackendEntry)> {
         let len = svc.ring.len() as u32;
         if len == 0 {
             return None;
@@ -437,15 +629,26 @@ impl Model {
             *c = if slot + 1 >= len { 0 } else { slot + 1 };
             slot
         };
-        let bid = svc.ring[slot as usize];
-        Some((bid, self.active(bid)?))
+        let first = svc.ring[slot as usize];
+        if Some(first) == exclude {
+            // Redispatch: the next ring slots, up to 8, for another backend.
+            for i in 1..=8 {
+                let id = svc.ring[((slot + i) % len) as usize];
+                if Some(id) != exclude
+                    && let Some(b) = self.active(id)
+                {
+                    return Some((id, b));
+                }
+            }
+        }
+        Some((first, self.active(first)?))
     }
 
     fn reverse(&mut self, f: &[u8], p: &Pkt, rev: NatReply) -> Expect {
         self.deliver(
             f,
             p,
-            fib(p.t.dst, p.tot_len),
+            fib(self.links, p.t.dst, p.tot_len),
             Reason::FwdReverseNat,
             |_, out| {
                 out[26..30].copy_from_slice(&rev.vip);
@@ -477,16 +680,17 @@ impl Model {
                     output: Output::Rewritten(out),
                 }
             }
-            Hop::NoNeighbour => {
+            Hop::NoNeighbour { ifindex, next_hop } => {
                 rewrite(self, &mut out);
+                let frame = if out == f {
+                    Output::Unchanged
+                } else {
+                    Output::Rewritten(out)
+                };
                 Expect {
                     action: Action::Pass,
                     reason: Reason::PassNoNeighbour,
-                    output: if out == f {
-                        Output::Unchanged
-                    } else {
-                        Output::Rewritten(out)
-                    },
+                    output: Output::Meta(wire::neigh_meta(ifindex, next_hop), Box::new(frame)),
                 }
             }
             Hop::FragNeeded(mtu) if p.df => Expect {
@@ -508,6 +712,10 @@ pub fn check_output(input: &[u8], want: &Output, got: &[u8]) -> Option<String> {
         Output::Exact(v) if got != v.as_slice() => Some("not the expected frame".into()),
         Output::Exact(_) => None,
         Output::Rewritten(v) => check_rewritten(input, v, got),
+        Output::Meta(meta, inner) => match got.strip_prefix(meta.as_slice()) {
+            Some(frame) => check_output(input, inner, frame),
+            None => Some(format!("no neighbour metadata {meta:02x?} in front")),
+        },
     }
 }
 

@@ -66,6 +66,24 @@ pub fn fix_ipv4_checksum(frame: &mut [u8]) {
     frame[IP_OFF + 10..IP_OFF + 12].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Index of interface `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(i, 0, "no interface {name}");
+    i
+}
+
+/// The XDP metadata the program puts in front of a packet it hands to the
+/// kernel for neighbour resolution (`lb_common::NeighMeta`, native order).
+pub fn neigh_meta(ifindex: u32, next_hop: [u8; 4]) -> Vec<u8> {
+    let mut v = lb_common::NEIGH_META_MAGIC.to_ne_bytes().to_vec();
+    v.extend_from_slice(&ifindex.to_ne_bytes());
+    v.extend_from_slice(&next_hop);
+    v
+}
+
 /// The ICMP "fragmentation needed" (type 3, code 4) the program answers an
 /// oversize DF `frame` with: back to the sender's MAC from the MAC it was
 /// sent to, from its destination address to its source, IPv4 TOS 0xc0, TTL
