@@ -40,54 +40,77 @@ fn main() {
     }
 }
 
+/// Threads accepting on one listener: short requests are answered inline,
+/// so thousands of connections per second cost no thread each; a "HOLD"
+/// connection gets a thread of its own.
+const ACCEPTORS: usize = 16;
+
 fn serve_tcp(l: TcpListener, name: &str) {
-    for conn in l.incoming() {
-        let Ok(mut c) = conn else { continue };
+    let l = std::sync::Arc::new(l);
+    let acceptors: Vec<_> = (0..ACCEPTORS)
+        .map(|_| {
+            let (l, name) = (l.clone(), name.to_string());
+            thread::spawn(move || {
+                loop {
+                    if let Ok((c, _)) = l.accept() {
+                        serve_conn(c, &name);
+                    }
+                }
+            })
+        })
+        .collect();
+    for a in acceptors {
+        let _ = a.join();
+    }
+}
+
+fn serve_conn(mut c: std::net::TcpStream, name: &str) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 1024];
+    let mut req = Vec::new();
+    // Read up to the end of the request head (or a plain line).
+    let complete = |req: &[u8]| {
+        req.windows(4).any(|w| w == b"\r\n\r\n")
+            || req.ends_with(b"\n\n")
+            || (req.starts_with(b"HOLD") && req.ends_with(b"\n"))
+    };
+    while !complete(&req) {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+        if req.len() > 65536 {
+            break;
+        }
+    }
+    // "HOLD": a long-lived connection; answer every line until EOF.
+    if req.starts_with(b"HOLD") {
         let name = name.to_string();
         thread::spawn(move || {
-            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
             let mut buf = [0u8; 1024];
-            let mut req = Vec::new();
-            // Read up to the end of the request head (or a plain line).
-            let complete = |req: &[u8]| {
-                req.windows(4).any(|w| w == b"\r\n\r\n")
-                    || req.ends_with(b"\n\n")
-                    || (req.starts_with(b"HOLD") && req.ends_with(b"\n"))
-            };
-            while !complete(&req) {
+            let mut pending = req.iter().filter(|&&b| b == b'\n').count();
+            loop {
+                for _ in 0..pending {
+                    if c.write_all(format!("backend={name}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                let _ = c.set_read_timeout(Some(Duration::from_secs(120)));
                 match c.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-                if req.len() > 65536 {
-                    break;
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => pending = buf[..n].iter().filter(|&&b| b == b'\n').count(),
                 }
             }
-            // "HOLD": a long-lived connection; answer every line until EOF.
-            if req.starts_with(b"HOLD") {
-                let mut pending = req.iter().filter(|&&b| b == b'\n').count();
-                loop {
-                    for _ in 0..pending {
-                        if c.write_all(format!("backend={name}\n").as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                    let _ = c.set_read_timeout(Some(Duration::from_secs(120)));
-                    match c.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => pending = buf[..n].iter().filter(|&&b| b == b'\n').count(),
-                    }
-                }
-            }
-            // The request's size lets a test see it arrived whole.
-            let body = format!("backend={name}\nrequest_bytes={}\n", req.len());
-            let resp = format!(
-                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = c.write_all(resp.as_bytes());
         });
+        return;
     }
+    // The request's size lets a test see it arrived whole.
+    let body = format!("backend={name}\nrequest_bytes={}\n", req.len());
+    let resp = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = c.write_all(resp.as_bytes());
 }
 
 fn serve_udp(s: UdpSocket, name: &str) {

@@ -213,6 +213,16 @@ impl ProcessGuard {
         );
     }
 
+    /// When the daemon logged the first line containing `needle` (tracing's
+    /// RFC 3339 UTC timestamp at the start of the line), for measuring how
+    /// long after an event the daemon acted, without the test's polling delay.
+    pub fn logged_at(&self, needle: &str) -> Option<std::time::SystemTime> {
+        self.log()
+            .iter()
+            .find(|l| l.contains(needle))
+            .and_then(|l| parse_log_time(l))
+    }
+
     /// Wait until `n` stderr lines contain `needle`.
     pub fn wait_for_count(&mut self, needle: &str, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -252,6 +262,30 @@ impl Drop for ProcessGuard {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `2026-11-22T10:39:40.628915Z ...` at the start of `line`, as a time.
+pub fn parse_log_time(line: &str) -> Option<std::time::SystemTime> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<u64>().ok()?,
+        t.next()?.parse::<u64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe - 719_468) as u64;
+    let secs = days * 86_400 + h * 3_600 + min * 60;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_secs_f64(sec))
 }
 
 /// Path of a binary built in the same target directory as this test.
@@ -453,5 +487,17 @@ pub fn start_xdplb(
         pin_root,
         status_socket: pid_file.with_extension("sock"),
         pid_file: pid_file.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_timestamps_parse() {
+        let t = super::parse_log_time("2026-11-22T10:39:40.628915Z  INFO xdplb: hello").unwrap();
+        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+        // date -u -d 2026-11-22T10:39:40Z +%s
+        assert_eq!(d.as_secs(), 1_795_343_980);
+        assert_eq!(d.subsec_micros(), 628_915);
     }
 }
