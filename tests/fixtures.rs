@@ -1012,8 +1012,8 @@ fn passive_signals_and_the_all_down_policy() {
     // Every backend down: new and pinned flows find none and are dropped.
     let key = service_key([192, 0, 2, 20].into(), 80, Protocol::Tcp);
     let down = [
-        (key, [203, 0, 113, 11].into(), 8080),
-        (key, [203, 0, 113, 12].into(), 8080),
+        BackendRef::new(key, [203, 0, 113, 11].into(), 8080),
+        BackendRef::new(key, [203, 0, 113, 12].into(), 8080),
     ];
     fx.replan(CONFIG, &down);
     let dropped = fx.reason(Reason::DropNoBackend);
@@ -1190,7 +1190,7 @@ fn a_held_backend_keeps_established_flows_and_loses_handshakes() {
     assert_eq!(dst(&mut fx, client_tcp(vip, 46402, 1, SYN)), x);
     // Passive health holds x: no new connections, established flows stay.
     let key = service_key([192, 0, 2, 20].into(), 80, Protocol::Tcp);
-    let held: BackendRef = (key, x.into(), 8080);
+    let held = BackendRef::new(key, x.into(), 8080);
     fx.replan_with(
         CONFIG,
         &Availability {

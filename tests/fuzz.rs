@@ -551,7 +551,7 @@ impl Harness {
             ([192, 0, 2, 51], [203, 0, 113, 12], 80),
         ] {
             let key = service_key(vip.into(), 80, xdplb::config::Protocol::Tcp);
-            down.insert((key, addr.into(), port));
+            down.insert(BackendRef::new(key, addr.into(), port));
         }
         let plan = self.planner.plan(&self.config, &avail).expect("plan");
         self.programmer
@@ -586,17 +586,17 @@ fn hex(b: &[u8]) -> String {
 fn churn(step: u64) -> Availability {
     let tcp = xdplb::config::Protocol::Tcp;
     let udp = xdplb::config::Protocol::Udp;
-    let nat_tcp: BackendRef = (
+    let nat_tcp = BackendRef::new(
         service_key([192, 0, 2, 20].into(), 80, tcp),
         [203, 0, 113, 11].into(),
         8080,
     );
-    let dsr_tcp: BackendRef = (
+    let dsr_tcp = BackendRef::new(
         service_key([192, 0, 2, 10].into(), 443, tcp),
         [203, 0, 113, 12].into(),
         443,
     );
-    let nat_udp: BackendRef = (
+    let nat_udp = BackendRef::new(
         service_key([192, 0, 2, 20].into(), 53, udp),
         [203, 0, 113, 12].into(),
         5353,

@@ -507,7 +507,7 @@ impl BpfDataplane {
     /// daemon learns the ids and contents a previous one left pinned.
     pub fn read_plan(&self) -> Result<Plan, BpfError> {
         let err = |name| move |source| BpfError::Map { name, source };
-        let mut plan = Plan::default();
+        let mut services = Vec::new();
         for entry in self.services.iter() {
             let (key, info) = entry.map_err(err(names::SERVICES))?;
             let mut ring = Vec::with_capacity(info.ring_len as usize);
@@ -518,21 +518,22 @@ impl BpfDataplane {
                         .map_err(err(names::BACKEND_RING))?,
                 );
             }
-            plan.services.push(PlannedService {
+            services.push(PlannedService {
                 name: String::new(),
                 key,
                 info,
                 ring,
             });
         }
-        plan.services.sort_by_key(|s| s.info.id);
+        services.sort_by_key(|s| s.info.id);
+        let mut backends = BTreeMap::new();
         for id in 0..lb_common::MAX_BACKENDS {
             let b = self.backends.get(&id, 0).map_err(err(names::BACKENDS))?;
             if b != Backend::default() {
-                plan.backends.insert(id, b);
+                backends.insert(id, b);
             }
         }
-        Ok(plan)
+        Ok(Plan::new(services, backends))
     }
 }
 

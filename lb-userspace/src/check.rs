@@ -469,7 +469,7 @@ mod tests {
                 toml::from_str("kind = \"http\"\ninterval_ms = 100\ntimeout_ms = 80").unwrap();
             let key = lb_common::ServiceKey::default();
             let target = |addr: SocketAddr, n: u16| Target {
-                backend: (key, std::net::Ipv4Addr::LOCALHOST, n),
+                backend: crate::plan::BackendRef::new(key, std::net::Ipv4Addr::LOCALHOST, n),
                 connect: addr,
                 mark: None,
                 spec: spec.clone(),
@@ -482,7 +482,7 @@ mod tests {
             let deadline = tokio::time::Instant::now() + Duration::from_millis(1050);
             while let Ok(Some(r)) = tokio::time::timeout_at(deadline, rx.recv()).await {
                 assert_eq!(r.generation, probes.generation);
-                if r.backend.2 == 1 {
+                if r.backend.port == 1 {
                     hung.push(r.result.unwrap_err());
                 } else {
                     r.result.expect("the good target passes");

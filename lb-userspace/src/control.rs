@@ -16,7 +16,7 @@ use crate::{
     config::{CheckConfig, Config, ForwardingKind},
     dataplane::{ApplyStats, Dataplane, DataplaneError, Programmer},
     health::{Health, State, Transition},
-    plan::{Availability, BackendRef, Plan, PlanError, Planner, service_key},
+    plan::{Availability, BackendRef, Plan, PlanError, Planner},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +115,7 @@ impl Control {
         use lb_common::{BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS};
         self.planner.adopt(&found);
         for (r, id) in found.backend_ids() {
+            let (r, id) = (*r, *id);
             let flags = found.backends[&id].flags;
             let health = if flags & BACKEND_F_ACTIVE == 0 {
                 Health::new_down()
@@ -164,9 +165,8 @@ impl Control {
     ) -> Result<ApplyStats, ControlError> {
         let mut health = HashMap::new();
         for s in config.services.iter().filter(|s| s.check.is_some()) {
-            let key = service_key(s.vip, s.port, s.protocol);
             for b in &s.backends {
-                let r = (key, b.address, b.port);
+                let r = s.backend_ref(b);
                 let st = self
                     .health
                     .get(&r)
@@ -229,7 +229,7 @@ impl Control {
             .config
             .services
             .iter()
-            .find(|s| service_key(s.vip, s.port, s.protocol) == b.0)
+            .find(|s| s.key() == b.service)
         else {
             return Hold::NotUp;
         };
@@ -237,7 +237,7 @@ impl Control {
             .backends
             .iter()
             .filter(|x| x.weight > 0)
-            .map(|x| (b.0, x.address, x.port))
+            .map(|x| svc.backend_ref(x))
             .collect();
         let out = weighted
             .iter()
@@ -272,7 +272,7 @@ impl Control {
         self.config
             .services
             .iter()
-            .find(|s| service_key(s.vip, s.port, s.protocol) == b.0)?
+            .find(|s| s.key() == b.service)?
             .check
             .as_ref()
     }
@@ -283,9 +283,8 @@ impl Control {
         let mut out = Vec::new();
         for s in &self.config.services {
             let Some(check) = &s.check else { continue };
-            let key = service_key(s.vip, s.port, s.protocol);
             for b in &s.backends {
-                let r = (key, b.address, b.port);
+                let r = s.backend_ref(b);
                 if let Some(&backend_id) = ids.get(&r) {
                     out.push(CheckTarget {
                         backend: r,
@@ -309,7 +308,7 @@ mod tests {
     use lb_common::BACKEND_F_ACTIVE;
 
     use super::*;
-    use crate::{config::Protocol, dataplane::fake::FakeDataplane};
+    use crate::{config::Protocol, dataplane::fake::FakeDataplane, plan::service_key};
 
     const CFG: &str = r#"
 [[service]]
@@ -336,7 +335,7 @@ port = 80
     }
 
     fn web(n: u8) -> BackendRef {
-        (
+        BackendRef::new(
             service_key(Ipv4Addr::new(192, 0, 2, 10), 80, Protocol::Tcp),
             Ipv4Addr::new(203, 0, 113, n),
             80,
@@ -439,7 +438,7 @@ port = 80
         assert_eq!(ring(&dp, &c), vec![Ipv4Addr::new(203, 0, 113, 11)]);
         // Held, not down: its entry stays active (pinned flows stay) but
         // takes no new connections.
-        let id = c.applied().backend_ids()[&web(21)];
+        let id = c.applied().backend_id(&web(21)).unwrap();
         assert_eq!(dp.backends[&id].flags, BACKEND_F_ACTIVE);
         assert_eq!(
             c.availability().held,
@@ -484,7 +483,7 @@ port = 80
         let mut dp = FakeDataplane::default();
         let mut c = Control::new(cfg(&four));
         c.apply(&mut dp, cfg(&four)).unwrap();
-        let b = |n| (web(11).0, Ipv4Addr::new(203, 0, 113, n), 80);
+        let b = |n| BackendRef::new(web(11).service, Ipv4Addr::new(203, 0, 113, n), 80);
         // At most half of four: two held, the third refused.
         assert_eq!(c.hold(&b(11), 50), Hold::Held);
         assert_eq!(c.hold(&b(21), 50), Hold::Held);

@@ -221,7 +221,7 @@ impl Daemon {
             }
         };
         for t in targets {
-            let (_, addr, port) = t.backend;
+            let (addr, port) = (t.backend.addr, t.backend.port);
             let check_port = t.check.port.unwrap_or(port);
             let (connect, mark) = match (t.forwarding, nl.as_mut()) {
                 (ForwardingKind::Nat, _) => (SocketAddrV4::new(addr, check_port), None),
@@ -285,7 +285,7 @@ impl Daemon {
             .config()
             .services
             .iter()
-            .find(|s| xdplb::plan::service_key(s.vip, s.port, s.protocol) == b.0)
+            .find(|s| s.key() == b.service)
             .map(|s| s.name.clone())
             .unwrap_or_default()
     }
@@ -298,10 +298,10 @@ impl Daemon {
         match self.control.record(&r.backend, r.result, r.latency) {
             Transition::Unchanged => {}
             Transition::WentDown => {
-                warn!(service = %self.service_name(&r.backend), backend = %format!("{}:{}", r.backend.1, r.backend.2), reason = %detail.unwrap_or_default(), "backend DOWN: out of the scheduler, its flows re-schedule")
+                warn!(service = %self.service_name(&r.backend), backend = %r.backend, reason = %detail.unwrap_or_default(), "backend DOWN: out of the scheduler, its flows re-schedule")
             }
             Transition::WentUp => {
-                info!(service = %self.service_name(&r.backend), backend = %format!("{}:{}", r.backend.1, r.backend.2), "backend UP: takes new flows again")
+                info!(service = %self.service_name(&r.backend), backend = %r.backend, "backend UP: takes new flows again")
             }
         }
         self.sync();
@@ -341,10 +341,7 @@ impl Daemon {
             .services
             .iter()
             .filter_map(|s| {
-                Some((
-                    xdplb::plan::service_key(s.vip, s.port, s.protocol),
-                    s.passive.clone()?,
-                ))
+                Some((s.key(), s.passive.clone()?))
             })
             .collect();
         if watched.is_empty() {
@@ -355,7 +352,8 @@ impl Daemon {
             .applied()
             .backend_ids()
             .into_iter()
-            .filter(|(r, _)| watched.iter().any(|(k, _)| *k == r.0))
+            .filter(|(r, _)| watched.iter().any(|(k, _)| *k == r.service))
+            .map(|(r, id)| (*r, *id))
             .collect();
         let backend_ids: Vec<u32> = ids.iter().map(|(_, id)| *id).collect();
         let Ok(traffic) = self.counters.backend_traffic(&backend_ids) else {
@@ -364,7 +362,7 @@ impl Daemon {
         let now = self.started.elapsed();
         let mut tripped = Vec::new();
         for (r, id) in ids {
-            let Some((_, cfg)) = watched.iter().find(|(k, _)| *k == r.0) else {
+            let Some((_, cfg)) = watched.iter().find(|(k, _)| *k == r.service) else {
                 continue;
             };
             let t = traffic.get(&id).copied().unwrap_or_default();
@@ -379,11 +377,11 @@ impl Daemon {
         for (r, why, max_out) in tripped {
             match self.control.hold(&r, max_out) {
                 Hold::Held => {
-                    warn!(service = %self.service_name(&r), backend = %format!("{}:{}", r.1, r.2), reason = %why, "backend HELD (passive): no new connections until it passes rise checks; established flows stay")
+                    warn!(service = %self.service_name(&r), backend = %r, reason = %why, "backend HELD (passive): no new connections until it passes rise checks; established flows stay")
                 }
                 Hold::NotUp => {}
                 Hold::TooManyOut { out, of } => {
-                    warn!(service = %self.service_name(&r), backend = %format!("{}:{}", r.1, r.2), reason = %why, out, of, max_out_percent = max_out, "passive health would take this backend out, but that would leave too few taking new connections; keeping it")
+                    warn!(service = %self.service_name(&r), backend = %r, reason = %why, out, of, max_out_percent = max_out, "passive health would take this backend out, but that would leave too few taking new connections; keeping it")
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use lb_common::Traffic;
 
-use crate::{config::ForwardingKind, control::Control, health::State, plan::service_key};
+use crate::{config::ForwardingKind, control::Control, health::State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthView {
@@ -81,19 +81,18 @@ pub struct Readings<'a> {
 /// Assemble the view of what `control` serves.
 pub fn build(control: &Control, r: &Readings<'_>) -> View {
     let plan = control.applied();
-    let ids = plan.backend_ids();
     let mut services = Vec::new();
     for s in &control.config().services {
-        let key = service_key(s.vip, s.port, s.protocol);
+        let key = s.key();
         let Some(ps) = plan.services.iter().find(|p| p.key == key) else {
             continue;
         };
         let id = ps.info.id;
         let mut backends = Vec::new();
         for b in &s.backends {
-            let r_ = (key, b.address, b.port);
-            let bid = ids.get(&r_).copied();
-            let st = control.state(&r_);
+            let me = s.backend_ref(b);
+            let bid = plan.backend_id(&me);
+            let st = control.state(&me);
             backends.push(BackendView {
                 endpoint: format!("{}:{}", b.address, b.port),
                 weight: b.weight,

@@ -14,11 +14,11 @@ use lb_common::{
     RING_SIZE, SERVICE_F_PASS_WHEN_EMPTY, SERVICE_F_REDISPATCH, Scheduler, ServiceInfo, ServiceKey,
 };
 
-use crate::{
-    config::{BackendConfig, Config, Protocol, SchedulerKind, WhenEmpty},
-    maglev::{self, MaglevBackend},
-    ring,
-};
+pub mod maglev;
+pub mod ring;
+
+use crate::config::{BackendConfig, Config, Protocol, SchedulerKind, WhenEmpty};
+use maglev::MaglevBackend;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedService {
@@ -34,6 +34,8 @@ pub struct Plan {
     pub services: Vec<PlannedService>,
     /// Backend id -> entry, for every backend any service uses.
     pub backends: BTreeMap<u32, Backend>,
+    /// Backend id by identity, kept with the plan (built once, not per call).
+    ids: HashMap<BackendRef, u32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,7 +89,28 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
 
 /// One backend of one service. Ids, health and counters are per service, so
 /// the same server can be up for a reader VIP and down for a writer VIP.
-pub type BackendRef = (ServiceKey, Ipv4Addr, u16);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendRef {
+    pub service: ServiceKey,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+impl BackendRef {
+    pub fn new(service: ServiceKey, addr: Ipv4Addr, port: u16) -> Self {
+        Self {
+            service,
+            addr,
+            port,
+        }
+    }
+}
+
+impl std::fmt::Display for BackendRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.addr, self.port)
+    }
+}
 
 /// Backends that are not fully up, and why.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -134,8 +157,28 @@ pub fn service_key(vip: Ipv4Addr, port: u16, protocol: Protocol) -> ServiceKey {
 }
 
 impl Plan {
-    /// Backend id by (service, address, port), for every backend entry.
-    pub fn backend_ids(&self) -> HashMap<BackendRef, u32> {
+    /// A plan of these services and backends, with its id index.
+    pub fn new(services: Vec<PlannedService>, backends: BTreeMap<u32, Backend>) -> Plan {
+        let mut p = Plan {
+            services,
+            backends,
+            ids: HashMap::new(),
+        };
+        p.ids = p.index();
+        p
+    }
+
+    /// Backend id by identity, for every backend entry.
+    pub fn backend_ids(&self) -> &HashMap<BackendRef, u32> {
+        &self.ids
+    }
+
+    /// The id of one backend.
+    pub fn backend_id(&self, b: &BackendRef) -> Option<u32> {
+        self.ids.get(b).copied()
+    }
+
+    fn index(&self) -> HashMap<BackendRef, u32> {
         let keys: HashMap<u32, ServiceKey> =
             self.services.iter().map(|s| (s.info.id, s.key)).collect();
         self.backends
@@ -143,7 +186,7 @@ impl Plan {
             .filter_map(|(id, b)| {
                 let key = *keys.get(&b.service_id)?;
                 Some((
-                    (
+                    BackendRef::new(
                         key,
                         Ipv4Addr::from(u32::from_be(b.addr_be)),
                         u16::from_be(b.port_be),
@@ -160,7 +203,7 @@ impl Planner {
     /// daemon), so pinned flows keep meaning the same backends.
     pub fn adopt(&mut self, plan: &Plan) {
         self.services.ids = plan.services.iter().map(|s| (s.key, s.info.id)).collect();
-        self.backends.ids = plan.backend_ids();
+        self.backends.ids = plan.backend_ids().clone();
     }
 
     /// The map contents for `config`: backends that are down inactive and out
@@ -171,7 +214,7 @@ impl Planner {
         let keys: Vec<ServiceKey> = config
             .services
             .iter()
-            .map(|s| service_key(s.vip, s.port, s.protocol))
+            .map(|s| s.key())
             .collect();
         let service_ids = self.services.assign(&keys).ok_or(PlanError::ServiceIds)?;
 
@@ -179,7 +222,7 @@ impl Planner {
             .services
             .iter()
             .zip(&keys)
-            .flat_map(|(s, key)| s.backends.iter().map(|b| (*key, b.address, b.port)))
+            .flat_map(|(s, key)| s.backends.iter().map(|b| BackendRef::new(*key, b.address, b.port)))
             .collect();
         let backend_ids = self.backends.assign(&refs).ok_or(PlanError::BackendIds)?;
         let id_of: HashMap<BackendRef, u32> = refs
@@ -200,13 +243,17 @@ impl Planner {
             .flat_map(|(s, key)| {
                 s.backends
                     .iter()
-                    .map(|b| ((*key, b.address, b.port), b.weight))
+                    .map(|b| (BackendRef::new(*key, b.address, b.port), b.weight))
             })
             .collect();
         let backends = refs
             .iter()
             .map(|r| {
-                let (key, addr, port) = *r;
+                let BackendRef {
+                    service: key,
+                    addr,
+                    port,
+                } = *r;
                 let flags = if down.contains(r) {
                     0
                 } else if held.contains(r) || weight_of[r] == 0 {
@@ -234,13 +281,13 @@ impl Planner {
                 .backends
                 .iter()
                 .filter(|b| {
-                    let r = (key, b.address, b.port);
+                    let r = BackendRef::new(key, b.address, b.port);
                     b.weight > 0 && !down.contains(&r) && !held.contains(&r)
                 })
                 .collect();
             let ids: Vec<u32> = live
                 .iter()
-                .map(|b| id_of[&(key, b.address, b.port)])
+                .map(|b| id_of[&BackendRef::new(key, b.address, b.port)])
                 .collect();
             let slots = if live.is_empty() {
                 Vec::new()
@@ -285,7 +332,7 @@ impl Planner {
                 ring,
             });
         }
-        Ok(Plan { services, backends })
+        Ok(Plan::new(services, backends))
     }
 }
 
@@ -339,8 +386,8 @@ weight = 3
         let c = config(TWO);
         let mut planner = Planner::default();
         let key = service_key(Ipv4Addr::new(192, 0, 2, 10), 80, Protocol::Tcp);
-        let heavy = (key, Ipv4Addr::new(203, 0, 113, 12), 8080);
-        let light = (key, Ipv4Addr::new(203, 0, 113, 11), 8080);
+        let heavy = BackendRef::new(key, Ipv4Addr::new(203, 0, 113, 12), 8080);
+        let light = BackendRef::new(key, Ipv4Addr::new(203, 0, 113, 11), 8080);
         let all_up = planner.plan(&c, &Availability::default()).unwrap();
         let down = planner
             .plan(&c, &Availability::down(HashSet::from([heavy])))
@@ -378,10 +425,10 @@ weight = 3
         let c = config(&TWO.replace("weight = 3", "weight = 0"));
         let mut planner = Planner::default();
         let key = service_key(Ipv4Addr::new(192, 0, 2, 10), 80, Protocol::Tcp);
-        let drained = (key, Ipv4Addr::new(203, 0, 113, 12), 8080);
-        let held = (key, Ipv4Addr::new(203, 0, 113, 11), 8080);
+        let drained = BackendRef::new(key, Ipv4Addr::new(203, 0, 113, 12), 8080);
+        let held = BackendRef::new(key, Ipv4Addr::new(203, 0, 113, 11), 8080);
         let p = planner.plan(&c, &Availability::default()).unwrap();
-        let ids = p.backend_ids();
+        let ids = p.backend_ids().clone();
         assert_eq!(p.backends[&ids[&drained]].flags, BACKEND_F_ACTIVE);
         assert_eq!(
             p.backends[&ids[&held]].flags,

@@ -1,0 +1,233 @@
+//! Checks serde cannot express: ranges, cross-entry rules, limits of the
+//! data path. Each returns the key and the reason of the first problem.
+
+use std::collections::HashSet;
+
+use lb_common::{MAX_BACKENDS, MAX_SERVICES};
+
+use super::{CheckConfig, CheckKind, Config, ForwardingKind, MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT, MysqlRole, Protocol};
+
+const IFNAMSIZ: usize = 16;
+
+impl Config {
+    /// Checks serde cannot express. Returns (key, reason) of the first problem.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let dp = &self.dataplane;
+        for (i, name) in dp.interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(['/', ' ']) {
+                return Err((
+                    format!("dataplane.interfaces[{i}]"),
+                    format!("{name:?} is not a valid interface name"),
+                ));
+            }
+        }
+        if !(1024..=(1 << 24)).contains(&dp.flow_table_size) {
+            return Err((
+                "dataplane.flow_table_size".into(),
+                format!("{} is outside 1024..=16777216", dp.flow_table_size),
+            ));
+        }
+        if self.services.is_empty() {
+            return Err((
+                "service".into(),
+                "at least one [[service]] is required".into(),
+            ));
+        }
+        if self.services.len() > MAX_SERVICES as usize {
+            return Err((
+                "service".into(),
+                format!(
+                    "{} services; the data path holds at most {MAX_SERVICES}",
+                    self.services.len()
+                ),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        // Backend ids are per service, so every listed backend takes one.
+        let mut all_backends = 0usize;
+        for (i, s) in self.services.iter().enumerate() {
+            let at = |k: &str| format!("service[{i}].{k}");
+            if s.name.trim().is_empty() {
+                return Err((at("name"), "must not be empty".into()));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err((
+                    at("name"),
+                    format!("{:?} is used by another service", s.name),
+                ));
+            }
+            if s.vip.is_unspecified() || s.vip.is_multicast() || s.vip.is_broadcast() {
+                return Err((at("vip"), format!("{} cannot be a virtual IP", s.vip)));
+            }
+            if s.port == 0 {
+                return Err((at("port"), "must be 1..=65535".into()));
+            }
+            if !keys.insert((s.vip, s.port, s.protocol)) {
+                return Err((
+                    at("vip"),
+                    format!(
+                        "{}:{} {:?} is already served by another service",
+                        s.vip, s.port, s.protocol
+                    ),
+                ));
+            }
+            if s.backends.is_empty() {
+                return Err((
+                    at("backend"),
+                    "at least one [[service.backend]] is required".into(),
+                ));
+            }
+            if s.backends.len() > MAX_BACKENDS_PER_SERVICE {
+                return Err((
+                    at("backend"),
+                    format!(
+                        "{} backends; at most {MAX_BACKENDS_PER_SERVICE}",
+                        s.backends.len()
+                    ),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for (j, b) in s.backends.iter().enumerate() {
+                let bat = |k: &str| format!("service[{i}].backend[{j}].{k}");
+                if b.address.is_unspecified()
+                    || b.address.is_multicast()
+                    || b.address.is_broadcast()
+                {
+                    return Err((bat("address"), format!("{} cannot be a backend", b.address)));
+                }
+                if b.port == 0 {
+                    return Err((bat("port"), "must be 1..=65535".into()));
+                }
+                if s.forwarding == ForwardingKind::Dsr && b.port != s.port {
+                    return Err((
+                        bat("port"),
+                        format!(
+                            "{} differs from the service port {}; DSR forwards without rewriting ports (use forwarding = \"nat\")",
+                            b.port, s.port
+                        ),
+                    ));
+                }
+                if b.weight > MAX_WEIGHT {
+                    return Err((
+                        bat("weight"),
+                        format!("{} is above the maximum {MAX_WEIGHT}", b.weight),
+                    ));
+                }
+                if !seen.insert((b.address, b.port)) {
+                    return Err((
+                        bat("address"),
+                        format!("{}:{} is listed twice", b.address, b.port),
+                    ));
+                }
+                all_backends += 1;
+            }
+            if let Some(c) = &s.check {
+                validate_check(c, &at)?;
+            }
+            if let Some(p) = &s.passive {
+                if s.check.is_none() {
+                    return Err((
+                        at("passive"),
+                        "needs an active [service.check]: it is what brings a passively failed backend back".into(),
+                    ));
+                }
+                if !(100..=60_000).contains(&p.window_ms) {
+                    return Err((at("passive.window_ms"), "must be 100..=60000".into()));
+                }
+                if p.refused > 0 && s.forwarding == ForwardingKind::Dsr {
+                    return Err((
+                        at("passive.refused"),
+                        "DSR replies bypass the load balancer, so it never sees a backend refuse a connection (use syn_retransmits)".into(),
+                    ));
+                }
+                if !(1..=100).contains(&p.max_out_percent) {
+                    return Err((at("passive.max_out_percent"), "must be 1..=100".into()));
+                }
+                if s.protocol == Protocol::Udp && (p.refused > 0 || p.syn_retransmits > 0) {
+                    return Err((
+                        at("passive"),
+                        "passive signals are TCP's; this service is UDP".into(),
+                    ));
+                }
+            }
+            if s.redispatch == Some(true)
+                && (s.forwarding == ForwardingKind::Dsr || s.protocol == Protocol::Udp)
+            {
+                return Err((
+                    at("redispatch"),
+                    "applies to NAT TCP services only: the load balancer must see the backend refuse a connection".into(),
+                ));
+            }
+            if s.backends.iter().all(|b| b.weight == 0) {
+                return Err((
+                    at("backend"),
+                    "every backend has weight 0; no flow could be scheduled".into(),
+                ));
+            }
+        }
+        if all_backends > MAX_BACKENDS as usize {
+            return Err((
+                "service".into(),
+                format!(
+                    "{all_backends} backends over all services; the data path holds at most {MAX_BACKENDS}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn validate_check(c: &CheckConfig, at: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {
+    if !(100..=3_600_000).contains(&c.interval_ms) {
+        return Err((at("check.interval_ms"), "must be 100..=3600000".into()));
+    }
+    if c.timeout_ms < 10 || c.timeout_ms > c.interval_ms {
+        return Err((
+            at("check.timeout_ms"),
+            format!("must be 10..=interval_ms ({})", c.interval_ms),
+        ));
+    }
+    for (k, v) in [("check.rise", c.rise), ("check.fall", c.fall)] {
+        if !(1..=100).contains(&v) {
+            return Err((at(k), "must be 1..=100".into()));
+        }
+    }
+    if c.port == Some(0) {
+        return Err((at("check.port"), "must be 1..=65535".into()));
+    }
+    match c.kind {
+        CheckKind::Http => {
+            if !c.path.starts_with('/') || c.path.contains([' ', '\r', '\n']) {
+                return Err((
+                    at("check.path"),
+                    format!("{:?} is not an HTTP path", c.path),
+                ));
+            }
+            if c.host
+                .as_deref()
+                .is_some_and(|h| h.is_empty() || h.contains([' ', '\r', '\n']))
+            {
+                return Err((at("check.host"), "not a valid Host header value".into()));
+            }
+            let [lo, hi] = c.status;
+            if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+                return Err((
+                    at("check.status"),
+                    format!("[{lo}, {hi}] is not a range of HTTP status codes"),
+                ));
+            }
+        }
+        CheckKind::Mysql => {
+            if c.mysql_role != MysqlRole::Any && c.mysql_user.is_none() {
+                return Err((
+                    at("check.mysql_user"),
+                    "a mysql_role check logs in to ask @@global.read_only; set mysql_user".into(),
+                ));
+            }
+        }
+        CheckKind::Tcp => {}
+    }
+    Ok(())
+}
+
