@@ -16,9 +16,9 @@ use aya::{
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use lb_common::{RING_SIZE, Reason, hash::flow_hash};
 use xdplb::{
-    bpf::{self, BpfDataplane, Counters},
     config::{Config, Protocol},
     dataplane::Programmer,
+    dataplane::bpf::{self, BpfDataplane, Counters},
     plan::{Availability, BackendRef, Plan, Planner, service_key},
 };
 use xdplb_tests::{

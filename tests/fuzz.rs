@@ -23,9 +23,9 @@ use aya::{
 use etherparse::PacketBuilder;
 use lb_common::Reason;
 use xdplb::{
-    bpf::{self, BpfDataplane, Counters, TestFault},
     config::Config,
     dataplane::Programmer,
+    dataplane::bpf::{self, BpfDataplane, Counters, TestFault},
     plan::{Availability, BackendRef, Plan, Planner, service_key},
 };
 use xdplb_tests::{

@@ -225,12 +225,7 @@ impl Control {
         if !self.health.get(b).is_some_and(|s| s.health.is_up()) {
             return Hold::NotUp;
         }
-        let Some(svc) = self
-            .config
-            .services
-            .iter()
-            .find(|s| s.key() == b.service)
-        else {
+        let Some(svc) = self.config.services.iter().find(|s| s.key() == b.service) else {
             return Hold::NotUp;
         };
         let weighted: Vec<BackendRef> = svc

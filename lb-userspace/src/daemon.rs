@@ -19,11 +19,11 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 use xdplb::{
-    bpf::{self, BpfDataplane, CounterSnapshot, Counters, FlowCensus},
     check::{self, Probes, Report},
     check_route::ProbeRoute,
     config::{Config, ForwardingKind, XdpMode},
     control::{Control, Hold},
+    dataplane::bpf::{self, BpfDataplane, CounterSnapshot, Counters, FlowCensus},
     health::Transition,
     neigh::{self, Netlink, Route},
     passive,
@@ -340,9 +340,7 @@ impl Daemon {
             .config()
             .services
             .iter()
-            .filter_map(|s| {
-                Some((s.key(), s.passive.clone()?))
-            })
+            .filter_map(|s| Some((s.key(), s.passive.clone()?)))
             .collect();
         if watched.is_empty() {
             return;

@@ -1,7 +1,6 @@
 //! xdplb control plane: configuration, scheduling tables, health, and
 //! programming of the XDP data path.
 
-pub mod bpf;
 pub mod check;
 pub mod check_route;
 pub mod config;

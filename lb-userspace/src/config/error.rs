@@ -62,7 +62,6 @@ pub(super) fn from_toml(path: &Path, text: &str, key: &str, e: &toml::de::Error)
     }
 }
 
-
 /// Line of the key a validation error names (`service[0].backend[1].port`),
 /// or of its nearest parent the document has.
 pub(super) fn line_of(text: &str, key: &str) -> Option<usize> {
@@ -81,7 +80,12 @@ pub(super) fn line_of(text: &str, key: &str) -> Option<usize> {
         };
         at = descend_indexes(next, indexes);
     }
-    Some(text[..at.span().start.min(text.len())].matches('\n').count() + 1)
+    Some(
+        text[..at.span().start.min(text.len())]
+            .matches('\n')
+            .count()
+            + 1,
+    )
 }
 
 /// Follow `[i][j]` array indexes from `at`, as far as they exist.

@@ -356,8 +356,8 @@ impl Config {
 
     /// Parse and validate config text; `path` is only used in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| error::from_toml(path, text, "", &e))?;
+        let de =
+            toml::Deserializer::parse(text).map_err(|e| error::from_toml(path, text, "", &e))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             error::from_toml(path, text, &key, e.inner())
@@ -373,7 +373,6 @@ impl Config {
         Ok(config)
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,10 @@ use std::collections::HashSet;
 
 use lb_common::{MAX_BACKENDS, MAX_SERVICES};
 
-use super::{CheckConfig, CheckKind, Config, ForwardingKind, MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT, MysqlRole, Protocol};
+use super::{
+    CheckConfig, CheckKind, Config, ForwardingKind, MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT,
+    MysqlRole, Protocol,
+};
 
 const IFNAMSIZ: usize = 16;
 
@@ -230,4 +233,3 @@ fn validate_check(c: &CheckConfig, at: &dyn Fn(&str) -> String) -> Result<(), (S
     }
     Ok(())
 }
-

@@ -211,18 +211,18 @@ impl Planner {
     /// flows stay) but out of the ring (no new connections).
     pub fn plan(&mut self, config: &Config, avail: &Availability) -> Result<Plan, PlanError> {
         let (down, held) = (&avail.down, &avail.held);
-        let keys: Vec<ServiceKey> = config
-            .services
-            .iter()
-            .map(|s| s.key())
-            .collect();
+        let keys: Vec<ServiceKey> = config.services.iter().map(|s| s.key()).collect();
         let service_ids = self.services.assign(&keys).ok_or(PlanError::ServiceIds)?;
 
         let refs: Vec<BackendRef> = config
             .services
             .iter()
             .zip(&keys)
-            .flat_map(|(s, key)| s.backends.iter().map(|b| BackendRef::new(*key, b.address, b.port)))
+            .flat_map(|(s, key)| {
+                s.backends
+                    .iter()
+                    .map(|b| BackendRef::new(*key, b.address, b.port))
+            })
             .collect();
         let backend_ids = self.backends.assign(&refs).ok_or(PlanError::BackendIds)?;
         let id_of: HashMap<BackendRef, u32> = refs

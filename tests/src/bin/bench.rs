@@ -16,9 +16,9 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 use xdplb::{
-    bpf::{self, BpfDataplane},
     config::Config,
     dataplane::Programmer,
+    dataplane::bpf::{self, BpfDataplane},
     plan::Planner,
 };
 use xdplb_tests::{CLIENT, CLIENT_MAC, LB_CLIENT_MAC, fib_lab};

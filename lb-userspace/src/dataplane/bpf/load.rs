@@ -1,0 +1,148 @@
+//! Loading the embedded XDP object, with every map (and the program)
+//! pinned under a layout-versioned bpffs directory so a restarted daemon
+//! adopts them.
+
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{Ebpf, EbpfLoader, programs::Xdp};
+use lb_common::names;
+use tracing::warn;
+
+use super::{BpfError, neigh_program};
+
+/// The compiled `lb-ebpf` object, built by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// The loaded data path and whether its maps were adopted from pins.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    /// This layout version's pin directory, when pinning is on.
+    pub pin_dir: Option<PathBuf>,
+    /// The maps existed (a previous daemon left them): flows, config and
+    /// counters carry over.
+    pub adopted: bool,
+}
+
+/// bpffs magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The pin directory for this layout version under `root`.
+pub fn pin_dir(root: &Path) -> PathBuf {
+    root.join(format!("v{}", lb_common::LAYOUT_VERSION))
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Load (but do not attach) the data path. `flow_table_size` sizes the LRU
+/// flow and reverse-NAT tables. With `pin_root`, every map is pinned under
+/// its versioned directory, re-using maps already pinned there.
+pub fn load(flow_table_size: u32, pin_root: Option<&Path>) -> Result<Loaded, BpfError> {
+    load_with(flow_table_size, pin_root, TestFault::None)
+}
+
+/// A bug the fuzz test plants in the data path to prove it would notice
+/// (see `lb-ebpf/src/fault.rs`). Never set by the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestFault {
+    None = 0,
+    /// NAT skips the port part of the L4 checksum update.
+    NatPortChecksum = 1,
+}
+
+/// [`load`], with a planted [`TestFault`] (tests only).
+pub fn load_with(
+    flow_table_size: u32,
+    pin_root: Option<&Path>,
+    fault: TestFault,
+) -> Result<Loaded, BpfError> {
+    let mut loader = EbpfLoader::new();
+    let fault = fault as u32;
+    loader
+        .map_max_entries(names::FLOWS, flow_table_size)
+        .map_max_entries(names::NAT_REVERSE, flow_table_size)
+        .override_global(names::TEST_FAULT, &fault, true);
+    let dir = pin_root.map(pin_dir);
+    let mut adopted = false;
+    let map_paths: Vec<(&'static str, PathBuf)> = match &dir {
+        Some(d) => names::MAPS.iter().map(|n| (*n, d.join(n))).collect(),
+        None => Vec::new(),
+    };
+    if let Some(d) = &dir {
+        std::fs::create_dir_all(d).map_err(|e| BpfError::Pin(d.clone(), e.to_string()))?;
+        if !is_bpffs(d) {
+            return Err(BpfError::Pin(
+                d.clone(),
+                "not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)".into(),
+            ));
+        }
+        adopted = map_paths.iter().any(|(_, p)| p.exists());
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    load_program(&mut ebpf, names::PROGRAM)?;
+    neigh_program(&mut ebpf)?
+        .load()
+        .map_err(|source| BpfError::Program {
+            name: names::NEIGH_PROGRAM,
+            source,
+        })?;
+    if let Some(d) = &dir {
+        // Pinned so `bpftool prog show pinned` finds the running program.
+        let path = d.join(format!("prog_{}", names::PROGRAM));
+        let _ = std::fs::remove_file(&path);
+        xdp_program(&mut ebpf, names::PROGRAM)?
+            .pin(&path)
+            .map_err(|e| BpfError::Pin(path.clone(), e.to_string()))?;
+    }
+    Ok(Loaded {
+        ebpf,
+        pin_dir: dir,
+        adopted,
+    })
+}
+
+/// Remove every pin of this layout version (after a clean detach).
+pub fn unpin(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                warn!(path = %e.path().display(), error = %err, "removing pin failed");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    if let Some(root) = dir.parent() {
+        let _ = std::fs::remove_dir(root); // only if empty
+    }
+}
+
+/// Load one XDP program of the object into the kernel (the data path is
+/// loaded by [`load`]; the benchmark loads its `baseline_tx` with this).
+pub fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), BpfError> {
+    xdp_program(ebpf, name)?
+        .load()
+        .map_err(|source| BpfError::Program { name, source })
+}
+
+/// A loaded XDP program of the object by name.
+pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, BpfError> {
+    ebpf.program_mut(name)
+        .ok_or(BpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| BpfError::Program { name, source })
+}

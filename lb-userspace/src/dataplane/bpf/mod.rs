@@ -1,0 +1,68 @@
+//! The real data path: the embedded XDP object loaded and pinned
+//! (`load.rs`), attached to interfaces (`attach.rs`), its configuration maps
+//! as a [`Dataplane`](super::Dataplane) (`maps.rs`), its counters
+//! (`counters.rs`) and the flow-table census (`census.rs`).
+
+mod attach;
+mod census;
+mod counters;
+mod load;
+mod maps;
+
+use std::path::PathBuf;
+
+use aya::Ebpf;
+
+pub use attach::{Attachment, attach, detach, neigh_program};
+pub use census::FlowCensus;
+pub use counters::{CounterSnapshot, Counters};
+pub use load::{
+    EBPF_OBJECT, Loaded, TestFault, load, load_program, load_with, pin_dir, unpin, xdp_program,
+};
+pub use maps::BpfDataplane;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("attaching to {iface}: {reason}")]
+    Attach { iface: String, reason: String },
+    #[error("pinning at {0}: {1}")]
+    Pin(PathBuf, String),
+    #[error("starting the flow-census thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// An error and its causes on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+pub(crate) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(BpfError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| BpfError::Map { name, source })
+}
