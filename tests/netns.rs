@@ -616,7 +616,7 @@ fn scrape(lab: &Lab) -> String {
     let _in = lab.lb.enter();
     let mut s = TcpStream::connect("127.0.0.1:9100").expect("metrics endpoint");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();

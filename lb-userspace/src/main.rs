@@ -1,7 +1,5 @@
 //! `xdplb`: the load balancer daemon and its command-line tools.
 
-mod daemon;
-
 use std::{
     io::Read as _,
     path::{Path, PathBuf},
@@ -11,7 +9,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use xdplb::config::{Config, XdpMode};
+use xdplb::{
+    config::{Config, XdpMode},
+    daemon,
+};
 
 const DEFAULT_PID_FILE: &str = "/run/xdplb.pid";
 const DEFAULT_STATUS_SOCKET: &str = "/run/xdplb.sock";

@@ -158,6 +158,9 @@ pub enum CheckKind {
     Tcp,
     /// HTTP/1.0 GET; the status must be in `status`.
     Http,
+    /// TLS (SNI from `host`, certificate verified unless `tls_verify =
+    /// false`), then the `http` check over it.
+    Https,
     /// Read the MySQL server greeting; optionally log in and check the role.
     Mysql,
 }
@@ -201,10 +204,18 @@ pub struct CheckConfig {
     /// HTTP: accepted status codes, inclusive `[low, high]`.
     #[serde(default = "default_http_status")]
     pub status: [u16; 2],
+    /// HTTPS: verify the backend's certificate (against `tls_ca_file`, or
+    /// the system's trusted roots) and its name (`host`, else its address).
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    /// HTTPS: PEM file of the CA(s) to trust instead of the system's roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// MySQL: which role the server must have.
     #[serde(default)]
     pub mysql_role: MysqlRole,
-    /// MySQL: account for the role query (mysql_native_password).
+    /// MySQL: account for the role query (mysql_native_password or
+    /// caching_sha2_password).
     #[serde(default)]
     pub mysql_user: Option<String>,
     #[serde(default)]
@@ -586,7 +597,7 @@ port = 80
         // GOOD's backend port is on line 11.
         let e = Config::parse(
             Path::new("/etc/xdplb/lb.toml"),
-            &GOOD.replacen("port = 80\n", "port = 80\n", 1).replace(
+            &GOOD.replace(
                 "address = \"203.0.113.11\"\nport = 80",
                 "address = \"203.0.113.11\"\nport = 8080",
             ),

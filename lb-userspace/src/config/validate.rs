@@ -200,7 +200,7 @@ fn validate_check(c: &CheckConfig, at: &dyn Fn(&str) -> String) -> Result<(), (S
         return Err((at("check.port"), "must be 1..=65535".into()));
     }
     match c.kind {
-        CheckKind::Http => {
+        CheckKind::Http | CheckKind::Https => {
             if !c.path.starts_with('/') || c.path.contains([' ', '\r', '\n']) {
                 return Err((
                     at("check.path"),
@@ -230,6 +230,20 @@ fn validate_check(c: &CheckConfig, at: &dyn Fn(&str) -> String) -> Result<(), (S
             }
         }
         CheckKind::Tcp => {}
+    }
+    if let Some(ca) = &c.tls_ca_file {
+        if c.kind != CheckKind::Https {
+            return Err((
+                at("check.tls_ca_file"),
+                "only an https check uses it".into(),
+            ));
+        }
+        if let Err(e) = std::fs::read(ca) {
+            return Err((
+                at("check.tls_ca_file"),
+                format!("cannot read {}: {e}", ca.display()),
+            ));
+        }
     }
     Ok(())
 }

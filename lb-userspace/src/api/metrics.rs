@@ -1,0 +1,323 @@
+//! `/metrics`: the view as OpenMetrics text, encoded by `prometheus-client`.
+//! Each scrape builds a fresh registry from the current view (the values
+//! are the data path's counters, read at scrape time).
+
+use std::fmt::Write as _;
+
+use prometheus_client::{
+    encoding::{EncodeLabelValue, LabelValueEncoder, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use super::view::{BackendView, HealthView, ServiceView, View};
+
+/// `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A label value, escaped as the exposition format requires. (The crate
+/// writes label values verbatim: a service named `a"b` would otherwise break
+/// the whole scrape.)
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Value(String);
+
+impl EncodeLabelValue for Value {
+    fn encode(&self, e: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for c in self.0.chars() {
+            match c {
+                '\\' => e.write_str("\\\\")?,
+                '"' => e.write_str("\\\"")?,
+                '\n' => e.write_str("\\n")?,
+                c => e.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+type Labels = Vec<(String, Value)>;
+
+fn label(k: &str, v: &str) -> (String, Value) {
+    (k.into(), Value(v.into()))
+}
+
+fn service_labels(s: &ServiceView) -> Labels {
+    vec![
+        label("service", &s.name),
+        label("vip", &s.vip),
+        label("protocol", s.protocol),
+    ]
+}
+
+fn backend_labels(s: &ServiceView, b: &BackendView) -> Labels {
+    let mut l = service_labels(s);
+    l.push(label("backend", &b.endpoint));
+    l
+}
+
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric: a name without `_total` (the encoder adds it to counters),
+/// help, kind, and the value for an entity (`None`: no sample).
+struct Metric<T> {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    value: fn(&T) -> Option<f64>,
+}
+
+const SERVICE_METRICS: &[Metric<ServiceView>] = &[
+    Metric {
+        name: "xdplb_service_packets",
+        help: "Client packets sent to a backend of the service",
+        kind: Kind::Counter,
+        value: |s| Some(s.traffic.packets as f64),
+    },
+    Metric {
+        name: "xdplb_service_bytes",
+        help: "Bytes of those packets",
+        kind: Kind::Counter,
+        value: |s| Some(s.traffic.bytes as f64),
+    },
+    Metric {
+        name: "xdplb_service_connections",
+        help: "Connections started: TCP SYNs scheduled (a new SYN on a reused 4-tuple included, retransmissions not); UDP: new flows",
+        kind: Kind::Counter,
+        value: |s| Some(s.traffic.connections as f64),
+    },
+    Metric {
+        name: "xdplb_service_connections_per_second",
+        help: "Connections started per second over the last second",
+        kind: Kind::Gauge,
+        value: |s| Some(s.conn_rate),
+    },
+    Metric {
+        name: "xdplb_service_midstream",
+        help: "TCP packets without SYN that found no flow (flow table too small, or state lost)",
+        kind: Kind::Counter,
+        value: |s| Some(s.traffic.midstream as f64),
+    },
+    Metric {
+        name: "xdplb_service_no_backend_packets",
+        help: "Packets that found no backend up (dropped or passed per when_empty)",
+        kind: Kind::Counter,
+        value: |s| Some(s.traffic.no_backend as f64),
+    },
+    Metric {
+        name: "xdplb_service_backends_up",
+        help: "Backends taking new connections",
+        kind: Kind::Gauge,
+        value: |s| {
+            Some(
+                s.backends
+                    .iter()
+                    .filter(|b| b.health.takes_new() && b.weight > 0)
+                    .count() as f64,
+            )
+        },
+    },
+];
+
+const BACKEND_METRICS: &[Metric<BackendView>] = &[
+    Metric {
+        name: "xdplb_backend_packets",
+        help: "Client packets sent to the backend",
+        kind: Kind::Counter,
+        value: |b| Some(b.traffic.packets as f64),
+    },
+    Metric {
+        name: "xdplb_backend_bytes",
+        help: "Bytes of those packets",
+        kind: Kind::Counter,
+        value: |b| Some(b.traffic.bytes as f64),
+    },
+    Metric {
+        name: "xdplb_backend_connections",
+        help: "Connections scheduled to the backend (TCP SYN-started; UDP new flows)",
+        kind: Kind::Counter,
+        value: |b| Some(b.traffic.connections as f64),
+    },
+    Metric {
+        name: "xdplb_backend_connections_per_second",
+        help: "Connections scheduled per second over the last second",
+        kind: Kind::Gauge,
+        value: |b| Some(b.conn_rate),
+    },
+    Metric {
+        name: "xdplb_backend_flow_entries",
+        help: "Flow-table entries pinned to the backend (idle ones count until evicted)",
+        kind: Kind::Gauge,
+        value: |b| Some(b.flows as f64),
+    },
+    Metric {
+        name: "xdplb_backend_up",
+        help: "1 if the backend takes new connections by health, 0 if a check or passive health took it out",
+        kind: Kind::Gauge,
+        value: |b| Some(b.health.takes_new() as u8 as f64),
+    },
+    Metric {
+        name: "xdplb_backend_held",
+        help: "1 while passive health holds the backend: no new connections, established flows stay",
+        kind: Kind::Gauge,
+        value: |b| Some((b.health == HealthView::Held) as u8 as f64),
+    },
+    Metric {
+        name: "xdplb_backend_weight",
+        help: "Configured weight",
+        kind: Kind::Gauge,
+        value: |b| Some(b.weight as f64),
+    },
+    Metric {
+        name: "xdplb_backend_syn_retransmits",
+        help: "Client SYNs retransmitted (same ISN) on connections pinned to the backend (passive health)",
+        kind: Kind::Counter,
+        value: |b| Some(b.traffic.syn_retransmits as f64),
+    },
+    Metric {
+        name: "xdplb_backend_refused",
+        help: "NAT connections the backend refused: RST answering the SYN (passive health)",
+        kind: Kind::Counter,
+        value: |b| Some(b.traffic.refused as f64),
+    },
+    Metric {
+        name: "xdplb_backend_redispatched",
+        help: "Refused NAT connections whose RST was withheld and whose retried SYN went to another backend",
+        kind: Kind::Counter,
+        value: |b| Some(b.traffic.redispatched as f64),
+    },
+    Metric {
+        name: "xdplb_backend_checks",
+        help: "Active health checks run",
+        kind: Kind::Counter,
+        value: |b| (b.health != HealthView::Unchecked).then_some(b.checks as f64),
+    },
+    Metric {
+        name: "xdplb_backend_check_failures",
+        help: "Active health checks failed",
+        kind: Kind::Counter,
+        value: |b| (b.health != HealthView::Unchecked).then_some(b.check_failures as f64),
+    },
+    Metric {
+        name: "xdplb_backend_check_latency_seconds",
+        help: "Duration of the last active health check",
+        kind: Kind::Gauge,
+        value: |b| b.check_latency.map(|d| d.as_secs_f64()),
+    },
+];
+
+/// Register `m` with a sample per `(labels, entity)`.
+fn register<'a, T: 'a>(
+    r: &mut Registry,
+    m: &Metric<T>,
+    samples: impl Iterator<Item = (Labels, &'a T)>,
+) {
+    match m.kind {
+        Kind::Counter => {
+            let f = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+            for (l, x) in samples {
+                if let Some(v) = (m.value)(x) {
+                    f.get_or_create(&l).inc_by(v);
+                }
+            }
+            r.register(m.name, m.help, f);
+        }
+        Kind::Gauge => {
+            let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+            for (l, x) in samples {
+                if let Some(v) = (m.value)(x) {
+                    f.get_or_create(&l).set(v);
+                }
+            }
+            r.register(m.name, m.help, f);
+        }
+    }
+}
+
+/// The view as OpenMetrics text.
+pub fn openmetrics(v: &View) -> String {
+    let mut r = Registry::default();
+    for m in SERVICE_METRICS {
+        register(&mut r, m, v.services.iter().map(|s| (service_labels(s), s)));
+    }
+    for m in BACKEND_METRICS {
+        let samples = v
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(move |b| (backend_labels(s, b), b)));
+        register(&mut r, m, samples);
+    }
+    let reasons = Family::<Labels, Counter>::default();
+    for (reason, n) in &v.reasons {
+        reasons
+            .get_or_create(&vec![label("reason", reason)])
+            .inc_by(*n);
+    }
+    r.register(
+        "xdplb_packets",
+        "Packets seen by the XDP program, by verdict reason",
+        reasons,
+    );
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &r);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::status::tests::view;
+
+    #[test]
+    fn openmetrics_text_has_typed_labelled_samples() {
+        let t = openmetrics(&view());
+        assert!(t.contains("# TYPE xdplb_backend_up gauge\n"), "{t}");
+        assert!(
+            t.contains("xdplb_backend_up{service=\"w\\\"w\",vip=\"192.0.2.10:80\",protocol=\"tcp\",backend=\"203.0.113.21:80\"} 0.0\n"),
+            "{t}"
+        );
+        assert!(t.contains("# TYPE xdplb_backend_packets counter\n"));
+        assert!(t.contains("xdplb_backend_packets_total{service=\"w\\\"w\",vip=\"192.0.2.10:80\",protocol=\"tcp\",backend=\"203.0.113.11:80\"} 10.0\n"), "{t}");
+        assert!(t.contains("xdplb_backend_check_latency_seconds{") && t.contains("} 0.0015\n"));
+        assert!(t.contains("xdplb_service_backends_up{service=\"w\\\"w\",vip=\"192.0.2.10:80\",protocol=\"tcp\"} 1.0\n"));
+        assert!(
+            t.contains("xdplb_packets_total{reason=\"drop_no_backend\"} 2\n"),
+            "{t}"
+        );
+        assert!(t.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+        // Every sample line belongs to a declared family.
+        for line in t.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split('{').next().unwrap();
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            assert!(
+                t.contains(&format!("# TYPE {family} ")),
+                "{name} undeclared"
+            );
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_only_uses_exported_metrics() {
+        let dashboard = include_str!("../../../config/grafana-dashboard.json");
+        let exported = openmetrics(&view());
+        let mut used = 0;
+        for (i, _) in dashboard.match_indices("xdplb_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name == "xdplb_" {
+                continue;
+            }
+            used += 1;
+            assert!(
+                exported.contains(&format!("\n{name}{{")),
+                "dashboard uses {name}, which /metrics does not export"
+            );
+        }
+        assert!(used >= 10, "dashboard queries only {used} metrics");
+    }
+}

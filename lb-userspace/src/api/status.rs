@@ -1,0 +1,164 @@
+//! `xdplb status`: the table printed from the status socket, and the same
+//! view as JSON (`/status`).
+
+use std::fmt::Write as _;
+
+use super::view::{HealthView, View};
+
+/// The view as JSON, for `/status`.
+pub fn json(v: &View) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// The human table `xdplb status` prints.
+pub fn table(v: &View) -> String {
+    let mut rows = vec![
+        [
+            "SERVICE", "VIP", "BACKEND", "HEALTH", "WEIGHT", "CONN/S", "FLOWS", "CONNS", "PACKETS",
+            "CHECK",
+        ]
+        .map(String::from),
+    ];
+    for s in &v.services {
+        rows.push([
+            s.name.clone(),
+            format!("{} {} {}", s.vip, s.protocol, s.forwarding),
+            String::new(),
+            format!(
+                "{}/{} up",
+                s.backends
+                    .iter()
+                    .filter(|b| b.health != HealthView::Down)
+                    .count(),
+                s.backends.len()
+            ),
+            String::new(),
+            format!("{:.1}", s.conn_rate),
+            s.backends.iter().map(|b| b.flows).sum::<u64>().to_string(),
+            s.traffic.connections.to_string(),
+            s.traffic.packets.to_string(),
+            if s.traffic.no_backend > 0 {
+                format!("{} pkts found no backend", s.traffic.no_backend)
+            } else {
+                String::new()
+            },
+        ]);
+        for b in &s.backends {
+            let check = match (&b.last_error, b.check_latency) {
+                (Some(e), _) => format!("fail: {e}"),
+                (None, Some(d)) => format!("ok {:.1} ms", d.as_secs_f64() * 1e3),
+                (None, None) => "-".into(),
+            };
+            rows.push([
+                String::new(),
+                String::new(),
+                b.endpoint.clone(),
+                b.health.label().into(),
+                b.weight.to_string(),
+                format!("{:.1}", b.conn_rate),
+                b.flows.to_string(),
+                b.traffic.connections.to_string(),
+                b.traffic.packets.to_string(),
+                check,
+            ]);
+        }
+    }
+    let mut widths = [0usize; 10];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    let dropped: Vec<String> = v
+        .reasons
+        .iter()
+        .filter(|(r, n)| *n > 0 && r.starts_with("drop"))
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    if !dropped.is_empty() {
+        let _ = writeln!(out, "\ndrops: {}", dropped.join(" "));
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use lb_common::Traffic;
+
+    use super::*;
+    use crate::api::view::{BackendView, ServiceView};
+
+    pub(crate) fn view() -> View {
+        let b = |endpoint: &str, health, packets| BackendView {
+            endpoint: endpoint.into(),
+            weight: 1,
+            health,
+            traffic: Traffic {
+                packets,
+                bytes: packets * 100,
+                connections: 3,
+                ..Traffic::default()
+            },
+            conn_rate: 1.5,
+            flows: 3,
+            check_latency: Some(Duration::from_micros(1500)),
+            last_error: (health == HealthView::Down).then(|| "connect refused".into()),
+            checks: 10,
+            check_failures: 4,
+        };
+        View {
+            services: vec![ServiceView {
+                name: "w\"w".into(),
+                vip: "192.0.2.10:80".into(),
+                protocol: "tcp",
+                forwarding: "nat",
+                traffic: Traffic {
+                    packets: 30,
+                    connections: 6,
+                    no_backend: 2,
+                    ..Traffic::default()
+                },
+                conn_rate: 3.0,
+                backends: vec![
+                    b("203.0.113.11:80", HealthView::Up, 10),
+                    b("203.0.113.21:80", HealthView::Down, 20),
+                ],
+            }],
+            reasons: vec![("drop_no_backend", 2), ("fwd_nat", 30)],
+        }
+    }
+
+    #[test]
+    fn status_table_lines_up() {
+        let t = table(&view());
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("SERVICE"));
+        assert!(lines[1].contains("1/2 up") && lines[1].contains("2 pkts found no backend"));
+        assert!(lines[3].contains("DOWN") && lines[3].contains("fail: connect refused"));
+        let col = lines[0].find("HEALTH").unwrap();
+        assert_eq!(&lines[2][col..col + 2], "up");
+        assert!(t.contains("drops: drop_no_backend=2"));
+    }
+
+    #[test]
+    fn json_carries_the_same_view() {
+        let j: serde_json::Value = serde_json::from_str(&json(&view())).unwrap();
+        let b = &j["services"][0]["backends"][1];
+        assert_eq!(b["endpoint"], "203.0.113.21:80");
+        assert_eq!(b["health"], "down");
+        assert_eq!(b["traffic"]["packets"], 20);
+        assert_eq!(b["check_latency"], 0.0015);
+        assert_eq!(j["reasons"][0][0], "drop_no_backend");
+    }
+}

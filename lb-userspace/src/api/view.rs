@@ -1,0 +1,186 @@
+//! What the daemon shows: one [`View`] of services, backends, health and
+//! counters, built from the control core and the counters it read. Rendered
+//! by `metrics.rs` (OpenMetrics) and `status.rs` (table, JSON). Pure, so
+//! every format is tested without a daemon.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::Serialize;
+
+use lb_common::Traffic;
+
+use crate::{config::ForwardingKind, control::Control, health::State};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthView {
+    Up,
+    /// Passive health stopped new connections; established flows stay.
+    Held,
+    Down,
+    /// The service has no active check.
+    Unchecked,
+}
+
+impl HealthView {
+    pub fn label(self) -> &'static str {
+        match self {
+            HealthView::Up => "up",
+            HealthView::Held => "HELD (passive)",
+            HealthView::Down => "DOWN",
+            HealthView::Unchecked => "up (no check)",
+        }
+    }
+
+    /// Takes new connections (by health; weight aside).
+    pub fn takes_new(self) -> bool {
+        matches!(self, HealthView::Up | HealthView::Unchecked)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendView {
+    pub endpoint: String,
+    pub weight: u32,
+    pub health: HealthView,
+    #[serde(with = "traffic_json")]
+    pub traffic: Traffic,
+    pub conn_rate: f64,
+    pub flows: u64,
+    #[serde(serialize_with = "seconds")]
+    pub check_latency: Option<Duration>,
+    pub last_error: Option<String>,
+    pub checks: u64,
+    pub check_failures: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub vip: String,
+    pub protocol: &'static str,
+    pub forwarding: &'static str,
+    #[serde(with = "traffic_json")]
+    pub traffic: Traffic,
+    pub conn_rate: f64,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct View {
+    pub services: Vec<ServiceView>,
+    pub reasons: Vec<(&'static str, u64)>,
+}
+
+/// Counter inputs the daemon has read from the maps.
+#[derive(Debug)]
+pub struct Readings<'a> {
+    pub services: &'a BTreeMap<u32, Traffic>,
+    pub backends: &'a BTreeMap<u32, Traffic>,
+    pub reasons: &'a BTreeMap<&'static str, u64>,
+    /// New flows per second, by service id and by backend id.
+    pub service_rates: &'a BTreeMap<u32, f64>,
+    pub backend_rates: &'a BTreeMap<u32, f64>,
+    /// Flow-table entries by backend id.
+    pub flows: &'a BTreeMap<u32, u64>,
+}
+
+/// Assemble the view of what `control` serves.
+pub fn build(control: &Control, r: &Readings<'_>) -> View {
+    let plan = control.applied();
+    let mut services = Vec::new();
+    for s in &control.config().services {
+        let key = s.key();
+        let Some(ps) = plan.services.iter().find(|p| p.key == key) else {
+            continue;
+        };
+        let id = ps.info.id;
+        let mut backends = Vec::new();
+        for b in &s.backends {
+            let me = s.backend_ref(b);
+            let bid = plan.backend_id(&me);
+            let st = control.state(&me);
+            backends.push(BackendView {
+                endpoint: format!("{}:{}", b.address, b.port),
+                weight: b.weight,
+                health: match st.map(|s| s.health.state()) {
+                    None => HealthView::Unchecked,
+                    Some(State::Up) => HealthView::Up,
+                    Some(State::Held) => HealthView::Held,
+                    Some(State::Down) => HealthView::Down,
+                },
+                traffic: bid
+                    .and_then(|i| r.backends.get(&i))
+                    .copied()
+                    .unwrap_or_default(),
+                conn_rate: bid
+                    .and_then(|i| r.backend_rates.get(&i))
+                    .copied()
+                    .unwrap_or(0.0),
+                flows: bid.and_then(|i| r.flows.get(&i)).copied().unwrap_or(0),
+                check_latency: st.and_then(|s| s.last_latency),
+                last_error: st.and_then(|s| s.last_error.clone()),
+                checks: st.map_or(0, |s| s.checks),
+                check_failures: st.map_or(0, |s| s.failures),
+            });
+        }
+        services.push(ServiceView {
+            name: s.name.clone(),
+            vip: format!("{}:{}", s.vip, s.port),
+            protocol: match s.protocol {
+                crate::config::Protocol::Tcp => "tcp",
+                crate::config::Protocol::Udp => "udp",
+            },
+            forwarding: match s.forwarding {
+                ForwardingKind::Dsr => "dsr",
+                ForwardingKind::Nat => "nat",
+            },
+            traffic: r.services.get(&id).copied().unwrap_or_default(),
+            conn_rate: r.service_rates.get(&id).copied().unwrap_or(0.0),
+            backends,
+        });
+    }
+    View {
+        services,
+        reasons: r.reasons.iter().map(|(k, v)| (*k, *v)).collect(),
+    }
+}
+
+fn seconds<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+/// `Traffic` (a map value type in `lb-common`, no serde there) as JSON.
+mod traffic_json {
+    use lb_common::Traffic;
+    use serde::{Serialize, Serializer};
+
+    #[derive(Serialize)]
+    struct T {
+        packets: u64,
+        bytes: u64,
+        connections: u64,
+        no_backend: u64,
+        syn_retransmits: u64,
+        refused: u64,
+        redispatched: u64,
+        midstream: u64,
+    }
+
+    pub fn serialize<S: Serializer>(t: &Traffic, s: S) -> Result<S::Ok, S::Error> {
+        T {
+            packets: t.packets,
+            bytes: t.bytes,
+            connections: t.connections,
+            no_backend: t.no_backend,
+            syn_retransmits: t.syn_retransmits,
+            refused: t.refused,
+            redispatched: t.redispatched,
+            midstream: t.midstream,
+        }
+        .serialize(s)
+    }
+}

@@ -1,0 +1,281 @@
+//! The daemon's state and its event loop: signals, probe reports, the
+//! passive-health and rate ticks, view requests from the HTTP endpoint and
+//! the status socket. Every error after start-up is logged and survived.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use tokio::{io::AsyncWriteExt, sync::mpsc};
+use tracing::{error, info, warn};
+
+use super::{Options, host::Host};
+use crate::{
+    api::{self, server::ViewRequest},
+    config::Config,
+    control::{Control, Hold},
+    dataplane::bpf::{BpfDataplane, CounterSnapshot, Counters, FlowCensus},
+    health::{
+        Transition, passive,
+        probe::{Probes, Report},
+    },
+    plan::BackendRef,
+};
+
+/// How often passive-health counters are sampled: a failing backend stops
+/// taking new connections within this (plus the threshold's own time).
+pub const PASSIVE_TICK: Duration = Duration::from_millis(50);
+
+/// Connection rates from two counter readings a second apart.
+#[derive(Default)]
+pub struct Rates {
+    last: Option<(Instant, CounterSnapshot)>,
+    pub services: BTreeMap<u32, f64>,
+    pub backends: BTreeMap<u32, f64>,
+}
+
+impl Rates {
+    fn update(&mut self, now: Instant, snap: CounterSnapshot) {
+        if let Some((then, prev)) = &self.last {
+            let dt = now.duration_since(*then).as_secs_f64().max(1e-3);
+            let rate = |cur: &BTreeMap<u32, lb_common::Traffic>,
+                        old: &BTreeMap<u32, lb_common::Traffic>| {
+                cur.iter()
+                    .map(|(id, t)| {
+                        let before = old.get(id).map_or(t.connections, |o| o.connections);
+                        (*id, t.connections.saturating_sub(before) as f64 / dt)
+                    })
+                    .collect()
+            };
+            self.services = rate(&snap.services, &prev.services);
+            self.backends = rate(&snap.backends, &prev.backends);
+        }
+        self.last = Some((now, snap));
+    }
+}
+
+pub struct Daemon {
+    pub control: Control,
+    pub dp: BpfDataplane,
+    pub counters: Counters,
+    pub census: FlowCensus,
+    pub host: Host,
+    pub probes: Probes,
+    pub reports: mpsc::UnboundedSender<Report>,
+    pub passive: HashMap<BackendRef, passive::Window>,
+    pub started: Instant,
+    pub rates: Rates,
+}
+
+/// What the event loop listens to besides signals and timers.
+pub struct Inputs {
+    pub reports: mpsc::UnboundedReceiver<Report>,
+    pub views: mpsc::Receiver<ViewRequest>,
+    pub status: tokio::net::UnixListener,
+}
+
+/// How the loop ended.
+pub enum Exit {
+    /// Detach and clean up (unless told to keep running).
+    Stop { keep_running: bool },
+}
+
+impl Daemon {
+    /// Make maps, neighbours, probe routes and probes match `config`. On
+    /// error the maps keep serving the previously applied configuration.
+    pub async fn apply(&mut self, config: Config) -> anyhow::Result<()> {
+        let st = self.control.apply(&mut self.dp, config)?;
+        info!(
+            services_written = st.services_written,
+            services_removed = st.services_removed,
+            backends_written = st.backends_written,
+            backends_retired = st.backends_retired,
+            ring_slots_written = st.ring_slots_written,
+            "maps programmed"
+        );
+        self.host.sync_neighbours(self.control.config()).await;
+        let targets = self.host.probe_targets(self.control.check_targets()).await;
+        info!(probes = targets.len(), "health checks running");
+        self.probes.restart(targets, &self.reports);
+        self.passive.clear();
+        Ok(())
+    }
+
+    fn service_name(&self, b: &BackendRef) -> String {
+        self.control
+            .config()
+            .services
+            .iter()
+            .find(|s| s.key() == b.service)
+            .map(|s| s.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn on_report(&mut self, r: Report) {
+        if r.generation != self.probes.generation {
+            return; // from probes of a previous configuration
+        }
+        let detail = r.result.clone().err();
+        match self.control.record(&r.backend, r.result, r.latency) {
+            Transition::Unchanged => {}
+            Transition::WentDown => {
+                warn!(service = %self.service_name(&r.backend), backend = %r.backend, reason = %detail.unwrap_or_default(), "backend DOWN: out of the scheduler, its flows re-schedule")
+            }
+            Transition::WentUp => {
+                info!(service = %self.service_name(&r.backend), backend = %r.backend, "backend UP: takes new flows again")
+            }
+        }
+        self.sync();
+    }
+
+    /// Write pending health changes; a failure is retried by the next call.
+    pub fn sync(&mut self) {
+        match self.control.sync(&mut self.dp) {
+            Ok(Some(st)) => info!(
+                backends_written = st.backends_written,
+                ring_slots_written = st.ring_slots_written,
+                services_written = st.services_written,
+                "maps follow backend health"
+            ),
+            Ok(None) => {}
+            Err(e) => error!(error = %e, "writing health to the maps failed; retrying"),
+        }
+    }
+
+    pub fn snapshot(&self) -> Option<CounterSnapshot> {
+        let applied = self.control.applied();
+        let service_ids: Vec<u32> = applied.services.iter().map(|s| s.info.id).collect();
+        let backend_ids: Vec<u32> = applied.backends.keys().copied().collect();
+        match self.counters.snapshot(&service_ids, &backend_ids) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "reading counters failed");
+                None
+            }
+        }
+    }
+
+    /// Compare each passively watched backend's counters with its window.
+    fn passive_tick(&mut self) {
+        let watched: Vec<_> = self
+            .control
+            .config()
+            .services
+            .iter()
+            .filter_map(|s| Some((s.key(), s.passive.clone()?)))
+            .collect();
+        if watched.is_empty() {
+            return;
+        }
+        let ids: Vec<(BackendRef, u32)> = self
+            .control
+            .applied()
+            .backend_ids()
+            .iter()
+            .filter(|(r, _)| watched.iter().any(|(k, _)| *k == r.service))
+            .map(|(r, id)| (*r, *id))
+            .collect();
+        let backend_ids: Vec<u32> = ids.iter().map(|(_, id)| *id).collect();
+        let Ok(traffic) = self.counters.backend_traffic(&backend_ids) else {
+            return;
+        };
+        let now = self.started.elapsed();
+        let mut tripped = Vec::new();
+        for (r, id) in ids {
+            let Some((_, cfg)) = watched.iter().find(|(k, _)| *k == r.service) else {
+                continue;
+            };
+            let t = traffic.get(&id).copied().unwrap_or_default();
+            let w = self
+                .passive
+                .entry(r)
+                .or_insert_with(|| passive::Window::new(now, t.syn_retransmits, t.refused));
+            if let Some(why) = w.observe(now, t.syn_retransmits, t.refused, cfg) {
+                tripped.push((r, why, cfg.max_out_percent));
+            }
+        }
+        for (r, why, max_out) in tripped {
+            match self.control.hold(&r, max_out) {
+                Hold::Held => {
+                    warn!(service = %self.service_name(&r), backend = %r, reason = %why, "backend HELD (passive): no new connections until it passes rise checks; established flows stay")
+                }
+                Hold::NotUp => {}
+                Hold::TooManyOut { out, of } => {
+                    warn!(service = %self.service_name(&r), backend = %r, reason = %why, out, of, max_out_percent = max_out, "passive health would take this backend out, but that would leave too few taking new connections; keeping it")
+                }
+            }
+        }
+        self.sync();
+    }
+
+    pub fn view(&self) -> api::View {
+        let snap = self.snapshot().unwrap_or_default();
+        let flows = self.census.counts();
+        api::build(
+            &self.control,
+            &api::Readings {
+                services: &snap.services,
+                backends: &snap.backends,
+                reasons: &snap.reasons,
+                service_rates: &self.rates.services,
+                backend_rates: &self.rates.backends,
+                flows: &flows,
+            },
+        )
+    }
+
+    /// Serve until a signal ends it.
+    pub async fn run(&mut self, inputs: Inputs, o: &Options) -> std::io::Result<Exit> {
+        let Inputs {
+            mut reports,
+            mut views,
+            status,
+        } = inputs;
+        let (config_path, overrides) = (&o.config, &o.overrides);
+        let (stats_interval, keep_running) = (o.stats_interval, o.keep_running);
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
+        let period = Duration::from_secs(stats_interval.max(1));
+        let mut stats_tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut rate_tick = tokio::time::interval(Duration::from_secs(1));
+        // Passive health reacts within one tick of a threshold being reached.
+        let mut passive_tick = tokio::time::interval(PASSIVE_TICK);
+        for t in [&mut stats_tick, &mut rate_tick, &mut passive_tick] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(Exit::Stop { keep_running }); }
+                _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(Exit::Stop { keep_running }); }
+                _ = usr1.recv() => { info!("SIGUSR1: exiting, data path keeps forwarding"); return Ok(Exit::Stop { keep_running: true }); }
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading {}", config_path.display());
+                    self.reload(config_path, overrides).await;
+                }
+                Some(r) = reports.recv() => self.on_report(r),
+                Some(reply) = views.recv() => { let _ = reply.send(self.view()); }
+                _ = passive_tick.tick() => self.passive_tick(),
+                _ = rate_tick.tick() => {
+                    if let Some(s) = self.snapshot() { self.rates.update(Instant::now(), s); }
+                    self.sync(); // retries a failed health write
+                }
+                _ = stats_tick.tick(), if stats_interval > 0 => {
+                    if let Some(s) = self.snapshot() { info!(counters = %s, "counters"); }
+                }
+                c = status.accept() => match c {
+                    Ok((mut stream, _)) => {
+                        let table = api::status::table(&self.view());
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(table.as_bytes())).await;
+                        });
+                    }
+                    Err(e) => warn!(error = %e, "status accept failed"),
+                },
+            }
+        }
+    }
+}

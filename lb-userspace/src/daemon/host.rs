@@ -1,0 +1,172 @@
+//! What the daemon changes on the host besides its BPF objects, and undoes
+//! on a clean stop: managed neighbour entries for backends, and the policy
+//! routes of DSR probes. One netlink client for all of it.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, ForwardingKind},
+    control::CheckTarget,
+    health::{dsr_route, probe::Target},
+    net::{Ensured, NetError, Netlink, PolicyRoute, Route},
+};
+
+/// A backend's next hop with a managed neighbour entry.
+struct Managed {
+    backend: Ipv4Addr,
+    route: Route,
+    /// The entry is ours (created by xdplb): released on a clean stop.
+    ours: bool,
+}
+
+pub struct Host {
+    nl: Netlink,
+    managed: Vec<Managed>,
+    probe_routes: Vec<PolicyRoute>,
+}
+
+impl Host {
+    pub fn open() -> Result<Self, NetError> {
+        Ok(Self {
+            nl: Netlink::open()?,
+            managed: Vec::new(),
+            probe_routes: Vec::new(),
+        })
+    }
+
+    /// Keep every backend's next hop resolved (when the config asks for it):
+    /// a managed entry for each new one, entries of backends that left
+    /// released (ours only, and only if no other backend still uses them).
+    pub async fn sync_neighbours(&mut self, config: &Config) {
+        let mut wanted: Vec<Ipv4Addr> = config
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.address))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if !config.dataplane.manage_neighbours {
+            wanted.clear();
+        }
+        for addr in wanted.iter().copied() {
+            if self.managed.iter().any(|m| m.backend == addr) {
+                continue;
+            }
+            let result = match self.nl.route_to(addr).await {
+                Ok(route) => self
+                    .nl
+                    .ensure_managed(route.ifindex, route.next_hop)
+                    .await
+                    .map(|e| (route, e)),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok((route, Ensured::Created | Ensured::Ours)) => {
+                    info!(backend = %addr, next_hop = %route.next_hop, ifindex = route.ifindex, "managed neighbour entry in place");
+                    self.managed.push(Managed {
+                        backend: addr,
+                        route,
+                        ours: true,
+                    });
+                }
+                Ok((route, Ensured::Theirs(what))) => {
+                    info!(backend = %addr, next_hop = %route.next_hop, existing = %what, "neighbour entry exists and is not xdplb's; left as it is");
+                    self.managed.push(Managed {
+                        backend: addr,
+                        route,
+                        ours: false,
+                    });
+                }
+                Err(e) => {
+                    warn!(backend = %addr, error = %e, "cannot keep the backend's neighbour resolved; its packets go through the kernel's neighbour resolution until it is")
+                }
+            }
+        }
+        let (keep, gone): (Vec<_>, Vec<_>) = self
+            .managed
+            .drain(..)
+            .partition(|m| wanted.contains(&m.backend));
+        self.managed = keep;
+        for m in gone {
+            if m.ours && !self.managed.iter().any(|k| k.route == m.route) {
+                self.release(m.route).await;
+            }
+        }
+    }
+
+    async fn release(&self, route: Route) {
+        if let Err(e) = self.nl.release_managed(route.ifindex, route.next_hop).await {
+            warn!(next_hop = %route.next_hop, error = %e, "removing managed neighbour entry failed");
+        }
+    }
+
+    /// Where each checked backend is probed: NAT backends on their own
+    /// address; DSR backends on the VIP, policy-routed to them (falling back
+    /// to their own address, with a warning, if the route cannot be made).
+    /// Routes of backends no longer probed are removed.
+    pub async fn probe_targets(&mut self, targets: Vec<CheckTarget>) -> Vec<Target> {
+        let mut routes = Vec::new();
+        let mut out = Vec::new();
+        for t in targets {
+            let (addr, port) = (t.backend.addr, t.backend.port);
+            let check_port = t.check.port.unwrap_or(port);
+            let (connect, mark) = match t.forwarding {
+                ForwardingKind::Nat => (SocketAddrV4::new(addr, check_port), None),
+                ForwardingKind::Dsr => match self.route_dsr_probe(&t).await {
+                    Ok(r) => {
+                        routes.push(r);
+                        (SocketAddrV4::new(t.vip, check_port), Some(r.mark))
+                    }
+                    Err(e) => {
+                        warn!(service = %t.service, backend = %addr, error = %e, "cannot route the DSR probe to the VIP on this backend; probing its own address instead");
+                        (SocketAddrV4::new(addr, check_port), None)
+                    }
+                },
+            };
+            out.push(Target {
+                backend: t.backend,
+                connect: SocketAddr::V4(connect),
+                mark,
+                spec: t.check,
+            });
+        }
+        for old in std::mem::take(&mut self.probe_routes) {
+            if !routes.iter().any(|r| r.mark == old.mark)
+                && let Err(e) = self.nl.remove_policy_route(&old).await
+            {
+                warn!(error = %e, "removing a probe route failed");
+            }
+        }
+        self.probe_routes = routes;
+        out
+    }
+
+    async fn route_dsr_probe(&self, t: &CheckTarget) -> Result<PolicyRoute, NetError> {
+        let route = self.nl.route_to(t.backend.addr).await?;
+        let r = dsr_route::probe_route(t.backend_id, t.vip, t.backend.addr, route.ifindex);
+        self.nl.add_policy_route(&r).await?;
+        Ok(r)
+    }
+
+    /// Clean stop: remove probe routes and release our neighbour entries.
+    pub async fn release_all(&mut self) {
+        for r in std::mem::take(&mut self.probe_routes) {
+            if let Err(e) = self.nl.remove_policy_route(&r).await {
+                warn!(error = %e, "removing a probe route failed");
+            }
+        }
+        let mut routes: Vec<Route> = self
+            .managed
+            .drain(..)
+            .filter(|m| m.ours)
+            .map(|m| m.route)
+            .collect();
+        routes.sort_by_key(|r| (r.ifindex, r.next_hop));
+        routes.dedup();
+        for r in routes {
+            self.release(r).await;
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! `xdplb run`: start-up and shutdown order (this file), the event loop
+//! (`event_loop.rs`), reload (`reload.rs`) and what the daemon changes on the
+//! host besides its BPF objects (`host.rs`).
+//!
+//! Start-up checks everything before it touches the host: config and
+//! interfaces, then the listeners, then loading (or adopting) the pinned
+//! data path, programming it, neighbours and probes, and only then attaching.
+//! Shutdown undoes it in reverse, or leaves forwarding in place when asked.
+
+mod event_loop;
+mod host;
+mod reload;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+pub use event_loop::PASSIVE_TICK;
+use event_loop::{Daemon, Exit, Inputs, Rates};
+use host::Host;
+
+use crate::{
+    api,
+    config::{Config, XdpMode},
+    control::Control,
+    dataplane::bpf::{self, BpfDataplane, Counters, FlowCensus},
+    health::probe::Probes,
+};
+
+/// Command-line settings that replace the config file's.
+pub struct Overrides {
+    pub ifaces: Vec<String>,
+    pub xdp_mode: Option<XdpMode>,
+    pub pin_path: Option<PathBuf>,
+    pub status_socket: Option<PathBuf>,
+}
+
+pub struct Options {
+    pub config: PathBuf,
+    pub overrides: Overrides,
+    pub stats_interval: u64,
+    pub pid_file: PathBuf,
+    pub keep_running: bool,
+}
+
+/// Read and validate the config (`Config::load` does), apply the overrides
+/// and check that every interface exists here (which also rejects a bad
+/// `--iface` name).
+fn read_config(path: &Path, o: &Overrides) -> anyhow::Result<Config> {
+    let mut config = Config::load(path)?;
+    if !o.ifaces.is_empty() {
+        config.dataplane.interfaces = o.ifaces.clone();
+    }
+    if let Some(m) = o.xdp_mode {
+        config.dataplane.xdp_mode = m;
+    }
+    if let Some(p) = &o.pin_path {
+        config.dataplane.pin_path = p.clone();
+    }
+    if let Some(p) = &o.status_socket {
+        config.control.status_socket = p.clone();
+    }
+    if config.dataplane.interfaces.is_empty() {
+        bail!(
+            "{}: dataplane.interfaces: no interface to attach to (set it or pass --iface)",
+            path.display()
+        );
+    }
+    for iface in &config.dataplane.interfaces {
+        let c = std::ffi::CString::new(iface.as_str()).context("interface name")?;
+        // SAFETY: valid NUL-terminated string.
+        if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+            bail!(
+                "{}: dataplane.interfaces: no interface named {iface:?} in this network namespace",
+                path.display()
+            );
+        }
+    }
+    Ok(config)
+}
+
+/// The kernel's FIB refuses to forward packets that arrive on an interface
+/// with IPv4 forwarding off, and the data path then drops them
+/// (`drop_no_route`). Say so at start-up rather than leave it to counters.
+fn warn_if_forwarding_off(ifaces: &[String]) {
+    for iface in ifaces {
+        let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+            warn!(
+                iface = %iface,
+                "IPv4 forwarding is off on this interface: the kernel's FIB will not give next hops for packets arriving on it, so they are dropped (drop_no_route); set net.ipv4.conf.{iface}.forwarding=1 (or net.ipv4.ip_forward=1)"
+            );
+        }
+    }
+}
+
+fn log_services(config: &Config) {
+    for c in &config.services {
+        info!(
+            service = %c.name,
+            vip = %format!("{}:{}", c.vip, c.port),
+            protocol = ?c.protocol,
+            scheduler = ?c.scheduler,
+            forwarding = ?c.forwarding,
+            backends = c.backends.len(),
+            check = ?c.check.as_ref().map(|k| k.kind),
+            "serving"
+        );
+    }
+}
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    // Everything is checked before anything on the host is touched.
+    let config = read_config(&o.config, &o.overrides)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(o, config))
+}
+
+async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
+    let pin_root = (!config.dataplane.pin_path.as_os_str().is_empty())
+        .then(|| config.dataplane.pin_path.clone());
+    let metrics = match config.control.metrics_address {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("control.metrics_address: cannot listen on {a}"))?,
+        ),
+        None => None,
+    };
+    let sock_path = config.control.status_socket.clone();
+    let _ = std::fs::remove_file(&sock_path);
+    let status = tokio::net::UnixListener::bind(&sock_path).with_context(|| {
+        format!(
+            "control.status_socket: cannot listen on {}",
+            sock_path.display()
+        )
+    })?;
+
+    let loaded = bpf::load(config.dataplane.flow_table_size, pin_root.as_deref())
+        .context("loading the XDP program")?;
+    let mut ebpf = loaded.ebpf;
+    let pin_dir = loaded.pin_dir;
+    let dp = BpfDataplane::new(&mut ebpf)?;
+    let counters = Counters::new(&mut ebpf)?;
+    let census = FlowCensus::start(&mut ebpf, Duration::from_secs(1))?;
+    let (reports_tx, reports) = mpsc::unbounded_channel();
+    let mut control = Control::new(config.clone());
+    if loaded.adopted {
+        let found = dp.read_plan().context("reading the pinned maps")?;
+        info!(
+            pin_dir = %pin_dir.as_deref().unwrap_or(Path::new("")).display(),
+            services = found.services.len(),
+            backends = found.backends.len(),
+            "adopting the pinned data path: flows, ids and counters carry over"
+        );
+        control.adopt(found);
+    }
+    let mut daemon = Daemon {
+        control,
+        dp,
+        counters,
+        census,
+        host: Host::open().context("opening netlink")?,
+        probes: Probes::default(),
+        reports: reports_tx,
+        passive: HashMap::new(),
+        started: Instant::now(),
+        rates: Rates::default(),
+    };
+    let ifaces = config.dataplane.interfaces.clone();
+    warn_if_forwarding_off(&ifaces);
+    daemon.apply(config.clone()).await?;
+    let attachments = match bpf::attach(
+        &mut ebpf,
+        lb_common::names::PROGRAM,
+        &ifaces,
+        config.dataplane.xdp_mode,
+        pin_dir.as_deref(),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            daemon.probes.stop();
+            daemon.host.release_all().await;
+            if let Some(d) = &pin_dir
+                && !loaded.adopted
+            {
+                bpf::unpin(d);
+            }
+            return Err(e.into());
+        }
+    };
+    log_services(daemon.control.config());
+    if let Err(e) = std::fs::write(&o.pid_file, format!("{}\n", std::process::id())) {
+        warn!(path = %o.pid_file.display(), error = %e, "cannot write PID file; `xdplb reload` will not find this daemon");
+    }
+    let (views_tx, views) = mpsc::channel(16);
+    let endpoint = metrics.map(|l| tokio::spawn(api::server::serve(l, views_tx)));
+    info!(interfaces = ?ifaces, pinned = pin_dir.is_some(), "xdplb ready");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let inputs = Inputs {
+        reports,
+        views,
+        status,
+    };
+    let exit = daemon.run(inputs, o).await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    if let Some(e) = endpoint {
+        e.abort();
+    }
+    daemon.probes.stop();
+    if let Some(s) = daemon.snapshot() {
+        info!(counters = %s, "final counters");
+    }
+    let _ = std::fs::remove_file(&sock_path);
+    let _ = std::fs::remove_file(&o.pid_file);
+    let keep_running = match exit {
+        Ok(Exit::Stop { keep_running }) => keep_running,
+        Err(e) => {
+            error!(error = %e, "signal handling failed");
+            false
+        }
+    };
+    let keep_running = keep_running && pin_dir.is_some();
+    bpf::detach(
+        &mut ebpf,
+        lb_common::names::PROGRAM,
+        attachments,
+        keep_running,
+    );
+    if keep_running {
+        info!(
+            "exiting; forwarding, flows, neighbour entries and probe routes stay for the next daemon"
+        );
+        return Ok(());
+    }
+    daemon.host.release_all().await;
+    if let Some(d) = &pin_dir {
+        bpf::unpin(d);
+        info!(pin_dir = %d.display(), "unpinned");
+    }
+    Ok(())
+}

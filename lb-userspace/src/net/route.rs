@@ -1,0 +1,150 @@
+//! Routes: where the kernel sends a destination (for managed neighbour
+//! entries), and policy routes (an fwmark rule and a one-route table) that
+//! send marked packets to a chosen gateway.
+
+use std::net::Ipv4Addr;
+
+use futures_util::TryStreamExt as _;
+use rtnetlink::{
+    RouteMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        route::{RouteAddress, RouteAttribute, RouteMessage},
+        rule::{RuleAction, RuleAttribute, RuleHeader, RuleMessage},
+    },
+};
+
+use super::{NetError, Netlink};
+
+/// Where the kernel sends packets for a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub ifindex: u32,
+    /// The neighbour to resolve: the gateway, or the destination itself.
+    pub next_hop: Ipv4Addr,
+}
+
+/// Packets with fwmark `mark` are routed by table `table`, which holds one
+/// route: `dst/32 via gateway dev ifindex`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyRoute {
+    pub mark: u32,
+    pub table: u32,
+    pub priority: u32,
+    pub dst: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub ifindex: u32,
+}
+
+impl PolicyRoute {
+    fn rule(&self) -> RuleMessage {
+        let mut m = RuleMessage::default();
+        m.header = RuleHeader {
+            family: AddressFamily::Inet,
+            action: RuleAction::ToTable,
+            ..RuleHeader::default()
+        };
+        m.attributes.push(RuleAttribute::FwMark(self.mark));
+        m.attributes.push(RuleAttribute::FwMask(u32::MAX));
+        m.attributes.push(RuleAttribute::Table(self.table));
+        m.attributes.push(RuleAttribute::Priority(self.priority));
+        m
+    }
+
+    fn route(&self) -> RouteMessage {
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(self.dst, 32)
+            .gateway(self.gateway)
+            .output_interface(self.ifindex)
+            .table_id(self.table)
+            .build()
+    }
+}
+
+impl Netlink {
+    /// The kernel's route to `dst` (a FIB lookup, as `ip route get`).
+    pub async fn route_to(&self, dst: Ipv4Addr) -> Result<Route, NetError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let mut replies = self.handle.route().get(query).execute();
+        while let Some(r) = replies
+            .try_next()
+            .await
+            .map_err(Self::request_error(format!("route to {dst}")))?
+        {
+            let mut ifindex = None;
+            let mut gateway = None;
+            for a in r.attributes {
+                match a {
+                    RouteAttribute::Oif(i) => ifindex = Some(i),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(g),
+                    _ => {}
+                }
+            }
+            if let Some(ifindex) = ifindex {
+                return Ok(Route {
+                    ifindex,
+                    next_hop: gateway.unwrap_or(dst),
+                });
+            }
+        }
+        Err(NetError::NoRoute(dst))
+    }
+
+    /// Install (or refresh) a policy route.
+    pub async fn add_policy_route(&self, r: &PolicyRoute) -> Result<(), NetError> {
+        let mut rule = self.handle.rule().add();
+        *rule.message_mut() = r.rule();
+        match rule
+            .execute()
+            .await
+            .map_err(Self::request_error(format!("rule fwmark {:#x}", r.mark)))
+        {
+            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            other => other?,
+        }
+        self.handle
+            .route()
+            .add(r.route())
+            .replace()
+            .execute()
+            .await
+            .map_err(Self::request_error(format!(
+                "route {}/32 via {} table {:#x}",
+                r.dst, r.gateway, r.table
+            )))
+    }
+
+    /// Remove a policy route (one already gone is fine).
+    pub async fn remove_policy_route(&self, r: &PolicyRoute) -> Result<(), NetError> {
+        let gone = |e: &NetError| matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ESRCH));
+        if let Err(e) =
+            self.handle
+                .route()
+                .del(r.route())
+                .execute()
+                .await
+                .map_err(Self::request_error(format!(
+                    "delete route {}/32 table {:#x}",
+                    r.dst, r.table
+                )))
+            && !gone(&e)
+        {
+            return Err(e);
+        }
+        match self
+            .handle
+            .rule()
+            .del(r.rule())
+            .execute()
+            .await
+            .map_err(Self::request_error(format!(
+                "delete rule fwmark {:#x}",
+                r.mark
+            ))) {
+            Err(e) if !gone(&e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
