@@ -61,3 +61,37 @@ fn bad_config_is_rejected_with_file_key_and_reason() {
         "gives the reason: {out}"
     );
 }
+
+/// A stale PID file whose PID now belongs to another program: `reload` and
+/// `stop` refuse, saying why, and do not signal it. (A `sleep` dies of the
+/// SIGHUP `reload` would send, so its survival shows nothing was sent.)
+#[test]
+fn a_stale_pid_file_naming_another_program_is_not_signalled() {
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid_file = std::env::temp_dir().join(format!("xdplb-stale-{}.pid", std::process::id()));
+    std::fs::write(&pid_file, format!("{}\n", sleeper.id())).unwrap();
+    let mut outputs = Vec::new();
+    for args in [&["reload"][..], &["stop"], &["stop", "--keep-running"]] {
+        let out = Command::new(target_bin("xdplb"))
+            .args(args)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .output()
+            .unwrap();
+        outputs.push((args, out));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let still_running = sleeper.try_wait().unwrap().is_none();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    std::fs::remove_file(&pid_file).ok();
+    for (args, out) in outputs {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "xdplb {args:?} succeeded: {err}");
+        assert!(
+            err.contains("not an xdplb daemon") && err.contains("\"sleep\""),
+            "xdplb {args:?}: {err}"
+        );
+    }
+    assert!(still_running, "the sleep process was signalled");
+}

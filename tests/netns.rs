@@ -1795,3 +1795,77 @@ fn heavy_legitimate_load_passive_health_redispatch_and_return() {
         "{test}: no redispatch counted:\n{m}"
     );
 }
+
+/// Host safety: a neighbour entry the daemon did not create (here a static
+/// one for backend 2, made by the operator while the daemon ran) is never
+/// changed or removed; the daemon's own managed entry (backend 1) goes with
+/// it on a clean stop.
+#[test]
+fn neighbour_entries_the_daemon_did_not_create_are_left_alone() {
+    let test = "neighbour_entries_the_daemon_did_not_create_are_left_alone";
+    if !require_root(test) {
+        return;
+    }
+    let mut lab = lab_with(Mode::Native, &nat_config(&[("203.0.113.11", 1)], ""));
+    let b2_mac = mac_of(&lab.backends[1], "eth0");
+    lab.lb.sh(&[
+        "ip",
+        "neigh",
+        "replace",
+        "203.0.113.21",
+        "lladdr",
+        &b2_mac,
+        "dev",
+        "b2",
+        "nud",
+        "permanent",
+    ]);
+    let neigh = |lab: &Lab, addr: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &lab.lb.name, "neigh", "show", addr])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = neigh(&lab, "203.0.113.21");
+    std::fs::write(
+        &lab.config,
+        nat_config(&[("203.0.113.11", 1), ("203.0.113.21", 1)], ""),
+    )
+    .unwrap();
+    xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
+    lab.daemon
+        .wait_for_count("reload applied", 1, Duration::from_secs(10));
+    let ours = neigh(&lab, "203.0.113.11");
+    assert!(
+        ours.contains("managed"),
+        "{test}: backend 1 not managed: {ours}"
+    );
+    assert_eq!(
+        neigh(&lab, "203.0.113.21"),
+        before,
+        "{test}: changed while running"
+    );
+    let log = lab.daemon.log().join("\n");
+    assert!(log.contains("not xdplb's; left as it is"), "{test}:\n{log}");
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let (spread, errors) = {
+        let _in = lab.client.enter();
+        load(20, || http_get(vip))
+    };
+    assert!(
+        errors.is_empty() && spread.len() == 2,
+        "{test}: {spread:?} {errors:?}"
+    );
+    let status = lab.daemon.stop();
+    assert!(status.is_some_and(|s| s.success()));
+    assert_eq!(
+        neigh(&lab, "203.0.113.21"),
+        before,
+        "{test}: the operator's entry changed"
+    );
+    assert!(
+        !neigh(&lab, "203.0.113.11").contains("managed"),
+        "{test}: the daemon's own entry left behind"
+    );
+}

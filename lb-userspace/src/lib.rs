@@ -2,6 +2,7 @@
 //! programming of the XDP data path.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -1,15 +1,15 @@
 //! `xdplb`: the load balancer daemon and its command-line tools.
 
 use std::{
-    io::Read as _,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use xdplb::{
+    cli::{self, pid},
     config::{Config, XdpMode},
     daemon,
 };
@@ -94,7 +94,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Check { config } => check(&config),
-        Cmd::Reload { pid_file } => signal(&pid_file, libc::SIGHUP, "SIGHUP")
+        Cmd::Reload { pid_file } => pid::signal(&pid_file, libc::SIGHUP, "SIGHUP")
             .map(|pid| println!("sent SIGHUP to xdplb (pid {pid}); its log reports the result")),
         Cmd::Stop {
             pid_file,
@@ -152,34 +152,13 @@ fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_pid(pid_file: &Path) -> anyhow::Result<i32> {
-    let text = std::fs::read_to_string(pid_file)
-        .with_context(|| format!("{}: cannot read (is xdplb running?)", pid_file.display()))?;
-    text.trim()
-        .parse()
-        .with_context(|| format!("{}: not a PID: {text:?}", pid_file.display()))
-}
-
-/// Send `sig` to the daemon named by the PID file; returns its PID.
-fn signal(pid_file: &Path, sig: i32, name: &str) -> anyhow::Result<i32> {
-    let pid = read_pid(pid_file)?;
-    // SAFETY: sends a signal to the PID the daemon wrote; no memory involved.
-    if unsafe { libc::kill(pid, sig) } != 0 {
-        bail!(
-            "sending {name} to xdplb (pid {pid}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(pid)
-}
-
 fn stop(pid_file: &Path, keep_running: bool, wait: u64) -> anyhow::Result<()> {
     let (sig, name) = if keep_running {
         (libc::SIGUSR1, "SIGUSR1")
     } else {
         (libc::SIGTERM, "SIGTERM")
     };
-    let pid = signal(pid_file, sig, name)?;
+    let pid = pid::signal(pid_file, sig, name)?;
     let what = if keep_running {
         "exit leaving the data path forwarding"
     } else {
@@ -191,7 +170,7 @@ fn stop(pid_file: &Path, keep_running: bool, wait: u64) -> anyhow::Result<()> {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(wait);
     loop {
-        if !alive(pid) {
+        if !pid::alive(pid) {
             println!("xdplb (pid {pid}) has exited");
             return Ok(());
         }
@@ -202,29 +181,7 @@ fn stop(pid_file: &Path, keep_running: bool, wait: u64) -> anyhow::Result<()> {
     }
 }
 
-/// Whether `pid` still runs (a zombie, exited but not yet reaped by its
-/// parent, does not).
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        return false;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // "pid (comm) S ...": the state follows the last ')'.
-    !matches!(
-        stat.rsplit_once(')')
-            .and_then(|(_, r)| r.trim_start().chars().next()),
-        Some('Z') | None
-    )
-}
-
 fn status(socket: &Path) -> anyhow::Result<()> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("{}: cannot connect (is xdplb running?)", socket.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)
-        .with_context(|| format!("reading {}", socket.display()))?;
-    print!("{out}");
+    print!("{}", cli::status(socket)?);
     Ok(())
 }
