@@ -1222,3 +1222,97 @@ fn a_held_backend_keeps_established_flows_and_loses_handshakes() {
         "moved when down"
     );
 }
+
+/// A ring change is atomic for the data path: while one thread sends new
+/// flows (SYNs from ever new clients) to a Maglev service on CPU 0, another
+/// on CPU 1 alternates between two plans as fast as it can: weights 1:1:1,
+/// then 3:1 with the third backend down. No new flow may be dropped (no slot
+/// ever names a backend that is out) and every one must be forwarded.
+#[test]
+fn no_new_flow_is_dropped_while_rings_change_under_traffic() {
+    if !require_root("no_new_flow_is_dropped_while_rings_change_under_traffic") {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    pin_to_cpu0();
+    let ns = fib_lab("xdplb-fx");
+    let _in = ns.enter();
+    let config = Config::parse(Path::new("fixtures.toml"), CONFIG).unwrap();
+    let mut ebpf = bpf::load(config.dataplane.flow_table_size, None)
+        .unwrap()
+        .ebpf;
+    let mut dp = BpfDataplane::new(&mut ebpf).unwrap();
+    let counters = Counters::new(&mut ebpf).unwrap();
+    let mut planner = Planner::default();
+    let mut programmer = Programmer::default();
+    programmer
+        .apply(&mut dp, planner.plan(&config, &Default::default()).unwrap())
+        .unwrap();
+    let reweighted = Config::parse(
+        Path::new("fixtures.toml"),
+        &CONFIG.replacen(
+            "{ address = \"203.0.113.11\", port = 443 }",
+            "{ address = \"203.0.113.11\", port = 443, weight = 3 }",
+            1,
+        ),
+    )
+    .unwrap();
+    let key = service_key([192, 0, 2, 10].into(), 443, Protocol::Tcp);
+    let third_down =
+        Availability::down([BackendRef::new(key, [203, 0, 113, 13].into(), 443)].into());
+    let done = AtomicBool::new(false);
+    let applies = AtomicUsize::new(0);
+    let frames = 200_000u32;
+    let mut verdicts = std::collections::BTreeMap::new();
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            xdplb_tests::pin_to_cpu(1);
+            let avail = Availability::default();
+            while !done.load(Ordering::Relaxed) {
+                for (c, a) in [(&reweighted, &third_down), (&config, &avail)] {
+                    let plan = planner.plan(c, a).unwrap();
+                    programmer.apply(&mut dp, plan).unwrap();
+                    applies.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let prog = bpf::xdp_program(&mut ebpf, lb_common::names::PROGRAM).unwrap();
+        let mut out = vec![0u8; 512];
+        for i in 0..frames {
+            let client = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+            let mut f = frame(
+                CLIENT_MAC,
+                LB_CLIENT_MAC,
+                client,
+                [192, 0, 2, 10],
+                1024 + (i % 60000) as u16,
+                443,
+                L4::TcpSyn,
+                b"",
+            );
+            wire::fix_ipv4_checksum(&mut f);
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(&f),
+                    data_out: Some(&mut out),
+                    ..Default::default()
+                })
+                .unwrap();
+            *verdicts.entry(r.return_value).or_insert(0u32) += 1;
+        }
+        done.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+    });
+    let snap = counters.snapshot(&[], &[]).unwrap();
+    let applies = applies.load(Ordering::Relaxed);
+    eprintln!(
+        "{frames} new flows while the rings changed {applies} times: verdicts {verdicts:?}, drop_no_backend {}",
+        snap.reason(Reason::DropNoBackend)
+    );
+    assert!(
+        applies >= 20,
+        "only {applies} ring changes during the traffic"
+    );
+    assert_eq!(snap.reason(Reason::DropNoBackend), 0, "new flows dropped");
+    assert_eq!(verdicts.get(&XDP_REDIRECT), Some(&frames), "{verdicts:?}");
+}

@@ -7,6 +7,28 @@ pub const MAX_BACKENDS: u32 = 4096;
 /// Slots per service in the backend ring. Prime, as Maglev needs; round robin
 /// uses a prefix of the same slots.
 pub const RING_SIZE: u32 = 65537;
+/// Each service has two rings: the live one, and one the daemon fills before
+/// it flips the service entry to it in a single update.
+pub const RING_HALVES: u32 = 2;
+/// A ring's slots are backend ids (u32), packed two to a `u64` element of
+/// `BACKEND_RING` (an array's elements are 8-byte aligned, so a `u32` array
+/// would waste half its memory): slot `2k` in the low half of element `k`.
+pub const RING_WORDS: u32 = RING_SIZE.div_ceil(2);
+/// Elements of `BACKEND_RING`.
+pub const RING_ENTRIES: u32 = MAX_SERVICES * RING_HALVES * RING_WORDS;
+/// `BPF_F_MMAPABLE`: the daemon writes a whole ring through a memory
+/// mapping of the array instead of one syscall per slot.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Element of `BACKEND_RING` holding `slot` of ring `half` of service
+/// `service_id`, and the bit offset of the slot in it.
+#[inline(always)]
+pub const fn ring_word(service_id: u32, half: u8, slot: u32) -> (u32, u32) {
+    (
+        (service_id * RING_HALVES + (half as u32 & 1)) * RING_WORDS + slot / 2,
+        (slot & 1) * 32,
+    )
+}
 /// Entries in the LRU flow table (client flow -> backend).
 pub const MAX_FLOWS: u32 = 1 << 20;
 /// Entries in the LRU reverse-NAT table (backend reply -> VIP).
@@ -48,7 +70,7 @@ pub mod names {
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -104,7 +126,8 @@ pub struct ServiceInfo {
     pub forwarding: u8,
     /// `SERVICE_F_*` bits.
     pub flags: u8,
-    pub _pad: u8,
+    /// Which of the service's two rings is live (0 or 1).
+    pub ring: u8,
 }
 const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 12);
 

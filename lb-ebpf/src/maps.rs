@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, FlowKey, FlowValue, MAX_BACKENDS, MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, NatReverse,
-    REASON_COUNT, RING_SIZE, ServiceInfo, ServiceKey, Traffic,
+    BPF_F_MMAPABLE, Backend, FlowKey, FlowValue, MAX_BACKENDS, MAX_FLOWS, MAX_NAT_FLOWS,
+    MAX_SERVICES, NatReverse, REASON_COUNT, RING_ENTRIES, ServiceInfo, ServiceKey, Traffic,
 };
 
 use crate::parse::Packet;
@@ -16,9 +16,11 @@ use crate::parse::Packet;
 pub static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
-/// `RING_SIZE` slots per service id, each a backend id.
+/// Two rings of `RING_SIZE` slots per service id, each slot a backend id,
+/// two slots to an element (`lb_common::ring_word`); the service entry names
+/// the live ring. Memory-mappable, so the daemon fills a ring with one copy.
 #[map]
-pub static BACKEND_RING: Array<u32> = Array::with_max_entries(MAX_SERVICES * RING_SIZE, 0);
+pub static BACKEND_RING: Array<u64> = Array::with_max_entries(RING_ENTRIES, BPF_F_MMAPABLE);
 /// Next round-robin slot per service, per CPU (no atomics on the hot path).
 #[map]
 pub static RR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);

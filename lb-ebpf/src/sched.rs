@@ -10,7 +10,7 @@ use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, FLOW_F_CLOSING, FLOW_F_ESTABLISHED,
     FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN, FlowValue, MAX_BACKENDS, MAX_SERVICES,
     RING_SIZE, Scheduler, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN,
-    hash::flow_hash,
+    hash::flow_hash, ring_word,
 };
 
 use crate::{
@@ -151,6 +151,13 @@ fn pinned(backend_id: u32, backend: Backend, syn_retransmit: bool) -> Choice {
     }
 }
 
+/// The backend id in `slot` of the service's live ring.
+#[inline(always)]
+fn ring_slot(svc: &ServiceInfo, slot: u32) -> Option<u32> {
+    let (word, shift) = ring_word(svc.id, svc.ring, slot);
+    BACKEND_RING.get(word).map(|w| (*w >> shift) as u32)
+}
+
 /// A backend for a new connection from the service's ring, avoiding
 /// `exclude` (the backend that just refused it) if another one is there.
 #[inline(always)]
@@ -176,13 +183,12 @@ fn schedule(pkt: &Packet, svc: &ServiceInfo, exclude: u32) -> Option<(u32, Backe
             slot
         }
     };
-    let base = svc.id * RING_SIZE;
-    let first = *BACKEND_RING.get(base + slot)?;
+    let first = ring_slot(svc, slot)?;
     if first == exclude {
         let mut i = 1;
         while i <= REDISPATCH_PROBES {
             let s = (slot + i) % len;
-            if let Some(&id) = BACKEND_RING.get(base + s)
+            if let Some(id) = ring_slot(svc, s)
                 && id != exclude
                 && let Some(b) = active_backend(id)
             {

@@ -105,10 +105,15 @@ pub fn fib_lab(prefix: &str) -> Netns {
 
 /// Keep this thread on CPU 0 (round robin keeps one cursor per CPU).
 pub fn pin_to_cpu0() {
+    pin_to_cpu(0);
+}
+
+/// Keep this thread on CPU `n`.
+pub fn pin_to_cpu(n: usize) {
     // SAFETY: plain affinity syscall for this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(n, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }

@@ -148,7 +148,7 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         .context("loading the XDP program")?;
     let mut ebpf = loaded.ebpf;
     let pin_dir = loaded.pin_dir;
-    let dp = BpfDataplane::new(&mut ebpf)?;
+    let mut dp = BpfDataplane::new(&mut ebpf)?;
     let counters = Counters::new(&mut ebpf)?;
     let census = FlowCensus::start(&mut ebpf, Duration::from_secs(1))?;
     let (reports_tx, reports) = mpsc::unbounded_channel();

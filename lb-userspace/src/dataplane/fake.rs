@@ -9,10 +9,18 @@ use lb_common::{Backend, ServiceInfo, ServiceKey};
 pub struct FakeDataplane {
     pub services: HashMap<ServiceKey, ServiceInfo>,
     pub backends: BTreeMap<u32, Backend>,
-    pub rings: BTreeMap<(u32, u32), u32>,
+    /// (service id, half) -> ring.
+    pub rings: BTreeMap<(u32, u8), Vec<u32>>,
     /// Fail the n-th write from now (0 = next), to test error paths.
     pub fail_at: Option<usize>,
     pub writes: usize,
+    /// Every operation in order, to check the programmer's ordering.
+    pub log: Vec<String>,
+    /// Halves written since the last quiesce while a service still pointed
+    /// at them, or since a flip away from them: must stay empty.
+    pub unsafe_writes: Vec<(u32, u8)>,
+    /// Halves a service stopped pointing at since the last quiesce.
+    retiring: Vec<(u32, u8)>,
 }
 
 impl FakeDataplane {
@@ -35,34 +43,61 @@ impl FakeDataplane {
     /// The backend id a flow hitting `slot` of service `key` would get.
     pub fn pick(&self, key: &ServiceKey, slot: u32) -> Option<u32> {
         let info = self.services.get(key)?;
-        self.rings.get(&(info.id, slot % info.ring_len)).copied()
+        let ring = self.rings.get(&(info.id, info.ring))?;
+        ring.get((slot % info.ring_len) as usize).copied()
+    }
+
+    fn live(&self, service_id: u32, half: u8) -> bool {
+        self.services
+            .values()
+            .any(|i| i.id == service_id && i.ring == half)
     }
 }
 
 impl Dataplane for FakeDataplane {
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), DataplaneError> {
         self.write("BACKENDS")?;
+        self.log
+            .push(format!("backend {id} flags {}", backend.flags));
         self.backends.insert(id, backend);
         Ok(())
     }
-    fn set_ring_slot(
+    fn write_ring(
         &mut self,
         service_id: u32,
-        slot: u32,
-        backend_id: u32,
+        half: u8,
+        ring: &[u32],
     ) -> Result<(), DataplaneError> {
         self.write("BACKEND_RING")?;
-        self.rings.insert((service_id, slot), backend_id);
+        if self.live(service_id, half) || self.retiring.contains(&(service_id, half)) {
+            self.unsafe_writes.push((service_id, half));
+        }
+        self.log.push(format!("ring {service_id}/{half}"));
+        self.rings.insert((service_id, half), ring.to_vec());
         Ok(())
     }
     fn set_service(&mut self, key: ServiceKey, info: ServiceInfo) -> Result<(), DataplaneError> {
         self.write("SERVICES")?;
+        if let Some(old) = self.services.get(&key)
+            && (old.id, old.ring) != (info.id, info.ring)
+        {
+            self.retiring.push((old.id, old.ring));
+        }
+        self.log.push(format!("service {}", info.id));
         self.services.insert(key, info);
         Ok(())
     }
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError> {
         self.write("SERVICES")?;
-        self.services.remove(&key);
+        if let Some(old) = self.services.remove(&key) {
+            self.retiring.push((old.id, old.ring));
+        }
+        self.log.push("remove service".into());
+        Ok(())
+    }
+    fn quiesce(&mut self) -> Result<(), DataplaneError> {
+        self.retiring.clear();
+        self.log.push("quiesce".into());
         Ok(())
     }
 }

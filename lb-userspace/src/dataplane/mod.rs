@@ -1,9 +1,11 @@
 //! The boundary between control logic and the BPF maps.
 //!
 //! [`Programmer`] turns a [`Plan`] into the fewest map writes, in an order
-//! that never lets the data path see a service whose ring points at a
-//! backend that is not there yet. [`Dataplane`] is implemented by the real
-//! maps (`bpf::BpfDataplane`) and by [`fake::FakeDataplane`] for tests.
+//! the data path never sees half-done: a ring is written whole into the
+//! service's spare half and goes live with one update of the service entry;
+//! backends that gain rights are written before that flip, those that lose
+//! them after. [`Dataplane`] is implemented by the real maps
+//! (`bpf::BpfDataplane`) and by [`fake::FakeDataplane`] for tests.
 
 pub mod bpf;
 pub mod fake;
@@ -23,12 +25,15 @@ pub struct DataplaneError {
 
 pub trait Dataplane {
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), DataplaneError>;
-    fn set_ring_slot(
-        &mut self,
-        service_id: u32,
-        slot: u32,
-        backend_id: u32,
-    ) -> Result<(), DataplaneError>;
+    /// Write `ring` into ring `half` (0 or 1) of service `service_id`. Only
+    /// a half no service entry points at is ever written.
+    fn write_ring(&mut self, service_id: u32, half: u8, ring: &[u32])
+    -> Result<(), DataplaneError>;
+    /// Replace a service entry in one update (readers see it old or new).
     fn set_service(&mut self, key: ServiceKey, info: ServiceInfo) -> Result<(), DataplaneError>;
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError>;
+    /// Return once every run of the data path that began before the call
+    /// has ended (an RCU grace period): after a flip, the half no longer
+    /// live has no reader left and may be rewritten.
+    fn quiesce(&mut self) -> Result<(), DataplaneError>;
 }

@@ -8,16 +8,36 @@ use crate::plan::Plan;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyStats {
     pub backends_written: usize,
+    /// Rings written whole into a spare half.
+    pub rings_written: usize,
+    /// Their slots (for the log).
     pub ring_slots_written: usize,
     pub services_written: usize,
     pub services_removed: usize,
     pub backends_retired: usize,
+    /// From the start of the apply to the last service update that made a
+    /// new ring live (what a ring change costs before packets use it).
+    pub live_after: Option<std::time::Duration>,
 }
 
 /// Keeps the data path equal to the last applied plan.
 #[derive(Debug, Default)]
 pub struct Programmer {
     applied: Plan,
+    /// A flip or removal happened without a grace period since: the halves
+    /// it retired may still have readers.
+    quiesce_pending: bool,
+}
+
+/// Whether `new` allows nothing `old` did not (flags only grow).
+fn gains(old: Option<&Backend>, new: &Backend) -> bool {
+    match old {
+        None => true,
+        Some(o) => {
+            (o.addr_be, o.port_be, o.service_id) == (new.addr_be, new.port_be, new.service_id)
+                && new.flags & o.flags == o.flags
+        }
+    }
 }
 
 impl Programmer {
@@ -26,58 +46,96 @@ impl Programmer {
     }
 
     /// Take what the maps already hold (pinned by an earlier daemon) as the
-    /// applied plan, so the next apply writes only the difference.
+    /// applied plan, so the next apply writes only the difference. A
+    /// previous daemon may have flipped rings just before it stopped.
     pub fn adopt(&mut self, found: Plan) {
         self.applied = found;
+        self.quiesce_pending = true;
     }
 
-    /// Write what differs between the applied plan and `plan`.
+    /// Write what differs between the applied plan and `plan`, so that no
+    /// packet ever sees a half-written ring or a new connection scheduled to
+    /// a backend that is not up:
+    /// 1. backends that are new or gain rights;
+    /// 2. each changed ring, whole, into the service's spare half;
+    /// 3. service entries, each in one update (a changed ring goes live);
+    /// 4. backends that lose rights (no live ring names them any more);
+    /// 5. services that are gone, then backends nobody uses;
+    /// 6. a grace period, so the halves just retired may be rewritten next.
+    ///
     /// On error the applied plan is left as it was, so a retry rewrites
     /// whatever may have been written partially.
     pub fn apply(
         &mut self,
         dp: &mut dyn Dataplane,
-        plan: Plan,
+        mut plan: Plan,
     ) -> Result<ApplyStats, DataplaneError> {
         let mut st = ApplyStats::default();
+        let started = std::time::Instant::now();
+        if self.quiesce_pending {
+            dp.quiesce()?;
+            self.quiesce_pending = false;
+        }
         let old = &self.applied;
-        // 1. Backends first: rings may point at them from now on.
+        // Which half each service's ring lives in: unchanged rings stay; a
+        // changed ring goes to the half its service is not using; a new
+        // service takes the half its id's previous owner (if any) is not using.
+        let mut changed = Vec::new();
+        for s in &mut plan.services {
+            let by_key = old.services.iter().find(|o| o.key == s.key);
+            let by_id = old.services.iter().find(|o| o.info.id == s.info.id);
+            let (half, ring_changed) = match (by_key, by_id) {
+                (Some(o), _) if o.info.id == s.info.id && o.ring == s.ring => (o.info.ring, false),
+                (Some(o), _) if o.info.id == s.info.id => (o.info.ring ^ 1, true),
+                (_, Some(o)) => (o.info.ring ^ 1, true),
+                _ => (0, true),
+            };
+            s.info.ring = half;
+            if ring_changed {
+                changed.push(s.info.id);
+            }
+        }
         for (id, b) in &plan.backends {
-            if old.backends.get(id) != Some(b) {
+            if old.backends.get(id) != Some(b) && gains(old.backends.get(id), b) {
                 dp.set_backend(*id, *b)?;
                 st.backends_written += 1;
             }
         }
-        // 2. Rings, only the slots that change.
-        for s in &plan.services {
-            let prev = old
-                .services
-                .iter()
-                .find(|o| o.info.id == s.info.id)
-                .map(|o| o.ring.as_slice());
-            for (slot, backend_id) in s.ring.iter().enumerate() {
-                if prev.and_then(|p| p.get(slot)) != Some(backend_id) {
-                    dp.set_ring_slot(s.info.id, slot as u32, *backend_id)?;
-                    st.ring_slots_written += 1;
-                }
-            }
+        for s in plan
+            .services
+            .iter()
+            .filter(|s| changed.contains(&s.info.id))
+        {
+            dp.write_ring(s.info.id, s.info.ring, &s.ring)?;
+            st.rings_written += 1;
+            st.ring_slots_written += s.ring.len();
         }
-        // 3. Services, now that their rings are complete.
+        let mut retired_halves = false;
         for s in &plan.services {
             let prev = old.services.iter().find(|o| o.key == s.key);
             if prev.map(|p| p.info) != Some(s.info) {
                 dp.set_service(s.key, s.info)?;
                 st.services_written += 1;
+                retired_halves |= prev.is_some_and(|p| p.info.ring != s.info.ring);
+                if changed.contains(&s.info.id) {
+                    st.live_after = Some(started.elapsed());
+                }
             }
         }
-        // 4. Services that are gone.
+        for (id, b) in &plan.backends {
+            if old.backends.get(id) != Some(b) && !gains(old.backends.get(id), b) {
+                dp.set_backend(*id, *b)?;
+                st.backends_written += 1;
+            }
+        }
         for o in &old.services {
             if !plan.services.iter().any(|s| s.key == o.key) {
                 dp.remove_service(o.key)?;
                 st.services_removed += 1;
+                retired_halves = true;
             }
         }
-        // 5. Backends nobody uses any more: inactive, so pinned flows re-schedule.
+        // Inactive, so flows still pinned to them re-schedule.
         for id in old.backends.keys() {
             if !plan.backends.contains_key(id) {
                 dp.set_backend(*id, Backend::default())?;
@@ -85,6 +143,13 @@ impl Programmer {
             }
         }
         self.applied = plan;
+        if retired_halves {
+            // Applied already; if the grace period fails, the next apply
+            // waits for it before it writes a ring.
+            self.quiesce_pending = true;
+            dp.quiesce()?;
+            self.quiesce_pending = false;
+        }
         Ok(st)
     }
 }
@@ -119,6 +184,7 @@ mod tests {
             .apply(&mut dp, planner.plan(&c, &Default::default()).unwrap())
             .unwrap();
         assert_eq!(st.backends_written, 2);
+        assert_eq!(st.rings_written, 1);
         assert_eq!(st.ring_slots_written, RING_SIZE as usize);
         assert_eq!(st.services_written, 1);
         assert!(
@@ -133,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn removing_a_maglev_backend_rewrites_only_its_slots_and_retires_it() {
+    fn a_ring_change_goes_live_in_one_flip_after_its_spare_half_is_full() {
         let mut planner = Planner::default();
         let mut dp = FakeDataplane::default();
         let mut prog = Programmer::default();
@@ -147,26 +213,69 @@ mod tests {
         );
         prog.apply(&mut dp, planner.plan(&three, &Default::default()).unwrap())
             .unwrap();
+        let key = prog.applied().services[0].key;
         let gone_id = *dp
             .backends
             .iter()
             .find(|(_, b)| b.addr_be == u32::from_ne_bytes([203, 0, 113, 13]))
             .unwrap()
             .0;
-        let gone_slots = dp.rings.values().filter(|&&b| b == gone_id).count();
+        let before: Vec<u32> = (0..RING_SIZE).map(|s| dp.pick(&key, s).unwrap()).collect();
+        dp.log.clear();
         let two = cfg(&[("203.0.113.11", 1), ("203.0.113.12", 1)], "maglev");
         let st = prog
             .apply(&mut dp, planner.plan(&two, &Default::default()).unwrap())
             .unwrap();
-        assert_eq!(st.backends_retired, 1);
-        assert_eq!(dp.backends[&gone_id].flags & BACKEND_F_ACTIVE, 0);
-        // Its slots all move; others move only a little (Maglev's promise).
-        assert!(st.ring_slots_written >= gone_slots);
-        assert!(
-            st.ring_slots_written < gone_slots + (RING_SIZE as usize) / 50,
-            "{st:?} {gone_slots}"
+        // The whole ring into the other half, then one flip, then the removed
+        // backend turned inactive, then a grace period.
+        assert_eq!(
+            dp.log,
+            vec![
+                "ring 0/1".to_string(),
+                "service 0".into(),
+                format!("backend {gone_id} flags 0"),
+                "quiesce".into()
+            ]
         );
-        assert!(dp.rings.values().all(|&b| b != gone_id));
+        assert_eq!((st.rings_written, st.backends_retired), (1, 1));
+        assert_eq!(dp.backends[&gone_id].flags & BACKEND_F_ACTIVE, 0);
+        let after: Vec<u32> = (0..RING_SIZE).map(|s| dp.pick(&key, s).unwrap()).collect();
+        assert!(after.iter().all(|&b| b != gone_id));
+        // Maglev's promise: only the removed backend's slots moved.
+        let moved = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| b != a && **b != gone_id)
+            .count();
+        assert!(moved < RING_SIZE as usize / 50, "{moved} other slots moved");
+        // The next change writes the half the first flip retired, which the
+        // grace period has freed.
+        let one = cfg(&[("203.0.113.11", 1)], "maglev");
+        prog.apply(&mut dp, planner.plan(&one, &Default::default()).unwrap())
+            .unwrap();
+        assert_eq!(dp.services[&key].ring, 0);
+        assert!(dp.unsafe_writes.is_empty(), "{:?}", dp.unsafe_writes);
+    }
+
+    #[test]
+    fn a_backend_coming_back_is_active_before_any_ring_names_it() {
+        let mut planner = Planner::default();
+        let mut dp = FakeDataplane::default();
+        let mut prog = Programmer::default();
+        let c = cfg(&[("203.0.113.11", 1), ("203.0.113.12", 1)], "round_robin");
+        let key =
+            crate::plan::service_key([192, 0, 2, 10].into(), 80, crate::config::Protocol::Tcp);
+        let b12 = crate::plan::BackendRef::new(key, [203, 0, 113, 12].into(), 80);
+        let down = crate::plan::Availability::down([b12].into());
+        prog.apply(&mut dp, planner.plan(&c, &down).unwrap())
+            .unwrap();
+        let id = prog.applied().backend_id(&b12).unwrap();
+        dp.log.clear();
+        prog.apply(&mut dp, planner.plan(&c, &Default::default()).unwrap())
+            .unwrap();
+        assert_eq!(dp.log[0], format!("backend {id} flags 3"), "{:?}", dp.log);
+        assert!(dp.log[1].starts_with("ring"), "{:?}", dp.log);
+        assert!(dp.unsafe_writes.is_empty());
     }
 
     #[test]
@@ -184,6 +293,7 @@ mod tests {
             dp.services.is_empty(),
             "service must not appear before its ring"
         );
+        assert!(dp.unsafe_writes.is_empty());
         prog.apply(&mut dp, planner.plan(&c, &Default::default()).unwrap())
             .unwrap();
         let key = prog.applied().services[0].key;

@@ -63,8 +63,16 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
         }
     }
 
-    /// Keep ids of `live` keys, free the others, then assign new ones.
+    /// Keep ids of `live` keys, free the others, then assign new ones. An id
+    /// freed by this very call goes to a new key only when no other is free:
+    /// until this plan is applied, an old ring may still name it.
     fn assign(&mut self, live: &[K]) -> Option<Vec<u32>> {
+        let freed: HashSet<u32> = self
+            .ids
+            .iter()
+            .filter(|(k, _)| !live.contains(k))
+            .map(|(_, id)| *id)
+            .collect();
         self.ids.retain(|k, _| live.contains(k));
         let mut used: Vec<bool> = vec![false; self.limit as usize];
         for id in self.ids.values() {
@@ -75,7 +83,11 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
             let id = match self.ids.get(k) {
                 Some(id) => *id,
                 None => {
-                    let id = used.iter().position(|u| !u)? as u32;
+                    let free = |id: &usize| !used[*id];
+                    let id = (0..used.len())
+                        .find(|i| free(i) && !freed.contains(&(*i as u32)))
+                        .or_else(|| (0..used.len()).find(free))?
+                        as u32;
                     used[id as usize] = true;
                     self.ids.insert(k.clone(), id);
                     id
@@ -327,7 +339,8 @@ impl Planner {
                     } else {
                         0
                     },
-                    _pad: 0,
+                    // Which half is live is the programmer's business.
+                    ring: 0,
                 },
                 ring,
             });
@@ -497,6 +510,31 @@ weight = 3
             fresh.plan(&config(TWO), &Availability::default()).unwrap(),
             found
         );
+    }
+
+    #[test]
+    fn an_id_freed_by_a_plan_is_not_handed_out_by_the_same_plan() {
+        let mut planner = Planner::default();
+        let first = planner
+            .plan(&config(TWO), &Availability::default())
+            .unwrap();
+        // Replace backend .11 by .13: .13 must not get .11's id in the same
+        // plan (the applied ring still names it until the new one is live).
+        let swapped = TWO.replace("203.0.113.11", "203.0.113.13");
+        let second = planner
+            .plan(&config(&swapped), &Availability::default())
+            .unwrap();
+        let old_ids: HashSet<u32> = first.backends.keys().copied().collect();
+        let key = service_key(Ipv4Addr::new(192, 0, 2, 10), 80, Protocol::Tcp);
+        let new = second
+            .backend_id(&BackendRef::new(key, Ipv4Addr::new(203, 0, 113, 13), 8080))
+            .unwrap();
+        assert!(!old_ids.contains(&new), "reused {new} at once");
+        // A later plan may reuse it.
+        let third = planner
+            .plan(&config(TWO), &Availability::default())
+            .unwrap();
+        assert_eq!(third.backends.len(), 2);
     }
 
     #[test]

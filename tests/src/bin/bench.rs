@@ -19,7 +19,7 @@ use xdplb::{
     config::Config,
     dataplane::Programmer,
     dataplane::bpf::{self, BpfDataplane},
-    plan::Planner,
+    plan::{Availability, Planner},
 };
 use xdplb_tests::{CLIENT, CLIENT_MAC, LB_CLIENT_MAC, fib_lab};
 
@@ -103,6 +103,63 @@ fn single(
     (total as f64 / n as f64, last)
 }
 
+/// A config with one Maglev service over `n` backends.
+fn maglev_config(n: usize) -> Config {
+    let backends: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "{{ address = \"10.{}.{}.1\", port = 80 }}",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    let text = format!(
+        "[dataplane]\nflow_table_size = 4096\nmanage_neighbours = false\n[[service]]\nname = \"big\"\nvip = \"192.0.2.80\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"maglev\"\nforwarding = \"dsr\"\nbackend = [{}]\n",
+        backends.join(", ")
+    );
+    Config::parse(Path::new("ring.toml"), &text).unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Time from "plan decided" to "new ring live" for a 65537-slot Maglev ring
+/// with `n` backends, alternating between all up and the first one down:
+/// (median, max) of that, the whole apply's median (with the grace period
+/// that frees the old half), and planning's median (the Maglev table).
+fn ring_swap(ebpf: &mut Ebpf, n: usize, changes: usize) -> (f64, f64, f64, f64) {
+    let mut dp = BpfDataplane::new(ebpf).unwrap();
+    let config = maglev_config(n);
+    let key = config.services[0].key();
+    let first = config.services[0].backend_ref(&config.services[0].backends[0]);
+    let mut planner = Planner::default();
+    let mut programmer = Programmer::default();
+    programmer
+        .apply(&mut dp, planner.plan(&config, &Default::default()).unwrap())
+        .unwrap();
+    let (mut live, mut whole, mut planning) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..changes {
+        let avail = if i % 2 == 0 {
+            Availability::down([first].into())
+        } else {
+            Availability::default()
+        };
+        let t = std::time::Instant::now();
+        let plan = planner.plan(&config, &avail).unwrap();
+        planning.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = std::time::Instant::now();
+        let st = programmer.apply(&mut dp, plan).unwrap();
+        whole.push(t.elapsed().as_secs_f64() * 1e3);
+        live.push(st.live_after.expect("the ring changed").as_secs_f64() * 1e3);
+    }
+    assert!(programmer.applied().services.iter().any(|s| s.key == key));
+    let max = live.iter().cloned().fold(0.0, f64::max);
+    (median(live), max, median(whole), median(planning))
+}
+
 fn main() {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -181,6 +238,12 @@ fn main() {
             base_single,
         ),
     ];
+    // Ring changes, on a program of their own (fresh maps).
+    let mut ring_rows = Vec::new();
+    for n in [2usize, 100, 1000] {
+        let mut ebpf = bpf::load(4096, None).unwrap().ebpf;
+        ring_rows.push((n, ring_swap(&mut ebpf, n, 21)));
+    }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -209,6 +272,23 @@ fn main() {
         println!(
             "{name:<28} {method:<7} {ns_pkt:>9.1} {base:>10.1} {:>7.1}x  {verdict}",
             ns_pkt / base
+        );
+    }
+    println!(
+        "\nring change, 65537-slot Maglev ring, 21 changes each (one backend down, then back):"
+    );
+    println!(
+        "{:<9} {:>22} {:>12} {:>26} {:>18}",
+        "backends",
+        "plan -> ring live (med)",
+        "(max)",
+        "whole apply incl. grace",
+        "planning (Maglev)"
+    );
+    for (n, (live, max, whole, planning)) in ring_rows {
+        println!(
+            "{n:<9} {:>20.3} ms {:>9.3} ms {:>23.3} ms {:>15.3} ms",
+            live, max, whole, planning
         );
     }
 }

@@ -45,6 +45,8 @@ pub enum BpfError {
     Pin(PathBuf, String),
     #[error("starting the flow-census thread: {0}")]
     Thread(std::io::Error),
+    #[error("mapping the ring array into memory: {0}")]
+    Mmap(std::io::Error),
 }
 
 /// An error and its causes on one line.
