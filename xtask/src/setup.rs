@@ -17,6 +17,12 @@ const APT_PACKAGES: &[&str] = &[
     // (server binaries only: no system service is installed or started).
     "mariadb-server-core",
     "mariadb-client-core",
+    // promtool (checks and unit-tests the alerting rules) and the Prometheus
+    // server (scrapes the daemon in a test, a real parser of /metrics). Its
+    // service is not started here.
+    "prometheus",
+    // systemd-analyze verifies the shipped unit.
+    "systemd",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
