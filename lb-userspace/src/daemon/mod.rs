@@ -115,6 +115,16 @@ fn log_services(config: &Config) {
     }
 }
 
+/// A file (the status socket) removed when the daemon's start-up fails or
+/// the daemon ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 pub fn run(o: &Options) -> anyhow::Result<()> {
     // Everything is checked before anything on the host is touched.
     let config = read_config(&o.config, &o.overrides)?;
@@ -143,6 +153,8 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
             sock_path.display()
         )
     })?;
+    // Removed however start-up or the daemon ends.
+    let _socket_file = RemoveOnDrop(sock_path.clone());
 
     let loaded = bpf::load(config.dataplane.flow_table_size, pin_root.as_deref())
         .context("loading the XDP program")?;
@@ -220,7 +232,6 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
     if let Some(s) = daemon.snapshot() {
         info!(counters = %s, "final counters");
     }
-    let _ = std::fs::remove_file(&sock_path);
     let _ = std::fs::remove_file(&o.pid_file);
     let keep_running = match exit {
         Ok(Exit::Stop { keep_running }) => keep_running,

@@ -46,6 +46,30 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
+/// The pin directory must be on a bpf filesystem. Looks at the nearest
+/// existing ancestor, so the message names what is missing rather than the
+/// `mkdir` that would fail on it.
+pub fn check_pin_root(dir: &Path) -> Result<(), BpfError> {
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if is_bpffs(existing) {
+        return Ok(());
+    }
+    Err(BpfError::Pin(
+        dir.to_path_buf(),
+        format!(
+            "{} is not on a bpf filesystem (bpffs is not mounted there). Mount it with \
+             `mount -t bpf bpf /sys/fs/bpf` (`cargo xtask setup` does), or set \
+             dataplane.pin_path = \"\" to run without hitless restart. Started under \
+             `ip netns exec`? It mounts a private /sys without bpffs: enter the namespace \
+             with `nsenter --net=/run/netns/NAME` instead",
+            existing.display()
+        ),
+    ))
+}
+
 /// Load (but do not attach) the data path. `flow_table_size` sizes the LRU
 /// flow and reverse-NAT tables. With `pin_root`, every map is pinned under
 /// its versioned directory, re-using maps already pinned there.
@@ -81,13 +105,8 @@ pub fn load_with(
         None => Vec::new(),
     };
     if let Some(d) = &dir {
+        check_pin_root(d)?;
         std::fs::create_dir_all(d).map_err(|e| BpfError::Pin(d.clone(), e.to_string()))?;
-        if !is_bpffs(d) {
-            return Err(BpfError::Pin(
-                d.clone(),
-                "not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)".into(),
-            ));
-        }
         adopted = map_paths.iter().any(|(_, p)| p.exists());
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
@@ -145,4 +164,19 @@ pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut
         .ok_or(BpfError::MissingProgram(name))?
         .try_into()
         .map_err(|source| BpfError::Program { name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_path_off_bpffs_says_what_is_missing_and_how_to_fix_it() {
+        let dir = std::env::temp_dir().join("xdplb-not-bpffs/v4");
+        let e = check_pin_root(&dir).unwrap_err().to_string();
+        assert!(e.contains("is not on a bpf filesystem"), "{e}");
+        assert!(e.contains("mount -t bpf bpf /sys/fs/bpf"), "{e}");
+        assert!(e.contains("ip netns exec"), "{e}");
+        assert_eq!(e.matches("No such file").count(), 0, "{e}");
+    }
 }
