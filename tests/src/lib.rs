@@ -3,6 +3,9 @@
 
 pub use xdplb_testsupport::*;
 
+pub mod cases;
+pub mod frames;
+pub mod lab;
 pub mod model;
 pub mod wire;
 

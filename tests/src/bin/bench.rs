@@ -2,8 +2,10 @@
 //! kernel (BPF_PROG_TEST_RUN), each beside a bare XDP_TX program run the
 //! same way in the same process. Ratios, not absolute times, are the result.
 //!
-//! Two methods, because NAT rewrites the frame in place and the kernel
-//! re-runs a repeated test on the rewritten buffer:
+//! The frames, the set-up before them and their verdicts are rows of the
+//! fixture table (`xdplb_tests::cases`), so what is timed is what the
+//! fixtures test. Two methods, because NAT rewrites the frame in place and
+//! the kernel re-runs a repeated test on the rewritten buffer:
 //! - "repeat": one syscall runs the program N times (kernel-averaged);
 //! - "single": N syscalls with repeat = 1 (fresh input each time; adds the
 //!   kernel's per-run timing overhead, present in the baseline too).
@@ -14,61 +16,84 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions},
 };
-use etherparse::PacketBuilder;
+use lb_common::names::PROGRAM;
 use xdplb::{
     config::Config,
     dataplane::Programmer,
     dataplane::bpf::{self, BpfDataplane},
     plan::{Availability, Planner},
 };
-use xdplb_tests::{CLIENT, CLIENT_MAC, LB_CLIENT_MAC, fib_lab};
+use xdplb_tests::{
+    cases,
+    frames::with_src,
+    lab::{Lab, verdict_name, xdp_md},
+};
 
 const REPEAT: u32 = 1_000_000;
 const SINGLE_RUNS: u32 = 200_000;
 
-const CONFIG: &str = r#"
-[dataplane]
-flow_table_size = 1048576
-manage_neighbours = false
-
-[[service]]
-name = "dsr"
-vip = "192.0.2.10"
-port = 80
-protocol = "tcp"
-scheduler = "maglev"
-forwarding = "dsr"
-backend = [{ address = "203.0.113.11", port = 80 }, { address = "203.0.113.12", port = 80 }]
-
-[[service]]
-name = "nat"
-vip = "192.0.2.20"
-port = 80
-protocol = "tcp"
-scheduler = "maglev"
-forwarding = "nat"
-backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
-"#;
-
-fn tcp_frame(src: [u8; 4], dst: [u8; 4], sport: u16) -> Vec<u8> {
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_MAC)
-        .ipv4(src, dst, 64)
-        .tcp(sport, 80, 1, 64240)
-        .ack(1)
-        .write(&mut v, &[0u8; 10])
-        .unwrap();
-    v // 64 bytes: 14 + 20 + 20 + 10
+/// How a row is timed.
+#[derive(Clone, Copy)]
+enum Method {
+    /// One syscall, the same frame `REPEAT` times (for rows that do not
+    /// rewrite the frame in a way that changes the next run).
+    Repeat,
+    /// `SINGLE_RUNS` syscalls, the row's frame each time.
+    Single,
+    /// `SINGLE_RUNS` syscalls, each from a new client address: new flows.
+    NewClients,
 }
 
+/// The benchmark's rows: (label, fixture row, method).
+const ROWS: &[(&str, &str, Method)] = &[
+    (
+        "established flow, DSR",
+        "DSR: an established flow's packet follows its flow",
+        Method::Repeat,
+    ),
+    (
+        "not for a VIP (XDP_PASS)",
+        "TCP to another address",
+        Method::Repeat,
+    ),
+    (
+        "established flow, NAT",
+        "NAT: an established flow's packet is translated the same way",
+        Method::Single,
+    ),
+    (
+        "NAT reply (reverse NAT)",
+        "NAT: a backend's reply goes back to the client from the VIP",
+        Method::Single,
+    ),
+    (
+        "new flow, DSR (Maglev)",
+        "DSR: a new connection goes to its Maglev backend, only the MACs change",
+        Method::NewClients,
+    ),
+    (
+        "new flow, NAT (Maglev)",
+        "NAT: a new connection's destination becomes its Maglev backend",
+        Method::NewClients,
+    ),
+];
+
 /// Kernel-averaged ns per run, `repeat` runs in one syscall.
-fn repeated(ebpf: &mut Ebpf, prog: &'static str, frame: &[u8], repeat: u32) -> (f64, u32) {
+fn repeated(
+    ebpf: &mut Ebpf,
+    prog: &'static str,
+    frame: &[u8],
+    ingress: u32,
+    repeat: u32,
+) -> (f64, u32) {
     let p = bpf::xdp_program(ebpf, prog).unwrap();
+    let ctx = xdp_md(frame.len(), ingress);
     let mut out = vec![0u8; frame.len() + 256];
     let r = p
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
             repeat,
             ..Default::default()
         })
@@ -76,31 +101,38 @@ fn repeated(ebpf: &mut Ebpf, prog: &'static str, frame: &[u8], repeat: u32) -> (
     (r.duration.as_nanos() as f64, r.return_value)
 }
 
-/// Mean kernel-measured ns over `n` single runs; `frame_for(i)` gives each input.
+/// Mean kernel-measured ns over `n` single runs; `frame_for(i)` gives each
+/// input. The verdict of every run must be `verdict`.
 fn single(
     ebpf: &mut Ebpf,
     prog: &'static str,
     n: u32,
+    ingress: u32,
+    verdict: u32,
     frame_for: impl Fn(u32) -> Vec<u8>,
-) -> (f64, u32) {
+) -> f64 {
     let p = bpf::xdp_program(ebpf, prog).unwrap();
     let mut total = 0u128;
-    let mut last = 0;
     for i in 0..n {
         let frame = frame_for(i);
+        let ctx = xdp_md(frame.len(), ingress);
         let mut out = vec![0u8; frame.len() + 256];
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(&frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
                 repeat: 1,
                 ..Default::default()
             })
             .unwrap();
+        assert_eq!(
+            r.return_value, verdict,
+            "{prog}: run {i} got another verdict"
+        );
         total += r.duration.as_nanos();
-        last = r.return_value;
     }
-    (total as f64 / n as f64, last)
+    total as f64 / n as f64
 }
 
 /// A config with one Maglev service over `n` backends.
@@ -167,77 +199,48 @@ fn main() {
         std::process::exit(2);
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    xdplb_tests::pin_to_cpu0();
-    let ns = fib_lab("xdplb-bench");
-    let _in = ns.enter();
-    let config = Config::parse(Path::new("bench.toml"), CONFIG).unwrap();
-    let mut ebpf = bpf::load(config.dataplane.flow_table_size, None)
-        .unwrap()
-        .ebpf;
-    let mut dp = BpfDataplane::new(&mut ebpf).unwrap();
-    Programmer::default()
-        .apply(
-            &mut dp,
-            Planner::default()
-                .plan(&config, &Default::default())
-                .unwrap(),
-        )
-        .unwrap();
-
-    let dsr_vip = [192, 0, 2, 10];
-    let nat_vip = [192, 0, 2, 20];
-    let est_dsr = tcp_frame(CLIENT, dsr_vip, 40000);
-    let est_nat = tcp_frame(CLIENT, nat_vip, 40001);
-    let non_vip = tcp_frame(CLIENT, [192, 0, 2, 99], 40002);
-    // Prime the established flows.
-    single(&mut ebpf, "xdplb", 1, |_| est_dsr.clone());
-    single(&mut ebpf, "xdplb", 1, |_| est_nat.clone());
-    // A distinct client per run: new flow-table (and for NAT, reverse-NAT) entries.
-    let new_flow = |vip: [u8; 4]| {
-        move |i: u32| {
-            tcp_frame(
-                [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
-                vip,
-                1024 + (i % 60000) as u16,
-            )
-        }
-    };
-
-    bpf::load_program(&mut ebpf, "baseline_tx").unwrap();
-    let base_rep = repeated(&mut ebpf, "baseline_tx", &est_dsr, REPEAT).0;
-    let base_single = single(&mut ebpf, "baseline_tx", SINGLE_RUNS, |_| est_dsr.clone()).0;
-    let rows: Vec<(&str, &str, (f64, u32), f64)> = vec![
-        (
-            "established flow, DSR",
-            "repeat",
-            repeated(&mut ebpf, "xdplb", &est_dsr, REPEAT),
-            base_rep,
-        ),
-        (
-            "not for a VIP (XDP_PASS)",
-            "repeat",
-            repeated(&mut ebpf, "xdplb", &non_vip, REPEAT),
-            base_rep,
-        ),
-        (
-            "established flow, NAT",
-            "single",
-            single(&mut ebpf, "xdplb", SINGLE_RUNS, |_| est_nat.clone()),
-            base_single,
-        ),
-        (
-            "new flow, DSR (Maglev)",
-            "single",
-            single(&mut ebpf, "xdplb", SINGLE_RUNS, new_flow(dsr_vip)),
-            base_single,
-        ),
-        (
-            "new flow, NAT (Maglev)",
-            "single",
-            single(&mut ebpf, "xdplb", SINGLE_RUNS, new_flow(nat_vip)),
-            base_single,
-        ),
-    ];
+    // The fixture table's lab, with a flow table large enough that new-flow
+    // rows measure inserts, not LRU evictions.
+    let mut lab = Lab::new("xdplb-bench", cases::CONFIG, Some(1 << 20));
+    let table = cases::table(&lab);
+    bpf::load_program(&mut lab.ebpf, "baseline_tx").unwrap();
+    let fxa = xdplb_tests::wire::ifindex("fxa");
+    let probe = cases::find(&table, ROWS[0].1).input.clone();
+    let base_rep = repeated(&mut lab.ebpf, "baseline_tx", &probe, fxa, REPEAT).0;
+    let base_single = single(&mut lab.ebpf, "baseline_tx", SINGLE_RUNS, fxa, 3, |_| {
+        probe.clone()
+    });
+    let mut rows = Vec::new();
+    for (label, name, method) in ROWS {
+        let case = cases::find(&table, name);
+        cases::prepare(&mut lab, case).unwrap();
+        let (input, ingress, verdict) = (&case.input, case.ingress, case.verdict);
+        let (ns, base, how) = match method {
+            Method::Repeat => {
+                let (ns, v) = repeated(&mut lab.ebpf, PROGRAM, input, ingress, REPEAT);
+                assert_eq!(v, verdict, "{label}: the row's verdict changed");
+                (ns, base_rep, "repeat")
+            }
+            Method::Single => {
+                let ns = single(
+                    &mut lab.ebpf,
+                    PROGRAM,
+                    SINGLE_RUNS,
+                    ingress,
+                    verdict,
+                    |_| input.clone(),
+                );
+                (ns, base_single, "single")
+            }
+            Method::NewClients => {
+                let ns = single(&mut lab.ebpf, PROGRAM, SINGLE_RUNS, ingress, verdict, |i| {
+                    with_src(input, [10, (i >> 16) as u8, (i >> 8) as u8, i as u8])
+                });
+                (ns, base_single, "single")
+            }
+        };
+        rows.push((*label, how, ns, base, verdict, input.len()));
+    }
     // Ring changes, on a program of their own (fresh maps).
     let mut ring_rows = Vec::new();
     for n in [2usize, 100, 1000] {
@@ -253,25 +256,20 @@ fn main() {
         })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("xdplb data path, 64-byte TCP frames, BPF_PROG_TEST_RUN on one CPU");
+    println!("xdplb data path, fixture-table frames, BPF_PROG_TEST_RUN on one CPU");
     println!("machine: {cpu}, {cpus} CPUs, kernel {}", kernel.trim());
     println!(
         "baseline: bare XDP_TX program, {base_rep:.1} ns (repeat {REPEAT}), {base_single:.1} ns (single, {SINGLE_RUNS} runs)\n"
     );
     println!(
-        "{:<28} {:<7} {:>9} {:>10} {:>8}  verdict",
-        "case", "method", "ns/pkt", "baseline", "ratio"
+        "{:<28} {:<7} {:>6} {:>9} {:>10} {:>8}  verdict",
+        "case", "method", "bytes", "ns/pkt", "baseline", "ratio"
     );
-    for (name, method, (ns_pkt, verdict), base) in rows {
-        let verdict = match verdict {
-            2 => "PASS",
-            3 => "TX",
-            4 => "REDIRECT",
-            _ => "other",
-        };
+    for (name, method, ns_pkt, base, verdict, len) in rows {
         println!(
-            "{name:<28} {method:<7} {ns_pkt:>9.1} {base:>10.1} {:>7.1}x  {verdict}",
-            ns_pkt / base
+            "{name:<28} {method:<7} {len:>6} {ns_pkt:>9.1} {base:>10.1} {:>7.1}x  {}",
+            ns_pkt / base,
+            verdict_name(verdict)
         );
     }
     println!(

@@ -1,0 +1,1130 @@
+//! The packet-fixture table: one row per thing the data path does to one
+//! frame: what comes before it, the frame and the interface it arrives on,
+//! the verdict, the frame that must come out, and how every reason counter
+//! and every service's connection counters must move. The fixture test runs
+//! every row; the benchmark times rows picked by name, so what is timed is
+//! what is tested.
+
+use lb_common::{FLOW_F_ESTABLISHED, FLOW_F_SYN, FlowKey, FlowValue, Reason};
+use xdplb::plan::BackendRef;
+
+use crate::{
+    BLACKHOLED_BACKEND, CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, SMALL_MTU, backend_mac,
+    frames::{
+        L4, big_frame, first_difference, frame, from_client, ip_fixed, udp_padded, with_macs,
+    },
+    lab::{Lab, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, verdict_name},
+    wire,
+};
+
+/// The services the table (and the scenario fixtures) run against. Each
+/// row's client port is its own, so rows sharing one lab do not meet in the
+/// flow table; rows use services whose choice is predictable (Maglev, or a
+/// single backend), never round robin's per-CPU cursor.
+pub const CONFIG: &str = r#"
+[dataplane]
+flow_table_size = 4096
+manage_neighbours = false
+
+[[service]]
+name = "dsr-rr"
+vip = "192.0.2.10"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.11", port = 80 }, { address = "203.0.113.12", port = 80 }]
+
+[[service]]
+name = "dsr-maglev"
+vip = "192.0.2.10"
+port = 443
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.11", port = 443 }, { address = "203.0.113.12", port = 443 }, { address = "203.0.113.13", port = 443 }]
+
+[[service]]
+name = "nat-tcp"
+vip = "192.0.2.20"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
+
+[[service]]
+name = "nat-noredispatch"
+vip = "192.0.2.21"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+redispatch = false
+backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
+
+[[service]]
+name = "nat-maglev"
+vip = "192.0.2.22"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
+
+[[service]]
+name = "nat-udp"
+vip = "192.0.2.20"
+port = 53
+protocol = "udp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 5353 }]
+
+[[service]]
+name = "dsr-unresolved"
+vip = "192.0.2.30"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.99", port = 80 }]
+
+[[service]]
+name = "nat-unresolved"
+vip = "192.0.2.31"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.99", port = 8080 }]
+
+[[service]]
+name = "nat-small-mtu"
+vip = "192.0.2.40"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.14", port = 8080 }]
+
+[[service]]
+name = "dsr-small-mtu"
+vip = "192.0.2.40"
+port = 53
+protocol = "udp"
+scheduler = "round_robin"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.14", port = 53 }]
+
+[[service]]
+name = "nat-no-route"
+vip = "192.0.2.41"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "10.99.0.1", port = 8080 }]
+
+[[service]]
+name = "nat-blackhole"
+vip = "192.0.2.42"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.50", port = 8080 }]
+"#;
+
+const DSR_VIP: [u8; 4] = [192, 0, 2, 10];
+const NAT_VIP: [u8; 4] = [192, 0, 2, 20];
+const NAT_MAGLEV_VIP: [u8; 4] = [192, 0, 2, 22];
+const UNRESOLVED: [u8; 4] = [203, 0, 113, 99];
+const TCP: u8 = 6;
+
+/// Something done before a row's frame.
+pub enum Step {
+    /// Send this frame in on `ingress`; it must get `verdict`.
+    Send {
+        frame: Vec<u8>,
+        ingress: u32,
+        verdict: u32,
+    },
+    /// Take this backend of this service down (the lab is restored after the row).
+    Down {
+        service: &'static str,
+        addr: [u8; 4],
+    },
+    /// Write this flow-table entry, as some earlier state would have left it.
+    Flow(FlowKey, FlowValue),
+}
+
+/// What must come out.
+pub enum Output {
+    /// The frame exactly as it came in (PASS and DROP).
+    Same,
+    /// This frame (its checksums, computed from scratch, right).
+    Frame(Vec<u8>),
+    /// XDP metadata, then this frame (handed to the kernel's neighbour
+    /// resolution through the tc program).
+    Meta(Vec<u8>, Vec<u8>),
+}
+
+pub struct Case {
+    pub name: &'static str,
+    pub before: Vec<Step>,
+    pub ingress: u32,
+    pub input: Vec<u8>,
+    pub verdict: u32,
+    pub output: Output,
+    /// Reason counters that move, by how much; every other one must not.
+    pub reasons: Vec<(Reason, u64)>,
+    /// (service, connections, midstream) that move; every other service's
+    /// stay put.
+    pub connections: Vec<(&'static str, u64, u64)>,
+}
+
+impl Case {
+    fn new(name: &'static str, ingress: u32, input: Vec<u8>, verdict: u32) -> Case {
+        Case {
+            name,
+            before: Vec::new(),
+            ingress,
+            input,
+            verdict,
+            output: Output::Same,
+            reasons: Vec::new(),
+            connections: Vec::new(),
+        }
+    }
+    fn before(mut self, step: Step) -> Case {
+        self.before.push(step);
+        self
+    }
+    fn output(mut self, output: Output) -> Case {
+        self.output = output;
+        self
+    }
+    fn counts(mut self, reason: Reason) -> Case {
+        self.reasons.push((reason, 1));
+        self
+    }
+    fn opens(mut self, service: &'static str) -> Case {
+        self.connections.push((service, 1, 0));
+        self
+    }
+    fn midstream(mut self, service: &'static str) -> Case {
+        self.connections.push((service, 0, 1));
+        self
+    }
+}
+
+/// A frame the row's `before` sends, which must be forwarded.
+fn forwarded(frame: Vec<u8>, ingress: u32) -> Step {
+    Step::Send {
+        frame,
+        ingress,
+        verdict: XDP_REDIRECT,
+    }
+}
+
+/// The table, for a lab programmed from [`CONFIG`] (expected backends come
+/// from the lab's userspace plan, independent of the program).
+pub fn table(lab: &Lab) -> Vec<Case> {
+    let (fxa, fxc) = (wire::ifindex("fxa"), wire::ifindex("fxc"));
+    let maglev = |svc: &str, src: [u8; 4], vip: [u8; 4], sport: u16, dport: u16| {
+        lab.maglev_backend(svc, src, vip, sport, dport, TCP)
+    };
+    let mut rows = Vec::new();
+
+    // Forwarding.
+    let b = maglev("dsr-maglev", CLIENT, DSR_VIP, 50001, 443);
+    let input = from_client(DSR_VIP, 50001, 443, L4::TcpSyn);
+    rows.push(
+        Case::new(
+            "DSR: a new connection goes to its Maglev backend, only the MACs change",
+            fxa,
+            input.clone(),
+            XDP_REDIRECT,
+        )
+        .output(Output::Frame(with_macs(
+            &input,
+            LB_BACKEND_MAC,
+            backend_mac(b[3]),
+        )))
+        .counts(Reason::FwdDsr)
+        .opens("dsr-maglev"),
+    );
+    let b = maglev("dsr-maglev", CLIENT, DSR_VIP, 50002, 443);
+    let input = from_client(DSR_VIP, 50002, 443, L4::TcpAck);
+    rows.push(
+        Case::new(
+            "DSR: an established flow's packet follows its flow",
+            fxa,
+            input.clone(),
+            XDP_REDIRECT,
+        )
+        .before(forwarded(from_client(DSR_VIP, 50002, 443, L4::TcpSyn), fxa))
+        .output(Output::Frame(with_macs(
+            &input,
+            LB_BACKEND_MAC,
+            backend_mac(b[3]),
+        )))
+        .counts(Reason::FwdDsr),
+    );
+    // A host on the backends' network (the backends' own subnet) asks the VIP.
+    let neighbour = [203, 0, 113, 20];
+    let b = maglev("dsr-maglev", neighbour, DSR_VIP, 50003, 443);
+    let input = frame(
+        backend_mac(20),
+        LB_BACKEND_MAC,
+        neighbour,
+        DSR_VIP,
+        50003,
+        443,
+        L4::TcpSyn,
+        b"hello",
+    );
+    rows.push(
+        Case::new(
+            "DSR: backend on the ingress interface goes back out of it (XDP_TX)",
+            fxc,
+            input.clone(),
+            XDP_TX,
+        )
+        .output(Output::Frame(with_macs(
+            &input,
+            LB_BACKEND_MAC,
+            backend_mac(b[3]),
+        )))
+        .counts(Reason::FwdDsr)
+        .opens("dsr-maglev"),
+    );
+    let b = maglev("nat-maglev", CLIENT, NAT_MAGLEV_VIP, 50010, 80);
+    let input = from_client(NAT_MAGLEV_VIP, 50010, 80, L4::TcpSyn);
+    rows.push(
+        Case::new(
+            "NAT: a new connection's destination becomes its Maglev backend",
+            fxa,
+            input.clone(),
+            XDP_REDIRECT,
+        )
+        .output(Output::Frame(frame(
+            LB_BACKEND_MAC,
+            backend_mac(b[3]),
+            CLIENT,
+            b,
+            50010,
+            8080,
+            L4::TcpSyn,
+            b"hello",
+        )))
+        .counts(Reason::FwdNat)
+        .opens("nat-maglev"),
+    );
+    let b = maglev("nat-maglev", CLIENT, NAT_MAGLEV_VIP, 50011, 80);
+    let input = from_client(NAT_MAGLEV_VIP, 50011, 80, L4::TcpAck);
+    rows.push(
+        Case::new(
+            "NAT: an established flow's packet is translated the same way",
+            fxa,
+            input.clone(),
+            XDP_REDIRECT,
+        )
+        .before(forwarded(
+            from_client(NAT_MAGLEV_VIP, 50011, 80, L4::TcpSyn),
+            fxa,
+        ))
+        .output(Output::Frame(frame(
+            LB_BACKEND_MAC,
+            backend_mac(b[3]),
+            CLIENT,
+            b,
+            50011,
+            8080,
+            L4::TcpAck,
+            b"hello",
+        )))
+        .counts(Reason::FwdNat),
+    );
+    let b = maglev("nat-maglev", CLIENT, NAT_MAGLEV_VIP, 50012, 80);
+    let input = frame(
+        backend_mac(b[3]),
+        LB_BACKEND_MAC,
+        b,
+        CLIENT,
+        8080,
+        50012,
+        L4::TcpAck,
+        b"world",
+    );
+    rows.push(
+        Case::new(
+            "NAT: a backend's reply goes back to the client from the VIP",
+            fxc,
+            input,
+            XDP_REDIRECT,
+        )
+        .before(forwarded(
+            from_client(NAT_MAGLEV_VIP, 50012, 80, L4::TcpSyn),
+            fxa,
+        ))
+        .output(Output::Frame(frame(
+            LB_CLIENT_MAC,
+            CLIENT_MAC,
+            NAT_MAGLEV_VIP,
+            CLIENT,
+            80,
+            50012,
+            L4::TcpAck,
+            b"world",
+        )))
+        .counts(Reason::FwdReverseNat),
+    );
+    let udp_backend = [203, 0, 113, 11];
+    let input = from_client(NAT_VIP, 50013, 53, L4::Udp);
+    rows.push(
+        Case::new(
+            "NAT: a UDP datagram opens a flow and is translated",
+            fxa,
+            input,
+            XDP_REDIRECT,
+        )
+        .output(Output::Frame(frame(
+            LB_BACKEND_MAC,
+            backend_mac(11),
+            CLIENT,
+            udp_backend,
+            50013,
+            5353,
+            L4::Udp,
+            b"hello",
+        )))
+        .counts(Reason::FwdNat)
+        .opens("nat-udp"),
+    );
+    let input = frame(
+        backend_mac(11),
+        LB_BACKEND_MAC,
+        udp_backend,
+        CLIENT,
+        5353,
+        50014,
+        L4::Udp,
+        b"world",
+    );
+    rows.push(
+        Case::new(
+            "NAT: a UDP reply goes back from the VIP",
+            fxc,
+            input,
+            XDP_REDIRECT,
+        )
+        .before(forwarded(from_client(NAT_VIP, 50014, 53, L4::Udp), fxa))
+        .output(Output::Frame(frame(
+            LB_CLIENT_MAC,
+            CLIENT_MAC,
+            NAT_VIP,
+            CLIENT,
+            53,
+            50014,
+            L4::Udp,
+            b"world",
+        )))
+        .counts(Reason::FwdReverseNat),
+    );
+    let zero = |mut f: Vec<u8>| {
+        f[wire::L4_OFF + 6..wire::L4_OFF + 8].copy_from_slice(&[0, 0]);
+        f
+    };
+    rows.push(
+        Case::new(
+            "NAT: a UDP datagram without checksum keeps none",
+            fxa,
+            zero(from_client(NAT_VIP, 50015, 53, L4::Udp)),
+            XDP_REDIRECT,
+        )
+        .output(Output::Frame(zero(frame(
+            LB_BACKEND_MAC,
+            backend_mac(11),
+            CLIENT,
+            udp_backend,
+            50015,
+            5353,
+            L4::Udp,
+            b"hello",
+        ))))
+        .counts(Reason::FwdNat)
+        .opens("nat-udp"),
+    );
+    // UDP length 10 (2 bytes of data) in a datagram with 3 more bytes:
+    // padding the receiver's kernel trims; forwarded as it is.
+    let input = udp_padded(
+        &frame(
+            CLIENT_MAC,
+            LB_CLIENT_MAC,
+            CLIENT,
+            NAT_VIP,
+            50016,
+            53,
+            L4::Udp,
+            b"he",
+        ),
+        b"pad",
+    );
+    rows.push(
+        Case::new(
+            "NAT: UDP length shorter than the datagram is forwarded with its padding",
+            fxa,
+            input,
+            XDP_REDIRECT,
+        )
+        .output(Output::Frame(udp_padded(
+            &frame(
+                LB_BACKEND_MAC,
+                backend_mac(11),
+                CLIENT,
+                udp_backend,
+                50016,
+                5353,
+                L4::Udp,
+                b"he",
+            ),
+            b"pad",
+        )))
+        .counts(Reason::FwdNat)
+        .opens("nat-udp"),
+    );
+    let input = frame(
+        backend_mac(11),
+        LB_BACKEND_MAC,
+        udp_backend,
+        CLIENT,
+        8080,
+        1,
+        L4::TcpAck,
+        b"x",
+    );
+    rows.push(
+        Case::new(
+            "NAT: a reply nobody asked for (unknown client port) is not translated",
+            fxc,
+            input,
+            XDP_PASS,
+        )
+        .counts(Reason::PassNotService),
+    );
+    let b = maglev("nat-maglev", CLIENT, NAT_MAGLEV_VIP, 50017, 80);
+    let mut input = frame(
+        backend_mac(b[3]),
+        LB_BACKEND_MAC,
+        b,
+        CLIENT,
+        8080,
+        50017,
+        L4::TcpAck,
+        b"world",
+    );
+    input[wire::IP_OFF + 10] ^= 0x55;
+    rows.push(
+        Case::new(
+            "NAT: a reply with a wrong IPv4 header checksum is dropped untouched",
+            fxc,
+            input,
+            XDP_DROP,
+        )
+        .before(forwarded(
+            from_client(NAT_MAGLEV_VIP, 50017, 80, L4::TcpSyn),
+            fxa,
+        ))
+        .counts(Reason::DropBadIpChecksum),
+    );
+
+    // Flow-table state the row must not trust.
+    let b = maglev("nat-maglev", CLIENT, NAT_MAGLEV_VIP, 50020, 80);
+    let stale = FlowValue {
+        backend_id: lab.backend_id("dsr-rr", [203, 0, 113, 11]),
+        service_id: lab.service("dsr-rr").info.id,
+        syn_seq_be: 1000u32.to_be(),
+        flags: FLOW_F_SYN | FLOW_F_ESTABLISHED,
+        _pad: [0; 3],
+    };
+    let input = from_client(NAT_MAGLEV_VIP, 50020, 80, L4::TcpAck);
+    rows.push(
+        Case::new(
+            "A stale flow of another service is scheduled afresh in this one",
+            fxa,
+            input.clone(),
+            XDP_REDIRECT,
+        )
+        .before(Step::Flow(
+            flow_key(CLIENT, NAT_MAGLEV_VIP, 50020, 80),
+            stale,
+        ))
+        .output(Output::Frame(frame(
+            LB_BACKEND_MAC,
+            backend_mac(b[3]),
+            CLIENT,
+            b,
+            50020,
+            8080,
+            L4::TcpAck,
+            b"hello",
+        )))
+        .counts(Reason::FwdNat)
+        .midstream("nat-maglev"),
+    );
+    let b = maglev("nat-maglev", CLIENT, NAT_MAGLEV_VIP, 50021, 80);
+    let other = if b[3] == 11 {
+        [203, 0, 113, 12]
+    } else {
+        [203, 0, 113, 11]
+    };
+    let input = from_client(NAT_MAGLEV_VIP, 50021, 80, L4::TcpAck);
+    rows.push(
+        Case::new(
+            "One backend down: its pinned flow moves to the other",
+            fxa,
+            input.clone(),
+            XDP_REDIRECT,
+        )
+        .before(forwarded(
+            from_client(NAT_MAGLEV_VIP, 50021, 80, L4::TcpSyn),
+            fxa,
+        ))
+        .before(forwarded(
+            from_client(NAT_MAGLEV_VIP, 50021, 80, L4::TcpAck),
+            fxa,
+        ))
+        .before(Step::Down {
+            service: "nat-maglev",
+            addr: b,
+        })
+        .output(Output::Frame(frame(
+            LB_BACKEND_MAC,
+            backend_mac(other[3]),
+            CLIENT,
+            other,
+            50021,
+            8080,
+            L4::TcpAck,
+            b"hello",
+        )))
+        .counts(Reason::FwdNat)
+        .midstream("nat-maglev"),
+    );
+
+    // Next hop not resolved: to the kernel with the next hop in metadata.
+    let input = from_client([192, 0, 2, 30], 50030, 80, L4::TcpSyn);
+    rows.push(
+        Case::new(
+            "DSR, neighbour unresolved: unchanged to the kernel, next hop in metadata",
+            fxa,
+            input.clone(),
+            XDP_PASS,
+        )
+        .output(Output::Meta(wire::neigh_meta(fxc, UNRESOLVED), input))
+        .counts(Reason::PassNoNeighbour)
+        .opens("dsr-unresolved"),
+    );
+    let input = from_client([192, 0, 2, 31], 50031, 80, L4::TcpSyn);
+    rows.push(
+        Case::new(
+            "NAT, neighbour unresolved: translated, to the kernel with the next hop",
+            fxa,
+            input,
+            XDP_PASS,
+        )
+        .output(Output::Meta(
+            wire::neigh_meta(fxc, UNRESOLVED),
+            frame(
+                CLIENT_MAC,
+                LB_CLIENT_MAC,
+                CLIENT,
+                UNRESOLVED,
+                50031,
+                8080,
+                L4::TcpSyn,
+                b"hello",
+            ),
+        ))
+        .counts(Reason::PassNoNeighbour)
+        .opens("nat-unresolved"),
+    );
+    let new_client = [198, 51, 100, 3];
+    let b = maglev("nat-maglev", new_client, NAT_MAGLEV_VIP, 50032, 80);
+    let input = frame(
+        backend_mac(b[3]),
+        LB_BACKEND_MAC,
+        b,
+        new_client,
+        8080,
+        50032,
+        L4::TcpAck,
+        b"world",
+    );
+    rows.push(
+        Case::new(
+            "NAT reply to a client not yet resolved: from the VIP, to the kernel",
+            fxc,
+            input,
+            XDP_PASS,
+        )
+        .before(forwarded(
+            frame(
+                CLIENT_MAC,
+                LB_CLIENT_MAC,
+                new_client,
+                NAT_MAGLEV_VIP,
+                50032,
+                80,
+                L4::TcpSyn,
+                b"",
+            ),
+            fxa,
+        ))
+        .output(Output::Meta(
+            wire::neigh_meta(fxa, new_client),
+            frame(
+                backend_mac(b[3]),
+                LB_BACKEND_MAC,
+                NAT_MAGLEV_VIP,
+                new_client,
+                80,
+                50032,
+                L4::TcpAck,
+                b"world",
+            ),
+        ))
+        .counts(Reason::PassNoNeighbour),
+    );
+
+    // FIB failures: dropped as sent.
+    let input = from_client([192, 0, 2, 41], 50040, 80, L4::TcpSyn);
+    rows.push(
+        Case::new(
+            "FIB failure: no route to the backend, dropped untouched",
+            fxa,
+            input,
+            XDP_DROP,
+        )
+        .counts(Reason::DropNoRoute)
+        .opens("nat-no-route"),
+    );
+    let input = from_client([192, 0, 2, 42], 50041, 80, L4::TcpSyn);
+    assert_eq!(lab.ring_backend("nat-blackhole", 0), BLACKHOLED_BACKEND);
+    rows.push(
+        Case::new(
+            "FIB failure: blackhole route to the backend, dropped untouched",
+            fxa,
+            input,
+            XDP_DROP,
+        )
+        .counts(Reason::DropNoRoute)
+        .opens("nat-blackhole"),
+    );
+    let far_client = [10, 98, 0, 1];
+    let b = maglev("nat-maglev", far_client, NAT_MAGLEV_VIP, 50042, 80);
+    let input = frame(
+        backend_mac(b[3]),
+        LB_BACKEND_MAC,
+        b,
+        far_client,
+        8080,
+        50042,
+        L4::TcpAck,
+        b"x",
+    );
+    rows.push(
+        Case::new(
+            "FIB failure: NAT reply to a client without a route, dropped untranslated",
+            fxc,
+            input,
+            XDP_DROP,
+        )
+        .before(forwarded(
+            frame(
+                CLIENT_MAC,
+                LB_CLIENT_MAC,
+                far_client,
+                NAT_MAGLEV_VIP,
+                50042,
+                80,
+                L4::TcpSyn,
+                b"",
+            ),
+            fxa,
+        ))
+        .counts(Reason::DropNoRoute),
+    );
+
+    // Too big for the egress MTU.
+    let mtu = SMALL_MTU as usize;
+    let small_mtu_vip = [192, 0, 2, 40];
+    let input = big_frame(CLIENT, small_mtu_vip, 50050, 80, mtu, true);
+    rows.push(
+        Case::new(
+            "NAT, too big with DF: ICMP fragmentation-needed quoting what was sent",
+            fxa,
+            input.clone(),
+            XDP_TX,
+        )
+        .output(Output::Frame(wire::icmp_frag_needed(&input, SMALL_MTU)))
+        .counts(Reason::TxIcmpFragNeeded)
+        .midstream("nat-small-mtu"),
+    );
+    let input = big_frame(CLIENT, small_mtu_vip, 50051, 80, mtu, false);
+    rows.push(
+        Case::new(
+            "NAT, too big without DF: cannot fragment, dropped untouched",
+            fxa,
+            input,
+            XDP_DROP,
+        )
+        .counts(Reason::DropTooBig)
+        .midstream("nat-small-mtu"),
+    );
+    let mut input = Vec::new();
+    etherparse::PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_MAC)
+        .ipv4(CLIENT, small_mtu_vip, 64)
+        .udp(50052, 53)
+        .write(&mut input, &vec![1u8; mtu])
+        .unwrap();
+    rows.push(
+        Case::new(
+            "DSR (UDP), too big with DF: ICMP fragmentation-needed",
+            fxa,
+            input.clone(),
+            XDP_TX,
+        )
+        .output(Output::Frame(wire::icmp_frag_needed(&input, SMALL_MTU)))
+        .counts(Reason::TxIcmpFragNeeded)
+        .opens("dsr-small-mtu"),
+    );
+    let b = maglev("nat-maglev", CLIENT, NAT_MAGLEV_VIP, 50053, 80);
+    let input = big_frame(b, CLIENT, 8080, 50053, 1500, true);
+    rows.push(
+        Case::new(
+            "NAT reply too big for the client's link: ICMP to the backend, untranslated",
+            fxc,
+            input.clone(),
+            XDP_TX,
+        )
+        .before(forwarded(
+            from_client(NAT_MAGLEV_VIP, 50053, 80, L4::TcpSyn),
+            fxa,
+        ))
+        .output(Output::Frame(wire::icmp_frag_needed(&input, 1500)))
+        .counts(Reason::TxIcmpFragNeeded),
+    );
+
+    rows.extend(odd_frames(fxa));
+    rows
+}
+
+/// Frames that are not for the LB, or not right: passed or dropped as they came.
+fn odd_frames(fxa: u32) -> Vec<Case> {
+    let good = from_client(DSR_VIP, 50100, 80, L4::TcpSyn);
+    let udp = from_client(NAT_VIP, 50101, 53, L4::Udp);
+    let with = |base: &[u8], f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = base.to_vec();
+        f(&mut v);
+        v
+    };
+    let mut arp = good[..42].to_vec();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    let mut ipv6 = good.clone();
+    ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let mut icmp = Vec::new();
+    etherparse::PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_MAC)
+        .ipv4(CLIENT, DSR_VIP, 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut icmp, b"ping")
+        .unwrap();
+    // IPv4 header with 4 bytes of options (IHL 6): a NOP option word.
+    let options = ip_fixed(&good, |v| {
+        v.splice(34..34, [1, 1, 1, 1]);
+        v[14] = 0x46;
+        let len = (u16::from_be_bytes([v[16], v[17]]) + 4).to_be_bytes();
+        v[16..18].copy_from_slice(&len);
+    });
+    let rows: Vec<(&'static str, Vec<u8>, u32, Reason)> = vec![
+        (
+            "TCP to another address",
+            from_client([192, 0, 2, 99], 50102, 80, L4::TcpSyn),
+            XDP_PASS,
+            Reason::PassNotService,
+        ),
+        (
+            "TCP to the VIP on an unserved port",
+            from_client(DSR_VIP, 50103, 8081, L4::TcpSyn),
+            XDP_PASS,
+            Reason::PassNotService,
+        ),
+        (
+            "UDP to the VIP on an unserved port",
+            from_client(DSR_VIP, 50104, 54, L4::Udp),
+            XDP_PASS,
+            Reason::PassNotService,
+        ),
+        (
+            "ICMP echo to the VIP",
+            icmp,
+            XDP_PASS,
+            Reason::PassNotService,
+        ),
+        ("ARP", arp, XDP_PASS, Reason::PassNotIpv4),
+        ("IPv6 ethertype", ipv6, XDP_PASS, Reason::PassNotIpv4),
+        (
+            "VLAN-tagged frame",
+            with(&good, &|v| {
+                v.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+            }),
+            XDP_PASS,
+            Reason::PassNotIpv4,
+        ),
+        // (BPF_PROG_TEST_RUN rejects frames under 14 bytes, as drivers never deliver them.)
+        (
+            "Ethernet header alone, IPv4 ethertype",
+            good[..14].to_vec(),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "IPv4 header cut short",
+            good[..14 + 12].to_vec(),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "TCP header cut short (IP length says more)",
+            good[..14 + 20 + 10].to_vec(),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "TCP header cut short (IP length agrees)",
+            ip_fixed(&good, |v| {
+                v.truncate(14 + 20 + 10);
+                v[16..18].copy_from_slice(&30u16.to_be_bytes());
+            }),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "IHL below 5",
+            ip_fixed(&good, |v| v[14] = 0x44),
+            XDP_DROP,
+            Reason::DropBadIpHeader,
+        ),
+        (
+            "IP version 6 in an IPv4 ethertype",
+            with(&good, &|v| v[14] = 0x65),
+            XDP_DROP,
+            Reason::DropBadIpHeader,
+        ),
+        (
+            "total length below header length",
+            ip_fixed(&good, |v| v[16..18].copy_from_slice(&10u16.to_be_bytes())),
+            XDP_DROP,
+            Reason::DropBadIpHeader,
+        ),
+        (
+            "first fragment (MF set)",
+            ip_fixed(&good, |v| v[20] = 0x20),
+            XDP_PASS,
+            Reason::PassFragment,
+        ),
+        (
+            "non-first fragment",
+            ip_fixed(&good, |v| v[20..22].copy_from_slice(&[0x00, 0x10])),
+            XDP_PASS,
+            Reason::PassFragment,
+        ),
+        ("IPv4 options", options, XDP_PASS, Reason::PassIpOptions),
+        (
+            // The ports would come from the Ethernet trailer.
+            "UDP datagram ending inside its own header (total length 23)",
+            ip_fixed(&udp, |v| v[16..18].copy_from_slice(&23u16.to_be_bytes())),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "TCP header ending beyond the datagram (total length 32)",
+            ip_fixed(&good, |v| v[16..18].copy_from_slice(&32u16.to_be_bytes())),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "TCP data offset 4 (below the header's own 20 bytes)",
+            with(&good, &|v| v[14 + 20 + 12] = 0x40),
+            XDP_DROP,
+            Reason::DropBadL4Header,
+        ),
+        (
+            "TCP data offset 15 (60 bytes) in a 25-byte segment",
+            with(&good, &|v| v[14 + 20 + 12] = 0xf0),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "UDP length 7",
+            with(&udp, &|v| {
+                v[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&7u16.to_be_bytes())
+            }),
+            XDP_DROP,
+            Reason::DropBadL4Header,
+        ),
+        (
+            "UDP length beyond the datagram",
+            with(&udp, &|v| {
+                v[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&14u16.to_be_bytes())
+            }),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        (
+            "wrong IPv4 header checksum, to a VIP",
+            with(&good, &|v| v[24] ^= 0x55),
+            XDP_DROP,
+            Reason::DropBadIpChecksum,
+        ),
+        (
+            "wrong IPv4 header checksum, to another address (the kernel decides)",
+            with(&from_client([192, 0, 2, 99], 50105, 80, L4::TcpSyn), &|v| {
+                v[24] ^= 0x55
+            }),
+            XDP_PASS,
+            Reason::PassNotService,
+        ),
+    ];
+    rows.into_iter()
+        .map(|(name, input, verdict, reason)| Case::new(name, fxa, input, verdict).counts(reason))
+        .collect()
+}
+
+/// The row named `name`.
+pub fn find<'a>(cases: &'a [Case], name: &str) -> &'a Case {
+    cases
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no fixture row named {name:?}"))
+}
+
+/// The flow-table key of a client 4-tuple (TCP).
+pub fn flow_key(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> FlowKey {
+    FlowKey {
+        src_be: u32::from_ne_bytes(src),
+        dst_be: u32::from_ne_bytes(dst),
+        sport_be: sport.to_be(),
+        dport_be: dport.to_be(),
+        proto: TCP,
+        _pad: [0; 3],
+    }
+}
+
+/// Do what comes before a row's frame. Whether the lab must be restored
+/// afterwards (a backend was taken down).
+pub fn prepare(lab: &mut Lab, case: &Case) -> Result<bool, String> {
+    let mut replanned = false;
+    for step in &case.before {
+        match step {
+            Step::Send {
+                frame,
+                ingress,
+                verdict,
+            } => {
+                let (got, _) = lab.run_on(frame, Some(*ingress));
+                if got != *verdict {
+                    return Err(format!(
+                        "a frame before it got {} instead of {}",
+                        verdict_name(got),
+                        verdict_name(*verdict)
+                    ));
+                }
+            }
+            Step::Down { service, addr } => {
+                let key = lab.service(service).key;
+                let port = lab.plan.backends[&lab.backend_id(service, *addr)].port_be;
+                let down = BackendRef::new(key, (*addr).into(), u16::from_be(port));
+                let config = CONFIG.to_string();
+                lab.replan(&config, &[down]);
+                replanned = true;
+            }
+            Step::Flow(key, value) => lab.put_flow(*key, *value),
+        }
+    }
+    Ok(replanned)
+}
+
+/// Run one row; every way it differs from what the row says.
+pub fn run(lab: &mut Lab, case: &Case) -> Vec<String> {
+    let mut errors = Vec::new();
+    let replanned = match prepare(lab, case) {
+        Ok(r) => r,
+        Err(e) => return vec![e],
+    };
+    let (reasons, traffic) = (lab.reasons(), lab.all_traffic());
+    let (verdict, out) = lab.run_on(&case.input, Some(case.ingress));
+    let (reasons_after, traffic_after) = (lab.reasons(), lab.all_traffic());
+    if replanned {
+        lab.restore();
+    }
+    if verdict != case.verdict {
+        errors.push(format!(
+            "verdict {} instead of {}",
+            verdict_name(verdict),
+            verdict_name(case.verdict)
+        ));
+    }
+    let (meta, frame, want) = match &case.output {
+        Output::Same => (None, &out[..], &case.input),
+        Output::Frame(f) => (None, &out[..], f),
+        Output::Meta(m, f) => {
+            let (got_meta, rest) = out.split_at(m.len().min(out.len()));
+            (Some((got_meta, m)), rest, f)
+        }
+    };
+    if let Some((got, want)) = meta
+        && got != &want[..]
+    {
+        errors.push(format!("metadata {got:02x?} instead of {want:02x?}"));
+    }
+    if frame != &want[..] {
+        errors.push(format!(
+            "output differs from the expected {}-byte frame at byte {:?} (got {} bytes)",
+            want.len(),
+            first_difference(frame, want),
+            frame.len()
+        ));
+    }
+    for (i, r) in Reason::ALL.iter().enumerate() {
+        let moved = reasons_after[i] - reasons[i];
+        let want = case
+            .reasons
+            .iter()
+            .filter(|(x, _)| x == r)
+            .map(|(_, n)| n)
+            .sum::<u64>();
+        if moved != want {
+            errors.push(format!("{} moved by {moved}, not {want}", r.label()));
+        }
+    }
+    for ((name, before), (_, after)) in traffic.iter().zip(&traffic_after) {
+        let moved = (
+            after.connections - before.connections,
+            after.midstream - before.midstream,
+        );
+        let want = case
+            .connections
+            .iter()
+            .find(|(s, _, _)| s == name)
+            .map_or((0, 0), |(_, c, m)| (*c, *m));
+        if moved != want {
+            errors.push(format!(
+                "service {name}: (connections, midstream) moved by {moved:?}, not {want:?}"
+            ));
+        }
+    }
+    errors
+}
