@@ -103,6 +103,45 @@ fn the_table_catches_a_planted_checksum_bug() {
     }
 }
 
+/// An HA node answers ARP for its addresses only while its MASTER lease
+/// runs: a node whose daemon died keeps forwarding, but stops claiming the
+/// VIP once the peer may have taken it.
+#[test]
+fn arp_for_ha_addresses_follows_the_lease() {
+    if !require_root("arp_for_ha_addresses_follows_the_lease") {
+        return;
+    }
+    let mut fx = lab();
+    let vip = [192, 0, 2, 10];
+    let arp = cases::arp_request(vip);
+    let now_ns = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: fills the struct.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    // Without HA, ARP is the kernel's.
+    assert_eq!(fx.run(&arp), (XDP_PASS, arp.clone()));
+    fx.set_vip(vip, lb_common::VIP_F_DROP_UNSERVED | lb_common::VIP_F_HA);
+    let ha = |lease_until_ns| lb_common::Settings {
+        flags: lb_common::SETTINGS_F_HA,
+        _pad: 0,
+        lease_until_ns,
+    };
+    fx.set_settings(ha(now_ns() + 10_000_000_000));
+    assert_eq!(fx.run(&arp), (XDP_PASS, arp.clone()), "lease running");
+    fx.set_settings(ha(now_ns().saturating_sub(1)));
+    let before = fx.reason(Reason::DropArpNotMaster);
+    assert_eq!(fx.run(&arp), (XDP_DROP, arp.clone()), "lease over");
+    assert_eq!(fx.reason(Reason::DropArpNotMaster), before + 1);
+    // Other addresses' ARP is never touched.
+    let other = cases::arp_request([192, 0, 2, 99]);
+    assert_eq!(fx.run(&other), (XDP_PASS, other.clone()));
+}
+
 #[test]
 fn dsr_rewrites_only_macs_and_pins_flows() {
     if !require_root("dsr_rewrites_only_macs_and_pins_flows") {

@@ -372,6 +372,11 @@ impl Gen {
 
     /// Traffic for the LB host itself or elsewhere: other addresses, ICMP.
     fn other_frame(&mut self) -> Vec<u8> {
+        if self.rng.chance(15) {
+            let any = [192, 0, 2, self.rng.byte()];
+            let target = *self.rng.pick(&[[192, 0, 2, 10], [192, 0, 2, 20], any]);
+            return xdplb_tests::cases::arp_request(target);
+        }
         if self.rng.chance(30) {
             let mut v = Vec::new();
             PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_MAC)
@@ -560,6 +565,41 @@ impl Harness {
         self.programmer.applied().clone()
     }
 
+    /// HA switches for churn step `step`, written to the maps and the model:
+    /// both service VIPs become HA addresses; the lease is off, expired or
+    /// endless in turn; flow reports are on every other step (the ring
+    /// buffer fills and counts losses, which must not change any verdict).
+    fn ha_step(&mut self, step: u64, model: &mut Model) {
+        use xdplb::dataplane::Dataplane as _;
+        for vip in [[192, 0, 2, 10], [192, 0, 2, 20]] {
+            let flags = lb_common::VIP_F_DROP_UNSERVED | lb_common::VIP_F_HA;
+            self.dp
+                .set_vip(u32::from_ne_bytes(vip), lb_common::VipInfo { flags })
+                .expect("write VIPS");
+            model.set_vip(vip, flags);
+        }
+        let settings = lb_common::Settings {
+            flags: match step % 3 {
+                0 => 0,
+                _ => lb_common::SETTINGS_F_HA,
+            } | if step % 2 == 1 {
+                lb_common::SETTINGS_F_SYNC_FLOWS
+            } else {
+                0
+            },
+            _pad: 0,
+            lease_until_ns: if step % 3 == 1 { 0 } else { u64::MAX },
+        };
+        let map = self
+            .ebpf
+            .map_mut(lb_common::names::SETTINGS)
+            .expect("SETTINGS map");
+        let mut a: aya::maps::Array<&mut aya::maps::MapData, lb_common::Settings> =
+            aya::maps::Array::try_from(map).expect("SETTINGS is an array");
+        a.set(0, settings, 0).expect("write settings");
+        model.set_settings(settings);
+    }
+
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog = bpf::xdp_program(&mut self.ebpf, lb_common::names::PROGRAM).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
@@ -628,6 +668,7 @@ fn fuzz(seed: u64, frames: u64, fault: TestFault) -> Result<BTreeMap<&'static st
         fxc: wire::ifindex("fxc"),
     };
     let mut model = Model::new(&plan, links);
+    h.ha_step(0, &mut model);
     let service_ids: Vec<u32> = plan.services.iter().map(|s| s.info.id).collect();
     let backend_ids: Vec<u32> = plan.backends.keys().copied().collect();
     let mut generator = Gen { rng: Rng(seed) };
@@ -635,6 +676,7 @@ fn fuzz(seed: u64, frames: u64, fault: TestFault) -> Result<BTreeMap<&'static st
         if i > 0 && i % REPLAN_EVERY == 0 {
             let plan = h.program(churn(i / REPLAN_EVERY));
             model.program(&plan);
+            h.ha_step(i / REPLAN_EVERY, &mut model);
         }
         let frame = generator.next(&model);
         let want = model.predict(&frame);

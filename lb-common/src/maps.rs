@@ -45,6 +45,10 @@ pub mod names {
     pub const REASONS: &str = "REASONS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const VIPS: &str = "VIPS";
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    pub const EVENTS_LOST: &str = "EVENTS_LOST";
     /// The XDP entry point in the object file.
     pub const PROGRAM: &str = "xdplb";
     /// The tc-ingress program that sends packets the XDP program could not
@@ -64,14 +68,19 @@ pub mod names {
         REASONS,
         SERVICE_STATS,
         BACKEND_STATS,
+        VIPS,
+        SETTINGS,
+        FLOW_EVENTS,
+        EVENTS_LOST,
     ];
 }
 
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
@@ -296,6 +305,59 @@ const _: () = assert!(core::mem::size_of::<NeighMeta>() == 12);
 /// another layout never acts on it.
 pub const NEIGH_META_MAGIC: u32 = 0x5844_5000 | LAYOUT_VERSION;
 
+/// Most addresses in `VIPS` (service VIPs plus HA floating addresses).
+pub const MAX_VIPS: u32 = 128;
+
+/// Value of `VIPS`, keyed by an address (network order) the LB answers for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipInfo {
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 4);
+
+/// Traffic to this address that no service forwards (another port or
+/// protocol, a fragment, IP options) is dropped, ICMP excepted, so the LB
+/// host's own services are not reachable on it.
+pub const VIP_F_DROP_UNSERVED: u32 = 1;
+/// An address the HA pair moves: ARP requests for it are answered only
+/// while this node's lease (`Settings::lease_until_ns`) runs, so a node
+/// whose daemon died stops claiming it once the peer may have taken over.
+pub const VIP_F_HA: u32 = 2;
+
+/// The single entry of `SETTINGS`: switches the daemon sets at run time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// `SETTINGS_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// HA: CLOCK_MONOTONIC ns (`bpf_ktime_get_ns`) until which this node
+    /// may answer ARP for `VIP_F_HA` addresses. The MASTER's daemon extends
+    /// it with every advert it sends, by the master-down interval.
+    pub lease_until_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+
+/// Report every new or moved flow in `FLOW_EVENTS` (HA flow sync).
+pub const SETTINGS_F_SYNC_FLOWS: u32 = 1;
+/// Guard ARP for `VIP_F_HA` addresses with the lease.
+pub const SETTINGS_F_HA: u32 = 2;
+
+/// A flow the data path created or moved, reported for HA flow sync.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEvent {
+    pub key: FlowKey,
+    pub value: FlowValue,
+}
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 32);
+
+/// Bytes of the `FLOW_EVENTS` ring buffer: 16384 events. When the daemon
+/// falls behind, events are lost (counted in `EVENTS_LOST`), never waited for.
+pub const FLOW_EVENTS_BYTES: u32 = 1 << 20;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -308,4 +370,7 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for NatReverse {}
     unsafe impl aya::Pod for Traffic {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for FlowEvent {}
 }

@@ -59,6 +59,14 @@ reasons! {
     /// A backend refused a NAT connection (RST to the SYN): the RST is
     /// withheld and the client's retried SYN goes to another backend.
     DropRstRedispatch = "drop_rst_redispatch",
+    /// Addressed to a VIP (or HA floating address) on a port or protocol no
+    /// service forwards, or a fragment or IP options packet to it: dropped
+    /// so the LB host's own services are not exposed (ICMP excepted;
+    /// `dataplane.unserved_vip = "pass"` keeps the old pass-to-host).
+    DropUnservedVip = "drop_unserved_vip",
+    /// An ARP request for an HA address while this node holds no lease (its
+    /// daemon is gone or not MASTER): not answered, so only the MASTER claims it.
+    DropArpNotMaster = "drop_arp_not_master",
     /// Larger than the egress MTU with DF set: answered with ICMP "fragmentation
     /// needed" quoting the frame as the sender sent it (path-MTU discovery).
     TxIcmpFragNeeded = "tx_icmp_frag_needed",

@@ -19,7 +19,10 @@ mod sched;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Forwarding, Reason, SERVICE_F_PASS_WHEN_EMPTY};
+use lb_common::{
+    Forwarding, PROTO_ICMP, Reason, SERVICE_F_PASS_WHEN_EMPTY, SETTINGS_F_HA, VIP_F_DROP_UNSERVED,
+    VIP_F_HA,
+};
 
 use crate::parse::{Packet, Parsed};
 
@@ -41,6 +44,12 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     let pkt = match parse::parse(ctx) {
         Parsed::Packet(p) => p,
         Parsed::Verdict(action, reason) => return (action, reason),
+        Parsed::Host {
+            reason,
+            dst_be,
+            proto,
+        } => return to_host(reason, dst_be, proto),
+        Parsed::ArpRequest { target_be } => return arp_request(target_be),
     };
     if let Some(svc) = maps::service(&pkt) {
         if !pkt.ip_checksum_ok() {
@@ -60,7 +69,40 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         }
         return nat::reverse(ctx, &pkt, &rev);
     }
-    (xdp_action::XDP_PASS, Reason::PassNotService)
+    to_host(Reason::PassNotService, pkt.dst_be, pkt.proto)
+}
+
+/// IPv4 the data path does not forward goes to the kernel, unless it is
+/// addressed to a VIP that drops unserved traffic (ICMP excepted: ping and
+/// errors). One `VIPS` lookup per such packet, none on forwarded traffic.
+#[inline(always)]
+fn to_host(reason: Reason, dst_be: u32, proto: u8) -> (u32, Reason) {
+    if proto != PROTO_ICMP
+        && let Some(v) = maps::vip(dst_be)
+        && v.flags & VIP_F_DROP_UNSERVED != 0
+    {
+        return (xdp_action::XDP_DROP, Reason::DropUnservedVip);
+    }
+    (xdp_action::XDP_PASS, reason)
+}
+
+/// An ARP request for an HA address is for the kernel to answer only while
+/// this node holds the lease its MASTER daemon keeps extending. A node
+/// whose daemon died keeps forwarding through the pinned program, but stops
+/// claiming the addresses once the peer may have taken them.
+#[inline(always)]
+fn arp_request(target_be: u32) -> (u32, Reason) {
+    if let Some(v) = maps::vip(target_be)
+        && v.flags & VIP_F_HA != 0
+    {
+        let s = maps::settings();
+        // SAFETY: helper without arguments.
+        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        if s.flags & SETTINGS_F_HA != 0 && now >= s.lease_until_ns {
+            return (xdp_action::XDP_DROP, Reason::DropArpNotMaster);
+        }
+    }
+    (xdp_action::XDP_PASS, Reason::PassNotIpv4)
 }
 
 #[inline(always)]

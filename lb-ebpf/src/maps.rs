@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    BPF_F_MMAPABLE, Backend, FlowKey, FlowValue, MAX_BACKENDS, MAX_FLOWS, MAX_NAT_FLOWS,
-    MAX_SERVICES, NatReverse, REASON_COUNT, RING_ENTRIES, ServiceInfo, ServiceKey, Traffic,
+    BPF_F_MMAPABLE, Backend, FLOW_EVENTS_BYTES, FlowEvent, FlowKey, FlowValue, MAX_BACKENDS,
+    MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS, NatReverse, REASON_COUNT, RING_ENTRIES,
+    SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, Settings, Traffic, VipInfo,
 };
 
 use crate::parse::Packet;
@@ -35,6 +36,47 @@ pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUN
 pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 #[map]
 pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Addresses the LB answers for: service VIPs and HA floating addresses.
+#[map]
+pub static VIPS: HashMap<u32, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 0);
+/// One entry: run-time switches and the HA lease.
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+/// New and moved flows, for HA flow sync (only while `SETTINGS_F_SYNC_FLOWS`).
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
+/// Flow events the ring buffer had no room for (the daemon fell behind).
+#[map]
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn settings() -> Settings {
+    SETTINGS.get(0).copied().unwrap_or_default()
+}
+
+#[inline(always)]
+pub fn vip(addr_be: u32) -> Option<VipInfo> {
+    // SAFETY: copied out at once.
+    unsafe { VIPS.get(addr_be).copied() }
+}
+
+/// Report a flow the data path just created or moved, if flow sync is on.
+/// Never waits: without room the event is counted as lost.
+#[inline(always)]
+pub fn report_flow(key: FlowKey, value: FlowValue) {
+    if settings().flags & SETTINGS_F_SYNC_FLOWS == 0 {
+        return;
+    }
+    if FLOW_EVENTS
+        .output::<FlowEvent>(&FlowEvent { key, value }, 0)
+        .is_err()
+        && let Some(c) = EVENTS_LOST.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *c += 1 };
+    }
+}
 
 #[inline(always)]
 pub fn flow_key(pkt: &Packet) -> FlowKey {

@@ -16,6 +16,12 @@ pub const L4_OFF: usize = ETH_LEN + IPV4_LEN;
 const TCP_LEN: usize = 20;
 const UDP_LEN: usize = 8;
 const ETH_P_IPV4_BE: u16 = 0x0800u16.to_be();
+const ETH_P_ARP_BE: u16 = 0x0806u16.to_be();
+/// ARP for IPv4 over Ethernet: htype 1, ptype 0x0800, hlen 6, plen 4, op 1
+/// (request), as the first 8 bytes of the ARP header.
+const ARP_REQUEST_HEAD: [u8; 8] = [0, 1, 8, 0, 6, 4, 0, 1];
+/// ARP header: the 8 bytes above, sender MAC and IP, target MAC and IP.
+const ARP_LEN: usize = 28;
 /// MF flag and fragment offset bits of `frag_off`.
 const IP_MF_OR_OFFSET: u16 = 0x3fff;
 const IP_DF: u16 = 0x4000;
@@ -76,6 +82,18 @@ pub enum Parsed {
     Packet(Packet),
     /// Parsing decided the verdict already.
     Verdict(u32, Reason),
+    /// IPv4 the data path does not forward (a fragment, IP options, a
+    /// protocol other than TCP/UDP): for the kernel, unless it is addressed
+    /// to a VIP (see `VIP_F_DROP_UNSERVED`).
+    Host {
+        reason: Reason,
+        dst_be: u32,
+        proto: u8,
+    },
+    /// An ARP request for `target_be`.
+    ArpRequest {
+        target_be: u32,
+    },
 }
 
 #[inline(always)]
@@ -91,7 +109,19 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         return verdict(XDP_DROP, Reason::DropTruncated);
     };
     // SAFETY: `ptr_at` checked the header lies inside the frame.
-    if unsafe { (*eth).ether_type } != ETH_P_IPV4_BE {
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == ETH_P_ARP_BE
+        && let Some(arp) = ptr_at::<[u8; ARP_LEN]>(ctx, ETH_LEN)
+    {
+        // SAFETY: the 28-byte ARP header is inside the frame.
+        let arp = unsafe { *arp };
+        if arp[..8] == ARP_REQUEST_HEAD {
+            return Parsed::ArpRequest {
+                target_be: u32::from_ne_bytes([arp[24], arp[25], arp[26], arp[27]]),
+            };
+        }
+    }
+    if ether_type != ETH_P_IPV4_BE {
         return verdict(XDP_PASS, Reason::PassNotIpv4);
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
@@ -116,11 +146,16 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if ETH_LEN as u64 + tot_len as u64 > frame_len {
         return verdict(XDP_DROP, Reason::DropTruncated);
     }
+    let host = |reason| Parsed::Host {
+        reason,
+        dst_be,
+        proto,
+    };
     if frag_off & IP_MF_OR_OFFSET != 0 {
-        return verdict(XDP_PASS, Reason::PassFragment);
+        return host(Reason::PassFragment);
     }
     if ihl != 5 {
-        return verdict(XDP_PASS, Reason::PassIpOptions);
+        return host(Reason::PassIpOptions);
     }
     // Bytes of the datagram after the IPv4 header; the L4 header must fit in
     // them (not just in the frame, which may carry a trailer).
@@ -170,7 +205,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
             }
             ([h[0], h[1], h[2], h[3]], 0, 0)
         }
-        _ => return verdict(XDP_PASS, Reason::PassNotService),
+        _ => return host(Reason::PassNotService),
     };
     Parsed::Packet(Packet {
         eth,

@@ -14,7 +14,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKEND_RING, BACKENDS, FLOWS, RR_CURSOR, flow_key},
+    maps::{BACKEND_RING, BACKENDS, FLOWS, RR_CURSOR, flow_key, report_flow},
     parse::Packet,
 };
 
@@ -131,6 +131,7 @@ pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<Choice> {
     // An LRU insert only fails on allocation failure; the packet still goes
     // out, the next one of the flow is scheduled again.
     let _ = FLOWS.insert(key, value, 0);
+    report_flow(key, value);
     Some(Choice {
         backend_id: id,
         backend,

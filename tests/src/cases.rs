@@ -842,12 +842,17 @@ fn odd_frames(fxa: u32) -> Vec<Case> {
         .write(&mut icmp, b"ping")
         .unwrap();
     // IPv4 header with 4 bytes of options (IHL 6): a NOP option word.
-    let options = ip_fixed(&good, |v| {
-        v.splice(34..34, [1, 1, 1, 1]);
-        v[14] = 0x46;
-        let len = (u16::from_be_bytes([v[16], v[17]]) + 4).to_be_bytes();
-        v[16..18].copy_from_slice(&len);
-    });
+    let with_options = |f: &[u8]| {
+        ip_fixed(f, |v| {
+            v.splice(34..34, [1, 1, 1, 1]);
+            v[14] = 0x46;
+            let len = (u16::from_be_bytes([v[16], v[17]]) + 4).to_be_bytes();
+            v[16..18].copy_from_slice(&len);
+        })
+    };
+    let other = from_client([192, 0, 2, 99], 50106, 80, L4::TcpSyn);
+    let options = with_options(&good);
+    let other_options = with_options(&other);
     let rows: Vec<(&'static str, Vec<u8>, u32, Reason)> = vec![
         (
             "TCP to another address",
@@ -855,17 +860,25 @@ fn odd_frames(fxa: u32) -> Vec<Case> {
             XDP_PASS,
             Reason::PassNotService,
         ),
+        // A VIP is a local address of an HA MASTER: what no service
+        // forwards must not reach the host's own services.
         (
-            "TCP to the VIP on an unserved port",
+            "TCP to the VIP on an unserved port: dropped",
             from_client(DSR_VIP, 50103, 8081, L4::TcpSyn),
-            XDP_PASS,
-            Reason::PassNotService,
+            XDP_DROP,
+            Reason::DropUnservedVip,
         ),
         (
-            "UDP to the VIP on an unserved port",
+            "UDP to the VIP on an unserved port: dropped",
             from_client(DSR_VIP, 50104, 54, L4::Udp),
-            XDP_PASS,
-            Reason::PassNotService,
+            XDP_DROP,
+            Reason::DropUnservedVip,
+        ),
+        (
+            "another IP protocol (GRE) to the VIP: dropped",
+            ip_fixed(&good, |v| v[14 + 9] = 47),
+            XDP_DROP,
+            Reason::DropUnservedVip,
         ),
         (
             "ICMP echo to the VIP",
@@ -930,18 +943,41 @@ fn odd_frames(fxa: u32) -> Vec<Case> {
             Reason::DropBadIpHeader,
         ),
         (
-            "first fragment (MF set)",
-            ip_fixed(&good, |v| v[20] = 0x20),
+            "first fragment (MF set), to another address",
+            ip_fixed(&other, |v| v[20] = 0x20),
             XDP_PASS,
             Reason::PassFragment,
         ),
         (
-            "non-first fragment",
-            ip_fixed(&good, |v| v[20..22].copy_from_slice(&[0x00, 0x10])),
+            "non-first fragment, to another address",
+            ip_fixed(&other, |v| v[20..22].copy_from_slice(&[0x00, 0x10])),
             XDP_PASS,
             Reason::PassFragment,
         ),
-        ("IPv4 options", options, XDP_PASS, Reason::PassIpOptions),
+        (
+            "IPv4 options, to another address",
+            other_options,
+            XDP_PASS,
+            Reason::PassIpOptions,
+        ),
+        (
+            "first fragment (MF set), to the VIP: dropped",
+            ip_fixed(&good, |v| v[20] = 0x20),
+            XDP_DROP,
+            Reason::DropUnservedVip,
+        ),
+        (
+            "non-first fragment, to the VIP: dropped",
+            ip_fixed(&good, |v| v[20..22].copy_from_slice(&[0x00, 0x10])),
+            XDP_DROP,
+            Reason::DropUnservedVip,
+        ),
+        (
+            "IPv4 options, to the VIP: dropped",
+            options,
+            XDP_DROP,
+            Reason::DropUnservedVip,
+        ),
         (
             // The ports would come from the Ethernet trailer.
             "UDP datagram ending inside its own header (total length 23)",
@@ -1001,6 +1037,18 @@ fn odd_frames(fxa: u32) -> Vec<Case> {
     rows.into_iter()
         .map(|(name, input, verdict, reason)| Case::new(name, fxa, input, verdict).counts(reason))
         .collect()
+}
+
+/// An ARP request (who has `target`?) from the client.
+pub fn arp_request(target: [u8; 4]) -> Vec<u8> {
+    let mut v = vec![0xff; 6];
+    v.extend_from_slice(&CLIENT_MAC);
+    v.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    v.extend_from_slice(&CLIENT_MAC);
+    v.extend_from_slice(&CLIENT);
+    v.extend_from_slice(&[0; 6]);
+    v.extend_from_slice(&target);
+    v
 }
 
 /// The row named `name`.

@@ -193,6 +193,22 @@ impl Lab {
             .collect()
     }
 
+    /// Set the data path's run-time switches (`SETTINGS`).
+    pub fn set_settings(&mut self, settings: lb_common::Settings) {
+        let map = self.ebpf.map_mut(names::SETTINGS).expect("SETTINGS map");
+        let mut a: aya::maps::Array<&mut MapData, lb_common::Settings> =
+            aya::maps::Array::try_from(map).expect("SETTINGS is an array");
+        a.set(0, settings, 0).expect("write settings");
+    }
+
+    /// Set an address's `VIP_F_*` flags, as a plan would.
+    pub fn set_vip(&mut self, addr: [u8; 4], flags: u32) {
+        use xdplb::dataplane::Dataplane as _;
+        self.dp
+            .set_vip(u32::from_ne_bytes(addr), lb_common::VipInfo { flags })
+            .expect("write VIPS");
+    }
+
     /// Write a flow-table entry directly (a flow some earlier state left).
     pub fn put_flow(&mut self, key: FlowKey, value: FlowValue) {
         let map = self.ebpf.map_mut(names::FLOWS).expect("FLOWS map");

@@ -15,7 +15,8 @@ use std::{
 
 use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Forwarding, RING_SIZE, Reason,
-    SERVICE_F_PASS_WHEN_EMPTY, SERVICE_F_REDISPATCH, Scheduler, Traffic, hash::flow_hash,
+    SERVICE_F_PASS_WHEN_EMPTY, SERVICE_F_REDISPATCH, SETTINGS_F_HA, Scheduler, Settings, Traffic,
+    VIP_F_DROP_UNSERVED, VIP_F_HA, hash::flow_hash,
 };
 use xdplb::plan::Plan;
 
@@ -217,6 +218,10 @@ pub struct Model {
     /// unlike the map's iteration order), for the generator.
     nat_order: Vec<Tuple>,
     rr_cursor: HashMap<u32, u32>,
+    /// Address -> `VIP_F_*`, as the `VIPS` map holds them.
+    vips: HashMap<[u8; 4], u32>,
+    /// The `SETTINGS` the harness wrote (HA flag and lease).
+    settings: Settings,
     links: LabLinks,
     pub counts: Counts,
 }
@@ -269,6 +274,8 @@ impl Model {
             nat: HashMap::new(),
             nat_order: Vec::new(),
             rr_cursor: HashMap::new(),
+            vips: HashMap::new(),
+            settings: Settings::default(),
             links,
             counts: Counts::default(),
         };
@@ -313,6 +320,23 @@ impl Model {
                 )
             })
             .collect();
+        self.vips = plan
+            .vips
+            .iter()
+            .map(|(a, v)| (u32::from_be(*a).to_be_bytes(), v.flags))
+            .collect();
+    }
+
+    /// An address's `VIP_F_*` flags, as the harness overwrote them after a
+    /// plan (to add `VIP_F_HA`).
+    pub fn set_vip(&mut self, addr: [u8; 4], flags: u32) {
+        self.vips.insert(addr, flags);
+    }
+
+    /// `SETTINGS` as the harness wrote them. A lease of 0 has expired, one
+    /// of `u64::MAX` never does: the model has no clock.
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = settings;
     }
 
     /// The ISN (as on the wire) of the SYN that opened `t`'s flow, if known:
@@ -340,6 +364,9 @@ impl Model {
         if f.len() < 14 {
             return Expect::same(Drop, Reason::DropTruncated);
         }
+        if be16(f, 12) == 0x0806 && f.len() >= 14 + 28 && f[14..22] == [0, 1, 8, 0, 6, 4, 0, 1] {
+            return self.arp_request(f[38..42].try_into().unwrap());
+        }
         if be16(f, 12) != 0x0800 {
             return Expect::same(Pass, Reason::PassNotIpv4);
         }
@@ -356,11 +383,12 @@ impl Model {
             return Expect::same(Drop, Reason::DropTruncated);
         }
         let frag = be16(ip, 6);
+        let ip_dst: [u8; 4] = ip[16..20].try_into().unwrap();
         if frag & 0x3fff != 0 {
-            return Expect::same(Pass, Reason::PassFragment);
+            return self.host(Reason::PassFragment, ip_dst, ip[9]);
         }
         if ihl != 5 {
-            return Expect::same(Pass, Reason::PassIpOptions);
+            return self.host(Reason::PassIpOptions, ip_dst, ip[9]);
         }
         let l4_len = tot_len as usize - 20;
         let proto = ip[9];
@@ -394,7 +422,7 @@ impl Model {
                 }
                 0
             }
-            _ => return Expect::same(Pass, Reason::PassNotService),
+            _ => return self.host(Reason::PassNotService, ip_dst, proto),
         };
         let p = Pkt {
             t: Tuple {
@@ -425,7 +453,28 @@ impl Model {
             }
             return self.reverse(f, &p, rev);
         }
-        Expect::same(Pass, Reason::PassNotService)
+        self.host(Reason::PassNotService, p.t.dst, proto)
+    }
+
+    /// IPv4 not forwarded: to the kernel, unless a VIP drops unserved
+    /// traffic and it is not ICMP.
+    fn host(&self, reason: Reason, dst: [u8; 4], proto: u8) -> Expect {
+        let flags = self.vips.get(&dst).copied().unwrap_or(0);
+        if proto != 1 && flags & VIP_F_DROP_UNSERVED != 0 {
+            return Expect::same(Action::Drop, Reason::DropUnservedVip);
+        }
+        Expect::same(Action::Pass, reason)
+    }
+
+    /// An ARP request: dropped for an HA address while the lease has run
+    /// out (HA switched on), else the kernel's.
+    fn arp_request(&self, target: [u8; 4]) -> Expect {
+        let flags = self.vips.get(&target).copied().unwrap_or(0);
+        let s = self.settings;
+        if flags & VIP_F_HA != 0 && s.flags & SETTINGS_F_HA != 0 && s.lease_until_ns != u64::MAX {
+            return Expect::same(Action::Drop, Reason::DropArpNotMaster);
+        }
+        Expect::same(Action::Pass, Reason::PassNotIpv4)
     }
 
     /// A backend table slot as the program reads it: retired or never used

@@ -10,7 +10,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::view::{BackendView, HealthView, ServiceView, View};
+use super::view::{BackendView, HaView, HealthView, ServiceView, View};
 
 /// `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -260,10 +260,103 @@ pub fn openmetrics(v: &View) -> String {
         "Packets seen by the XDP program, by verdict reason",
         reasons,
     );
+    if let Some(h) = &v.ha {
+        register_ha(&mut r, h);
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);
     out
+}
+
+/// The HA pair's metrics.
+fn register_ha(r: &mut Registry, h: &HaView) {
+    let state = Family::<Labels, Gauge>::default();
+    for s in crate::ha::State::ALL {
+        state
+            .get_or_create(&vec![label("state", s.label())])
+            .set((s.label() == h.state) as i64);
+    }
+    r.register(
+        "xdplb_ha_state",
+        "1 for this node's HA state (init, backup, master, fault)",
+        state,
+    );
+    let gauge = |r: &mut Registry, name: &str, help: &str, v: f64| {
+        let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        g.set(v);
+        r.register(name, help, g);
+    };
+    let counter = |r: &mut Registry, name: &str, help: &str, v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        r.register(name, help, c);
+    };
+    gauge(
+        r,
+        "xdplb_ha_priority",
+        "Priority this node advertises (tracking included)",
+        h.priority as f64,
+    );
+    counter(r, "xdplb_ha_transitions", "HA state changes", h.transitions);
+    counter(r, "xdplb_ha_adverts_sent", "Adverts sent", h.adverts_sent);
+    counter(
+        r,
+        "xdplb_ha_adverts_received",
+        "Adverts accepted from the peer",
+        h.adverts_received,
+    );
+    let rejected = Family::<Labels, Counter>::default();
+    for (reason, n) in &h.rejected {
+        rejected
+            .get_or_create(&vec![label("reason", reason)])
+            .inc_by(*n);
+    }
+    r.register(
+        "xdplb_ha_adverts_rejected",
+        "Heartbeat-channel datagrams refused (bad tag, wrong group, stale epoch, replay, ...), by reason",
+        rejected,
+    );
+    let synced = Family::<Labels, Counter>::default();
+    synced
+        .get_or_create(&vec![label("direction", "sent")])
+        .inc_by(h.flows_sent);
+    synced
+        .get_or_create(&vec![label("direction", "received")])
+        .inc_by(h.flows_received);
+    r.register(
+        "xdplb_ha_flows_synced",
+        "Flow records sent to or received from the peer",
+        synced,
+    );
+    counter(
+        r,
+        "xdplb_ha_flows_unknown",
+        "Received flow records naming a service or backend this node does not have",
+        h.flows_unknown,
+    );
+    counter(
+        r,
+        "xdplb_ha_flow_events_lost",
+        "New flows the data path could not report (ring buffer full) or the sender dropped (queue full)",
+        h.events_lost + h.queue_dropped,
+    );
+    if let Some(lag) = h.sync_lag {
+        gauge(
+            r,
+            "xdplb_ha_sync_lag_seconds",
+            "Last received flow batch: sender batching plus writing it here (transit excluded)",
+            lag.as_secs_f64(),
+        );
+    }
+    if let Some(p) = &h.peer {
+        gauge(
+            r,
+            "xdplb_ha_peer_last_seen_seconds",
+            "Seconds since the peer's last advert",
+            p.last_seen,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -297,6 +390,24 @@ mod tests {
                 "{name} undeclared"
             );
         }
+    }
+
+    #[test]
+    fn ha_metrics_are_exported() {
+        let text = openmetrics(&crate::api::status::tests::ha_view());
+        for want in [
+            "xdplb_ha_state{state=\"master\"} 1",
+            "xdplb_ha_state{state=\"backup\"} 0",
+            "xdplb_ha_priority 150.0",
+            "xdplb_ha_transitions_total 2",
+            "xdplb_ha_adverts_rejected_total{reason=\"bad_tag\"} 3",
+            "xdplb_ha_flows_synced_total{direction=\"sent\"} 1234",
+            "xdplb_ha_sync_lag_seconds 0.0015",
+            "xdplb_ha_peer_last_seen_seconds 0.04",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        assert!(!openmetrics(&crate::api::status::tests::view()).contains("xdplb_ha_"));
     }
 
     #[test]

@@ -10,6 +10,58 @@ pub fn json(v: &View) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+/// The HA line(s) above the table.
+fn ha_lines(h: &super::view::HaView) -> String {
+    let mut out = format!(
+        "HA: {} (priority {}, group {}{})",
+        h.state.to_uppercase(),
+        h.priority,
+        h.group,
+        h.address
+            .as_deref()
+            .map(|a| format!(", {a}"))
+            .unwrap_or_default()
+    );
+    match &h.peer {
+        Some(p) => {
+            let _ = write!(
+                out,
+                "; peer {} {} (priority {}), last advert {:.0} ms ago",
+                p.address,
+                p.state.to_uppercase(),
+                p.priority,
+                p.last_seen * 1e3
+            );
+        }
+        None => out.push_str("; no peer heard"),
+    }
+    let _ = write!(
+        out,
+        "\nHA sync: {} flows sent, {} received",
+        h.flows_sent, h.flows_received
+    );
+    if let Some(l) = h.sync_lag {
+        let _ = write!(out, ", lag {:.1} ms", l.as_secs_f64() * 1e3);
+    }
+    if h.events_lost + h.queue_dropped > 0 {
+        let _ = write!(out, ", {} lost", h.events_lost + h.queue_dropped);
+    }
+    let rejected: Vec<String> = h
+        .rejected
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    if !rejected.is_empty() {
+        let _ = write!(out, "; rejected: {}", rejected.join(", "));
+    }
+    if !h.last_cause.is_empty() {
+        let _ = write!(out, "\nHA last change: {}", h.last_cause);
+    }
+    out.push_str("\n\n");
+    out
+}
+
 /// The human table `xdplb status` prints.
 pub fn table(v: &View) -> String {
     let mut rows = vec![
@@ -69,7 +121,7 @@ pub fn table(v: &View) -> String {
             *w = (*w).max(c.chars().count());
         }
     }
-    let mut out = String::new();
+    let mut out = v.ha.as_ref().map(ha_lines).unwrap_or_default();
     for r in &rows {
         let line: Vec<String> = r
             .iter()
@@ -136,7 +188,51 @@ pub(crate) mod tests {
                 ],
             }],
             reasons: vec![("drop_no_backend", 2), ("fwd_nat", 30)],
+            ha: None,
         }
+    }
+
+    /// The view of an HA MASTER with a BACKUP peer.
+    pub fn ha_view() -> View {
+        let mut s = crate::ha::HaStatus::new(7, 150);
+        s.state = crate::ha::State::Master;
+        s.address = Some([10, 255, 0, 1].into());
+        s.peer = Some(crate::ha::PeerStatus {
+            addr: [10, 255, 0, 2].into(),
+            state: crate::ha::wire::WireState::Backup,
+            priority: 100,
+            epoch: 1,
+            last_seen: Duration::from_millis(40),
+        });
+        s.transitions = 2;
+        s.last_cause = "no MASTER advert for 360 ms (master-down interval)".into();
+        s.flows_sent = 1234;
+        s.sync_lag = Some(Duration::from_micros(1500));
+        *s.rejected.get_mut("bad_tag").unwrap() = 3;
+        View {
+            ha: Some(crate::api::view::HaView::from_status(&s)),
+            ..view()
+        }
+    }
+
+    #[test]
+    fn ha_state_peer_sync_and_rejections_head_the_table() {
+        let t = table(&ha_view());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "HA: MASTER (priority 150, group 7, 10.255.0.1); peer 10.255.0.2 BACKUP (priority 100), last advert 40 ms ago"
+        );
+        assert_eq!(
+            lines[1],
+            "HA sync: 1234 flows sent, 0 received, lag 1.5 ms; rejected: bad_tag 3"
+        );
+        assert!(lines[2].starts_with("HA last change: no MASTER advert"));
+        assert!(lines[4].starts_with("SERVICE"));
+        let j: serde_json::Value = serde_json::from_str(&json(&ha_view())).unwrap();
+        assert_eq!(j["ha"]["state"], "master");
+        assert_eq!(j["ha"]["peer"]["state"], "backup");
+        assert_eq!(j["ha"]["rejected"]["bad_tag"], 3);
     }
 
     #[test]

@@ -70,6 +70,73 @@ pub struct ServiceView {
 pub struct View {
     pub services: Vec<ServiceView>,
     pub reasons: Vec<(&'static str, u64)>,
+    /// The HA pair, with `[ha]`.
+    pub ha: Option<HaView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    pub address: String,
+    pub state: &'static str,
+    pub priority: u8,
+    /// Seconds since its last advert.
+    pub last_seen: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HaView {
+    pub state: &'static str,
+    pub priority: u8,
+    pub group: u8,
+    pub address: Option<String>,
+    pub peer: Option<PeerView>,
+    pub transitions: u64,
+    pub last_cause: String,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    /// Heartbeat-channel datagrams refused, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub flows_sent: u64,
+    pub flows_received: u64,
+    pub flows_unknown: u64,
+    pub events_lost: u64,
+    pub queue_dropped: u64,
+    #[serde(serialize_with = "seconds")]
+    pub sync_lag: Option<Duration>,
+}
+
+impl HaView {
+    pub fn from_status(s: &crate::ha::HaStatus) -> HaView {
+        use crate::ha::wire::WireState;
+        HaView {
+            state: s.state.label(),
+            priority: s.priority,
+            group: s.group,
+            address: s.address.map(|a| a.to_string()),
+            peer: s.peer.as_ref().map(|p| PeerView {
+                address: p.addr.to_string(),
+                state: match p.state {
+                    WireState::Init => "init",
+                    WireState::Backup => "backup",
+                    WireState::Master => "master",
+                    WireState::Fault => "fault",
+                },
+                priority: p.priority,
+                last_seen: p.last_seen.as_secs_f64(),
+            }),
+            transitions: s.transitions,
+            last_cause: s.last_cause.clone(),
+            adverts_sent: s.adverts_sent,
+            adverts_received: s.adverts_received,
+            rejected: s.rejected.clone(),
+            flows_sent: s.flows_sent,
+            flows_received: s.flows_received,
+            flows_unknown: s.flows_unknown,
+            events_lost: s.events_lost,
+            queue_dropped: s.queue_dropped,
+            sync_lag: s.sync_lag,
+        }
+    }
 }
 
 /// Counter inputs the daemon has read from the maps.
@@ -83,6 +150,7 @@ pub struct Readings<'a> {
     pub backend_rates: &'a BTreeMap<u32, f64>,
     /// Flow-table entries by backend id.
     pub flows: &'a BTreeMap<u32, u64>,
+    pub ha: Option<&'a crate::ha::HaStatus>,
 }
 
 /// Assemble the view of what `control` serves.
@@ -143,6 +211,7 @@ pub fn build(control: &Control, r: &Readings<'_>) -> View {
     View {
         services,
         reasons: r.reasons.iter().map(|(k, v)| (*k, *v)).collect(),
+        ha: r.ha.map(HaView::from_status),
     }
 }
 

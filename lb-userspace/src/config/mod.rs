@@ -3,9 +3,11 @@
 //! names the file, the line where known, the key and the reason.
 
 mod error;
+mod ha;
 mod validate;
 
 pub use error::{ConfigError, LineSuffix};
+pub use ha::{FloatingAddress, HaConfig, MIN_KEY_LEN, Track};
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -29,6 +31,9 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(rename = "service", default)]
     pub services: Vec<ServiceConfig>,
+    /// The active-passive pair; none: a single node.
+    #[serde(default)]
+    pub ha: Option<HaConfig>,
 }
 
 /// The daemon's own interfaces: metrics and status.
@@ -76,6 +81,22 @@ pub struct DataplaneConfig {
     /// survives a daemon restart or crash. Empty: no pinning.
     #[serde(default = "default_pin_path")]
     pub pin_path: PathBuf,
+    /// Traffic to a VIP that no service forwards (another port or protocol,
+    /// fragments, IP options; ICMP excepted).
+    #[serde(default)]
+    pub unserved_vip: UnservedVip,
+}
+
+/// What the data path does with traffic to a VIP no service forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnservedVip {
+    /// Drop it, so the LB host's own services (sshd, ...) are not reachable
+    /// on the VIP, which is a local address of an HA MASTER.
+    #[default]
+    Drop,
+    /// Hand it to the LB host's network stack (the behaviour before).
+    Pass,
 }
 
 fn default_pin_path() -> PathBuf {
@@ -90,6 +111,7 @@ impl Default for DataplaneConfig {
             flow_table_size: default_flow_table_size(),
             manage_neighbours: true,
             pin_path: default_pin_path(),
+            unserved_vip: UnservedVip::default(),
         }
     }
 }

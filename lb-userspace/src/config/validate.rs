@@ -17,7 +17,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let dp = &self.dataplane;
         for (i, name) in dp.interfaces.iter().enumerate() {
-            if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(['/', ' ']) {
+            if !interface_name_ok(name) {
                 return Err((
                     format!("dataplane.interfaces[{i}]"),
                     format!("{name:?} is not a valid interface name"),
@@ -169,6 +169,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(h) = &self.ha {
+            super::ha::validate(self, h)?;
+        }
         if all_backends > MAX_BACKENDS as usize {
             return Err((
                 "service".into(),
@@ -179,6 +182,11 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A name the kernel could give an interface.
+pub(super) fn interface_name_ok(name: &str) -> bool {
+    !name.is_empty() && name.len() < IFNAMSIZ && !name.contains(['/', ' ', ':'])
 }
 
 fn validate_check(c: &CheckConfig, at: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {

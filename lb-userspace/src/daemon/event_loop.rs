@@ -66,6 +66,10 @@ pub struct Daemon {
     pub passive: HashMap<BackendRef, passive::Window>,
     pub started: Instant,
     pub rates: Rates,
+    /// The HA node, with `[ha]`.
+    pub ha: Option<crate::ha::HaNode>,
+    /// What the HA node was last told of its tracked services.
+    pub ha_services: Vec<bool>,
 }
 
 /// What the event loop listens to besides signals and timers.
@@ -86,6 +90,7 @@ impl Daemon {
     /// error the maps keep serving the previously applied configuration.
     pub async fn apply(&mut self, config: Config) -> anyhow::Result<()> {
         let st = self.control.apply(&mut self.dp, config)?;
+        self.tell_pair();
         info!(
             services_written = st.services_written,
             services_removed = st.services_removed,
@@ -132,12 +137,15 @@ impl Daemon {
     /// Write pending health changes; a failure is retried by the next call.
     pub fn sync(&mut self) {
         match self.control.sync(&mut self.dp) {
-            Ok(Some(st)) => info!(
-                backends_written = st.backends_written,
-                ring_slots_written = st.ring_slots_written,
-                services_written = st.services_written,
-                "maps follow backend health"
-            ),
+            Ok(Some(st)) => {
+                info!(
+                    backends_written = st.backends_written,
+                    ring_slots_written = st.ring_slots_written,
+                    services_written = st.services_written,
+                    "maps follow backend health"
+                );
+                self.tell_pair();
+            }
             Ok(None) => {}
             Err(e) => error!(error = %e, "writing health to the maps failed; retrying"),
         }
@@ -212,6 +220,7 @@ impl Daemon {
     pub fn view(&self) -> api::View {
         let snap = self.snapshot().unwrap_or_default();
         let flows = self.census.counts();
+        let ha = self.ha.as_ref().map(|n| n.status());
         api::build(
             &self.control,
             &api::Readings {
@@ -221,6 +230,7 @@ impl Daemon {
                 service_rates: &self.rates.services,
                 backend_rates: &self.rates.backends,
                 flows: &flows,
+                ha: ha.as_ref(),
             },
         )
     }

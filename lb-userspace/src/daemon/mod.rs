@@ -9,6 +9,7 @@
 
 mod event_loop;
 mod host;
+mod pair;
 mod reload;
 
 use std::{
@@ -186,6 +187,8 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         passive: HashMap::new(),
         started: Instant::now(),
         rates: Rates::default(),
+        ha: None,
+        ha_services: Vec::new(),
     };
     let ifaces = config.dataplane.interfaces.clone();
     warn_if_forwarding_off(&ifaces);
@@ -210,6 +213,24 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         }
     };
     log_services(daemon.control.config());
+    // Attached and programmed: only now may this node take the addresses.
+    match pair::start(daemon.control.config(), &mut ebpf, &daemon) {
+        Ok(node) => {
+            daemon.ha_services = pair::services_ok(&daemon);
+            daemon.ha = node;
+        }
+        Err(e) => {
+            daemon.probes.stop();
+            bpf::detach(&mut ebpf, lb_common::names::PROGRAM, attachments, false);
+            daemon.host.release_all().await;
+            if let Some(d) = &pin_dir
+                && !loaded.adopted
+            {
+                bpf::unpin(d);
+            }
+            return Err(e.context("starting the HA node"));
+        }
+    }
     if let Err(e) = std::fs::write(&o.pid_file, format!("{}\n", std::process::id())) {
         warn!(path = %o.pid_file.display(), error = %e, "cannot write PID file; `xdplb reload` will not find this daemon");
     }
@@ -241,6 +262,11 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         }
     };
     let keep_running = keep_running && pin_dir.is_some();
+    if let Some(node) = daemon.ha.take() {
+        // A clean stop hands MASTER over at once; keep-running leaves the
+        // addresses and the lease for the next daemon.
+        node.stop(!keep_running);
+    }
     bpf::detach(
         &mut ebpf,
         lb_common::names::PROGRAM,

@@ -35,6 +35,10 @@ impl Daemon {
             new.dataplane.pin_path = old.dataplane.pin_path.clone();
             new.control = old.control.clone();
         }
+        if new.ha != old.ha {
+            warn!("[ha] takes effect on restart; keeping the running values");
+            new.ha = old.ha.clone();
+        }
         match self.apply(new).await {
             Ok(()) => {
                 log_services(self.control.config());

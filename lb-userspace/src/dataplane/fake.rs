@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Dataplane, DataplaneError};
-use lb_common::{Backend, ServiceInfo, ServiceKey};
+use lb_common::{Backend, ServiceInfo, ServiceKey, VipInfo};
 
 #[derive(Debug, Default)]
 pub struct FakeDataplane {
@@ -11,6 +11,7 @@ pub struct FakeDataplane {
     pub backends: BTreeMap<u32, Backend>,
     /// (service id, half) -> ring.
     pub rings: BTreeMap<(u32, u8), Vec<u32>>,
+    pub vips: BTreeMap<u32, VipInfo>,
     /// Fail the n-th write from now (0 = next), to test error paths.
     pub fail_at: Option<usize>,
     pub writes: usize,
@@ -93,6 +94,16 @@ impl Dataplane for FakeDataplane {
             self.retiring.push((old.id, old.ring));
         }
         self.log.push("remove service".into());
+        Ok(())
+    }
+    fn set_vip(&mut self, addr_be: u32, info: VipInfo) -> Result<(), DataplaneError> {
+        self.write("VIPS")?;
+        self.vips.insert(addr_be, info);
+        Ok(())
+    }
+    fn remove_vip(&mut self, addr_be: u32) -> Result<(), DataplaneError> {
+        self.write("VIPS")?;
+        self.vips.remove(&addr_be);
         Ok(())
     }
     fn quiesce(&mut self) -> Result<(), DataplaneError> {

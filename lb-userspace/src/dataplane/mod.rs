@@ -11,7 +11,7 @@ pub mod bpf;
 pub mod fake;
 mod programmer;
 
-use lb_common::{Backend, ServiceInfo, ServiceKey};
+use lb_common::{Backend, ServiceInfo, ServiceKey, VipInfo};
 
 pub use programmer::{ApplyStats, Programmer};
 
@@ -32,6 +32,9 @@ pub trait Dataplane {
     /// Replace a service entry in one update (readers see it old or new).
     fn set_service(&mut self, key: ServiceKey, info: ServiceInfo) -> Result<(), DataplaneError>;
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError>;
+    /// Set what the data path does with unforwarded traffic to an address.
+    fn set_vip(&mut self, addr_be: u32, info: VipInfo) -> Result<(), DataplaneError>;
+    fn remove_vip(&mut self, addr_be: u32) -> Result<(), DataplaneError>;
     /// Return once every run of the data path that began before the call
     /// has ended (an RCU grace period): after a flip, the half no longer
     /// live has no reader left and may be rewritten.

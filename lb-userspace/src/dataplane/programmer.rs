@@ -95,6 +95,13 @@ impl Programmer {
                 changed.push(s.info.id);
             }
         }
+        // Addresses first: a new service's VIP drops unserved traffic from
+        // the moment the service exists.
+        for (addr, v) in &plan.vips {
+            if old.vips.get(addr) != Some(v) {
+                dp.set_vip(*addr, *v)?;
+            }
+        }
         for (id, b) in &plan.backends {
             if old.backends.get(id) != Some(b) && gains(old.backends.get(id), b) {
                 dp.set_backend(*id, *b)?;
@@ -133,6 +140,11 @@ impl Programmer {
                 dp.remove_service(o.key)?;
                 st.services_removed += 1;
                 retired_halves = true;
+            }
+        }
+        for addr in old.vips.keys() {
+            if !plan.vips.contains_key(addr) {
+                dp.remove_vip(*addr)?;
             }
         }
         // Inactive, so flows still pinned to them re-schedule.

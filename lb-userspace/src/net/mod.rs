@@ -1,13 +1,16 @@
 //! What the daemon asks of the kernel's network stack, over one rtnetlink
 //! client (its request/ACK handling is the crate's): routes and the DSR
 //! probes' policy rules (`route.rs`), managed neighbour entries
-//! (`neigh.rs`).
+//! (`neigh.rs`), the addresses an HA MASTER owns (`address.rs`).
 
+mod address;
+pub mod link;
 mod neigh;
 mod route;
 
 use std::net::Ipv4Addr;
 
+pub use address::IfAddress;
 pub use neigh::{Ensured, NEIGH_PROTOCOL};
 pub use route::{PolicyRoute, Route};
 use rtnetlink::Handle;

@@ -12,12 +12,13 @@ use std::{
 use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, Forwarding, MAX_BACKENDS, MAX_SERVICES,
     RING_SIZE, SERVICE_F_PASS_WHEN_EMPTY, SERVICE_F_REDISPATCH, Scheduler, ServiceInfo, ServiceKey,
+    VIP_F_DROP_UNSERVED, VIP_F_HA, VipInfo,
 };
 
 pub mod maglev;
 pub mod ring;
 
-use crate::config::{BackendConfig, Config, Protocol, SchedulerKind, WhenEmpty};
+use crate::config::{BackendConfig, Config, Protocol, SchedulerKind, UnservedVip, WhenEmpty};
 use maglev::MaglevBackend;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub struct Plan {
     pub services: Vec<PlannedService>,
     /// Backend id -> entry, for every backend any service uses.
     pub backends: BTreeMap<u32, Backend>,
+    /// Addresses the data path answers for (address in network order ->
+    /// `VIP_F_*`): service VIPs (drop unserved traffic) and HA addresses.
+    pub vips: BTreeMap<u32, VipInfo>,
     /// Backend id by identity, kept with the plan (built once, not per call).
     ids: HashMap<BackendRef, u32>,
 }
@@ -174,6 +178,7 @@ impl Plan {
         let mut p = Plan {
             services,
             backends,
+            vips: BTreeMap::new(),
             ids: HashMap::new(),
         };
         p.ids = p.index();
@@ -345,8 +350,39 @@ impl Planner {
                 ring,
             });
         }
-        Ok(Plan::new(services, backends))
+        let mut plan = Plan::new(services, backends);
+        plan.vips = vips(config);
+        Ok(plan)
     }
+}
+
+/// `VIPS` for `config`: every service VIP drops unserved traffic (unless
+/// `unserved_vip = "pass"`); with `[ha]`, VIPs and floating addresses are
+/// HA addresses whose ARP the lease guards.
+pub fn vips(config: &Config) -> BTreeMap<u32, VipInfo> {
+    let ha = if config.ha.is_some() { VIP_F_HA } else { 0 };
+    let unserved = match config.dataplane.unserved_vip {
+        UnservedVip::Drop => VIP_F_DROP_UNSERVED,
+        UnservedVip::Pass => 0,
+    };
+    let mut out = BTreeMap::new();
+    for s in &config.services {
+        out.insert(
+            u32::from(s.vip).to_be(),
+            VipInfo {
+                flags: unserved | ha,
+            },
+        );
+    }
+    if let Some(h) = &config.ha {
+        for f in &h.floating {
+            out.entry(u32::from(f.address).to_be())
+                .or_insert(VipInfo { flags: 0 })
+                .flags |= VIP_F_HA;
+        }
+    }
+    out.retain(|_, v| v.flags != 0);
+    out
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, IterableMap as _, MapData},
 };
-use lb_common::{Backend, RING_ENTRIES, RING_SIZE, ServiceInfo, ServiceKey, names, ring_word};
+use lb_common::{
+    Backend, RING_ENTRIES, RING_SIZE, ServiceInfo, ServiceKey, VipInfo, names, ring_word,
+};
 
 use super::{BpfError, error_chain, take};
 use crate::{
@@ -98,6 +100,7 @@ pub struct BpfDataplane {
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
     backends: Array<MapData, Backend>,
     ring: RingMemory,
+    vips: HashMap<MapData, u32, VipInfo>,
 }
 
 impl BpfDataplane {
@@ -106,6 +109,7 @@ impl BpfDataplane {
             services: take(ebpf, names::SERVICES)?,
             backends: take(ebpf, names::BACKENDS)?,
             ring: RingMemory::map(take(ebpf, names::BACKEND_RING)?)?,
+            vips: take(ebpf, names::VIPS)?,
         })
     }
 }
@@ -134,7 +138,12 @@ impl BpfDataplane {
                 backends.insert(id, b);
             }
         }
-        Ok(Plan::new(services, backends))
+        let mut plan = Plan::new(services, backends);
+        for entry in self.vips.iter() {
+            let (addr, v) = entry.map_err(err(names::VIPS))?;
+            plan.vips.insert(addr, v);
+        }
+        Ok(plan)
     }
 }
 
@@ -150,6 +159,17 @@ fn map_err(
 }
 
 impl Dataplane for BpfDataplane {
+    fn set_vip(&mut self, addr_be: u32, info: VipInfo) -> Result<(), DataplaneError> {
+        self.vips
+            .insert(addr_be, info, 0)
+            .map_err(map_err("update", names::VIPS))
+    }
+    fn remove_vip(&mut self, addr_be: u32) -> Result<(), DataplaneError> {
+        match self.vips.remove(&addr_be) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            r => r.map_err(map_err("delete", names::VIPS)),
+        }
+    }
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), DataplaneError> {
         self.backends
             .set(id, backend, 0)

@@ -6,6 +6,7 @@
 mod attach;
 mod census;
 mod counters;
+mod ha_maps;
 mod load;
 mod maps;
 
@@ -16,6 +17,7 @@ use aya::Ebpf;
 pub use attach::{Attachment, attach, detach, neigh_program};
 pub use census::FlowCensus;
 pub use counters::{CounterSnapshot, Counters};
+pub use ha_maps::{clear_ha_settings, ha_maps};
 pub use load::{
     EBPF_OBJECT, Loaded, TestFault, load, load_program, load_with, pin_dir, unpin, xdp_program,
 };
@@ -45,6 +47,8 @@ pub enum BpfError {
     Pin(PathBuf, String),
     #[error("starting the flow-census thread: {0}")]
     Thread(std::io::Error),
+    #[error("map {0}: a second handle: {1}")]
+    Dup(&'static str, std::io::Error),
     #[error("mapping the ring array into memory: {0}")]
     Mmap(std::io::Error),
 }

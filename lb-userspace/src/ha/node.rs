@@ -1,0 +1,817 @@
+//! One HA node: the heartbeat socket, the state machine's clock, the
+//! addresses it owns, the data path's lease, and flow sync in both
+//! directions. It runs on a thread with its own single-threaded runtime, so
+//! nothing the daemon does (a plan apply, a slow probe) delays an advert.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsFd as _, OwnedFd},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use lb_common::{
+    FlowEvent, FlowKey, FlowValue, NatReverse, SETTINGS_F_HA, SETTINGS_F_SYNC_FLOWS, Settings,
+};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    net::UdpSocket,
+    sync::mpsc,
+    time::Instant,
+};
+use tracing::{info, warn};
+
+use super::{
+    HaStatus, PeerStatus, garp, notify,
+    replay::{self, ReplayGuard},
+    state::{Action, Input, Machine, Params, State},
+    sync::{self, FlowRecord, MAX_RECORDS, SyncIndex},
+    track::{self, Tracked},
+    wire::{Kind, Message, Reject, WireState},
+};
+use crate::{
+    config::{Config, HaConfig},
+    net::{IfAddress, Netlink, link},
+};
+
+/// Flow reports waiting to be sent, at most.
+const QUEUE_LIMIT: usize = 65_536;
+/// A flow report waits at most this long for a fuller datagram.
+const BATCH_DELAY: Duration = Duration::from_millis(2);
+/// Tracked interfaces are looked at this often.
+const POLL: Duration = Duration::from_millis(10);
+
+/// The maps the node needs: its own handles (duplicated file descriptors),
+/// so the daemon keeps its own.
+pub struct HaMaps {
+    pub settings: Array<MapData, Settings>,
+    pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    pub nat: HashMap<MapData, FlowKey, NatReverse>,
+    pub events: RingBuf<MapData>,
+    pub lost: PerCpuArray<MapData, u64>,
+    /// Another descriptor of the flow table, for walks (bulk sync).
+    pub flows_fd: OwnedFd,
+}
+
+/// What the daemon tells the node.
+pub enum Command {
+    /// The applied plan changed: translate flow records with this.
+    Index(SyncIndex),
+    /// Whether each tracked service has a backend, in `track_service` order.
+    Services(Vec<bool>),
+    /// Stop. `resign`: a clean stop (MASTER hands over at once and drops its
+    /// addresses); otherwise forwarding and addresses stay for a restart
+    /// (the lease lets the next daemon resume, or the peer take over).
+    Stop { resign: bool },
+}
+
+pub struct HaNode {
+    tx: mpsc::UnboundedSender<Command>,
+    status: Arc<Mutex<HaStatus>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the node owns on the host when MASTER.
+#[derive(Debug, Clone)]
+struct Owned {
+    iface: String,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+}
+
+fn owned_addresses(config: &Config, h: &HaConfig) -> Vec<Owned> {
+    let mut out: Vec<Owned> = Vec::new();
+    for s in &config.services {
+        if !out.iter().any(|o| o.addr == s.vip) {
+            out.push(Owned {
+                iface: h.vip_interface.clone(),
+                addr: s.vip,
+                prefix_len: 32,
+            });
+        }
+    }
+    for f in &h.floating {
+        out.push(Owned {
+            iface: f.interface.clone(),
+            addr: f.address,
+            prefix_len: f.prefix_len,
+        });
+    }
+    out
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, for the lease.
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime fills the struct.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl HaNode {
+    /// Start the node for `config` (which has `[ha]`).
+    pub fn start(
+        config: &Config,
+        key: Vec<u8>,
+        maps: HaMaps,
+        index: SyncIndex,
+        services_ok: Vec<bool>,
+    ) -> std::io::Result<HaNode> {
+        let h = config.ha.clone().expect("[ha]");
+        let owned = owned_addresses(config, &h);
+        let status = Arc::new(Mutex::new(HaStatus::new(h.group, h.priority)));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let st = status.clone();
+        let thread = std::thread::Builder::new()
+            .name("xdplb-ha".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        warn!(error = %e, "HA runtime");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let HaMaps {
+                        settings,
+                        flows,
+                        nat,
+                        events,
+                        lost,
+                        flows_fd,
+                    } = maps;
+                    let maps = NodeMaps {
+                        settings,
+                        flows,
+                        nat,
+                        lost,
+                        flows_fd,
+                    };
+                    match Node::new(h, key, owned, maps, index, services_ok, st).await {
+                        Ok(node) => node.run(rx, events).await,
+                        Err(e) => {
+                            warn!(error = %e, "HA node did not start: this node takes no addresses")
+                        }
+                    }
+                });
+            })?;
+        Ok(HaNode {
+            tx,
+            status,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn send(&self, c: Command) {
+        let _ = self.tx.send(c);
+    }
+
+    pub fn status(&self) -> HaStatus {
+        self.status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Stop the node and wait for it (it sends its last advert and, when
+    /// resigning, removes its addresses first).
+    pub fn stop(mut self, resign: bool) {
+        let _ = self.tx.send(Command::Stop { resign });
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct NodeMaps {
+    settings: Array<MapData, Settings>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    nat: HashMap<MapData, FlowKey, NatReverse>,
+    lost: PerCpuArray<MapData, u64>,
+    flows_fd: OwnedFd,
+}
+
+struct Node {
+    h: HaConfig,
+    key: Vec<u8>,
+    owned: Vec<Owned>,
+    nl: Netlink,
+    socket: UdpSocket,
+    address: Ipv4Addr,
+    machine: Machine,
+    t0: Instant,
+    epoch: u64,
+    seq: u64,
+    replay: ReplayGuard,
+    replay_dirty: bool,
+    settings: Array<MapData, Settings>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    nat: HashMap<MapData, FlowKey, NatReverse>,
+    lost: PerCpuArray<MapData, u64>,
+    flows_fd: OwnedFd,
+    index: SyncIndex,
+    tracked: Tracked,
+    queue: Vec<(FlowEvent, Instant)>,
+    flush_at: Option<Instant>,
+    /// Peer epochs the whole flow table was sent to.
+    bulk_synced: std::collections::HashMap<Ipv4Addr, u64>,
+    bulk_tx: mpsc::Sender<Vec<FlowEvent>>,
+    bulk_rx: Option<mpsc::Receiver<Vec<FlowEvent>>>,
+    peer_seen: Option<(PeerStatus, Instant)>,
+    status: Arc<Mutex<HaStatus>>,
+}
+
+impl Node {
+    async fn new(
+        h: HaConfig,
+        key: Vec<u8>,
+        owned: Vec<Owned>,
+        maps: NodeMaps,
+        index: SyncIndex,
+        services_ok: Vec<bool>,
+        status: Arc<Mutex<HaStatus>>,
+    ) -> anyhow::Result<Node> {
+        let nl = Netlink::open()?;
+        let address = match h.address {
+            Some(a) => a,
+            None => {
+                let i = link::ifindex(&h.interface)
+                    .ok_or_else(|| anyhow::anyhow!("ha.interface: no interface {}", h.interface))?;
+                nl.first_ipv4(i).await?.ok_or_else(|| {
+                    anyhow::anyhow!("ha.interface: {} has no IPv4 address", h.interface)
+                })?
+            }
+        };
+        let std_socket = std::net::UdpSocket::bind(SocketAddrV4::new(address, h.port))?;
+        std_socket.set_nonblocking(true)?;
+        let socket = UdpSocket::from_std(std_socket)?;
+        let state_text = std::fs::read_to_string(&h.state_file).unwrap_or_default();
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let epoch = replay::next_epoch(&state_text, now_us);
+        let replay = ReplayGuard::from_text(&state_text);
+        if let Err(e) = replay::save(&h.state_file, epoch, &replay) {
+            warn!(file = %h.state_file.display(), error = %e, "HA state file not written");
+        }
+        let tracked = Tracked {
+            interfaces: h
+                .track_interface
+                .iter()
+                .map(|t| link::is_up(&t.name))
+                .collect(),
+            services: services_ok,
+        };
+        let (priority, fault) =
+            track::effective(h.priority, (&h.track_interface, &h.track_service), &tracked);
+        let mut machine = Machine::new(
+            Params {
+                address,
+                advert_interval: Duration::from_millis(h.advert_interval_ms as u64),
+                preempt: h.preempt,
+                preempt_delay: Duration::from_millis(h.preempt_delay_ms as u64),
+            },
+            priority,
+        );
+        // Fault known before start: the machine starts in FAULT.
+        machine.handle(Duration::ZERO, Input::Track { priority, fault });
+        let (bulk_tx, bulk_rx) = mpsc::channel(8);
+        if let Ok(mut s) = status.lock() {
+            s.address = Some(address);
+            s.priority = priority;
+        }
+        Ok(Node {
+            owned,
+            nl,
+            socket,
+            address,
+            machine,
+            t0: Instant::now(),
+            epoch,
+            seq: 0,
+            replay,
+            replay_dirty: false,
+            settings: maps.settings,
+            flows: maps.flows,
+            nat: maps.nat,
+            lost: maps.lost,
+            flows_fd: maps.flows_fd,
+            index,
+            tracked,
+            queue: Vec::new(),
+            flush_at: None,
+            bulk_synced: Default::default(),
+            bulk_tx,
+            bulk_rx: Some(bulk_rx),
+            peer_seen: None,
+            status,
+            key,
+            h,
+        })
+    }
+
+    fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    fn status(&self, f: impl FnOnce(&mut HaStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+    }
+
+    fn settings_value(&self) -> Settings {
+        self.settings.get(&0, 0).unwrap_or_default()
+    }
+
+    fn write_settings(&mut self, lease_until_ns: u64) {
+        let flags = SETTINGS_F_HA
+            | if self.h.sync_flows {
+                SETTINGS_F_SYNC_FLOWS
+            } else {
+                0
+            };
+        let s = Settings {
+            flags,
+            _pad: 0,
+            lease_until_ns,
+        };
+        if let Err(e) = self.settings.set(0, s, 0) {
+            warn!(error = %e, "writing the HA lease");
+        }
+    }
+
+    /// The lease the data path answers ARP under: until the peer could
+    /// have taken over (3 advert intervals; its skew only adds to that).
+    fn extend_lease(&mut self) {
+        let lease = monotonic_ns() + 3 * self.h.advert_interval_ms as u64 * 1_000_000;
+        self.write_settings(lease);
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, events: RingBuf<MapData>) {
+        // Resume MASTER only if the previous daemon held it and its lease
+        // still runs (a quick restart); otherwise start without addresses.
+        let prev = self.settings_value();
+        let resume = prev.flags & SETTINGS_F_HA != 0 && prev.lease_until_ns > monotonic_ns();
+        if resume {
+            self.write_settings(prev.lease_until_ns);
+        } else {
+            self.write_settings(0);
+            self.release().await;
+        }
+        let now = self.now();
+        let actions = self.machine.handle(
+            now,
+            Input::Start {
+                resume_master: resume,
+            },
+        );
+        self.act(actions).await;
+
+        // SAFETY: the ring buffer owns its map fd, which stays open and the
+        // same for as long as the AsyncFd owns the ring buffer.
+        let mut events =
+            match unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) } {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    warn!(error = %e, "flow events cannot be polled; flow sync off");
+                    None
+                }
+            };
+        let mut bulk_rx = self.bulk_rx.take().expect("bulk channel");
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_save = Instant::now();
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let deadline = self
+                .machine
+                .next_deadline()
+                .map(|d| self.t0 + d)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let flush_at = self
+                .flush_at
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                c = rx.recv() => match c {
+                    None | Some(Command::Stop { resign: true }) => {
+                        let now = self.now();
+                        let actions = self.machine.handle(now, Input::Shutdown);
+                        self.act(actions).await;
+                        self.write_settings(0);
+                        self.save_state();
+                        return;
+                    }
+                    Some(Command::Stop { resign: false }) => {
+                        self.save_state();
+                        info!("HA node stopped without resigning: addresses and lease stay for the next daemon");
+                        return;
+                    }
+                    Some(Command::Index(i)) => self.index = i,
+                    Some(Command::Services(ok)) => {
+                        self.tracked.services = ok;
+                        self.retrack().await;
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now = self.now();
+                    let actions = self.machine.handle(now, Input::Timer);
+                    self.act(actions).await;
+                }
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        let data = buf[..n].to_vec();
+                        self.receive(&data, from).await;
+                    }
+                    Err(e) => warn!(error = %e, "HA socket"),
+                },
+                ready = async {
+                    match events.as_mut() {
+                        Some(e) => e.readable_mut().await.map(Some),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Ok(Some(mut guard)) = ready {
+                        let now = Instant::now();
+                        let rb = guard.get_inner_mut();
+                        while let Some(item) = rb.next() {
+                            if item.len() >= std::mem::size_of::<FlowEvent>() {
+                                // SAFETY: the data path writes whole FlowEvents.
+                                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) };
+                                self.queue_event(ev, now);
+                            }
+                        }
+                        guard.clear_ready();
+                    }
+                    if self.queue.len() >= MAX_RECORDS {
+                        self.flush().await;
+                    }
+                }
+                chunk = bulk_rx.recv() => {
+                    if let Some(chunk) = chunk {
+                        let now = Instant::now();
+                        for ev in chunk {
+                            self.queue_event(ev, now);
+                        }
+                        self.flush().await;
+                    }
+                }
+                _ = tokio::time::sleep_until(flush_at) => self.flush().await,
+                _ = poll.tick() => {
+                    let up: Vec<bool> = self.h.track_interface.iter().map(|t| link::is_up(&t.name)).collect();
+                    if up != self.tracked.interfaces {
+                        self.tracked.interfaces = up;
+                        self.retrack().await;
+                    }
+                    if last_save.elapsed() >= Duration::from_secs(1) {
+                        last_save = Instant::now();
+                        if self.replay_dirty {
+                            self.save_state();
+                        }
+                        let lost: u64 = self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+                        let seen = self.peer_seen.as_ref().map(|(p, at)| (p.clone(), at.elapsed()));
+                        self.status(|s| {
+                            s.events_lost = lost;
+                            if let Some((mut p, ago)) = seen {
+                                p.last_seen = ago;
+                                s.peer = Some(p);
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn save_state(&mut self) {
+        if let Err(e) = replay::save(&self.h.state_file, self.epoch, &self.replay) {
+            warn!(file = %self.h.state_file.display(), error = %e, "HA state file not written");
+        }
+        self.replay_dirty = false;
+    }
+
+    async fn retrack(&mut self) {
+        let (priority, fault) = track::effective(
+            self.h.priority,
+            (&self.h.track_interface, &self.h.track_service),
+            &self.tracked,
+        );
+        let now = self.now();
+        let actions = self.machine.handle(now, Input::Track { priority, fault });
+        self.status(|s| s.priority = priority);
+        self.act(actions).await;
+    }
+
+    fn queue_event(&mut self, ev: FlowEvent, at: Instant) {
+        if self.machine.state() != State::Master {
+            return; // only the MASTER's flows are the pair's
+        }
+        if self.queue.len() >= QUEUE_LIMIT {
+            self.status(|s| s.queue_dropped += 1);
+            return;
+        }
+        self.queue.push((ev, at));
+        self.flush_at.get_or_insert(at + BATCH_DELAY);
+    }
+
+    /// Send queued flow reports to the peers, `MAX_RECORDS` per datagram.
+    async fn flush(&mut self) {
+        self.flush_at = None;
+        if self.queue.is_empty() {
+            return;
+        }
+        let queue = std::mem::take(&mut self.queue);
+        let now = Instant::now();
+        let records: Vec<FlowRecord> = queue
+            .iter()
+            .filter_map(|(ev, at)| {
+                let age = now
+                    .saturating_duration_since(*at)
+                    .as_micros()
+                    .min(u32::MAX as u128);
+                self.index.record(ev, age as u32)
+            })
+            .collect();
+        for chunk in records.chunks(MAX_RECORDS) {
+            let msg = self.message(Kind::Flows, self.machine.priority(), sync::encode(chunk));
+            self.send(&msg).await;
+        }
+        let n = records.len() as u64;
+        self.status(|s| s.flows_sent += n);
+    }
+
+    fn message(&mut self, kind: Kind, priority: u8, payload: Vec<u8>) -> Vec<u8> {
+        self.seq += 1;
+        Message {
+            kind,
+            group: self.h.group,
+            priority,
+            state: self.machine.state().wire(),
+            advert_interval_ms: self.h.advert_interval_ms.min(u16::MAX as u32) as u16,
+            sender: self.address,
+            epoch: self.epoch,
+            seq: self.seq,
+            payload,
+        }
+        .encode(&self.key)
+    }
+
+    async fn send(&self, datagram: &[u8]) {
+        for p in &self.h.peers {
+            if let Err(e) = self
+                .socket
+                .send_to(datagram, SocketAddrV4::new(*p, self.h.port))
+                .await
+            {
+                // A down link: the adverts resume when it is back.
+                tracing::debug!(peer = %p, error = %e, "HA send");
+            }
+        }
+    }
+
+    async fn receive(&mut self, data: &[u8], from: std::net::SocketAddr) {
+        let msg = match self.accept(data, from) {
+            Ok(m) => m,
+            Err(r) => {
+                self.status(|s| *s.rejected.entry(r.label()).or_insert(0) += 1);
+                return;
+            }
+        };
+        match msg.kind {
+            Kind::Advert => {
+                let peer = PeerStatus {
+                    addr: msg.sender,
+                    state: msg.state,
+                    priority: msg.priority,
+                    epoch: msg.epoch,
+                    last_seen: Duration::ZERO,
+                };
+                self.status(|s| {
+                    s.adverts_received += 1;
+                    s.peer = Some(peer.clone());
+                });
+                self.peer_seen = Some((peer, Instant::now()));
+                let now = self.now();
+                let actions = self.machine.handle(
+                    now,
+                    Input::Advert {
+                        from: msg.sender,
+                        priority: msg.priority,
+                        state: msg.state,
+                        interval: Duration::from_millis(msg.advert_interval_ms as u64),
+                    },
+                );
+                self.act(actions).await;
+                self.maybe_bulk_sync(msg.sender, msg.epoch, msg.state);
+            }
+            Kind::Flows => {
+                let received = Instant::now();
+                let Ok(records) = sync::decode(&msg.payload) else {
+                    self.status(|s| *s.rejected.entry(Reject::Malformed.label()).or_insert(0) += 1);
+                    return;
+                };
+                if self.machine.state() == State::Master {
+                    return; // a MASTER keeps its own decisions
+                }
+                let (mut unknown, mut oldest) = (0u64, 0u32);
+                for r in &records {
+                    oldest = oldest.max(r.age_us);
+                    match self.index.entries(r) {
+                        Some(e) => {
+                            if let Some((rk, rv)) = e.reverse
+                                && let Err(e) = self.nat.insert(rk, rv, 0)
+                            {
+                                warn!(error = %e, "writing a synced reverse-NAT entry");
+                            }
+                            if let Err(err) = self.flows.insert(e.key, e.value, 0) {
+                                warn!(error = %err, "writing a synced flow");
+                            }
+                        }
+                        None => unknown += 1,
+                    }
+                }
+                let lag = Duration::from_micros(oldest as u64) + received.elapsed();
+                let n = records.len() as u64;
+                self.status(|s| {
+                    s.flows_received += n;
+                    s.flows_unknown += unknown;
+                    s.sync_lag = Some(lag);
+                });
+            }
+        }
+    }
+
+    /// Authenticate, check the sender and freshness.
+    fn accept(&mut self, data: &[u8], from: std::net::SocketAddr) -> Result<Message, Reject> {
+        let msg = Message::decode(data, self.h.group, &self.key)?;
+        let std::net::SocketAddr::V4(src) = from else {
+            return Err(Reject::UnknownPeer);
+        };
+        if *src.ip() != msg.sender || !self.h.peers.contains(&msg.sender) {
+            return Err(Reject::UnknownPeer);
+        }
+        self.replay.check(msg.sender, msg.epoch, msg.seq)?;
+        self.replay_dirty = true;
+        Ok(msg)
+    }
+
+    /// A MASTER sends its whole flow table to a peer it has not synced in
+    /// this peer's life (a new epoch: the peer restarted or just came).
+    fn maybe_bulk_sync(&mut self, peer: Ipv4Addr, epoch: u64, peer_state: WireState) {
+        if !self.h.sync_flows
+            || self.machine.state() != State::Master
+            || peer_state == WireState::Master
+            || self.bulk_synced.get(&peer) == Some(&epoch)
+        {
+            return;
+        }
+        self.bulk_synced.insert(peer, epoch);
+        let fd = match self.flows_fd.as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(error = %e, "bulk flow sync");
+                return;
+            }
+        };
+        let tx = self.bulk_tx.clone();
+        info!(%peer, "sending the whole flow table to the peer (bulk sync)");
+        std::thread::spawn(move || {
+            let Ok(data) = MapData::from_fd(fd) else {
+                return;
+            };
+            let Ok(map) = aya::maps::Map::from_map_data(data) else {
+                return;
+            };
+            let Ok(flows) = HashMap::<_, FlowKey, FlowValue>::try_from(map) else {
+                return;
+            };
+            let mut chunk = Vec::with_capacity(MAX_RECORDS * 8);
+            let mut sent = 0usize;
+            // Bounded: a table that changes under the walk can restart it.
+            for (key, value) in flows.iter().flatten().take(2 * (1 << 24)) {
+                chunk.push(FlowEvent { key, value });
+                if chunk.len() == chunk.capacity() {
+                    sent += chunk.len();
+                    if tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                        return;
+                    }
+                    chunk.reserve(MAX_RECORDS * 8);
+                    // About 150,000 flows a second: the peer's socket keeps up.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            sent += chunk.len();
+            let _ = tx.blocking_send(chunk);
+            info!(flows = sent, "bulk flow sync done");
+        });
+    }
+
+    async fn act(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::SendAdvert { priority } => {
+                    if self.machine.state() == State::Master && priority > 0 {
+                        self.extend_lease();
+                    }
+                    let msg = self.message(Kind::Advert, priority, Vec::new());
+                    self.send(&msg).await;
+                    self.status(|s| s.adverts_sent += 1);
+                }
+                Action::Acquire => {
+                    self.extend_lease();
+                    self.acquire().await;
+                }
+                Action::Announce => self.announce(),
+                Action::Release => {
+                    self.write_settings(0);
+                    self.release().await;
+                }
+                Action::Transition { from, to, cause } => {
+                    info!(
+                        from = from.label(),
+                        to = to.label(),
+                        priority = self.machine.priority(),
+                        %cause,
+                        "HA state change"
+                    );
+                    self.status(|s| {
+                        s.state = to;
+                        s.transitions += 1;
+                        s.last_cause = cause.clone();
+                    });
+                    if to != State::Master {
+                        self.queue.clear();
+                    }
+                    if let Some(cmd) = &self.h.notify {
+                        notify::spawn(
+                            cmd.clone(),
+                            to.label(),
+                            Duration::from_millis(self.h.notify_timeout_ms as u64),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    async fn acquire(&mut self) {
+        for o in &self.owned {
+            let Some(ifindex) = link::ifindex(&o.iface) else {
+                warn!(iface = %o.iface, addr = %o.addr, "cannot take the address: no such interface");
+                continue;
+            };
+            let a = IfAddress {
+                ifindex,
+                addr: o.addr,
+                prefix_len: o.prefix_len,
+            };
+            if let Err(e) = self.nl.add_address(a).await {
+                warn!(addr = %o.addr, iface = %o.iface, error = %e, "taking the address failed");
+            }
+        }
+        self.announce();
+    }
+
+    /// Gratuitous ARPs for every owned address, `garp_repeat` rounds.
+    fn announce(&self) {
+        let owned = self.owned.clone();
+        let (repeat, interval) = (
+            self.h.garp_repeat.max(1),
+            Duration::from_millis(self.h.garp_interval_ms as u64),
+        );
+        tokio::spawn(async move {
+            for round in 0..repeat {
+                if round > 0 {
+                    tokio::time::sleep(interval).await;
+                }
+                for o in &owned {
+                    if let Err(e) = garp::send(&o.iface, o.addr) {
+                        warn!(addr = %o.addr, iface = %o.iface, error = %e, "gratuitous ARP");
+                    }
+                }
+            }
+        });
+    }
+
+    async fn release(&mut self) {
+        for o in &self.owned {
+            let Some(ifindex) = link::ifindex(&o.iface) else {
+                continue;
+            };
+            let a = IfAddress {
+                ifindex,
+                addr: o.addr,
+                prefix_len: o.prefix_len,
+            };
+            if let Err(e) = self.nl.remove_address(a).await {
+                warn!(addr = %o.addr, iface = %o.iface, error = %e, "dropping the address failed");
+            }
+        }
+    }
+}
