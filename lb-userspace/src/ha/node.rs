@@ -32,6 +32,7 @@ use super::{
 };
 use crate::{
     config::{Config, HaConfig},
+    dataplane::bpf::walk,
     net::{IfAddress, Netlink, link},
 };
 
@@ -539,20 +540,26 @@ impl Node {
             })
             .collect();
         for chunk in records.chunks(MAX_RECORDS) {
-            let msg = self.message(Kind::Flows, self.machine.priority(), sync::encode(chunk));
+            let state = self.machine.state().wire();
+            let msg = self.message(
+                Kind::Flows,
+                self.machine.priority(),
+                state,
+                sync::encode(chunk),
+            );
             self.send(&msg).await;
         }
         let n = records.len() as u64;
         self.status(|s| s.flows_sent += n);
     }
 
-    fn message(&mut self, kind: Kind, priority: u8, payload: Vec<u8>) -> Vec<u8> {
+    fn message(&mut self, kind: Kind, priority: u8, state: WireState, payload: Vec<u8>) -> Vec<u8> {
         self.seq += 1;
         Message {
             kind,
             group: self.h.group,
             priority,
-            state: self.machine.state().wire(),
+            state,
             advert_interval_ms: self.h.advert_interval_ms.min(u16::MAX as u32) as u16,
             sender: self.address,
             epoch: self.epoch,
@@ -682,29 +689,29 @@ impl Node {
         let tx = self.bulk_tx.clone();
         info!(%peer, "sending the whole flow table to the peer (bulk sync)");
         std::thread::spawn(move || {
-            let Ok(data) = MapData::from_fd(fd) else {
-                return;
-            };
-            let Ok(map) = aya::maps::Map::from_map_data(data) else {
-                return;
-            };
-            let Ok(flows) = HashMap::<_, FlowKey, FlowValue>::try_from(map) else {
-                return;
-            };
             let mut chunk = Vec::with_capacity(MAX_RECORDS * 8);
             let mut sent = 0usize;
-            // Bounded: a table that changes under the walk can restart it.
-            for (key, value) in flows.iter().flatten().take(2 * (1 << 24)) {
-                chunk.push(FlowEvent { key, value });
-                if chunk.len() == chunk.capacity() {
-                    sent += chunk.len();
-                    if tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
-                        return;
+            // Bounded: a walk that loses its place restarts, so stop after
+            // twice the largest table.
+            let walked = walk::walk(
+                fd.as_fd(),
+                2 * (1 << 24),
+                |key: FlowKey, value: FlowValue| {
+                    chunk.push(FlowEvent { key, value });
+                    if chunk.len() == chunk.capacity() {
+                        sent += chunk.len();
+                        if tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                            return false; // the node stopped
+                        }
+                        chunk.reserve(MAX_RECORDS * 8);
+                        // About 150,000 flows a second: the peer's socket keeps up.
+                        std::thread::sleep(Duration::from_millis(2));
                     }
-                    chunk.reserve(MAX_RECORDS * 8);
-                    // About 150,000 flows a second: the peer's socket keeps up.
-                    std::thread::sleep(Duration::from_millis(2));
-                }
+                    true
+                },
+            );
+            if let Err(e) = walked {
+                warn!(error = %e, "bulk flow sync walk");
             }
             sent += chunk.len();
             let _ = tx.blocking_send(chunk);
@@ -719,7 +726,13 @@ impl Node {
                     if self.machine.state() == State::Master && priority > 0 {
                         self.extend_lease();
                     }
-                    let msg = self.message(Kind::Advert, priority, Vec::new());
+                    let state = self.machine.state().wire();
+                    let msg = self.message(Kind::Advert, priority, state, Vec::new());
+                    self.send(&msg).await;
+                    self.status(|s| s.adverts_sent += 1);
+                }
+                Action::Resign => {
+                    let msg = self.message(Kind::Advert, 0, WireState::Master, Vec::new());
                     self.send(&msg).await;
                     self.status(|s| s.adverts_sent += 1);
                 }

@@ -82,8 +82,12 @@ pub enum Input {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Send an advert now with this priority (0: resigning).
+    /// Send an advert now with this priority (0 from a FAULT node).
     SendAdvert { priority: u8 },
+    /// Send the resignation: an advert as MASTER with priority 0 (VRRP's
+    /// way of saying "take over now"; the BACKUP waits its skew only). Sent
+    /// when leaving MASTER, whatever state this node goes to.
+    Resign,
     /// Take the addresses (add them, gratuitous ARPs).
     Acquire,
     /// Announce the addresses again (after a split brain healed).
@@ -213,7 +217,7 @@ impl Machine {
             Input::Track { priority, fault } => self.track(now, priority, fault, &mut out),
             Input::Shutdown => {
                 if self.state == State::Master {
-                    out.push(Action::SendAdvert { priority: 0 });
+                    out.push(Action::Resign);
                     out.push(Action::Release);
                 }
                 self.go(State::Init, "stopping".into(), &mut out);
@@ -326,7 +330,7 @@ impl Machine {
         }
         if fault {
             if self.state == State::Master {
-                out.push(Action::SendAdvert { priority: 0 });
+                out.push(Action::Resign);
                 out.push(Action::Release);
             }
             self.go(
@@ -557,7 +561,7 @@ mod tests {
             },
         );
         assert_eq!(transitions(&a), vec![State::Fault]);
-        assert_eq!(a[0], Action::SendAdvert { priority: 0 });
+        assert_eq!(a[0], Action::Resign);
         assert!(a.contains(&Action::Release));
         // In FAULT nothing takes it to MASTER, however long.
         assert_eq!(run(&mut m, 5 * MS, 2000 * MS), None);
@@ -634,7 +638,7 @@ mod tests {
         assert_eq!(sent, 10);
         assert_eq!(m.state(), State::Master);
         let a = m.handle(t, Input::Shutdown);
-        assert_eq!(a[0], Action::SendAdvert { priority: 0 });
+        assert_eq!(a[0], Action::Resign);
         assert!(a.contains(&Action::Release));
     }
 }

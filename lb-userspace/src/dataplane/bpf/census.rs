@@ -9,13 +9,12 @@ use std::{
     time::Duration,
 };
 
-use aya::{
-    Ebpf,
-    maps::{HashMap, MapData},
-};
+use std::os::fd::AsFd as _;
+
+use aya::Ebpf;
 use lb_common::{FlowKey, FlowValue, names};
 
-use super::{BpfError, take};
+use super::{BpfError, dup_fd, walk};
 
 /// Counts flow-table entries per backend in a background thread, because a
 /// walk of a large LRU table takes one syscall per entry and must not stall
@@ -31,7 +30,8 @@ impl FlowCensus {
     /// Walk the table every `period`, or less often if a walk takes longer
     /// than a ninth of it.
     pub fn start(ebpf: &mut Ebpf, period: Duration) -> Result<Self, BpfError> {
-        let flows: HashMap<MapData, FlowKey, FlowValue> = take(ebpf, names::FLOWS)?;
+        // A descriptor of its own: the HA node walks the table too.
+        let flows = dup_fd(ebpf, names::FLOWS)?;
         let counts = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (c, s) = (counts.clone(), stop.clone());
@@ -41,10 +41,15 @@ impl FlowCensus {
                 while !s.load(Ordering::Relaxed) {
                     let began = std::time::Instant::now();
                     let mut per_backend = BTreeMap::new();
-                    // Bounded: a table that changes under the walk can make
-                    // get_next_key restart, so stop after 2x the maximum.
-                    for (_, v) in flows.iter().flatten().take(2 * (1 << 24)) {
-                        *per_backend.entry(v.backend_id).or_insert(0u64) += 1;
+                    // Bounded: a walk that loses its place restarts, so stop
+                    // after twice the largest table.
+                    let walked =
+                        walk::walk(flows.as_fd(), 2 * (1 << 24), |_: FlowKey, v: FlowValue| {
+                            *per_backend.entry(v.backend_id).or_insert(0u64) += 1;
+                            true
+                        });
+                    if let Err(e) = walked {
+                        tracing::warn!(error = %e, "flow census walk");
                     }
                     if let Ok(mut g) = c.lock() {
                         *g = per_backend;

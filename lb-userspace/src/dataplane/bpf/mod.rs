@@ -9,6 +9,7 @@ mod counters;
 mod ha_maps;
 mod load;
 mod maps;
+pub mod walk;
 
 use std::path::PathBuf;
 
@@ -71,4 +72,27 @@ where
 {
     let map = ebpf.take_map(name).ok_or(BpfError::MissingMap(name))?;
     T::try_from(map).map_err(|source| BpfError::Map { name, source })
+}
+
+/// A second descriptor of map `name` (an array or hash map).
+pub(crate) fn dup_fd(ebpf: &Ebpf, name: &'static str) -> Result<std::os::fd::OwnedFd, BpfError> {
+    use aya::maps::Map;
+    let map = ebpf.map(name).ok_or(BpfError::MissingMap(name))?;
+    let data: &aya::maps::MapData = match map {
+        Map::Array(m) | Map::HashMap(m) | Map::LruHashMap(m) | Map::PerCpuArray(m) => m,
+        _ => return Err(BpfError::MissingMap(name)),
+    };
+    std::os::fd::AsFd::as_fd(data.fd())
+        .try_clone_to_owned()
+        .map_err(|e| BpfError::Dup(name, e))
+}
+
+/// A second handle on map `name`, leaving the first where it is.
+pub(crate) fn again<T>(ebpf: &Ebpf, name: &'static str) -> Result<T, BpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let err = |source| BpfError::Map { name, source };
+    let data = aya::maps::MapData::from_fd(dup_fd(ebpf, name)?).map_err(err)?;
+    T::try_from(aya::maps::Map::from_map_data(data).map_err(err)?).map_err(err)
 }

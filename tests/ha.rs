@@ -1,0 +1,1170 @@
+//! The HA pair in namespaces: two LB namespaces on shared L2 segments
+//! (bridges), a client behind a router, two backends, and a dedicated
+//! heartbeat link.
+//!
+//! ```text
+//! client 198.51.100.2 -- router -- brf: 192.0.2.0/24   (VIP 192.0.2.10 floats)
+//!                          |        |lb1 .2    |lb2 .3
+//!                          |       [lb1]--ha--[lb2]      10.255.0.1 / .2
+//!                          |        |lb1 .2    |lb2 .3
+//!                          +------ brb: 203.0.113.0/24 (gateway .1 floats)
+//!                                   |b1 .11    |b2 .12
+//! ```
+//! NAT backends route through the floating gateway 203.0.113.1; DSR
+//! backends own the VIP on loopback and answer through the router (.254).
+//! The daemons run XDP in generic mode (the failover, not veth's native XDP,
+//! is under test; the fixture and fuzz tests check the bytes).
+
+use std::{
+    io::{BufRead, Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    path::PathBuf,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use xdplb_tests::{Netns, ProcessGuard, Xdplb, require_root, target_bin, veth};
+
+const VIP: &str = "192.0.2.10";
+const GATEWAY: &str = "203.0.113.1";
+const HA_ADDR: [&str; 2] = ["10.255.0.1", "10.255.0.2"];
+const FRONT_ADDR: [&str; 2] = ["192.0.2.2", "192.0.2.3"];
+const BACK_ADDR: [&str; 2] = ["203.0.113.2", "203.0.113.3"];
+const BACKENDS: [&str; 2] = ["203.0.113.11", "203.0.113.12"];
+const GROUP: u8 = 7;
+const ADVERT_MS: u64 = 100;
+const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+/// Which forwarding the pair serves (and so where backends route).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Forwarding {
+    /// NAT + round robin, flow sync on.
+    NatRoundRobin,
+    /// DSR + Maglev, flow sync off: the BACKUP picks the same backends.
+    DsrMaglev,
+}
+
+struct Pair {
+    // Field order is drop order: processes first, then namespaces.
+    lbs: [Option<Xdplb>; 2],
+    _servers: Vec<ProcessGuard>,
+    client: Netns,
+    router: Netns,
+    sw: Netns,
+    lb_ns: [Netns; 2],
+    _backends: Vec<Netns>,
+    files: Vec<PathBuf>,
+    configs: [PathBuf; 2],
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for lb in &mut self.lbs {
+            drop(lb.take());
+        }
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+        // A SIGKILLed daemon's pins, if the test failed before a new
+        // daemon adopted them.
+        for ns in &self.lb_ns {
+            let _ = std::fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(&ns.name));
+        }
+    }
+}
+
+/// What each node's `[ha]` says beyond the shared parts.
+#[derive(Clone)]
+struct NodeOpts {
+    priority: u8,
+    preempt: bool,
+    preempt_delay_ms: u32,
+    /// `track_service` entry for the web service, with this weight.
+    track_service_weight: Option<i32>,
+}
+
+impl NodeOpts {
+    fn new(priority: u8) -> NodeOpts {
+        NodeOpts {
+            priority,
+            preempt: false,
+            preempt_delay_ms: 0,
+            track_service_weight: None,
+        }
+    }
+}
+
+fn config_text(
+    fwd: Forwarding,
+    node: usize,
+    o: &NodeOpts,
+    key: &std::path::Path,
+    state: &std::path::Path,
+) -> String {
+    let (sched, mode, tport, uport, check) = match fwd {
+        Forwarding::NatRoundRobin => (
+            "round_robin",
+            "nat",
+            8080,
+            5353,
+            "[service.check]\nkind = \"tcp\"\ninterval_ms = 200\ntimeout_ms = 150\nrise = 1\nfall = 2\n",
+        ),
+        // DSR probes go to the VIP, which is a local address on the MASTER;
+        // the pair is tested without active checks (see docs/ha.md).
+        Forwarding::DsrMaglev => ("maglev", "dsr", 80, 53, ""),
+    };
+    let backends = |port: u16| {
+        BACKENDS
+            .iter()
+            .map(|b| format!("{{ address = \"{b}\", port = {port} }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let track = o
+        .track_service_weight
+        .map(|w| format!("track_service = [{{ name = \"www\", weight = {w} }}]\n"))
+        .unwrap_or_default();
+    format!(
+        r#"[dataplane]
+flow_table_size = 65536
+
+[control]
+metrics_address = "127.0.0.1:9100"
+
+[[service]]
+name = "www"
+vip = "{VIP}"
+port = 80
+protocol = "tcp"
+scheduler = "{sched}"
+forwarding = "{mode}"
+backend = [{tb}]
+{check}
+[[service]]
+name = "dns"
+vip = "{VIP}"
+port = 53
+protocol = "udp"
+scheduler = "{sched}"
+forwarding = "{mode}"
+backend = [{ub}]
+
+[ha]
+group = {GROUP}
+priority = {prio}
+interface = "ha"
+address = "{addr}"
+peers = ["{peer}"]
+advert_interval_ms = {ADVERT_MS}
+preempt = {preempt}
+preempt_delay_ms = {delay}
+key_file = "{key}"
+vip_interface = "fr"
+floating = [{{ address = "{GATEWAY}", interface = "bk" }}]
+track_interface = [{{ name = "fr", weight = 0 }}, {{ name = "bk", weight = 0 }}]
+{track}sync_flows = {sync}
+state_file = "{state}"
+"#,
+        tb = backends(tport),
+        ub = backends(uport),
+        prio = o.priority,
+        addr = HA_ADDR[node],
+        peer = HA_ADDR[1 - node],
+        preempt = o.preempt,
+        delay = o.preempt_delay_ms,
+        key = key.display(),
+        sync = fwd == Forwarding::NatRoundRobin,
+        state = state.display(),
+    )
+}
+
+impl Pair {
+    /// The topology and backend servers; no daemon yet.
+    fn build(test: &str, fwd: Forwarding, opts: [NodeOpts; 2]) -> Pair {
+        let sw = Netns::new("xdplb-ha-sw");
+        let router = Netns::new("xdplb-ha-rt");
+        let client = Netns::new("xdplb-ha-cl");
+        let lb_ns = [Netns::new("xdplb-ha-lb1"), Netns::new("xdplb-ha-lb2")];
+        let backends = [Netns::new("xdplb-ha-b1"), Netns::new("xdplb-ha-b2")];
+        for br in ["brf", "brb"] {
+            sw.sh(&["ip", "link", "add", br, "type", "bridge"]);
+            sw.sh(&["ip", "link", "set", br, "up"]);
+        }
+        let port = |ns: &Netns, ns_if: &str, sw_if: &str, br: &str| {
+            veth(ns, ns_if, &sw, sw_if);
+            sw.sh(&["ip", "link", "set", sw_if, "master", br]);
+        };
+        veth(&client, "eth0", &router, "cl");
+        client.sh(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+        client.sh(&["ip", "route", "add", "default", "via", "198.51.100.1"]);
+        port(&router, "fr", "r-f", "brf");
+        port(&router, "bk", "r-b", "brb");
+        router.sh(&["ip", "addr", "add", "198.51.100.1/24", "dev", "cl"]);
+        router.sh(&["ip", "addr", "add", "192.0.2.1/24", "dev", "fr"]);
+        router.sh(&["ip", "addr", "add", "203.0.113.254/24", "dev", "bk"]);
+        router.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        for (i, lb) in lb_ns.iter().enumerate() {
+            port(lb, "fr", &format!("lb{}-f", i + 1), "brf");
+            port(lb, "bk", &format!("lb{}-b", i + 1), "brb");
+            lb.sh(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", FRONT_ADDR[i]),
+                "dev",
+                "fr",
+            ]);
+            lb.sh(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", BACK_ADDR[i]),
+                "dev",
+                "bk",
+            ]);
+            lb.sh(&["ip", "route", "add", "default", "via", "192.0.2.1"]);
+            lb.sh(&[
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ]);
+        }
+        veth(&lb_ns[0], "ha", &lb_ns[1], "ha");
+        for (i, lb) in lb_ns.iter().enumerate() {
+            lb.sh(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/30", HA_ADDR[i]),
+                "dev",
+                "ha",
+            ]);
+        }
+        let srv = target_bin("xdplb-testsrv").display().to_string();
+        let mut servers = Vec::new();
+        for (i, b) in backends.iter().enumerate() {
+            port(b, "eth0", &format!("b{}-b", i + 1), "brb");
+            b.sh(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", BACKENDS[i]),
+                "dev",
+                "eth0",
+            ]);
+            let gw = match fwd {
+                Forwarding::NatRoundRobin => GATEWAY,
+                Forwarding::DsrMaglev => "203.0.113.254",
+            };
+            b.sh(&["ip", "route", "add", "default", "via", gw]);
+            b.sh(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+            b.sh(&[
+                "sysctl",
+                "-qw",
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.all.rp_filter=0",
+            ]);
+            let name = format!("b{}", i + 1);
+            let args: Vec<String> = [
+                srv.as_str(),
+                &name,
+                "--tcp",
+                "0.0.0.0:80",
+                "0.0.0.0:8080",
+                "--udp",
+                &format!("{VIP}:53"),
+                &format!("{}:5353", BACKENDS[i]),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut g = ProcessGuard::spawn(&name, &b.name, &args);
+            g.wait_for("listening", Duration::from_secs(10));
+            servers.push(g);
+        }
+        let dir = std::env::temp_dir();
+        let key = dir.join(format!("{}.key", lb_ns[0].name));
+        std::fs::write(&key, KEY).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut files = vec![key.clone()];
+        let configs = [0, 1].map(|i| {
+            let state = dir.join(format!("{}.state", lb_ns[i].name));
+            let path = dir.join(format!("{}.toml", lb_ns[i].name));
+            std::fs::write(&path, config_text(fwd, i, &opts[i], &key, &state)).unwrap();
+            files.extend([
+                state.clone(),
+                path.clone(),
+                path.with_extension("pid"),
+                path.with_extension("sock"),
+            ]);
+            path
+        });
+        eprintln!("{test}: namespaces {} .. {}", sw.name, backends[1].name);
+        Pair {
+            lbs: [None, None],
+            _servers: servers,
+            client,
+            router,
+            sw,
+            lb_ns,
+            _backends: backends.into(),
+            files,
+            configs,
+        }
+    }
+
+    /// Rewrite node `i`'s config (takes effect when it next starts).
+    fn set_opts(&self, fwd: Forwarding, i: usize, o: &NodeOpts) {
+        let key = self.files[0].clone();
+        let state = std::env::temp_dir().join(format!("{}.state", self.lb_ns[i].name));
+        std::fs::write(&self.configs[i], config_text(fwd, i, o, &key, &state)).unwrap();
+    }
+
+    /// Start node `i`'s daemon (adopting its pinned data path if a killed
+    /// daemon left one) and wait until it is ready.
+    fn start(&mut self, i: usize) {
+        let ns = &self.lb_ns[i];
+        let config = &self.configs[i];
+        let pid_file = config.with_extension("pid");
+        let pin_root = PathBuf::from("/sys/fs/bpf").join(&ns.name);
+        let args: Vec<String> = [
+            target_bin("xdplb").display().to_string(),
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--iface".into(),
+            "fr".into(),
+            "--iface".into(),
+            "bk".into(),
+            "--xdp-mode".into(),
+            "generic".into(),
+            "--stats-interval".into(),
+            "0".into(),
+            "--pid-file".into(),
+            pid_file.display().to_string(),
+            "--status-socket".into(),
+            config.with_extension("sock").display().to_string(),
+            "--pin-path".into(),
+            pin_root.display().to_string(),
+        ]
+        .into();
+        let mut process = ProcessGuard::spawn_in_netns(&format!("lb{}", i + 1), &ns.name, &args);
+        process.wait_for("xdplb ready", Duration::from_secs(30));
+        self.lbs[i] = Some(Xdplb {
+            process,
+            pin_root,
+            status_socket: config.with_extension("sock"),
+            pid_file,
+        });
+    }
+
+    fn lb(&self, i: usize) -> &Xdplb {
+        self.lbs[i].as_ref().expect("daemon running")
+    }
+
+    /// Reap node `i`'s SIGKILLed daemon: its pinned XDP program keeps
+    /// forwarding, its addresses stay, and its lease runs out.
+    fn reap_killed(&mut self, i: usize) {
+        let mut lb = self.lbs[i].take().expect("daemon running");
+        let _ = lb.process.child.wait();
+        // Keep the pins: the next daemon adopts them.
+        lb.pin_root = PathBuf::from("/nonexistent-keep-pins");
+        drop(lb);
+    }
+
+    /// Stop node `i`'s daemon cleanly (it resigns, detaches, unpins).
+    fn stop(&mut self, i: usize) {
+        if let Some(mut lb) = self.lbs[i].take() {
+            let status = lb.process.stop();
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "lb{} exit {status:?}",
+                i + 1
+            );
+        }
+    }
+
+    /// Whether node `i` has `addr` on any interface.
+    fn holds(&self, i: usize, addr: &str) -> bool {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.lb_ns[i].name,
+                "ip",
+                "-4",
+                "-o",
+                "addr",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!(" {addr}/"))
+    }
+
+    fn holders(&self, addr: &str) -> Vec<usize> {
+        (0..2).filter(|i| self.holds(*i, addr)).collect()
+    }
+
+    /// GET /metrics from node `i`.
+    fn metrics(&self, i: usize) -> String {
+        let _in = self.lb_ns[i].enter();
+        let mut s = TcpStream::connect("127.0.0.1:9100").expect("metrics endpoint");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    }
+
+    /// Node `i`'s HA state as its metrics say (`master`, `backup`, ...).
+    fn state(&self, i: usize) -> String {
+        let m = self.metrics(i);
+        m.lines()
+            .filter_map(|l| l.strip_prefix("xdplb_ha_state{state=\""))
+            .find(|l| l.ends_with("\"} 1"))
+            .map(|l| l.trim_end_matches("\"} 1").to_string())
+            .unwrap_or_else(|| panic!("no HA state in lb{} metrics:\n{m}", i + 1))
+    }
+
+    /// Wait until node `i` is in `state` and the VIP holders are `holders`.
+    fn wait_for(&self, i: usize, state: &str, holders: &[usize], timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let (s, h) = (self.state(i), self.holders(VIP));
+            if s == state && h == holders {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "lb{} is {s} (want {state}), VIP held by {h:?} (want {holders:?}) after {timeout:?}\nlb1: {}\nlb2: {}",
+                i + 1,
+                self.log(0),
+                self.log(1),
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The HA lines of node `i`'s log, for failure messages.
+    fn log(&self, i: usize) -> String {
+        self.lbs[i]
+            .as_ref()
+            .map(|l| {
+                l.log()
+                    .iter()
+                    .filter(|l| l.contains("HA") || l.contains("WARN") || l.contains("ERROR"))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_else(|| "(not running)".into())
+    }
+
+    /// The router's neighbour entry for the VIP (its MAC), if any.
+    fn router_vip_mac(&self) -> String {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.router.name,
+                "ip",
+                "neigh",
+                "show",
+                VIP,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .unwrap_or("")
+            .to_string()
+    }
+
+    fn mac(&self, i: usize, dev: &str) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.lb_ns[i].name, "cat"])
+            .arg(format!("/sys/class/net/{dev}/address"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Take node `i`'s client- and backend-facing links down (or up) at the
+    /// switch, as a failed cable or switch port would: its side loses carrier.
+    fn links(&self, i: usize, up: bool) {
+        for side in ["f", "b"] {
+            let dev = format!("lb{}-{side}", i + 1);
+            let st = if up { "up" } else { "down" };
+            self.sw.sh(&["ip", "link", "set", &dev, st]);
+        }
+    }
+}
+
+/// A random point of the advert cycle (0..interval), from the clock.
+fn random_phase() -> Duration {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    Duration::from_micros((ns / 1000 * 7919) % (ADVERT_MS * 1000))
+}
+
+/// A connection held open across failovers: a line out, the backend's name
+/// back.
+struct Held(std::io::BufReader<TcpStream>);
+
+impl Held {
+    fn open(client: &Netns) -> (Held, String) {
+        let _in = client.enter();
+        let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+        let s = TcpStream::connect_timeout(&vip, Duration::from_secs(3)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut h = Held(std::io::BufReader::new(s));
+        h.0.get_mut().write_all(b"HOLD\n").unwrap();
+        let first = h.line().expect("first reply");
+        (h, first)
+    }
+
+    fn line(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        self.0.read_line(&mut line).map_err(|e| e.to_string())?;
+        line.trim()
+            .strip_prefix("backend=")
+            .map(str::to_string)
+            .ok_or(format!("bad reply {line:?}"))
+    }
+
+    /// One exchange; the TCP stack retransmits across the takeover.
+    fn ask(&mut self) -> Result<String, String> {
+        self.0
+            .get_mut()
+            .write_all(b"ping\n")
+            .map_err(|e| e.to_string())?;
+        self.line()
+    }
+}
+
+/// A UDP "connection" (one client port) to the VIP's DNS service.
+struct UdpFlow(UdpSocket);
+
+impl UdpFlow {
+    fn open(client: &Netns) -> UdpFlow {
+        let _in = client.enter();
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(format!("{VIP}:53")).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        UdpFlow(s)
+    }
+
+    /// Ask up to `tries` times (UDP has no retransmission of its own).
+    fn ask(&self, tries: usize) -> Result<String, String> {
+        let mut buf = [0u8; 256];
+        for _ in 0..tries {
+            self.0.send(b"q").map_err(|e| e.to_string())?;
+            if let Ok(n) = self.0.recv(&mut buf) {
+                let r = String::from_utf8_lossy(&buf[..n]);
+                return r
+                    .trim()
+                    .strip_prefix("backend=")
+                    .map(str::to_string)
+                    .ok_or(format!("bad reply {r:?}"));
+            }
+        }
+        Err(format!("no answer in {tries} tries"))
+    }
+}
+
+/// One `Connection: close` request on a new connection within `timeout`
+/// (connect and answer); the serving backend's name.
+fn request(timeout: Duration) -> Result<String, String> {
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect_timeout(&vip, timeout).map_err(|e| format!("connect: {e}"))?;
+    let left = timeout
+        .saturating_sub(t0.elapsed())
+        .max(Duration::from_millis(1));
+    s.set_read_timeout(Some(left)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("read: {e}"))?;
+    resp.lines()
+        .find_map(|l| l.strip_prefix("backend="))
+        .map(str::to_string)
+        .ok_or(format!("bad response {resp:?}"))
+}
+
+/// What a failover did to new connections.
+#[derive(Debug)]
+struct Outage {
+    /// Probe attempts (one new connection every 10 ms, 200 ms to complete).
+    probes: usize,
+    failed_probes: usize,
+    /// From the first failed probe to the next probe that succeeded after
+    /// the last failure (zero when none failed).
+    outage: Duration,
+    /// Background `Connection: close` load: made, failed.
+    load: usize,
+    load_failed: usize,
+    /// The load's new connections per second.
+    load_rate: f64,
+}
+
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+const LOAD_WORKERS: usize = 4;
+/// Load connections per run, at most.
+const LOAD_MAX: usize = 40_000;
+
+/// Run the probe and the load in the client namespace, call `event` after
+/// `before`, and keep going for `after`. Bounded: at most `LOAD_MAX` load
+/// connections and `before + after + 5 s`.
+fn under_load(client: &Netns, before: Duration, after: Duration, event: impl FnOnce()) -> Outage {
+    let stop = AtomicBool::new(false);
+    let made = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let hard_stop = Instant::now() + before + after + Duration::from_secs(5);
+    std::thread::scope(|s| {
+        // Each probe on a thread of its own, so a slow one does not delay
+        // the next: the outage is measured to the probe interval.
+        let probe = s.spawn(|| {
+            let mut out: Vec<(Instant, bool)> = Vec::new();
+            std::thread::scope(|ps| {
+                let mut running = Vec::new();
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
+                    running.push(ps.spawn(|| {
+                        let _in = client.enter();
+                        let start = Instant::now();
+                        (start, request(PROBE_TIMEOUT).is_ok())
+                    }));
+                    next += PROBE_EVERY;
+                    if let Some(d) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(d);
+                    }
+                }
+                out = running.into_iter().map(|h| h.join().unwrap()).collect();
+            });
+            out.sort_by_key(|p| p.0);
+            out
+        });
+        let t_load = Instant::now();
+        for _ in 0..LOAD_WORKERS {
+            s.spawn(|| {
+                let _in = client.enter();
+                while !stop.load(Ordering::Relaxed)
+                    && made.fetch_add(1, Ordering::Relaxed) < LOAD_MAX
+                    && Instant::now() < hard_stop
+                {
+                    if request(Duration::from_secs(3)).is_err() {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        std::thread::sleep(before);
+        event();
+        std::thread::sleep(after);
+        stop.store(true, Ordering::Relaxed);
+        let probes = probe.join().unwrap();
+        let elapsed = t_load.elapsed().as_secs_f64();
+        let first_fail = probes.iter().position(|p| !p.1);
+        let outage = match first_fail {
+            None => Duration::ZERO,
+            Some(f) => {
+                let last_fail = probes.iter().rposition(|p| !p.1).unwrap();
+                let end = probes
+                    .get(last_fail + 1)
+                    .map_or(probes[last_fail].0 + PROBE_TIMEOUT, |p| p.0);
+                end - probes[f].0
+            }
+        };
+        let load = made.load(Ordering::Relaxed).min(LOAD_MAX);
+        Outage {
+            probes: probes.len(),
+            failed_probes: probes.iter().filter(|p| !p.1).count(),
+            outage,
+            load,
+            load_failed: failed.load(Ordering::Relaxed),
+            load_rate: load as f64 / elapsed,
+        }
+    })
+}
+
+/// Long-lived connections and a UDP flow opened before a failover.
+struct Longlived {
+    tcp: Vec<(Held, String)>,
+    udp: (UdpFlow, String),
+}
+
+impl Longlived {
+    fn open(client: &Netns) -> Longlived {
+        let tcp = (0..4).map(|_| Held::open(client)).collect();
+        let flow = UdpFlow::open(client);
+        let first = flow.ask(5).expect("UDP before the failover");
+        Longlived {
+            tcp,
+            udp: (flow, first),
+        }
+    }
+
+    /// Every connection still answers, from the same backend.
+    fn check(&mut self, what: &str) {
+        for (i, (h, backend)) in self.tcp.iter_mut().enumerate() {
+            let r = h.ask();
+            assert_eq!(
+                r.as_deref(),
+                Ok(backend.as_str()),
+                "{what}: long-lived TCP connection {i} after the failover"
+            );
+        }
+        let r = self.udp.0.ask(10);
+        assert_eq!(
+            r.as_deref(),
+            Ok(self.udp.1.as_str()),
+            "{what}: the UDP flow after the failover"
+        );
+    }
+}
+
+/// Both daemons up, `first` MASTER (it starts first and wins the wait).
+fn start_pair(pair: &mut Pair, first: usize) {
+    pair.start(first);
+    pair.wait_for(first, "master", &[first], Duration::from_secs(5));
+    pair.start(1 - first);
+    pair.wait_for(1 - first, "backup", &[first], Duration::from_secs(5));
+}
+
+/// Issue 9 (a) and (b): failovers under load, the MASTER's daemon SIGKILLed
+/// or its links cut, at a random point of the advert cycle; new connections'
+/// outage and failures measured, long-lived TCP and UDP checked after each.
+fn failovers(test: &str, fwd: Forwarding, runs: usize) {
+    let mut pair = Pair::build(test, fwd, [NodeOpts::new(150), NodeOpts::new(100)]);
+    start_pair(&mut pair, 0);
+    if fwd == Forwarding::NatRoundRobin {
+        pair.lbs[0].as_mut().unwrap().wait_for_count(
+            "health checks running",
+            1,
+            Duration::from_secs(10),
+        );
+    }
+    // Client 4-tuples repeat within seconds, as behind a busy NAT.
+    pair.client
+        .sh(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=20000 20255"]);
+    // Heavy legitimate load alone moves nothing: no transition, no failure.
+    let transitions = [0, 1].map(|i| metric(&pair, i, "xdplb_ha_transitions_total"));
+    let quiet = under_load(&pair.client, Duration::from_secs(2), Duration::ZERO, || {});
+    eprintln!("{test}: load alone: {quiet:?}");
+    assert_eq!(
+        [0, 1].map(|i| metric(&pair, i, "xdplb_ha_transitions_total")),
+        transitions,
+        "no state change under load alone"
+    );
+    assert_eq!(
+        (quiet.failed_probes, quiet.load_failed),
+        (0, 0),
+        "{quiet:?}"
+    );
+    assert!(quiet.load > 2000, "thousands of connections: {quiet:?}");
+    let mut master = 0;
+    let mut worst = Duration::ZERO;
+    let mut report = Vec::new();
+    for run in 0..runs {
+        let kill = run % 2 == 0;
+        let backup = 1 - master;
+        let mut long = Longlived::open(&pair.client);
+        // Flow records travel in 2 ms batches.
+        std::thread::sleep(Duration::from_millis(50));
+        let phase = random_phase();
+        if fwd == Forwarding::NatRoundRobin {
+            // The BACKUP's view of replication: the age of the oldest record
+            // in the last batch it wrote, on arrival plus writing.
+            let lag = metric(&pair, backup, "xdplb_ha_sync_lag_seconds");
+            let synced = metric(
+                &pair,
+                backup,
+                "xdplb_ha_flows_synced_total{direction=\"received\"}",
+            );
+            eprintln!(
+                "{test} run {run}: BACKUP received {synced} flow records so far, last batch lag {:.2} ms",
+                lag * 1e3
+            );
+            assert!(synced > 0.0, "flows reach the BACKUP");
+        }
+        let pid = pair.lb(master).process.child.id() as i32;
+        let event_at = std::sync::Mutex::new(std::time::SystemTime::now());
+        let o = under_load(
+            &pair.client,
+            Duration::from_millis(500) + phase,
+            Duration::from_millis(1500),
+            || {
+                *event_at.lock().unwrap() = std::time::SystemTime::now();
+                if kill {
+                    // SAFETY: signalling our own child by its PID.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                } else {
+                    pair.links(master, false);
+                }
+            },
+        );
+        if kill {
+            pair.reap_killed(master);
+        }
+        // A killed daemon cannot remove its addresses; its data path stops
+        // answering ARP for them when its lease runs out.
+        let holders: Vec<usize> = if kill { vec![0, 1] } else { vec![backup] };
+        pair.wait_for(backup, "master", &holders, Duration::from_secs(3));
+        let what = format!(
+            "{test} run {run} ({})",
+            if kill { "SIGKILL" } else { "links cut" }
+        );
+        long.check(&what);
+        // When the BACKUP logged taking over, after the event.
+        let event_at = *event_at.lock().unwrap();
+        let takeover = pair
+            .lb(backup)
+            .log()
+            .iter()
+            .filter(|l| l.contains("HA state change") && l.contains("to=\"master\""))
+            .filter_map(|l| xdplb_tests::parse_log_time(l))
+            .filter_map(|t| t.duration_since(event_at).ok())
+            .min()
+            .expect("the BACKUP logged its takeover");
+        eprintln!(
+            "{what}: takeover after {takeover:?}, outage {:?}, {} of {} probes failed, load {} connections ({:.0}/s), {} failed",
+            o.outage, o.failed_probes, o.probes, o.load, o.load_rate, o.load_failed
+        );
+        // SIGKILL: found by silence (3 intervals + skew, less the time
+        // since the last advert); links cut: the node sees its carrier go
+        // (10 ms poll), resigns, and the peer waits its skew only.
+        let bound = if kill { 4 * ADVERT_MS } else { 2 * ADVERT_MS };
+        assert!(
+            takeover < Duration::from_millis(bound + 100),
+            "{what}: takeover after {takeover:?}, bound {bound} ms + 100 ms margin\nold MASTER:\n{}\nnew MASTER:\n{}",
+            pair.log(master),
+            pair.log(backup)
+        );
+        worst = worst.max(o.outage);
+        report.push(o);
+        // Bring the old MASTER back: it must come back as BACKUP (no
+        // preemption) and give up the VIP, so exactly one node holds it.
+        if kill {
+            pair.start(master);
+        } else {
+            pair.links(master, true);
+        }
+        pair.wait_for(master, "backup", &[backup], Duration::from_secs(5));
+        assert_eq!(
+            pair.holders(GATEWAY),
+            vec![backup],
+            "{what}: gateway holder"
+        );
+        master = backup;
+    }
+    eprintln!("{test}: worst outage {worst:?} over {runs} failovers");
+    assert!(
+        worst < Duration::from_millis(300),
+        "{test}: worst outage {worst:?} (goal < 300 ms): {report:?}"
+    );
+}
+
+#[test]
+fn failover_nat_round_robin_keeps_connections_with_flow_sync() {
+    let test = "failover_nat_round_robin_keeps_connections_with_flow_sync";
+    if !require_root(test) {
+        return;
+    }
+    failovers(test, Forwarding::NatRoundRobin, 6);
+}
+
+#[test]
+fn failover_dsr_maglev_keeps_connections_without_sync() {
+    let test = "failover_dsr_maglev_keeps_connections_without_sync";
+    if !require_root(test) {
+        return;
+    }
+    failovers(test, Forwarding::DsrMaglev, 4);
+}
+
+/// Node `i`'s log time of its last transition to `to`, if any.
+fn transition_time(pair: &Pair, i: usize, to: &str) -> Option<std::time::SystemTime> {
+    pair.lb(i)
+        .log()
+        .iter()
+        .filter(|l| l.contains("HA state change") && l.contains(&format!("to=\"{to}\"")))
+        .filter_map(|l| xdplb_tests::parse_log_time(l))
+        .max()
+}
+
+/// The value of metric sample `line_prefix` (name and labels) on node `i`.
+fn metric(pair: &Pair, i: usize, line_prefix: &str) -> f64 {
+    let m = pair.metrics(i);
+    m.lines()
+        .find(|l| l.starts_with(line_prefix) && l[line_prefix.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Issue 9 (c): priority decides, preemption (with its delay) or none, a
+/// tracked service without backends lowers the priority, a tracked
+/// interface going down is a FAULT, and each recovers.
+#[test]
+fn priority_preemption_tracked_service_and_fault() {
+    let test = "priority_preemption_tracked_service_and_fault";
+    if !require_root(test) {
+        return;
+    }
+    let fwd = Forwarding::NatRoundRobin;
+    let lb1 = NodeOpts {
+        priority: 150,
+        preempt: true,
+        preempt_delay_ms: 300,
+        track_service_weight: Some(-100),
+    };
+    let lb2 = NodeOpts {
+        preempt: true,
+        ..NodeOpts::new(100)
+    };
+    let mut pair = Pair::build(test, fwd, [lb1.clone(), lb2]);
+    // lb2 alone becomes MASTER; lb1 (higher, preempting after 300 ms)
+    // takes over once it has seen lb2's adverts for the delay.
+    pair.start(1);
+    pair.wait_for(1, "master", &[1], Duration::from_secs(5));
+    let started = std::time::SystemTime::now();
+    pair.start(0);
+    pair.wait_for(0, "master", &[0], Duration::from_secs(5));
+    pair.wait_for(1, "backup", &[0], Duration::from_secs(1));
+    let after = transition_time(&pair, 0, "master")
+        .unwrap()
+        .duration_since(started)
+        .unwrap();
+    eprintln!("{test}: lb1 preempted {after:?} after its start (delay 300 ms)");
+    assert!(
+        after >= Duration::from_millis(300),
+        "preempt delay kept: {after:?}"
+    );
+    assert_eq!(pair.holders(GATEWAY), vec![0]);
+
+    // lb1's checks fail (its probes are blackholed): the tracked service has
+    // no backend, its priority drops to 50 and lb2 (100, preempting) takes
+    // over. Bound: fall 2 x interval 200 ms + timeout, then a master-down
+    // interval; 3 s margin for a loaded machine.
+    for b in BACKENDS {
+        pair.lb_ns[0].sh(&["ip", "route", "add", "blackhole", &format!("{b}/32")]);
+    }
+    pair.wait_for(1, "master", &[1], Duration::from_secs(4));
+    pair.wait_for(0, "backup", &[1], Duration::from_secs(1));
+    assert_eq!(metric(&pair, 0, "xdplb_ha_priority"), 50.0);
+    // Its backends return: 150 again, and it preempts back.
+    for b in BACKENDS {
+        pair.lb_ns[0].sh(&["ip", "route", "del", "blackhole", &format!("{b}/32")]);
+    }
+    pair.wait_for(0, "master", &[0], Duration::from_secs(4));
+    assert_eq!(metric(&pair, 0, "xdplb_ha_priority"), 150.0);
+
+    // A tracked interface (weight 0) goes down: FAULT, addresses released.
+    pair.links(0, false);
+    pair.wait_for(0, "fault", &[1], Duration::from_secs(2));
+    pair.wait_for(1, "master", &[1], Duration::from_secs(1));
+    assert_eq!(pair.holders(GATEWAY), vec![1]);
+    // Back up: FAULT -> BACKUP, then it preempts.
+    pair.links(0, true);
+    pair.wait_for(0, "master", &[0], Duration::from_secs(4));
+    pair.wait_for(1, "backup", &[0], Duration::from_secs(1));
+
+    // Without preemption: a clean stop hands MASTER over at once (the
+    // resignation), and lb1 restarted with `preempt = false` stays BACKUP.
+    let stopped = std::time::SystemTime::now();
+    pair.stop(0);
+    pair.wait_for(1, "master", &[1], Duration::from_secs(2));
+    let handover = transition_time(&pair, 1, "master")
+        .unwrap()
+        .duration_since(stopped)
+        .unwrap_or_default();
+    eprintln!("{test}: clean stop handed over in {handover:?}");
+    pair.set_opts(
+        fwd,
+        0,
+        &NodeOpts {
+            preempt: false,
+            ..lb1
+        },
+    );
+    pair.start(0);
+    pair.wait_for(0, "backup", &[1], Duration::from_secs(2));
+    // Many master-down intervals later it is still BACKUP.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(pair.state(0), "backup");
+    assert_eq!(pair.state(1), "master");
+    assert_eq!(pair.holders(VIP), vec![1]);
+}
+
+/// Issue 9 (d): the heartbeat link is cut (both become MASTER) and healed:
+/// one MASTER within 2 advert intervals, and the winner's gratuitous ARPs
+/// fix the router's cache.
+#[test]
+fn split_brain_heals_to_one_master_within_two_intervals() {
+    let test = "split_brain_heals_to_one_master_within_two_intervals";
+    if !require_root(test) {
+        return;
+    }
+    let mut pair = Pair::build(
+        test,
+        Forwarding::DsrMaglev,
+        [NodeOpts::new(150), NodeOpts::new(100)],
+    );
+    start_pair(&mut pair, 0);
+    // Traffic gives the router a neighbour entry for the VIP (Linux only
+    // updates existing entries from gratuitous ARP).
+    {
+        let _in = pair.client.enter();
+        request(Duration::from_secs(2)).expect("a request through lb1");
+    }
+    for round in 0..2 {
+        pair.lb_ns[1].sh(&["ip", "link", "set", "ha", "down"]);
+        pair.wait_for(1, "master", &[0, 1], Duration::from_secs(2));
+        assert_eq!(pair.state(0), "master", "split brain: both MASTER");
+        // lb2 announced itself last: the router now sends the VIP to lb2.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while pair.router_vip_mac() != pair.mac(1, "fr") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(pair.router_vip_mac(), pair.mac(1, "fr"));
+        // The split lasts past the neighbour lock time (1 s), within which
+        // Linux ignores a second gratuitous ARP for the same address.
+        std::thread::sleep(Duration::from_millis(1100));
+        let healed = std::time::SystemTime::now();
+        pair.lb_ns[1].sh(&["ip", "link", "set", "ha", "up"]);
+        pair.wait_for(1, "backup", &[0], Duration::from_secs(2));
+        let one_master = transition_time(&pair, 1, "backup")
+            .unwrap()
+            .duration_since(healed)
+            .unwrap_or_default();
+        // The winner re-announces: the router's cache points at lb1 again.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while pair.router_vip_mac() != pair.mac(0, "fr") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let fixed = healed.elapsed().unwrap();
+        eprintln!(
+            "{test} round {round}: one MASTER {one_master:?} after healing; router's cache fixed within {fixed:?}"
+        );
+        assert_eq!(
+            pair.router_vip_mac(),
+            pair.mac(0, "fr"),
+            "GARP fixed the router"
+        );
+        // 2 intervals, plus 100 ms for the link to come up and a loaded
+        // machine.
+        assert!(
+            one_master < Duration::from_millis(2 * ADVERT_MS + 100),
+            "one MASTER after {one_master:?}"
+        );
+        assert_eq!(pair.state(0), "master");
+    }
+}
+
+/// Issue 9 (e): a forged advert (wrong key), one of another group, one of
+/// an older epoch and a replayed one, all claiming MASTER at priority 254
+/// from the peer's address, change nothing and are counted by reason.
+#[test]
+fn forged_replayed_and_wrong_group_adverts_change_nothing() {
+    use xdplb::ha::wire::{Kind, Message, WireState};
+    let test = "forged_replayed_and_wrong_group_adverts_change_nothing";
+    if !require_root(test) {
+        return;
+    }
+    let mut pair = Pair::build(
+        test,
+        Forwarding::DsrMaglev,
+        [NodeOpts::new(150), NodeOpts::new(100)],
+    );
+    start_pair(&mut pair, 0);
+    // lb1's state file names lb2's epoch and the last sequence seen (it is
+    // written every second).
+    let state_file = std::env::temp_dir().join(format!("{}.state", pair.lb_ns[0].name));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (epoch, top) = loop {
+        let text = std::fs::read_to_string(&state_file).unwrap_or_default();
+        let peer = text.lines().find_map(|l| {
+            let mut w = l.strip_prefix(&format!("peer {} ", HA_ADDR[1]))?.split(' ');
+            Some((
+                w.next()?.parse::<u64>().ok()?,
+                w.next()?.parse::<u64>().ok()?,
+            ))
+        });
+        if let Some(p) = peer.filter(|p| p.1 > 0) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no peer line in {text:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let reasons = ["bad_tag", "wrong_group", "stale_epoch", "replay"];
+    let rejected = |pair: &Pair| -> Vec<f64> {
+        reasons
+            .iter()
+            .map(|r| {
+                metric(
+                    pair,
+                    0,
+                    &format!("xdplb_ha_adverts_rejected_total{{reason=\"{r}\"}}"),
+                )
+            })
+            .collect()
+    };
+    let before = rejected(&pair);
+    let transitions = metric(&pair, 0, "xdplb_ha_transitions_total");
+    let advert = |group: u8, epoch: u64, seq: u64, key: &[u8]| {
+        Message {
+            kind: Kind::Advert,
+            group,
+            priority: 254,
+            state: WireState::Master,
+            advert_interval_ms: ADVERT_MS as u16,
+            sender: HA_ADDR[1].parse().unwrap(),
+            epoch,
+            seq,
+            payload: Vec::new(),
+        }
+        .encode(key)
+    };
+    {
+        let _in = pair.lb_ns[1].enter();
+        let s = UdpSocket::bind(format!("{}:0", HA_ADDR[1])).unwrap();
+        let to = format!("{}:5788", HA_ADDR[0]);
+        for datagram in [
+            advert(
+                GROUP,
+                epoch,
+                top + 1_000_000,
+                b"not the shared key, but 32 bytes",
+            ),
+            advert(GROUP + 1, epoch, top + 1_000_000, KEY),
+            advert(GROUP, epoch - 1, top + 1_000_000, KEY),
+            advert(GROUP, epoch, top, KEY),
+        ] {
+            s.send_to(&datagram, &to).unwrap();
+        }
+    }
+    // Several master-down intervals: had any been believed, lb1 would have
+    // yielded to a "MASTER with priority 254".
+    std::thread::sleep(Duration::from_millis(600));
+    let after = rejected(&pair);
+    let diff: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    eprintln!("{test}: rejected {reasons:?} went up by {diff:?}");
+    assert_eq!(diff, vec![1.0; 4], "each counted once under its reason");
+    assert_eq!(pair.state(0), "master");
+    assert_eq!(pair.state(1), "backup");
+    assert_eq!(pair.holders(VIP), vec![0]);
+    assert_eq!(metric(&pair, 0, "xdplb_ha_transitions_total"), transitions);
+}
