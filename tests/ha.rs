@@ -1076,7 +1076,8 @@ fn split_brain_heals_to_one_master_within_two_intervals() {
 
 /// Issue 9 (e): a forged advert (wrong key), one of another group, one of
 /// an older epoch and a replayed one, all claiming MASTER at priority 254
-/// from the peer's address, change nothing and are counted by reason.
+/// from the peer's address, change nothing and are counted by reason. Then
+/// a reload adds and removes a service VIP, which only the MASTER takes.
 #[test]
 fn forged_replayed_and_wrong_group_adverts_change_nothing() {
     use xdplb::ha::wire::{Kind, Message, WireState};
@@ -1167,4 +1168,54 @@ fn forged_replayed_and_wrong_group_adverts_change_nothing() {
     assert_eq!(pair.state(1), "backup");
     assert_eq!(pair.holders(VIP), vec![0]);
     assert_eq!(metric(&pair, 0, "xdplb_ha_transitions_total"), transitions);
+
+    // A reload that adds a service VIP: the MASTER takes it at once, the
+    // BACKUP does not; removing it again drops it.
+    const NEW_VIP: &str = "192.0.2.11";
+    let extra = format!(
+        "[[service]]\nname = \"api\"\nvip = \"{NEW_VIP}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"maglev\"\nforwarding = \"dsr\"\nbackend = [{{ address = \"{}\", port = 80 }}]\n\n",
+        BACKENDS[0]
+    );
+    let original: Vec<String> = pair
+        .configs
+        .iter()
+        .map(|c| std::fs::read_to_string(c).unwrap())
+        .collect();
+    for (n, texts) in [
+        (
+            1,
+            original
+                .iter()
+                .map(|t| t.replace("[ha]", &format!("{extra}[ha]")))
+                .collect::<Vec<_>>(),
+        ),
+        (2, original.clone()),
+    ] {
+        for (i, text) in texts.iter().enumerate() {
+            std::fs::write(&pair.configs[i], text).unwrap();
+            let pid_file = pair.configs[i].with_extension("pid");
+            let out = std::process::Command::new(target_bin("xdplb"))
+                .args(["reload", "--pid-file"])
+                .arg(&pid_file)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "reload: {out:?}");
+            pair.lbs[i].as_mut().unwrap().wait_for_count(
+                "reload applied",
+                n,
+                Duration::from_secs(10),
+            );
+        }
+        let want: Vec<usize> = if n == 1 { vec![0] } else { vec![] };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while pair.holders(NEW_VIP) != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            pair.holders(NEW_VIP),
+            want,
+            "reload {n}: holders of {NEW_VIP}"
+        );
+        assert_eq!(pair.holders(VIP), vec![0]);
+    }
 }

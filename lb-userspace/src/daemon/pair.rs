@@ -9,7 +9,7 @@ use super::event_loop::Daemon;
 use crate::{
     config::Config,
     dataplane::bpf,
-    ha::{Command, HaNode, sync::SyncIndex},
+    ha::{Command, HaNode, node::owned_addresses, sync::SyncIndex},
 };
 
 /// Start the node if the config has `[ha]`; without it, make sure a
@@ -76,5 +76,9 @@ impl Daemon {
             self.ha_services = ok;
         }
         node.send(Command::Index(SyncIndex::new(self.control.applied())));
+        let config = self.control.config();
+        if let Some(h) = &config.ha {
+            node.send(Command::Addresses(owned_addresses(config, h)));
+        }
     }
 }

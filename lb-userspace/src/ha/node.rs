@@ -61,6 +61,9 @@ pub enum Command {
     Index(SyncIndex),
     /// Whether each tracked service has a backend, in `track_service` order.
     Services(Vec<bool>),
+    /// The addresses a MASTER owns changed (a reload added or removed a
+    /// service VIP): a MASTER takes the new ones at once and drops the old.
+    Addresses(Vec<Owned>),
     /// Stop. `resign`: a clean stop (MASTER hands over at once and drops its
     /// addresses); otherwise forwarding and addresses stay for a restart
     /// (the lease lets the next daemon resume, or the peer take over).
@@ -74,14 +77,16 @@ pub struct HaNode {
 }
 
 /// What the node owns on the host when MASTER.
-#[derive(Debug, Clone)]
-struct Owned {
-    iface: String,
-    addr: Ipv4Addr,
-    prefix_len: u8,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    pub iface: String,
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
 }
 
-fn owned_addresses(config: &Config, h: &HaConfig) -> Vec<Owned> {
+/// The addresses a MASTER of `config` owns: every service VIP (on
+/// `vip_interface`) and the floating addresses.
+pub fn owned_addresses(config: &Config, h: &HaConfig) -> Vec<Owned> {
     let mut out: Vec<Owned> = Vec::new();
     for s in &config.services {
         if !out.iter().any(|o| o.addr == s.vip) {
@@ -415,6 +420,7 @@ impl Node {
                         return;
                     }
                     Some(Command::Index(i)) => self.index = i,
+                    Some(Command::Addresses(owned)) => self.readdress(owned).await,
                     Some(Command::Services(ok)) => {
                         self.tracked.services = ok;
                         self.retrack().await;
@@ -740,7 +746,7 @@ impl Node {
                     self.extend_lease();
                     self.acquire().await;
                 }
-                Action::Announce => self.announce(),
+                Action::Announce => self.announce(self.owned.clone()),
                 Action::Release => {
                     self.write_settings(0);
                     self.release().await;
@@ -774,7 +780,13 @@ impl Node {
     }
 
     async fn acquire(&mut self) {
-        for o in &self.owned {
+        let owned = self.owned.clone();
+        self.add_addresses(&owned).await;
+        self.announce(owned);
+    }
+
+    async fn add_addresses(&self, owned: &[Owned]) {
+        for o in owned {
             let Some(ifindex) = link::ifindex(&o.iface) else {
                 warn!(iface = %o.iface, addr = %o.addr, "cannot take the address: no such interface");
                 continue;
@@ -788,12 +800,38 @@ impl Node {
                 warn!(addr = %o.addr, iface = %o.iface, error = %e, "taking the address failed");
             }
         }
-        self.announce();
+    }
+
+    /// A reload changed the owned addresses.
+    async fn readdress(&mut self, owned: Vec<Owned>) {
+        if owned == self.owned {
+            return;
+        }
+        let gone: Vec<Owned> = self
+            .owned
+            .iter()
+            .filter(|o| !owned.contains(o))
+            .cloned()
+            .collect();
+        let new: Vec<Owned> = owned
+            .iter()
+            .filter(|o| !self.owned.contains(o))
+            .cloned()
+            .collect();
+        info!(added = ?new.iter().map(|o| o.addr).collect::<Vec<_>>(), removed = ?gone.iter().map(|o| o.addr).collect::<Vec<_>>(), "HA addresses changed");
+        self.owned = owned;
+        if self.machine.state() == State::Master {
+            self.remove_addresses(&gone).await;
+            self.add_addresses(&new).await;
+            self.announce(new);
+        } else {
+            // Not ours to hold; a node that is not MASTER holds none.
+            self.remove_addresses(&gone).await;
+        }
     }
 
     /// Gratuitous ARPs for every owned address, `garp_repeat` rounds.
-    fn announce(&self) {
-        let owned = self.owned.clone();
+    fn announce(&self, owned: Vec<Owned>) {
         let (repeat, interval) = (
             self.h.garp_repeat.max(1),
             Duration::from_millis(self.h.garp_interval_ms as u64),
@@ -813,7 +851,12 @@ impl Node {
     }
 
     async fn release(&mut self) {
-        for o in &self.owned {
+        let owned = self.owned.clone();
+        self.remove_addresses(&owned).await;
+    }
+
+    async fn remove_addresses(&self, owned: &[Owned]) {
+        for o in owned {
             let Some(ifindex) = link::ifindex(&o.iface) else {
                 continue;
             };
