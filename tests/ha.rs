@@ -109,9 +109,15 @@ fn config_text(
             5353,
             "[service.check]\nkind = \"tcp\"\ninterval_ms = 200\ntimeout_ms = 150\nrise = 1\nfall = 2\n",
         ),
-        // DSR probes go to the VIP, which is a local address on the MASTER;
-        // the pair is tested without active checks (see docs/ha.md).
-        Forwarding::DsrMaglev => ("maglev", "dsr", 80, 53, ""),
+        // DSR probes go to the VIP on each backend, although the MASTER
+        // owns the VIP itself (the daemon moves the `local` rule).
+        Forwarding::DsrMaglev => (
+            "maglev",
+            "dsr",
+            80,
+            53,
+            "[service.check]\nkind = \"tcp\"\ninterval_ms = 200\ntimeout_ms = 150\nrise = 1\nfall = 2\n",
+        ),
     };
     let backends = |port: u16| {
         BACKENDS
@@ -750,12 +756,23 @@ fn start_pair(pair: &mut Pair, first: usize) {
 fn failovers(test: &str, fwd: Forwarding, runs: usize) {
     let mut pair = Pair::build(test, fwd, [NodeOpts::new(150), NodeOpts::new(100)]);
     start_pair(&mut pair, 0);
-    if fwd == Forwarding::NatRoundRobin {
-        pair.lbs[0].as_mut().unwrap().wait_for_count(
-            "health checks running",
-            1,
-            Duration::from_secs(10),
-        );
+    // Both nodes' checks pass, the MASTER's too although it owns the VIP
+    // (DSR probes the VIP on each backend).
+    for i in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sample(&pair, i, "xdplb_service_backends_up", "service=\"www\"") != 2.0 {
+            assert!(
+                Instant::now() < deadline,
+                "lb{}: backends up: {}",
+                i + 1,
+                pair.metrics(i)
+                    .lines()
+                    .filter(|l| l.contains("backends_up"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     // Client 4-tuples repeat within seconds, as behind a busy NAT.
     pair.client
@@ -915,6 +932,16 @@ fn metric(pair: &Pair, i: usize, line_prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The value of `name`'s sample whose labels contain `label`, on node `i`.
+fn sample(pair: &Pair, i: usize, name: &str, label: &str) -> f64 {
+    pair.metrics(i)
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// Issue 9 (c): priority decides, preemption (with its delay) or none, a
 /// tracked service without backends lowers the priority, a tracked
 /// interface going down is a FAULT, and each recovers.
@@ -1072,6 +1099,26 @@ fn split_brain_heals_to_one_master_within_two_intervals() {
         );
         assert_eq!(pair.state(0), "master");
     }
+    // DSR probes moved the `local` rule behind theirs and set accept_local
+    // on the backend side; a clean stop puts both back.
+    let rules = |pair: &Pair, i: usize| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &pair.lb_ns[i].name, "ip", "rule", "list"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        rules(&pair, 1).contains("200:\tfrom all lookup local"),
+        "{}",
+        rules(&pair, 1)
+    );
+    pair.stop(1);
+    let r = rules(&pair, 1);
+    assert!(
+        r.starts_with("0:\tfrom all lookup local") && !r.contains("200:"),
+        "{r}"
+    );
 }
 
 /// Issue 9 (e): a forged advert (wrong key), one of another group, one of

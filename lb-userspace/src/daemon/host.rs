@@ -1,6 +1,7 @@
 //! What the daemon changes on the host besides its BPF objects, and undoes
 //! on a clean stop: managed neighbour entries for backends, and the policy
-//! routes of DSR probes. One netlink client for all of it.
+//! routes of DSR probes (with the `local` rule moved behind them and
+//! `accept_local` on their interfaces). One netlink client for all of it.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
@@ -25,6 +26,27 @@ pub struct Host {
     nl: Netlink,
     managed: Vec<Managed>,
     probe_routes: Vec<PolicyRoute>,
+    /// The `local` rule is at `dsr_route::LOCAL_RULE_PRIORITY`.
+    local_rule_moved: bool,
+    /// Interfaces whose `accept_local` we set, with the value before.
+    accept_local: Vec<(String, String)>,
+}
+
+/// `/proc/sys/net/ipv4/conf/<iface>/<key>`.
+fn conf_path(iface: &str, key: &str) -> String {
+    format!("/proc/sys/net/ipv4/conf/{iface}/{key}")
+}
+
+fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname needs.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 impl Host {
@@ -33,6 +55,8 @@ impl Host {
             nl: Netlink::open()?,
             managed: Vec::new(),
             probe_routes: Vec::new(),
+            local_rule_moved: false,
+            accept_local: Vec::new(),
         })
     }
 
@@ -139,8 +163,54 @@ impl Host {
                 warn!(error = %e, "removing a probe route failed");
             }
         }
+        if !routes.is_empty() && !self.local_rule_moved {
+            match self
+                .nl
+                .move_local_rule(dsr_route::LOCAL_RULE_PRIORITY)
+                .await
+            {
+                Ok(()) => {
+                    info!(
+                        priority = dsr_route::LOCAL_RULE_PRIORITY,
+                        "moved the local routing rule behind the DSR probe rules (restored on stop)"
+                    );
+                    self.local_rule_moved = true;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot move the local routing rule: DSR probes of a VIP this host owns (HA MASTER) reach this host")
+                }
+            }
+        }
+        for r in &routes {
+            self.accept_local_on(r.ifindex);
+        }
         self.probe_routes = routes;
         out
+    }
+
+    /// Probe answers come from the VIP, which an HA MASTER owns: the
+    /// interface they arrive on must accept a local source address.
+    fn accept_local_on(&mut self, ifindex: u32) {
+        let Some(iface) = ifname(ifindex) else {
+            return;
+        };
+        if self.accept_local.iter().any(|(i, _)| *i == iface) {
+            return;
+        }
+        let path = conf_path(&iface, "accept_local");
+        let before = std::fs::read_to_string(&path).unwrap_or_default();
+        let before = before.trim().to_string();
+        if before != "1"
+            && let Err(e) = std::fs::write(&path, "1")
+        {
+            warn!(%iface, error = %e, "cannot set accept_local: DSR probe answers from a local VIP will be dropped");
+            return;
+        }
+        let strict = |p: String| std::fs::read_to_string(p).is_ok_and(|v| v.trim() == "1");
+        if strict(conf_path(&iface, "rp_filter")) || strict(conf_path("all", "rp_filter")) {
+            warn!(%iface, "strict rp_filter: DSR probe answers from a VIP this host owns will be dropped; use loose (2)");
+        }
+        self.accept_local.push((iface, before));
     }
 
     async fn route_dsr_probe(&self, t: &CheckTarget) -> Result<PolicyRoute, NetError> {
@@ -155,6 +225,19 @@ impl Host {
         for r in std::mem::take(&mut self.probe_routes) {
             if let Err(e) = self.nl.remove_policy_route(&r).await {
                 warn!(error = %e, "removing a probe route failed");
+            }
+        }
+        if std::mem::take(&mut self.local_rule_moved)
+            && let Err(e) = self
+                .nl
+                .restore_local_rule(dsr_route::LOCAL_RULE_PRIORITY)
+                .await
+        {
+            warn!(error = %e, "restoring the local routing rule failed");
+        }
+        for (iface, before) in std::mem::take(&mut self.accept_local) {
+            if before != "1" && !before.is_empty() {
+                let _ = std::fs::write(conf_path(&iface, "accept_local"), before);
             }
         }
         let mut routes: Vec<Route> = self

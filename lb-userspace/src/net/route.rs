@@ -147,4 +147,64 @@ impl Netlink {
             _ => Ok(()),
         }
     }
+
+    /// Move the IPv4 `local` rule from priority 0 to `to`, so rules before
+    /// it (DSR probe routes) can send a local address elsewhere. Adds the
+    /// new rule before removing the old, so local delivery never stops.
+    /// Already moved (no rule at 0) is fine.
+    pub async fn move_local_rule(&self, to: u32) -> Result<(), NetError> {
+        self.add_rule(local_rule(to), "add local rule").await?;
+        self.del_rule(local_rule(0), "move local rule").await
+    }
+
+    /// Undo [`Self::move_local_rule`].
+    pub async fn restore_local_rule(&self, from: u32) -> Result<(), NetError> {
+        self.add_rule(local_rule(0), "restore local rule").await?;
+        self.del_rule(local_rule(from), "remove moved local rule")
+            .await
+    }
+
+    async fn add_rule(&self, m: RuleMessage, what: &str) -> Result<(), NetError> {
+        let mut rule = self.handle.rule().add();
+        *rule.message_mut() = m;
+        match rule
+            .execute()
+            .await
+            .map_err(Self::request_error(what.to_string()))
+        {
+            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn del_rule(&self, m: RuleMessage, what: &str) -> Result<(), NetError> {
+        match self
+            .handle
+            .rule()
+            .del(m)
+            .execute()
+            .await
+            .map_err(Self::request_error(what.to_string()))
+        {
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ESRCH)) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// The kernel's `local` routing table.
+const RT_TABLE_LOCAL: u32 = 255;
+
+/// `from all lookup local pref <priority>`.
+fn local_rule(priority: u32) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header = RuleHeader {
+        family: AddressFamily::Inet,
+        action: RuleAction::ToTable,
+        table: RT_TABLE_LOCAL as u8,
+        ..RuleHeader::default()
+    };
+    m.attributes.push(RuleAttribute::Table(RT_TABLE_LOCAL));
+    m.attributes.push(RuleAttribute::Priority(priority));
+    m
 }
