@@ -1170,6 +1170,20 @@ fn forged_replayed_and_wrong_group_adverts_change_nothing() {
             })
             .collect()
     };
+    // `xdplb status` heads its table with the pair.
+    let out = std::process::Command::new(target_bin("xdplb"))
+        .args(["status", "--socket"])
+        .arg(&pair.lb(0).status_socket)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with(&format!(
+            "HA: MASTER (priority 150, group {GROUP}, {}); peer {} BACKUP (priority 100), last advert",
+            HA_ADDR[0], HA_ADDR[1]
+        )),
+        "{table}"
+    );
     let before = rejected(&pair);
     let transitions = metric(&pair, 0, "xdplb_ha_transitions_total");
     let advert = |group: u8, epoch: u64, seq: u64, key: &[u8]| {

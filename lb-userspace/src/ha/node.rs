@@ -768,11 +768,11 @@ impl Node {
                         self.queue.clear();
                     }
                     if let Some(cmd) = &self.h.notify {
-                        notify::spawn(
+                        drop(notify::spawn(
                             cmd.clone(),
                             to.label(),
                             Duration::from_millis(self.h.notify_timeout_ms as u64),
-                        );
+                        ));
                     }
                 }
             }
