@@ -118,6 +118,24 @@ forwarding = "nat"
 backend = [{ address = "203.0.113.13", port = 5514 }]
 
 [[service]]
+name = "dsr-source-tcp"
+vip = "192.0.2.10"
+port = 8000
+protocol = "tcp"
+scheduler = "source_hash"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.11", port = 8000 }, { address = "203.0.113.12", port = 8000, weight = 3 }]
+
+[[service]]
+name = "nat-source-udp"
+vip = "192.0.2.20"
+port = 5000
+protocol = "udp"
+scheduler = "source_hash"
+forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 5050 }, { address = "203.0.113.13", port = 5050 }]
+
+[[service]]
 name = "nat-small-mtu"
 vip = "192.0.2.40"
 port = 80
@@ -223,6 +241,8 @@ const TARGETS: &[([u8; 4], u16, u8)] = &[
     ([192, 0, 2, 20], 443, 6),
     ([192, 0, 2, 20], 53, 17),
     ([192, 0, 2, 20], 514, 17),
+    ([192, 0, 2, 10], 8000, 6),
+    ([192, 0, 2, 20], 5000, 17),
     ([192, 0, 2, 40], 80, 6),
     ([192, 0, 2, 30], 80, 6),
     ([192, 0, 2, 31], 80, 6),

@@ -2031,3 +2031,148 @@ fn a_real_prometheus_scrapes_the_endpoint_and_loads_the_rules() {
     drop(prom);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Client addresses 10.200.0.0/16: "any-IP" on the client's loopback (a
+/// local route), routed to the client by the LB, so one namespace can be
+/// thousands of clients.
+fn many_clients(lab: &Lab) {
+    lab.client
+        .sh(&["ip", "route", "add", "local", "10.200.0.0/16", "dev", "lo"]);
+    lab.lb
+        .sh(&["ip", "route", "add", "10.200.0.0/16", "via", "198.51.100.2"]);
+}
+
+/// One `Connection: close` request to the VIP from client address `src`.
+fn request_from(src: std::net::Ipv4Addr) -> Result<String, String> {
+    use std::os::fd::{FromRawFd as _, IntoRawFd as _};
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .map_err(|e| e.to_string())?;
+    socket
+        .bind(&SocketAddr::from((src, 0)).into())
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    socket
+        .connect_timeout(&vip.into(), Duration::from_secs(3))
+        .map_err(|e| format!("connect from {src}: {e}"))?;
+    // SAFETY: the fd came from a connected socket we own.
+    let mut s = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    resp.lines()
+        .find_map(|l| l.strip_prefix("backend="))
+        .map(str::to_string)
+        .ok_or(format!("bad response {resp:?}"))
+}
+
+/// Issue 10's source_hash: weights 3:1 give 3:1 over 1000 connections from
+/// 500 client addresses (within 5 points); every client keeps its backend
+/// across connections; removing a backend moves only its own clients.
+#[test]
+fn source_hash_keeps_clients_weights_hold_and_only_a_removed_backends_clients_move() {
+    let test = "source_hash_keeps_clients_weights_hold_and_only_a_removed_backends_clients_move";
+    if !require_root(test) {
+        return;
+    }
+    let config = |backends: &str| {
+        format!(
+            "[dataplane]\nflow_table_size = 65536\n\n[[service]]\nname = \"www\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"source_hash\"\nforwarding = \"nat\"\nbackend = [{backends}]\n"
+        )
+    };
+    let both = "{ address = \"203.0.113.11\", port = 8080, weight = 3 }, { address = \"203.0.113.21\", port = 8080, weight = 1 }";
+    let mut lab = lab_with(Mode::Native, &config(both));
+    many_clients(&lab);
+    let clients: Vec<std::net::Ipv4Addr> = (0..500u32)
+        .map(|i| std::net::Ipv4Addr::from(0x0ac8_0000 + 1 + i * 7))
+        .collect();
+    let run = |lab: &Lab| -> Vec<String> {
+        let _in = lab.client.enter();
+        clients
+            .iter()
+            .map(|c| request_from(*c).unwrap_or_else(|e| panic!("{test}: {e}")))
+            .collect()
+    };
+    let first = run(&lab);
+    let second = run(&lab);
+    assert_eq!(first, second, "every client keeps its backend");
+    let b1 = first.iter().chain(&second).filter(|b| *b == "b1").count();
+    let share = b1 as f64 / (2 * clients.len()) as f64;
+    eprintln!(
+        "{test}: b1 (weight 3) served {:.1}% of 1000 connections",
+        share * 100.0
+    );
+    assert!(
+        (share - 0.75).abs() < 0.05,
+        "3:1 within 5 points: {share:.3}"
+    );
+
+    // b2 leaves: its clients move to b1, b1's stay.
+    std::fs::write(
+        &lab.config,
+        config("{ address = \"203.0.113.11\", port = 8080, weight = 3 }"),
+    )
+    .unwrap();
+    xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
+    lab.daemon
+        .wait_for_count("reload applied", 1, Duration::from_secs(10));
+    let after = run(&lab);
+    assert!(after.iter().all(|b| b == "b1"), "all on b1 now");
+    // And back: exactly the clients b2 had before return to it.
+    std::fs::write(&lab.config, config(both)).unwrap();
+    xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
+    lab.daemon
+        .wait_for_count("reload applied", 2, Duration::from_secs(10));
+    let back = run(&lab);
+    assert_eq!(back, first, "the same clients as before on each backend");
+}
+
+/// Issue 10: iperf3 (a control connection and data connections that must
+/// meet the same server) through a source_hash service: 10 runs of one
+/// stream and 10 of `-P 4`, every one completes.
+#[test]
+fn iperf3_through_a_source_hash_service() {
+    let test = "iperf3_through_a_source_hash_service";
+    if !require_root(test) {
+        return;
+    }
+    let config = format!(
+        "[dataplane]\nflow_table_size = 65536\n\n[[service]]\nname = \"iperf\"\nvip = \"{VIP}\"\nport = 5201\nprotocol = \"tcp\"\nscheduler = \"source_hash\"\nforwarding = \"nat\"\nbackend = [{{ address = \"203.0.113.11\", port = 5201 }}, {{ address = \"203.0.113.21\", port = 5201 }}]\n"
+    );
+    let lab = lab_with(Mode::Native, &config);
+    let _servers: Vec<ProcessGuard> = lab
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let mut g = ProcessGuard::spawn(
+                &format!("iperf3-b{}", i + 1),
+                &ns.name,
+                // iperf3 reports on stdout; the guard reads stderr.
+                &["sh", "-c", "exec iperf3 -s -p 5201 --forceflush 1>&2"].map(String::from),
+            );
+            g.wait_for("Server listening", Duration::from_secs(10));
+            g
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for parallel in ["1", "4"] {
+        for run in 0..10 {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &lab.client.name, "timeout", "20"])
+                .args(["iperf3", "-c", VIP, "-p", "5201", "-t", "1", "-P", parallel])
+                .output()
+                .unwrap();
+            if !out.status.success() {
+                failures.push(format!(
+                    "-P {parallel} run {run}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{test}: {failures:#?}");
+    eprintln!("{test}: 20 of 20 iperf3 runs completed");
+}

@@ -27,9 +27,29 @@ pub const fn flow_hash(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, p
     fmix32(h ^ ports)
 }
 
+/// Hash of a client address alone (`source_hash` scheduler): every
+/// connection of one client lands on the same Maglev slot.
+#[inline(always)]
+pub const fn source_hash(src_be: u32) -> u32 {
+    fmix32(fmix32(SEED.rotate_left(16) ^ src_be))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_hash_spreads_sequential_addresses() {
+        let mut buckets = [0u32; 8];
+        for a in 0..8000u32 {
+            let addr = (0xc633_6400u32 + a).to_be(); // 198.51.100.0 onwards
+            buckets[((source_hash(addr) % 65537) % 8) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((800..1200).contains(&b), "{buckets:?}");
+        }
+        assert_ne!(source_hash(1), source_hash(2));
+    }
 
     #[test]
     fn spreads_sequential_ports_evenly() {

@@ -78,7 +78,7 @@ pub mod names {
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -106,6 +106,10 @@ pub enum Scheduler {
     RoundRobin = 0,
     /// Index the Maglev table with the flow's 5-tuple hash.
     Maglev = 1,
+    /// Index the Maglev table with the client address's hash alone: every
+    /// connection of a client goes to the same backend (session
+    /// persistence), and a backend change moves few clients.
+    SourceHash = 2,
 }
 
 /// How a service forwards packets to the chosen backend.

@@ -10,7 +10,8 @@ use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, FLOW_F_CLOSING, FLOW_F_ESTABLISHED,
     FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN, FlowValue, MAX_BACKENDS, MAX_SERVICES,
     RING_SIZE, Scheduler, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN,
-    hash::flow_hash, ring_word,
+    hash::{flow_hash, source_hash},
+    ring_word,
 };
 
 use crate::{
@@ -175,6 +176,8 @@ fn schedule(pkt: &Packet, svc: &ServiceInfo, exclude: u32) -> Option<(u32, Backe
             pkt.dport_be,
             pkt.proto,
         ) % len
+    } else if svc.scheduler == Scheduler::SourceHash as u8 {
+        source_hash(pkt.src_be) % len
     } else {
         let cursor = RR_CURSOR.get_ptr_mut(svc.id)?;
         // SAFETY: per-CPU slot of this service; nothing else writes it while we run.

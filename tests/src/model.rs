@@ -16,7 +16,8 @@ use std::{
 use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Forwarding, RING_SIZE, Reason,
     SERVICE_F_PASS_WHEN_EMPTY, SERVICE_F_REDISPATCH, SETTINGS_F_HA, Scheduler, Settings, Traffic,
-    VIP_F_DROP_UNSERVED, VIP_F_HA, hash::flow_hash,
+    VIP_F_DROP_UNSERVED, VIP_F_HA,
+    hash::{flow_hash, source_hash},
 };
 use xdplb::plan::Plan;
 
@@ -92,7 +93,8 @@ pub struct Tuple {
 struct Service {
     id: u32,
     nat: bool,
-    maglev: bool,
+    /// `Scheduler` as the service entry holds it.
+    scheduler: u8,
     pass_when_empty: bool,
     redispatch: bool,
     ring: Rc<Vec<u32>>,
@@ -297,7 +299,7 @@ impl Model {
                 let svc = Service {
                     id: s.info.id,
                     nat: s.info.forwarding == Forwarding::Nat as u8,
-                    maglev: s.info.scheduler == Scheduler::Maglev as u8,
+                    scheduler: s.info.scheduler,
                     pass_when_empty: s.info.flags & SERVICE_F_PASS_WHEN_EMPTY != 0,
                     redispatch: s.info.flags & SERVICE_F_REDISPATCH != 0,
                     ring: Rc::new(s.ring.clone()),
@@ -662,7 +664,10 @@ impl Model {
         if len == 0 {
             return None;
         }
-        let slot = if svc.maglev {
+        let slot = if svc.scheduler == Scheduler::SourceHash as u8 {
+            assert_eq!(len, RING_SIZE, "Maglev rings are full size");
+            source_hash(u32::from_ne_bytes(p.t.src)) % len
+        } else if svc.scheduler == Scheduler::Maglev as u8 {
             let h = flow_hash(
                 u32::from_ne_bytes(p.t.src),
                 u32::from_ne_bytes(p.t.dst),

@@ -23,6 +23,9 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // systemd-analyze verifies the shipped unit.
     "systemd",
+    // iperf3 through a source_hash service (its control and data
+    // connections must meet one backend). Its daemon is not enabled.
+    "iperf3",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";

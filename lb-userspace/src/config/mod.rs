@@ -350,6 +350,7 @@ impl Protocol {
 pub enum SchedulerKind {
     RoundRobin,
     Maglev,
+    SourceHash,
 }
 
 impl From<SchedulerKind> for Scheduler {
@@ -357,6 +358,7 @@ impl From<SchedulerKind> for Scheduler {
         match s {
             SchedulerKind::RoundRobin => Scheduler::RoundRobin,
             SchedulerKind::Maglev => Scheduler::Maglev,
+            SchedulerKind::SourceHash => Scheduler::SourceHash,
         }
     }
 }

@@ -310,7 +310,9 @@ impl Planner {
                 Vec::new()
             } else {
                 match s.scheduler {
-                    SchedulerKind::Maglev => {
+                    // Both index a consistent table: by the 5-tuple, or by
+                    // the client address alone.
+                    SchedulerKind::Maglev | SchedulerKind::SourceHash => {
                         let mb: Vec<MaglevBackend> = live
                             .iter()
                             .map(|b| MaglevBackend {
