@@ -2176,3 +2176,81 @@ fn iperf3_through_a_source_hash_service() {
     assert!(failures.is_empty(), "{test}: {failures:#?}");
     eprintln!("{test}: 20 of 20 iperf3 runs completed");
 }
+
+/// Issue 10's drain: weight 0 keeps a held connection on its backend and
+/// sends no new connection there; `xdplb status` says "draining"; weight
+/// back, new connections return.
+#[test]
+fn weight_0_drains_a_backend_keeping_its_established_connections() {
+    let test = "weight_0_drains_a_backend_keeping_its_established_connections";
+    if !require_root(test) {
+        return;
+    }
+    let both = [("203.0.113.11", 1), ("203.0.113.21", 1)];
+    let mut lab = lab_with(
+        Mode::Native,
+        &nat_config(&both, "[control]\nmetrics_address = \"127.0.0.1:9100\"\n"),
+    );
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    // Round robin alternates: within a few connections one lands on b2.
+    let mut held = {
+        let _in = lab.client.enter();
+        let mut found = None;
+        for _ in 0..8 {
+            let mut h = Held::open(vip);
+            if h.first() == "b2" {
+                found = Some(h);
+                break;
+            }
+        }
+        found.expect("a connection to b2")
+    };
+    std::fs::write(
+        &lab.config,
+        nat_config(
+            &[("203.0.113.11", 1), ("203.0.113.21", 0)],
+            "[control]\nmetrics_address = \"127.0.0.1:9100\"\n",
+        ),
+    )
+    .unwrap();
+    xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
+    lab.daemon
+        .wait_for_count("reload applied", 1, Duration::from_secs(10));
+    let _in = lab.client.enter();
+    let served: Vec<String> = (0..50)
+        .map(|_| http_get(vip).unwrap_or_else(|e| panic!("{test}: {e}")))
+        .collect();
+    assert!(
+        served.iter().all(|b| b == "b1"),
+        "no new connection to the drained b2: {served:?}"
+    );
+    assert_eq!(
+        held.ask().as_deref(),
+        Ok("b2"),
+        "the held connection stays on b2"
+    );
+    drop(_in);
+    let table = status_table(&lab);
+    let b2_line = table
+        .lines()
+        .find(|l| l.contains("203.0.113.21:8080"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(b2_line.contains("draining (weight 0)"), "{table}");
+    assert_eq!(
+        sample(&scrape(&lab), "xdplb_backend_draining", "203.0.113.21:8080"),
+        Some(1.0)
+    );
+    // Weight back: b2 takes new connections again.
+    std::fs::write(
+        &lab.config,
+        nat_config(&both, "[control]\nmetrics_address = \"127.0.0.1:9100\"\n"),
+    )
+    .unwrap();
+    xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
+    lab.daemon
+        .wait_for_count("reload applied", 2, Duration::from_secs(10));
+    let _in = lab.client.enter();
+    let served: Vec<String> = (0..10).map(|_| http_get(vip).unwrap()).collect();
+    assert!(served.iter().any(|b| b == "b2"), "{served:?}");
+    assert_eq!(held.ask().as_deref(), Ok("b2"));
+}

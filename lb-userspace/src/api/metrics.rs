@@ -165,6 +165,12 @@ const BACKEND_METRICS: &[Metric<BackendView>] = &[
         value: |b| Some((b.health == HealthView::Held) as u8 as f64),
     },
     Metric {
+        name: "xdplb_backend_draining",
+        help: "1 while the backend drains (weight 0): established flows stay, no new connections",
+        kind: Kind::Gauge,
+        value: |b| Some(b.draining() as u8 as f64),
+    },
+    Metric {
         name: "xdplb_backend_weight",
         help: "Configured weight",
         kind: Kind::Gauge,

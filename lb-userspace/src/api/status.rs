@@ -105,7 +105,7 @@ pub fn table(v: &View) -> String {
                 String::new(),
                 String::new(),
                 b.endpoint.clone(),
-                b.health.label().into(),
+                b.state_label().into(),
                 b.weight.to_string(),
                 format!("{:.1}", b.conn_rate),
                 b.flows.to_string(),
@@ -245,6 +245,26 @@ pub(crate) mod tests {
         let col = lines[0].find("HEALTH").unwrap();
         assert_eq!(&lines[2][col..col + 2], "up");
         assert!(t.contains("drops: drop_no_backend=2"));
+    }
+
+    #[test]
+    fn a_weight_0_backend_shows_as_draining() {
+        let mut v = view();
+        v.services[0].backends[0].weight = 0;
+        v.services[0].backends[1].weight = 0;
+        let t = table(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[2].contains("draining (weight 0)"), "{t}");
+        // A backend that is down is down, whatever its weight.
+        assert!(lines[3].contains("DOWN"), "{t}");
+        assert!(!lines[3].contains("draining"), "{t}");
+        let m = crate::api::metrics::openmetrics(&v);
+        assert!(
+            m.lines().any(|l| l.starts_with("xdplb_backend_draining{")
+                && l.contains("backend=\"203.0.113.11:80\"")
+                && l.ends_with(" 1.0")),
+            "{m}"
+        );
     }
 
     #[test]

@@ -54,6 +54,23 @@ pub struct BackendView {
     pub check_failures: u64,
 }
 
+impl BackendView {
+    /// Weight 0 on a backend that is not down: it keeps its established
+    /// flows and takes no new ones.
+    pub fn draining(&self) -> bool {
+        self.weight == 0 && self.health != HealthView::Down
+    }
+
+    /// What the status table shows.
+    pub fn state_label(&self) -> &'static str {
+        if self.draining() {
+            "draining (weight 0)"
+        } else {
+            self.health.label()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceView {
     pub name: String,
