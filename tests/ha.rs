@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xdplb_tests::{Netns, ProcessGuard, Xdplb, require_root, target_bin, veth};
+use xdplb_tests::{Netns, ProcessGuard, Xdplb, require_root, target_bin, veth, xdplb_args_on};
 
 const VIP: &str = "192.0.2.10";
 const GATEWAY: &str = "203.0.113.1";
@@ -337,27 +337,14 @@ impl Pair {
         let config = &self.configs[i];
         let pid_file = config.with_extension("pid");
         let pin_root = PathBuf::from("/sys/fs/bpf").join(&ns.name);
-        let args: Vec<String> = [
-            target_bin("xdplb").display().to_string(),
-            "run".into(),
-            "--config".into(),
-            config.display().to_string(),
-            "--iface".into(),
-            "fr".into(),
-            "--iface".into(),
-            "bk".into(),
-            "--xdp-mode".into(),
-            "generic".into(),
-            "--stats-interval".into(),
-            "0".into(),
-            "--pid-file".into(),
-            pid_file.display().to_string(),
-            "--status-socket".into(),
-            config.with_extension("sock").display().to_string(),
-            "--pin-path".into(),
-            pin_root.display().to_string(),
-        ]
-        .into();
+        let args = xdplb_args_on(
+            &["fr", "bk"],
+            &target_bin("xdplb"),
+            config,
+            &pid_file,
+            &pin_root,
+            &["--xdp-mode", "generic"],
+        );
         let mut process = ProcessGuard::spawn_in_netns(&format!("lb{}", i + 1), &ns.name, &args);
         process.wait_for("xdplb ready", Duration::from_secs(30));
         self.lbs[i] = Some(Xdplb {

@@ -124,7 +124,6 @@ pub struct HaView {
 
 impl HaView {
     pub fn from_status(s: &crate::ha::HaStatus) -> HaView {
-        use crate::ha::wire::WireState;
         HaView {
             state: s.state.label(),
             priority: s.priority,
@@ -132,12 +131,7 @@ impl HaView {
             address: s.address.map(|a| a.to_string()),
             peer: s.peer.as_ref().map(|p| PeerView {
                 address: p.addr.to_string(),
-                state: match p.state {
-                    WireState::Init => "init",
-                    WireState::Backup => "backup",
-                    WireState::Master => "master",
-                    WireState::Fault => "fault",
-                },
+                state: crate::ha::State::from_wire(p.state).label(),
                 priority: p.priority,
                 last_seen: p.last_seen.as_secs_f64(),
             }),

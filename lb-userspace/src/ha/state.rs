@@ -40,6 +40,15 @@ impl State {
             State::Fault => "fault",
         }
     }
+    /// The state a peer's advert names.
+    pub fn from_wire(w: WireState) -> State {
+        match w {
+            WireState::Init => State::Init,
+            WireState::Backup => State::Backup,
+            WireState::Master => State::Master,
+            WireState::Fault => State::Fault,
+        }
+    }
     pub fn wire(self) -> WireState {
         match self {
             State::Init => WireState::Init,
@@ -366,6 +375,11 @@ mod tests {
         )
     }
 
+    /// Start `m` at time zero (resuming MASTER or not).
+    fn start(m: &mut Machine, resume_master: bool) -> Vec<Action> {
+        m.handle(Duration::ZERO, Input::Start { resume_master })
+    }
+
     fn master_advert(priority: u8) -> Input {
         Input::Advert {
             from: B,
@@ -403,12 +417,7 @@ mod tests {
     #[test]
     fn a_lone_node_becomes_master_after_the_master_down_interval() {
         let mut m = machine(100, true, 0);
-        let a = m.handle(
-            Duration::ZERO,
-            Input::Start {
-                resume_master: false,
-            },
-        );
+        let a = start(&mut m, false);
         assert_eq!(transitions(&a), vec![State::Backup]);
         // 3 x 100 ms + (256 - 100) x 100 / 256 ms = 360.9 ms.
         assert_eq!(m.master_down_interval(), Duration::from_nanos(360_937_500));
@@ -420,12 +429,7 @@ mod tests {
     #[test]
     fn a_master_advert_holds_a_backup_and_its_silence_does_not() {
         let mut m = machine(100, true, 0);
-        m.handle(
-            Duration::ZERO,
-            Input::Start {
-                resume_master: false,
-            },
-        );
+        start(&mut m, false);
         // A higher MASTER advertises every 100 ms until t = 1 s.
         let mut t = Duration::ZERO;
         while t < 1000 * MS {
@@ -442,12 +446,7 @@ mod tests {
     #[test]
     fn a_resigning_master_is_replaced_after_the_skew_only() {
         let mut m = machine(200, true, 0);
-        m.handle(
-            Duration::ZERO,
-            Input::Start {
-                resume_master: false,
-            },
-        );
+        start(&mut m, false);
         m.handle(50 * MS, master_advert(250));
         m.handle(100 * MS, master_advert(0));
         // skew = (256 - 200) x 100 / 256 = 21.9 ms.
@@ -464,12 +463,7 @@ mod tests {
             (100, Ipv4Addr::new(10, 255, 0, 0), false), // equal, lower address
         ] {
             let mut m = machine(100, true, 0);
-            m.handle(
-                Duration::ZERO,
-                Input::Start {
-                    resume_master: true,
-                },
-            );
+            start(&mut m, true);
             assert_eq!(m.state(), State::Master);
             let a = m.handle(
                 10 * MS,
@@ -496,12 +490,7 @@ mod tests {
         // preempt on, delay 0: a lower MASTER's adverts are ignored, so the
         // higher BACKUP takes over one master-down interval after start.
         let mut m = machine(200, true, 0);
-        m.handle(
-            Duration::ZERO,
-            Input::Start {
-                resume_master: false,
-            },
-        );
+        start(&mut m, false);
         let mut t = Duration::ZERO;
         let mut took = None;
         while t < 3000 * MS && took.is_none() {
@@ -513,12 +502,7 @@ mod tests {
         assert!(at < 400 * MS, "preempted at {at:?}");
         // preempt on, delay 1 s: not before 1 s of the lower MASTER.
         let mut m = machine(200, true, 1000);
-        m.handle(
-            Duration::ZERO,
-            Input::Start {
-                resume_master: false,
-            },
-        );
+        start(&mut m, false);
         let mut t = Duration::ZERO;
         let mut took = None;
         while t < 3000 * MS && took.is_none() {
@@ -530,12 +514,7 @@ mod tests {
         assert!(at >= 1000 * MS && at < 1400 * MS, "preempted at {at:?}");
         // preempt off: never while the lower MASTER advertises.
         let mut m = machine(200, false, 0);
-        m.handle(
-            Duration::ZERO,
-            Input::Start {
-                resume_master: false,
-            },
-        );
+        start(&mut m, false);
         let mut t = Duration::ZERO;
         while t < 3000 * MS {
             m.handle(t, master_advert(100));
@@ -547,12 +526,7 @@ mod tests {
     #[test]
     fn fault_resigns_and_recovery_returns_to_backup() {
         let mut m = machine(100, true, 0);
-        m.handle(
-            Duration::ZERO,
-            Input::Start {
-                resume_master: true,
-            },
-        );
+        start(&mut m, true);
         let a = m.handle(
             5 * MS,
             Input::Track {
@@ -583,12 +557,7 @@ mod tests {
         // This node is BACKUP at 150 behind a MASTER at 120; tracking lowers
         // it to 100: it no longer preempts.
         let mut m = machine(150, true, 0);
-        m.handle(
-            Duration::ZERO,
-            Input::Start {
-                resume_master: false,
-            },
-        );
+        start(&mut m, false);
         m.handle(
             Duration::ZERO,
             Input::Track {
@@ -607,12 +576,7 @@ mod tests {
     #[test]
     fn adverts_go_out_every_interval_and_backup_adverts_move_nothing() {
         let mut m = machine(100, true, 0);
-        m.handle(
-            Duration::ZERO,
-            Input::Start {
-                resume_master: true,
-            },
-        );
+        start(&mut m, true);
         let mut sent = 0;
         let mut t = Duration::ZERO;
         while t <= 1000 * MS {

@@ -443,14 +443,31 @@ pub fn xdplb_args(
     pin_root: &std::path::Path,
     extra: &[&str],
 ) -> Vec<String> {
+    let ifaces: Vec<&str> = std::iter::once("cli")
+        .chain(BACKEND_LINKS.iter().map(|l| l.lb_if))
+        .collect();
+    xdplb_args_on(&ifaces, xdplb, config, pid_file, pin_root, extra)
+}
+
+/// `xdplb run` attached to `ifaces`, with the status socket beside
+/// `pid_file` and pins under `pin_root` (other topologies than
+/// [`LbTopology`]).
+pub fn xdplb_args_on(
+    ifaces: &[&str],
+    xdplb: &std::path::Path,
+    config: &std::path::Path,
+    pid_file: &std::path::Path,
+    pin_root: &std::path::Path,
+    extra: &[&str],
+) -> Vec<String> {
     let mut args = vec![
         xdplb.display().to_string(),
         "run".into(),
         "--config".into(),
         config.display().to_string(),
     ];
-    for iface in std::iter::once("cli").chain(BACKEND_LINKS.iter().map(|l| l.lb_if)) {
-        args.extend(["--iface".into(), iface.into()]);
+    for iface in ifaces {
+        args.extend(["--iface".into(), iface.to_string()]);
     }
     args.extend([
         "--stats-interval".into(),
