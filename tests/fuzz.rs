@@ -794,7 +794,14 @@ fn fuzz_data_path_against_the_model() {
         "(redispatched)",
         "(midstream)",
     ];
-    for label in Reason::ALL.iter().map(|r| r.label()).chain(signals) {
+    // Reached only when a driver leaves too little headroom to build an
+    // ICMP in the frame; test runs always leave enough.
+    let unreachable = [Reason::DropTtlExceeded.label()];
+    let reachable = Reason::ALL
+        .iter()
+        .map(|r| r.label())
+        .filter(|l| !unreachable.contains(l));
+    for label in reachable.chain(signals) {
         assert!(
             tally.get(label).copied().unwrap_or(0) > 0 || frames < 100_000,
             "no frame ended as {label} in {frames} frames (seed {seed:#x})"

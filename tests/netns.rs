@@ -2254,3 +2254,67 @@ fn weight_0_drains_a_backend_keeping_its_established_connections() {
     assert!(served.iter().any(|b| b == "b2"), "{served:?}");
     assert_eq!(held.ask().as_deref(), Ok("b2"));
 }
+
+/// Issue 10's routing hygiene: NAT routes, so a datagram reaching the LB with
+/// TTL 1 is answered with ICMP "time exceeded" (from the VIP, quoting the
+/// datagram as sent: traceroute shows the hop), while TTL 2 gets through.
+///
+/// Generic XDP: in native mode on veth the `XDP_TX`ed reply never reaches
+/// the peer (its `xdp_tx` counter rises with no error, the peer's receive
+/// counters stay still), although the same code path's "fragmentation
+/// needed" does in the path-MTU test; the cause is not found. The fixture
+/// rows check the frame byte for byte, and here the client's kernel accepts
+/// it (its `InTimeExcds` counts only ICMP with valid checksums).
+#[test]
+fn nat_answers_ttl_1_with_time_exceeded() {
+    let test = "nat_answers_ttl_1_with_time_exceeded";
+    if !require_root(test) {
+        return;
+    }
+    let lab = lab(Mode::Generic, "nat", "round_robin");
+    // The client kernel's count of "time exceeded" messages it accepted.
+    let time_exceeded = || -> u64 {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.client.name, "cat", "/proc/net/snmp"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut icmp = text.lines().filter(|l| l.starts_with("Icmp:"));
+        let (names, values) = (icmp.next().unwrap(), icmp.next().unwrap());
+        let i = names
+            .split_whitespace()
+            .position(|n| n == "InTimeExcds")
+            .unwrap();
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    };
+    let before = time_exceeded();
+    let _in = lab.client.enter();
+    let udp = UdpSocket::bind("198.51.100.2:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    udp.set_ttl(1).unwrap();
+    for _ in 0..3 {
+        udp.send_to(b"q", format!("{VIP}:53")).unwrap();
+    }
+    drop(_in);
+    // ICMP arrives in microseconds; 3 s is margin for a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while time_exceeded() < before + 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        time_exceeded() - before,
+        3,
+        "{test}: the client got a time exceeded per datagram"
+    );
+    let _in = lab.client.enter();
+    udp.set_ttl(2).unwrap();
+    udp.send_to(b"q", format!("{VIP}:53")).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = udp.recv_from(&mut buf).expect("TTL 2 gets through");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("backend="));
+    drop(_in);
+    assert!(
+        cpus_that_counted(&lab, Reason::TxIcmpTimeExceeded) >= 1,
+        "{test}: tx_icmp_time_exceeded counted"
+    );
+}

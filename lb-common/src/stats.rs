@@ -70,6 +70,14 @@ reasons! {
     /// Larger than the egress MTU with DF set: answered with ICMP "fragmentation
     /// needed" quoting the frame as the sender sent it (path-MTU discovery).
     TxIcmpFragNeeded = "tx_icmp_frag_needed",
+    /// A NAT packet (either direction) whose TTL would reach 0 here: NAT
+    /// routes, so it is answered with ICMP "time exceeded" quoting it as
+    /// sent, from its destination (traceroute shows the hop), before any
+    /// state changes.
+    TxIcmpTimeExceeded = "tx_icmp_time_exceeded",
+    /// As above, but the driver left no room to build the ICMP in the frame:
+    /// dropped, as a router drops it.
+    DropTtlExceeded = "drop_ttl_exceeded",
 }
 
 /// Number of reasons; the size of the `REASONS` map.

@@ -1,5 +1,7 @@
-//! ICMP "fragmentation needed" (type 3, code 4) for packets larger than the
-//! egress MTU with DF set, sent straight back to their sender (XDP_TX).
+//! ICMP errors the data path sends straight back to a packet's sender
+//! (XDP_TX): "fragmentation needed" (type 3, code 4) for packets larger than
+//! the egress MTU with DF set, and "time exceeded" (type 11, code 0) for
+//! NAT packets whose TTL runs out here.
 //!
 //! The kernel cannot do this for us: it never sees the packet as the sender
 //! addressed it, so an ICMP it made would quote a header (after NAT) the
@@ -27,6 +29,8 @@ const GROW: usize = IPV4_LEN + ICMP_LEN;
 const REPLY_LEN: usize = ETH_LEN + GROW + QUOTE_LEN;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_TTL_EXCEEDED_IN_TRANSIT: u8 = 0;
 const PROTO_ICMP: u8 = 1;
 /// Precedence "internetwork control", as the kernel's ICMP errors carry.
 const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;
@@ -38,7 +42,28 @@ const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;
 /// subprogram) so the per-packet code stays small.
 #[inline(never)]
 pub fn frag_needed(ctx: &XdpContext, mtu: u16) -> (u32, Reason) {
-    let drop = (xdp_action::XDP_DROP, Reason::DropTooBig);
+    match error(ctx, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu) {
+        true => (xdp_action::XDP_TX, Reason::TxIcmpFragNeeded),
+        false => (xdp_action::XDP_DROP, Reason::DropTtlExceeded),
+    }
+}
+
+/// Turn the frame into an ICMP "time exceeded in transit" to its sender
+/// (same shape and source as above). If that cannot be done the packet is
+/// dropped (its TTL ran out anyway).
+#[inline(never)]
+pub fn time_exceeded(ctx: &XdpContext) -> (u32, Reason) {
+    match error(ctx, ICMP_TIME_EXCEEDED, ICMP_TTL_EXCEEDED_IN_TRANSIT, 0) {
+        true => (xdp_action::XDP_TX, Reason::TxIcmpTimeExceeded),
+        false => (xdp_action::XDP_DROP, Reason::DropTtlExceeded),
+    }
+}
+
+/// Rewrite the frame into an ICMP error of `icmp_type`/`code` (the last
+/// 16 bits of its header: `mtu`) to the sender; false if it could not.
+#[inline(always)]
+fn error(ctx: &XdpContext, icmp_type: u8, code: u8, mtu: u16) -> bool {
+    let drop = false;
     let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)) else {
         return drop;
     };
@@ -88,8 +113,8 @@ pub fn frag_needed(ctx: &XdpContext, mtu: u16) -> (u32, Reason) {
     h[ip_off + 10..ip_off + 12].copy_from_slice(&ip_check.to_ne_bytes());
     // ICMP header: type, code, checksum, unused, next-hop MTU.
     let icmp_off = ETH_LEN + IPV4_LEN;
-    h[icmp_off] = ICMP_DEST_UNREACH;
-    h[icmp_off + 1] = ICMP_FRAG_NEEDED;
+    h[icmp_off] = icmp_type;
+    h[icmp_off + 1] = code;
     h[icmp_off + 6..icmp_off + 8].copy_from_slice(&mtu.to_be_bytes());
     // SAFETY: `quote` was bounds-checked above.
     let quoted = unsafe { core::ptr::read_unaligned(quote) };
@@ -98,7 +123,7 @@ pub fn frag_needed(ctx: &XdpContext, mtu: u16) -> (u32, Reason) {
     h[icmp_off + 2..icmp_off + 4].copy_from_slice(&icmp_check.to_ne_bytes());
     // SAFETY: `head` was bounds-checked above.
     unsafe { core::ptr::write_unaligned(head, h) };
-    (xdp_action::XDP_TX, Reason::TxIcmpFragNeeded)
+    true
 }
 
 /// `N` 16-bit words of `bytes` from `off`, as they sit in the packet.

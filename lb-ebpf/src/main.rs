@@ -55,11 +55,19 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         if !pkt.ip_checksum_ok() {
             return (xdp_action::XDP_DROP, Reason::DropBadIpChecksum);
         }
+        // NAT routes: a packet whose TTL runs out here gets "time
+        // exceeded", before any state changes.
+        if svc.forwarding == Forwarding::Nat as u8 && pkt.ttl <= 1 {
+            return icmp::time_exceeded(ctx);
+        }
         return to_backend(ctx, &pkt, &svc);
     }
     if let Some(rev) = maps::nat_reverse(&pkt) {
         if !pkt.ip_checksum_ok() {
             return (xdp_action::XDP_DROP, Reason::DropBadIpChecksum);
+        }
+        if pkt.ttl <= 1 {
+            return icmp::time_exceeded(ctx);
         }
         if let nat::Reply::Refused { redispatch } = nat::track_reply(&pkt, &rev) {
             stats::count_refused(rev.backend_id, redispatch);

@@ -23,7 +23,8 @@ enum Side {
     Destination,
 }
 
-/// Replace one endpoint (address and port) and fix both checksums.
+/// Replace one endpoint (address and port), decrement the TTL (NAT routes
+/// the packet; the caller made sure it is above 1) and fix both checksums.
 /// Returns false if the L4 header is no longer reachable (cannot happen
 /// after a successful parse, but the verifier wants the check).
 #[inline(always)]
@@ -39,8 +40,17 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, side: Side, addr_be: u32, port_be: u1
             Side::Source => (*ip).src_addr = addr_be.to_ne_bytes(),
             Side::Destination => (*ip).dst_addr = addr_be.to_ne_bytes(),
         }
-        let check = u16::from_ne_bytes((*ip).check);
-        (*ip).check = csum::replace4(check, old_addr, addr_be).to_ne_bytes();
+        let ttl = (*ip).ttl;
+        let proto = (*ip).proto;
+        (*ip).ttl = ttl.wrapping_sub(1);
+        let mut check = u16::from_ne_bytes((*ip).check);
+        check = csum::replace4(check, old_addr, addr_be);
+        check = csum::replace2(
+            check,
+            u16::from_ne_bytes([ttl, proto]),
+            u16::from_ne_bytes([ttl.wrapping_sub(1), proto]),
+        );
+        (*ip).check = check.to_ne_bytes();
     }
     if pkt.proto == PROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, L4_OFF) else {

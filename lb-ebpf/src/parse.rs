@@ -51,6 +51,7 @@ pub struct Packet {
     /// TCP sequence number as on the wire; 0 for UDP.
     pub seq_be: u32,
     pub tos: u8,
+    pub ttl: u8,
     /// Don't Fragment: an oversize packet gets an ICMP instead of a drop.
     pub df: bool,
     /// IPv4 total length, host order (for the FIB's MTU check).
@@ -128,13 +129,14 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         return verdict(XDP_DROP, Reason::DropTruncated);
     };
     // SAFETY: as above, for the IPv4 header.
-    let (vihl, tot_len, frag_off, proto, tos, src_be, dst_be) = unsafe {
+    let (vihl, tot_len, frag_off, proto, tos, ttl, src_be, dst_be) = unsafe {
         (
             (*ip).vihl,
             u16::from_be_bytes((*ip).tot_len),
             u16::from_be_bytes((*ip).frags),
             (*ip).proto,
             (*ip).tos,
+            (*ip).ttl,
             u32::from_ne_bytes((*ip).src_addr),
             u32::from_ne_bytes((*ip).dst_addr),
         )
@@ -218,6 +220,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         tcp_flags,
         seq_be,
         tos,
+        ttl,
         df: frag_off & IP_DF != 0,
         ip_len: tot_len,
         frame_len,

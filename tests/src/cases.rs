@@ -205,6 +205,18 @@ impl Case {
         self.output = output;
         self
     }
+    /// The expected frame was routed by NAT: TTL one lower, and the IPv4
+    /// checksum computed afresh (the program updates it incrementally).
+    fn routed(mut self) -> Case {
+        let f = match &mut self.output {
+            Output::Frame(f) | Output::Meta(_, f) => f,
+            Output::Same => panic!("routed() needs an output frame"),
+        };
+        f[wire::IP_OFF + 8] -= 1;
+        wire::fix_ipv4_checksum(f);
+        self
+    }
+
     fn counts(mut self, reason: Reason) -> Case {
         self.reasons.push((reason, 1));
         self
@@ -319,6 +331,7 @@ pub fn table(lab: &Lab) -> Vec<Case> {
             L4::TcpSyn,
             b"hello",
         )))
+        .routed()
         .counts(Reason::FwdNat)
         .opens("nat-maglev"),
     );
@@ -345,6 +358,7 @@ pub fn table(lab: &Lab) -> Vec<Case> {
             L4::TcpAck,
             b"hello",
         )))
+        .routed()
         .counts(Reason::FwdNat),
     );
     let b = maglev("nat-maglev", CLIENT, NAT_MAGLEV_VIP, 50012, 80);
@@ -379,7 +393,69 @@ pub fn table(lab: &Lab) -> Vec<Case> {
             L4::TcpAck,
             b"world",
         )))
+        .routed()
         .counts(Reason::FwdReverseNat),
+    );
+    // TTL: NAT routes, so a packet whose TTL would reach 0 here is answered
+    // with "time exceeded" (quoting it as sent), without a flow; DSR does
+    // not decrement (the backend answers the client directly, as the VIP).
+    let ttl1 = |mut f: Vec<u8>| {
+        f[wire::IP_OFF + 8] = 1;
+        wire::fix_ipv4_checksum(&mut f);
+        f
+    };
+    let input = ttl1(from_client(NAT_MAGLEV_VIP, 50014, 80, L4::TcpSyn));
+    rows.push(
+        Case::new(
+            "NAT: a client packet with TTL 1 is answered with time exceeded",
+            fxa,
+            input.clone(),
+            XDP_TX,
+        )
+        .output(Output::Frame(wire::icmp_time_exceeded(&input)))
+        .counts(Reason::TxIcmpTimeExceeded),
+    );
+    let b = maglev("nat-maglev", CLIENT, NAT_MAGLEV_VIP, 50015, 80);
+    let input = ttl1(frame(
+        backend_mac(b[3]),
+        LB_BACKEND_MAC,
+        b,
+        CLIENT,
+        8080,
+        50015,
+        L4::TcpAck,
+        b"world",
+    ));
+    rows.push(
+        Case::new(
+            "NAT: a backend's reply with TTL 1 is answered with time exceeded",
+            fxc,
+            input.clone(),
+            XDP_TX,
+        )
+        .before(forwarded(
+            from_client(NAT_MAGLEV_VIP, 50015, 80, L4::TcpSyn),
+            fxa,
+        ))
+        .output(Output::Frame(wire::icmp_time_exceeded(&input)))
+        .counts(Reason::TxIcmpTimeExceeded),
+    );
+    let b = maglev("dsr-maglev", CLIENT, DSR_VIP, 50016, 443);
+    let input = ttl1(from_client(DSR_VIP, 50016, 443, L4::TcpSyn));
+    rows.push(
+        Case::new(
+            "DSR: TTL 1 is forwarded as it is (only MACs change)",
+            fxa,
+            input.clone(),
+            XDP_REDIRECT,
+        )
+        .output(Output::Frame(with_macs(
+            &input,
+            LB_BACKEND_MAC,
+            backend_mac(b[3]),
+        )))
+        .counts(Reason::FwdDsr)
+        .opens("dsr-maglev"),
     );
     let udp_backend = [203, 0, 113, 11];
     let input = from_client(NAT_VIP, 50013, 53, L4::Udp);
@@ -400,6 +476,7 @@ pub fn table(lab: &Lab) -> Vec<Case> {
             L4::Udp,
             b"hello",
         )))
+        .routed()
         .counts(Reason::FwdNat)
         .opens("nat-udp"),
     );
@@ -431,6 +508,7 @@ pub fn table(lab: &Lab) -> Vec<Case> {
             L4::Udp,
             b"world",
         )))
+        .routed()
         .counts(Reason::FwdReverseNat),
     );
     let zero = |mut f: Vec<u8>| {
@@ -454,6 +532,7 @@ pub fn table(lab: &Lab) -> Vec<Case> {
             L4::Udp,
             b"hello",
         ))))
+        .routed()
         .counts(Reason::FwdNat)
         .opens("nat-udp"),
     );
@@ -492,6 +571,7 @@ pub fn table(lab: &Lab) -> Vec<Case> {
             ),
             b"pad",
         )))
+        .routed()
         .counts(Reason::FwdNat)
         .opens("nat-udp"),
     );
@@ -571,6 +651,7 @@ pub fn table(lab: &Lab) -> Vec<Case> {
             L4::TcpAck,
             b"hello",
         )))
+        .routed()
         .counts(Reason::FwdNat)
         .midstream("nat-maglev"),
     );
@@ -610,6 +691,7 @@ pub fn table(lab: &Lab) -> Vec<Case> {
             L4::TcpAck,
             b"hello",
         )))
+        .routed()
         .counts(Reason::FwdNat)
         .midstream("nat-maglev"),
     );
@@ -648,6 +730,7 @@ pub fn table(lab: &Lab) -> Vec<Case> {
                 b"hello",
             ),
         ))
+        .routed()
         .counts(Reason::PassNoNeighbour)
         .opens("nat-unresolved"),
     );
@@ -696,6 +779,7 @@ pub fn table(lab: &Lab) -> Vec<Case> {
                 b"world",
             ),
         ))
+        .routed()
         .counts(Reason::PassNoNeighbour),
     );
 

@@ -444,11 +444,18 @@ impl Model {
             if !ip_ok {
                 return Expect::same(Drop, Reason::DropBadIpChecksum);
             }
+            // NAT routes: TTL running out here is answered.
+            if svc.nat && ip[8] <= 1 {
+                return time_exceeded(f);
+            }
             return self.client_packet(f, &p, &svc);
         }
         if let Some(rev) = self.nat.get(&p.t).copied() {
             if !ip_ok {
                 return Expect::same(Drop, Reason::DropBadIpChecksum);
+            }
+            if ip[8] <= 1 {
+                return time_exceeded(f);
             }
             if self.track_reply(&p, &rev) {
                 return Expect::same(Drop, Reason::DropRstRedispatch);
@@ -636,6 +643,7 @@ impl Model {
                 }
                 out[30..34].copy_from_slice(&b.addr);
                 out[36..38].copy_from_slice(&b.port.to_be_bytes());
+                out[22] -= 1; // TTL: NAT routes
             }
         });
         let sent = e.reason == ok;
@@ -707,6 +715,7 @@ impl Model {
             |_, out| {
                 out[26..30].copy_from_slice(&rev.vip);
                 out[34..36].copy_from_slice(&rev.vport.to_be_bytes());
+                out[22] -= 1; // TTL: NAT routes
             },
         )
     }
@@ -758,6 +767,15 @@ impl Model {
     }
 }
 
+/// ICMP "time exceeded" back to the sender, quoting the frame as sent.
+fn time_exceeded(f: &[u8]) -> Expect {
+    Expect {
+        action: Action::Tx,
+        reason: Reason::TxIcmpTimeExceeded,
+        output: Output::Exact(wire::icmp_time_exceeded(f)),
+    }
+}
+
 /// Why an emitted frame breaks an invariant, or `None` if it holds.
 pub fn check_output(input: &[u8], want: &Output, got: &[u8]) -> Option<String> {
     match want {
@@ -785,7 +803,7 @@ fn check_rewritten(input: &[u8], want: &[u8], got: &[u8]) -> Option<String> {
     let checksum_byte = |i: usize| (24..26).contains(&i) || (l4_check..l4_check + 2).contains(&i);
     if let Some(i) = (0..got.len()).find(|&i| !checksum_byte(i) && got[i] != want[i]) {
         return Some(format!(
-            "byte {i} is {:#04x}, want {:#04x} (only MACs, addresses and ports may change)",
+            "byte {i} is {:#04x}, want {:#04x} (only MACs, addresses, ports and the NAT TTL may change)",
             got[i], want[i]
         ));
     }

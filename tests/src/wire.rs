@@ -89,6 +89,16 @@ pub fn neigh_meta(ifindex: u32, next_hop: [u8; 4]) -> Vec<u8> {
 /// sent to, from its destination address to its source, IPv4 TOS 0xc0, TTL
 /// 64, no DF, quoting its IPv4 header and the first 8 bytes of L4.
 pub fn icmp_frag_needed(frame: &[u8], mtu: u16) -> Vec<u8> {
+    icmp_error(frame, 3, 4, mtu)
+}
+
+/// ICMP "time exceeded in transit" for `frame`, shaped as
+/// [`icmp_frag_needed`] (the last header field unused).
+pub fn icmp_time_exceeded(frame: &[u8]) -> Vec<u8> {
+    icmp_error(frame, 11, 0, 0)
+}
+
+fn icmp_error(frame: &[u8], icmp_type: u8, code: u8, mtu: u16) -> Vec<u8> {
     let quote = &frame[IP_OFF..IP_OFF + 28];
     let mut v = Vec::with_capacity(70);
     v.extend_from_slice(&frame[6..12]);
@@ -105,7 +115,7 @@ pub fn icmp_frag_needed(frame: &[u8], mtu: u16) -> Vec<u8> {
     let c = checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     v.extend_from_slice(&ip);
-    let mut icmp = vec![3u8, 4, 0, 0, 0, 0];
+    let mut icmp = vec![icmp_type, code, 0, 0, 0, 0];
     icmp.extend_from_slice(&mtu.to_be_bytes());
     icmp.extend_from_slice(quote);
     let c = checksum(&icmp);
