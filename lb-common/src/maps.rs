@@ -49,6 +49,13 @@ pub mod names {
     pub const SETTINGS: &str = "SETTINGS";
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
+    pub const SERVICE_SLOTS: &str = "SERVICE_SLOTS";
+    pub const ADDR_FILTER: &str = "ADDR_FILTER";
+    pub const HOP_CACHE: &str = "HOP_CACHE";
+    pub const HOP_GENERATION: &str = "HOP_GENERATION";
+    /// Tables of the benchmark's second baseline program (`baseline_lookup`).
+    pub const BASELINE_SERVICES: &str = "BASELINE_SERVICES";
+    pub const BASELINE_FLOWS: &str = "BASELINE_FLOWS";
     /// The XDP entry point in the object file.
     pub const PROGRAM: &str = "xdplb";
     /// The tc-ingress program that sends packets the XDP program could not
@@ -72,13 +79,17 @@ pub mod names {
         SETTINGS,
         FLOW_EVENTS,
         EVENTS_LOST,
+        SERVICE_SLOTS,
+        ADDR_FILTER,
+        HOP_CACHE,
+        HOP_GENERATION,
     ];
 }
 
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -230,7 +241,8 @@ pub const FLOW_F_REFUSED: u8 = 16;
 /// refusal reaches the client.
 pub const FLOW_F_REDISPATCHED: u8 = 32;
 
-/// Value of the reverse-NAT table: the address the client talked to.
+/// Value of the reverse-NAT table: the address the client talked to, and
+/// the next hop towards the client (filled by the data path itself).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatReverse {
@@ -241,8 +253,65 @@ pub struct NatReverse {
     pub _pad: u8,
     pub service_id: u32,
     pub backend_id: u32,
+    /// Where replies of this flow go; written by the first reply.
+    pub hop: CachedHop,
 }
-const _: () = assert!(core::mem::size_of::<NatReverse>() == 16);
+const _: () = assert!(core::mem::size_of::<NatReverse>() == 48);
+
+/// A next hop the kernel's FIB named, kept so later packets skip the
+/// `bpf_fib_lookup` (the most expensive step of a forwarded packet). Valid
+/// while `generation` equals `HOP_GENERATION`, which the daemon bumps on
+/// every change to the kernel's routes, neighbours, links or addresses; and
+/// only for packets that arrive on `in_ifindex` and fit `mtu`. Zeroed (mtu
+/// 0) means empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CachedHop {
+    pub generation: u32,
+    /// The ingress interface of the packet the FIB was asked about.
+    pub in_ifindex: u32,
+    /// Egress interface.
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// The route's MTU; larger packets take the FIB (and its verdict).
+    pub mtu: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<CachedHop>() == 32);
+
+/// Entry of `SERVICE_SLOTS` (indexed by service id): the service entry
+/// again, with its key. A packet whose flow is known finds its service by
+/// the flow's service id in this array, without a hash lookup; the key
+/// proves the id still belongs to the service the packet addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceSlot {
+    pub key: ServiceKey,
+    pub info: ServiceInfo,
+}
+const _: () = assert!(core::mem::size_of::<ServiceSlot>() == 20);
+
+/// Bits in each of the address filter's sets (a hash of the address picks
+/// one). Two sets of 65536 bits, 8 KiB each: a handful of VIPs and a few
+/// thousand backends leave almost every bit clear, so an ordinary packet
+/// is told "not for us" by one array read, without a hash-map lookup.
+pub const ADDR_FILTER_BITS: u32 = 1 << 16;
+/// `u64` words per set.
+pub const ADDR_FILTER_WORDS: u32 = ADDR_FILTER_BITS / 64;
+/// Set 0: destination addresses the LB answers for (every `VIPS` key).
+pub const FILTER_VIPS: u32 = 0;
+/// Set 1: source addresses replies to translate can come from (backends).
+pub const FILTER_BACKENDS: u32 = 1;
+/// Elements of `ADDR_FILTER`.
+pub const ADDR_FILTER_ENTRIES: u32 = 2 * ADDR_FILTER_WORDS;
+
+/// Element of `ADDR_FILTER` and bit in it for `addr_be` in `set`.
+#[inline(always)]
+pub const fn addr_filter_bit(set: u32, addr_be: u32) -> (u32, u64) {
+    let h = crate::hash::fmix32(addr_be) >> 16;
+    ((set & 1) * ADDR_FILTER_WORDS + h / 64, 1u64 << (h % 64))
+}
 
 /// Per-service and per-backend traffic counters (per CPU in the maps).
 #[repr(C)]
@@ -377,4 +446,6 @@ mod pod {
     unsafe impl aya::Pod for VipInfo {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for CachedHop {}
+    unsafe impl aya::Pod for ServiceSlot {}
 }

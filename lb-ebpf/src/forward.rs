@@ -1,4 +1,5 @@
-//! Sending a packet on: next hop from the kernel FIB, then TX or redirect.
+//! Sending a packet on: next hop from the kernel FIB (or the copy of its
+//! answer cached per backend, per CPU, or per NAT flow), then TX or redirect.
 //!
 //! The next hop is decided *before* any rewrite, so a packet that cannot be
 //! sent (no route, too big) is still the packet its sender sent: it is
@@ -13,9 +14,9 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::Reason;
+use lb_common::{CachedHop, Reason};
 
-use crate::{icmp, neigh, parse::Packet};
+use crate::{icmp, maps, neigh, parse::Packet};
 
 const AF_INET: u8 = 2;
 
@@ -25,6 +26,8 @@ pub enum NextHop {
         ifindex: u32,
         smac: [u8; 6],
         dmac: [u8; 6],
+        /// The route's MTU (0 if the kernel did not say).
+        mtu: u16,
     },
     /// Route known, neighbour not resolved (yet): out of `ifindex` via
     /// `next_hop_be`.
@@ -60,6 +63,9 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, src_be: u32, dst_be: u32) -> Nex
             ifindex: p.ifindex,
             smac: p.smac,
             dmac: p.dmac,
+            // SAFETY: on success the kernel writes the route's MTU into the
+            // union (since 5.12), over the length we passed in.
+            mtu: unsafe { p.__bindgen_anon_1.mtu_result },
         },
         // The kernel fills in the egress interface and the next hop (gateway
         // or destination) before it looks for the neighbour.
@@ -74,6 +80,66 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, src_be: u32, dst_be: u32) -> Nex
         },
         _ => NextHop::Failed,
     }
+}
+
+/// [`next_hop`], answered from `cache` when it holds the FIB's answer of
+/// the current generation for a packet like this one (same ingress, fits
+/// the MTU); otherwise asked of the FIB, and a found hop cached. The
+/// generation is read before the lookup, so an answer the daemon
+/// invalidates while it is being made is stored already stale.
+#[inline(always)]
+pub fn next_hop_via(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src_be: u32,
+    dst_be: u32,
+    cache: Option<*mut CachedHop>,
+) -> NextHop {
+    let generation = maps::hop_generation();
+    let in_ifindex = ctx.ingress_ifindex() as u32;
+    if let Some(c) = cache {
+        // SAFETY: a map value pointer; ours alone (per-CPU, or the flow's
+        // reverse entry, written by the CPU its replies arrive on).
+        let h = unsafe { *c };
+        if h.generation == generation
+            && h.mtu != 0
+            && h.in_ifindex == in_ifindex
+            && pkt.ip_len <= h.mtu
+        {
+            return NextHop::Found {
+                ifindex: h.ifindex,
+                smac: h.smac,
+                dmac: h.dmac,
+                mtu: h.mtu,
+            };
+        }
+    }
+    let hop = next_hop(ctx, pkt, src_be, dst_be);
+    if let (
+        Some(c),
+        NextHop::Found {
+            ifindex,
+            smac,
+            dmac,
+            mtu,
+        },
+    ) = (cache, &hop)
+        && *mtu != 0
+    {
+        // SAFETY: as above.
+        unsafe {
+            *c = CachedHop {
+                generation,
+                in_ifindex,
+                ifindex: *ifindex,
+                smac: *smac,
+                dmac: *dmac,
+                mtu: *mtu,
+                _pad: [0; 6],
+            }
+        };
+    }
+    hop
 }
 
 /// Rewrite the Ethernet addresses and send out of `ifindex`.
@@ -116,6 +182,7 @@ pub fn decide(ctx: &XdpContext, pkt: &Packet, hop: NextHop) -> Result<Go, (u32, 
             ifindex,
             smac,
             dmac,
+            ..
         } => Ok(Go::Send {
             ifindex,
             smac,
@@ -153,10 +220,18 @@ pub fn go(ctx: &XdpContext, pkt: &Packet, go: Go, ok: Reason) -> (u32, Reason) {
     }
 }
 
+/// The next hop from a client towards backend `backend_id`, through the
+/// CPU's cache for that backend.
+#[inline(always)]
+pub fn to_backend_hop(ctx: &XdpContext, pkt: &Packet, backend_id: u32, backend_be: u32) -> NextHop {
+    let cache = maps::HOP_CACHE.get_ptr_mut(backend_id);
+    next_hop_via(ctx, pkt, pkt.src_be, backend_be, cache)
+}
+
 /// DSR: only the MACs change; the backend holds the VIP itself.
 #[inline(always)]
-pub fn dsr(ctx: &XdpContext, pkt: &Packet, backend_be: u32) -> (u32, Reason) {
-    match decide(ctx, pkt, next_hop(ctx, pkt, pkt.src_be, backend_be)) {
+pub fn dsr(ctx: &XdpContext, pkt: &Packet, backend_id: u32, backend_be: u32) -> (u32, Reason) {
+    match decide(ctx, pkt, to_backend_hop(ctx, pkt, backend_id, backend_be)) {
         Ok(g) => go(ctx, pkt, g, Reason::FwdDsr),
         Err(v) => v,
     }

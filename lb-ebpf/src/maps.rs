@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
-    BPF_F_MMAPABLE, Backend, FLOW_EVENTS_BYTES, FlowEvent, FlowKey, FlowValue, MAX_BACKENDS,
-    MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS, NatReverse, REASON_COUNT, RING_ENTRIES,
-    SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, Settings, Traffic, VipInfo,
+    ADDR_FILTER_ENTRIES, BPF_F_MMAPABLE, Backend, CachedHop, FLOW_EVENTS_BYTES, FlowEvent, FlowKey,
+    FlowValue, MAX_BACKENDS, MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS, NatReverse,
+    REASON_COUNT, RING_ENTRIES, SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, ServiceSlot,
+    Settings, Traffic, VipInfo, addr_filter_bit,
 };
 
 use crate::parse::Packet;
@@ -49,6 +50,51 @@ pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
 /// Flow events the ring buffer had no room for (the daemon fell behind).
 #[map]
 pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The benchmark's second baseline program's own tables (not pinned, never
+/// filled by the daemon).
+#[map]
+pub static BASELINE_SERVICES: HashMap<ServiceKey, ServiceInfo> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);
+#[map]
+pub static BASELINE_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1024, 0);
+
+/// The service entries by id, with their keys (see `ServiceSlot`).
+#[map]
+pub static SERVICE_SLOTS: Array<ServiceSlot> = Array::with_max_entries(MAX_SERVICES, 0);
+/// Which addresses may be VIPs (as destination) or backends (as source):
+/// bit sets the daemon keeps a superset of (see `lb_common::addr_filter_bit`).
+#[map]
+pub static ADDR_FILTER: Array<u64> = Array::with_max_entries(ADDR_FILTER_ENTRIES, 0);
+/// Next hop towards each backend, per CPU (each CPU fills its own: no torn
+/// reads), indexed by backend id.
+#[map]
+pub static HOP_CACHE: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+/// One entry: the generation cached next hops must carry to be used.
+#[map]
+pub static HOP_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether `addr_be` may be in filter set `set` (false: certainly not).
+/// An array read the verifier inlines: no helper call.
+#[inline(always)]
+pub fn may_be(set: u32, addr_be: u32) -> bool {
+    let (word, bit) = addr_filter_bit(set, addr_be);
+    ADDR_FILTER.get(word).is_some_and(|w| *w & bit != 0)
+}
+
+/// The service with id `id`, if it still serves what `pkt` addresses.
+#[inline(always)]
+pub fn service_by_id(id: u32, pkt: &Packet) -> Option<ServiceInfo> {
+    let s = SERVICE_SLOTS.get(id)?;
+    let k = &s.key;
+    (k.vip_be == pkt.dst_be && k.port_be == pkt.dport_be && k.proto == pkt.proto && s.info.id == id)
+        .then_some(s.info)
+}
+
+#[inline(always)]
+pub fn hop_generation() -> u32 {
+    HOP_GENERATION.get(0).copied().unwrap_or(0)
+}
 
 #[inline(always)]
 pub fn settings() -> Settings {
@@ -102,8 +148,9 @@ pub fn service(pkt: &Packet) -> Option<ServiceInfo> {
     unsafe { SERVICES.get(key).copied() }
 }
 
+/// The reverse-NAT entry of a backend's reply, in place (its next-hop
+/// cache is written through the pointer).
 #[inline(always)]
-pub fn nat_reverse(pkt: &Packet) -> Option<NatReverse> {
-    // SAFETY: as above.
-    unsafe { NAT_REVERSE.get(flow_key(pkt)).copied() }
+pub fn nat_reverse(pkt: &Packet) -> Option<*mut NatReverse> {
+    NAT_REVERSE.get_ptr_mut(flow_key(pkt))
 }

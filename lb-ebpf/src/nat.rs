@@ -3,7 +3,7 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    Backend, FLOW_F_CLOSING, FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED,
+    Backend, CachedHop, FLOW_F_CLOSING, FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED,
     FLOW_F_REPLIED, FLOW_F_SYN, FlowKey, NatReverse, PROTO_TCP, Reason, SERVICE_F_REDISPATCH,
     ServiceInfo, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN, csum,
 };
@@ -11,7 +11,7 @@ use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
     fault,
-    forward::{decide, go, next_hop},
+    forward::{decide, go, next_hop_via, to_backend_hop},
     maps::{FLOWS, NAT_REVERSE},
     parse::{L4_OFF, Packet, ptr_at},
 };
@@ -90,9 +90,10 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, side: Side, addr_be: u32, port_be: u1
     true
 }
 
-/// Forward a client packet to its backend with destination NAT and remember
-/// how to translate the backend's replies. The next hop is looked up first:
-/// a packet that cannot go on is left as its sender sent it.
+/// Forward a client packet to its backend with destination NAT; for a new
+/// flow entry, remember how to translate the backend's replies. The next
+/// hop is looked up before the rewrite: a packet that cannot go on is left
+/// as its sender sent it.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
@@ -100,12 +101,21 @@ pub fn forward(
     svc: &ServiceInfo,
     backend_id: u32,
     backend: &Backend,
+    new_flow: bool,
 ) -> (u32, Reason) {
-    let g = match decide(ctx, pkt, next_hop(ctx, pkt, pkt.src_be, backend.addr_be)) {
+    // With the flow entry (which exists whether or not this packet can go
+    // on), so a later packet of the flow finds its replies translated.
+    if new_flow {
+        remember_reply(pkt, svc, backend_id, backend);
+    }
+    let g = match decide(
+        ctx,
+        pkt,
+        to_backend_hop(ctx, pkt, backend_id, backend.addr_be),
+    ) {
         Ok(g) => g,
         Err(v) => return v,
     };
-    remember_reply(pkt, svc, backend_id, backend);
     if !rewrite(
         ctx,
         pkt,
@@ -118,7 +128,9 @@ pub fn forward(
     go(ctx, pkt, g, Reason::FwdNat)
 }
 
-/// Store how the backend's replies to this flow are translated back.
+/// Store how the backend's replies to this flow are translated back: when
+/// the flow entry was (re)created. Replies keep the entry fresh in its LRU
+/// table, so established packets need not touch it.
 #[inline(always)]
 fn remember_reply(pkt: &Packet, svc: &ServiceInfo, backend_id: u32, backend: &Backend) {
     let reply = FlowKey {
@@ -136,14 +148,13 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, backend_id: u32, backend: &Ba
         _pad: 0,
         service_id: svc.id,
         backend_id,
+        hop: CachedHop::default(),
     };
-    // SAFETY: copied out at once.
-    let known = unsafe { NAT_REVERSE.get(reply) }.is_some_and(|r| *r == rev);
-    if !known {
-        // On failure the reply passes untranslated to the kernel; nothing
-        // better can be done without memory.
-        let _ = NAT_REVERSE.insert(reply, rev, 0);
-    }
+    // Written without looking first: the entry is new with its flow (an
+    // overwritten one of a reused 4-tuple only loses its cached next hop).
+    // On failure the reply passes untranslated to the kernel; nothing
+    // better can be done without memory.
+    let _ = NAT_REVERSE.insert(reply, rev, 0);
 }
 
 /// What a backend's TCP reply says about its connection.
@@ -213,8 +224,14 @@ pub fn track_reply(pkt: &Packet, rev: &NatReverse) -> Reply {
 
 /// Translate a backend's reply back to the VIP and forward it to the client.
 #[inline(always)]
-pub fn reverse(ctx: &XdpContext, pkt: &Packet, rev: &NatReverse) -> (u32, Reason) {
-    let g = match decide(ctx, pkt, next_hop(ctx, pkt, rev.vip_be, pkt.dst_be)) {
+pub fn reverse(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    rev: &NatReverse,
+    hop: *mut CachedHop,
+) -> (u32, Reason) {
+    let hop = next_hop_via(ctx, pkt, rev.vip_be, pkt.dst_be, Some(hop));
+    let g = match decide(ctx, pkt, hop) {
         Ok(g) => g,
         Err(v) => return v,
     };

@@ -47,6 +47,8 @@ pub struct Choice {
     pub syn_retransmit: bool,
     /// A TCP packet without SYN that found no flow.
     pub midstream: bool,
+    /// The flow entry was written (new, or moved to another backend).
+    pub created: bool,
 }
 
 /// Flow-state bits a client packet sets (on TCP).
@@ -64,16 +66,21 @@ fn client_flags(pkt: &Packet) -> u8 {
 }
 
 /// The backend this packet's flow goes to; a new connection is scheduled and
-/// pinned first. `None` when the service has no backend.
+/// pinned first. `found`: the packet's flow-table entry, looked up by the
+/// caller. `None` when the service has no backend.
 #[inline(always)]
-pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<Choice> {
+pub fn flow_backend(
+    pkt: &Packet,
+    svc: &ServiceInfo,
+    found: Option<*mut FlowValue>,
+) -> Option<Choice> {
     let key = flow_key(pkt);
     let syn = pkt.is_syn();
     // A retried SYN of a connection that must go elsewhere keeps its ISN and
     // is not a new connection.
     let mut moving: Option<FlowValue> = None;
     let mut exclude = u32::MAX;
-    if let Some(v) = FLOWS.get_ptr_mut(key) {
+    if let Some(v) = found {
         // SAFETY: a pointer into the map value; other CPUs may write its
         // flags at the same time, which at worst loses one flag update.
         let f = unsafe { *v };
@@ -139,6 +146,7 @@ pub fn flow_backend(pkt: &Packet, svc: &ServiceInfo) -> Option<Choice> {
         connection: moving.is_none() && (syn || !pkt.is_tcp()),
         syn_retransmit: false,
         midstream: pkt.is_tcp() && !syn,
+        created: true,
     })
 }
 
@@ -150,6 +158,7 @@ fn pinned(backend_id: u32, backend: Backend, syn_retransmit: bool) -> Choice {
         connection: false,
         syn_retransmit,
         midstream: false,
+        created: false,
     }
 }
 

@@ -134,6 +134,24 @@ protocol = "tcp"
 scheduler = "round_robin"
 forwarding = "nat"
 backend = [{ address = "203.0.113.50", port = 8080 }]
+
+[[service]]
+name = "dsr-source"
+vip = "192.0.2.10"
+port = 8000
+protocol = "tcp"
+scheduler = "source_hash"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.11", port = 8000 }, { address = "203.0.113.12", port = 8000 }]
+
+[[service]]
+name = "nat-source"
+vip = "192.0.2.23"
+port = 80
+protocol = "tcp"
+scheduler = "source_hash"
+forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
 "#;
 
 const DSR_VIP: [u8; 4] = [192, 0, 2, 10];

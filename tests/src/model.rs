@@ -603,6 +603,26 @@ impl Model {
                         },
                     };
                     self.flows.insert(p.t, flow);
+                    // NAT: how replies are translated is stored with the
+                    // flow entry, whether or not this packet can go on.
+                    if svc.nat {
+                        let reply = Tuple {
+                            src: b.addr,
+                            dst: p.t.src,
+                            sport: b.port,
+                            dport: p.t.sport,
+                            proto: p.t.proto,
+                        };
+                        let rev = NatReply {
+                            vip: p.t.dst,
+                            vport: p.t.dport,
+                            redispatch: svc.redispatch,
+                            backend_id: bid,
+                        };
+                        if self.nat.insert(reply, rev).is_none() {
+                            self.nat_order.push(reply);
+                        }
+                    }
                     let connection = moving.is_none() && (syn || !p.tcp());
                     (bid, b, connection, false, p.tcp() && !syn)
                 }
@@ -621,26 +641,9 @@ impl Model {
         } else {
             Reason::FwdDsr
         };
-        let redispatch = svc.redispatch;
         let hop = fib(self.links, b.addr, p.tot_len);
-        let e = self.deliver(f, p, hop, ok, |m, out| {
+        let e = self.deliver(f, p, hop, ok, |_, out| {
             if svc.nat {
-                let reply = Tuple {
-                    src: b.addr,
-                    dst: p.t.src,
-                    sport: b.port,
-                    dport: p.t.sport,
-                    proto: p.t.proto,
-                };
-                let rev = NatReply {
-                    vip: p.t.dst,
-                    vport: p.t.dport,
-                    redispatch,
-                    backend_id: bid,
-                };
-                if m.nat.insert(reply, rev).is_none() {
-                    m.nat_order.push(reply);
-                }
                 out[30..34].copy_from_slice(&b.addr);
                 out[36..38].copy_from_slice(&b.port.to_be_bytes());
                 out[22] -= 1; // TTL: NAT routes

@@ -164,6 +164,9 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
     let mut dp = BpfDataplane::new(&mut ebpf)?;
     let counters = Counters::new(&mut ebpf)?;
     let census = FlowCensus::start(&mut ebpf, Duration::from_secs(1))?;
+    // Cached next hops follow the kernel's routes and neighbours.
+    let _hops = crate::net::HopInvalidator::start(bpf::hop_generation(&ebpf)?)
+        .context("watching routes and neighbours")?;
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let mut control = Control::new(config.clone());
     if loaded.adopted {

@@ -175,6 +175,7 @@ impl SyncIndex {
                     _pad: 0,
                     service_id: svc.id,
                     backend_id,
+                    hop: Default::default(),
                 },
             )
         });

@@ -1,12 +1,15 @@
 //! What the daemon asks of the kernel's network stack, over one rtnetlink
 //! client (its request/ACK handling is the crate's): routes and the DSR
 //! probes' policy rules (`route.rs`), managed neighbour entries
-//! (`neigh.rs`), the addresses an HA MASTER owns (`address.rs`).
+//! (`neigh.rs`), the addresses an HA MASTER owns (`address.rs`); and, on a
+//! socket of its own, the change events that invalidate the data path's
+//! cached next hops (`watch.rs`).
 
 mod address;
 pub mod link;
 mod neigh;
 mod route;
+mod watch;
 
 use std::net::Ipv4Addr;
 
@@ -15,6 +18,7 @@ pub use neigh::{Ensured, NEIGH_PROTOCOL};
 pub use route::{PolicyRoute, Route};
 use rtnetlink::Handle;
 use tokio::task::JoinHandle;
+pub use watch::{HopInvalidator, REFRESH as HOP_REFRESH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

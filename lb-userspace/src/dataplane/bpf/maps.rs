@@ -1,12 +1,13 @@
-//! The configuration maps (services, backends, rings) as a
-//! [`Dataplane`], and reading them back (adoption after a restart).
+//! The configuration maps (services, backends, rings, VIPs, and what the
+//! data path derives from them: service slots by id, the address filter)
+//! as a [`Dataplane`], and reading them back (adoption after a restart).
 //!
 //! The ring array is memory-mapped (`BPF_F_MMAPABLE`): a whole ring of 65537
 //! slots is written with one copy instead of 65537 syscalls, into the half
 //! its service does not use, and goes live with one service update.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
@@ -15,7 +16,8 @@ use aya::{
     maps::{Array, HashMap, IterableMap as _, MapData},
 };
 use lb_common::{
-    Backend, RING_ENTRIES, RING_SIZE, ServiceInfo, ServiceKey, VipInfo, names, ring_word,
+    ADDR_FILTER_ENTRIES, Backend, FILTER_BACKENDS, FILTER_VIPS, RING_ENTRIES, RING_SIZE,
+    ServiceInfo, ServiceKey, ServiceSlot, VipInfo, addr_filter_bit, names, ring_word,
 };
 
 use super::{BpfError, error_chain, take};
@@ -95,21 +97,95 @@ impl Drop for RingMemory {
     }
 }
 
+/// The address filter (`ADDR_FILTER`) and the addresses behind it: a
+/// bit stays set while any address that hashes to it is a VIP (set 0) or a
+/// backend (set 1). A bit is set before the address is used and cleared
+/// after it is gone, so the data path never misses a VIP or a NAT reply.
+struct AddrFilter {
+    map: Array<MapData, u64>,
+    vips: BTreeSet<u32>,
+    /// Backend addresses by backend id.
+    backends: BTreeMap<u32, u32>,
+}
+
+impl AddrFilter {
+    /// Rewrite the filter word holding `addr_be`'s bit in `set` from the
+    /// addresses now in that set.
+    fn refresh(&mut self, set: u32, addr_be: u32) -> Result<(), DataplaneError> {
+        let (word, _) = addr_filter_bit(set, addr_be);
+        let addrs: Box<dyn Iterator<Item = &u32>> = if set == FILTER_VIPS {
+            Box::new(self.vips.iter())
+        } else {
+            Box::new(self.backends.values())
+        };
+        let value = addrs
+            .map(|a| addr_filter_bit(set, *a))
+            .filter(|(w, _)| *w == word)
+            .fold(0u64, |acc, (_, bit)| acc | bit);
+        self.map
+            .set(word, value, 0)
+            .map_err(map_err("update", names::ADDR_FILTER))
+    }
+
+    /// Write every word from the address sets (start-up, adoption).
+    fn rewrite_all(&mut self) -> Result<(), DataplaneError> {
+        let mut words = vec![0u64; ADDR_FILTER_ENTRIES as usize];
+        for a in &self.vips {
+            let (w, bit) = addr_filter_bit(FILTER_VIPS, *a);
+            words[w as usize] |= bit;
+        }
+        for a in self.backends.values() {
+            let (w, bit) = addr_filter_bit(FILTER_BACKENDS, *a);
+            words[w as usize] |= bit;
+        }
+        for (i, v) in words.into_iter().enumerate() {
+            self.map
+                .set(i as u32, v, 0)
+                .map_err(map_err("update", names::ADDR_FILTER))?;
+        }
+        Ok(())
+    }
+}
+
 /// The configuration maps, owned.
 pub struct BpfDataplane {
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
+    slots: Array<MapData, ServiceSlot>,
     backends: Array<MapData, Backend>,
     ring: RingMemory,
     vips: HashMap<MapData, u32, VipInfo>,
+    filter: AddrFilter,
 }
 
 impl BpfDataplane {
+    /// Take the maps; the address filter is rebuilt from the VIPs and
+    /// backends they hold (empty, or a previous daemon's).
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        let vips: HashMap<MapData, u32, VipInfo> = take(ebpf, names::VIPS)?;
+        let backends: Array<MapData, Backend> = take(ebpf, names::BACKENDS)?;
+        let err = |name| move |source| BpfError::Map { name, source };
+        let mut filter = AddrFilter {
+            map: take(ebpf, names::ADDR_FILTER)?,
+            vips: BTreeSet::new(),
+            backends: BTreeMap::new(),
+        };
+        for k in vips.keys() {
+            filter.vips.insert(k.map_err(err(names::VIPS))?);
+        }
+        for id in 0..lb_common::MAX_BACKENDS {
+            let b = backends.get(&id, 0).map_err(err(names::BACKENDS))?;
+            if b.addr_be != 0 {
+                filter.backends.insert(id, b.addr_be);
+            }
+        }
+        filter.rewrite_all()?;
         Ok(Self {
             services: take(ebpf, names::SERVICES)?,
-            backends: take(ebpf, names::BACKENDS)?,
+            slots: take(ebpf, names::SERVICE_SLOTS)?,
+            backends,
             ring: RingMemory::map(take(ebpf, names::BACKEND_RING)?)?,
-            vips: take(ebpf, names::VIPS)?,
+            vips,
+            filter,
         })
     }
 }
@@ -160,6 +236,9 @@ fn map_err(
 
 impl Dataplane for BpfDataplane {
     fn set_vip(&mut self, addr_be: u32, info: VipInfo) -> Result<(), DataplaneError> {
+        if self.filter.vips.insert(addr_be) {
+            self.filter.refresh(FILTER_VIPS, addr_be)?;
+        }
         self.vips
             .insert(addr_be, info, 0)
             .map_err(map_err("update", names::VIPS))
@@ -168,12 +247,32 @@ impl Dataplane for BpfDataplane {
         match self.vips.remove(&addr_be) {
             Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             r => r.map_err(map_err("delete", names::VIPS)),
+        }?;
+        if self.filter.vips.remove(&addr_be) {
+            self.filter.refresh(FILTER_VIPS, addr_be)?;
         }
+        Ok(())
     }
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), DataplaneError> {
+        // The new address is in the filter before the entry names it; the
+        // old one leaves it after.
+        let old = self.filter.backends.get(&id).copied();
+        if backend.addr_be != 0 && old != Some(backend.addr_be) {
+            self.filter.backends.insert(id, backend.addr_be);
+            self.filter.refresh(FILTER_BACKENDS, backend.addr_be)?;
+        }
         self.backends
             .set(id, backend, 0)
-            .map_err(map_err("update", names::BACKENDS))
+            .map_err(map_err("update", names::BACKENDS))?;
+        if let Some(old) = old
+            && old != backend.addr_be
+        {
+            if backend.addr_be == 0 {
+                self.filter.backends.remove(&id);
+            }
+            self.filter.refresh(FILTER_BACKENDS, old)?;
+        }
+        Ok(())
     }
     fn write_ring(
         &mut self,
@@ -191,12 +290,28 @@ impl Dataplane for BpfDataplane {
         self.ring.write(service_id, half, ring);
         Ok(())
     }
+    /// The slot by id first, then the hash entry: both say the same, and
+    /// a packet may use either while the other is being written (the ring
+    /// halves they name are both valid until the next grace period).
     fn set_service(&mut self, key: ServiceKey, info: ServiceInfo) -> Result<(), DataplaneError> {
+        self.slots
+            .set(info.id, ServiceSlot { key, info }, 0)
+            .map_err(map_err("update", names::SERVICE_SLOTS))?;
         self.services
             .insert(key, info, 0)
             .map_err(map_err("update", names::SERVICES))
     }
+    /// The slot first (unless a new service took its id), so established
+    /// flows stop finding the service by id before it goes from the hash.
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError> {
+        if let Ok(info) = self.services.get(&key, 0)
+            && let Ok(slot) = self.slots.get(&info.id, 0)
+            && slot.key == key
+        {
+            self.slots
+                .set(info.id, ServiceSlot::default(), 0)
+                .map_err(map_err("update", names::SERVICE_SLOTS))?;
+        }
         self.services
             .remove(&key)
             .map_err(map_err("delete", names::SERVICES))

@@ -52,6 +52,8 @@ pub enum BpfError {
     Dup(&'static str, std::io::Error),
     #[error("mapping the ring array into memory: {0}")]
     Mmap(std::io::Error),
+    #[error(transparent)]
+    Write(#[from] crate::dataplane::DataplaneError),
 }
 
 /// An error and its causes on one line.
@@ -85,6 +87,11 @@ pub(crate) fn dup_fd(ebpf: &Ebpf, name: &'static str) -> Result<std::os::fd::Own
     std::os::fd::AsFd::as_fd(data.fd())
         .try_clone_to_owned()
         .map_err(|e| BpfError::Dup(name, e))
+}
+
+/// A handle on the next-hop generation (for `net::HopInvalidator`).
+pub fn hop_generation(ebpf: &Ebpf) -> Result<aya::maps::Array<aya::maps::MapData, u32>, BpfError> {
+    again(ebpf, lb_common::names::HOP_GENERATION)
 }
 
 /// A second handle on map `name`, leaving the first where it is.
