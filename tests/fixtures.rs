@@ -280,6 +280,54 @@ fn passive_signals_and_the_all_down_policy() {
     );
 }
 
+/// least_conn's estimate counts a connection from its SYN until the first
+/// FIN or RST either side sends, once; a retransmitted SYN does not count
+/// again; a new connection replacing an open one on the same 4-tuple takes
+/// the old one's place.
+#[test]
+fn least_conn_counts_connections_from_syn_to_fin_or_rst() {
+    if !require_root("least_conn_counts_connections_from_syn_to_fin_or_rst") {
+        return;
+    }
+    let mut fx = lab();
+    let vip = [192, 0, 2, 24];
+    let ids = [
+        fx.backend_id("nat-lc", [203, 0, 113, 11]),
+        fx.backend_id("nat-lc", [203, 0, 113, 12]),
+    ];
+    let total = |fx: &Lab| ids.iter().map(|i| fx.conns(*i)).sum::<u64>();
+    let go = |fx: &mut Lab, f: Vec<u8>| {
+        let (action, out) = fx.run(&f);
+        assert_eq!(action, XDP_REDIRECT);
+        out
+    };
+    let b = dst_of(&go(&mut fx, client_tcp(vip, 47000, 100, SYN)));
+    assert_eq!(total(&fx), 1, "a SYN opens");
+    assert_eq!(fx.conns(fx.backend_id("nat-lc", b)), 1, "on its backend");
+    go(&mut fx, client_tcp(vip, 47000, 100, SYN));
+    assert_eq!(total(&fx), 1, "a retransmitted SYN is the same connection");
+    go(&mut fx, client_tcp(vip, 47000, 101, ACK));
+    go(&mut fx, client_tcp(vip, 47000, 101, FIN | ACK));
+    assert_eq!(total(&fx), 0, "the client's FIN closes");
+    go(&mut fx, client_tcp(vip, 47000, 101, FIN | ACK));
+    go(&mut fx, client_tcp(vip, 47000, 102, RST));
+    assert_eq!(total(&fx), 0, "closed once only");
+    go(&mut fx, client_tcp(vip, 47000, 300, SYN));
+    assert_eq!(total(&fx), 1, "a new connection on the closed 4-tuple");
+    go(&mut fx, client_tcp(vip, 47000, 400, SYN));
+    assert_eq!(total(&fx), 1, "another one replaces the open one");
+    let b = dst_of(&go(&mut fx, client_tcp(vip, 47000, 401, ACK)));
+    go(&mut fx, backend_tcp(b, 47000, SYN | ACK));
+    go(&mut fx, backend_tcp(b, 47000, RST | ACK));
+    assert_eq!(total(&fx), 0, "the backend's RST closes");
+    let b = dst_of(&go(&mut fx, client_tcp(vip, 47000, 500, SYN)));
+    assert_eq!(total(&fx), 1);
+    go(&mut fx, backend_tcp(b, 47000, SYN | ACK));
+    go(&mut fx, client_tcp(vip, 47000, 501, ACK));
+    go(&mut fx, backend_tcp(b, 47000, FIN | ACK));
+    assert_eq!(total(&fx), 0, "the backend's FIN closes");
+}
+
 #[test]
 fn tcp_connections_follow_isn_fin_and_rst() {
     if !require_root("tcp_connections_follow_isn_fin_and_rst") {

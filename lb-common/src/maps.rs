@@ -50,6 +50,7 @@ pub mod names {
     pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
     pub const SERVICE_SLOTS: &str = "SERVICE_SLOTS";
+    pub const BACKEND_CONNS: &str = "BACKEND_CONNS";
     pub const ADDR_FILTER: &str = "ADDR_FILTER";
     pub const HOP_CACHE: &str = "HOP_CACHE";
     pub const HOP_GENERATION: &str = "HOP_GENERATION";
@@ -80,6 +81,7 @@ pub mod names {
         FLOW_EVENTS,
         EVENTS_LOST,
         SERVICE_SLOTS,
+        BACKEND_CONNS,
         ADDR_FILTER,
         HOP_CACHE,
         HOP_GENERATION,
@@ -89,7 +91,7 @@ pub mod names {
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -121,6 +123,10 @@ pub enum Scheduler {
     /// connection of a client goes to the same backend (session
     /// persistence), and a backend change moves few clients.
     SourceHash = 2,
+    /// Power of two choices: two candidates from the weighted ring (slots
+    /// picked by the flow hash), the one with fewer active connections per
+    /// unit of weight (`BACKEND_CONNS`). TCP only.
+    LeastConn = 3,
 }
 
 /// How a service forwards packets to the chosen backend.
@@ -191,8 +197,11 @@ pub struct Backend {
     /// health and counters are too). Lets a restarted daemon rebuild its ids
     /// from the pinned maps.
     pub service_id: u32,
+    /// Configured weight (least_conn compares connections per weight).
+    pub weight: u16,
+    pub _pad2: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 12);
+const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 
 /// A flow as seen on the wire, in one direction. Key of the flow table
 /// (client -> VIP) and of the reverse-NAT table (backend -> client).
@@ -240,6 +249,9 @@ pub const FLOW_F_REFUSED: u8 = 16;
 /// NAT: this connection attempt was redispatched once already; a second
 /// refusal reaches the client.
 pub const FLOW_F_REDISPATCHED: u8 = 32;
+/// least_conn: this connection is counted in its backend's
+/// `BACKEND_CONNS` entry (until it closes, moves or is replaced).
+pub const FLOW_F_COUNTED: u8 = 64;
 
 /// Value of the reverse-NAT table: the address the client talked to, and
 /// the next hop towards the client (filled by the data path itself).

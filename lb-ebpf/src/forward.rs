@@ -38,7 +38,9 @@ pub enum NextHop {
     Failed,
 }
 
-#[inline(always)]
+/// Out of line (a BPF subprogram): with next hops cached it is the slow
+/// path, and its 64-byte lookup struct stays off the main program's stack.
+#[inline(never)]
 pub fn next_hop(ctx: &XdpContext, pkt: &Packet, src_be: u32, dst_be: u32) -> NextHop {
     // SAFETY: plain-old-data struct; all-zero is a valid starting point.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
@@ -99,19 +101,22 @@ pub fn next_hop_via(
     let in_ifindex = ctx.ingress_ifindex() as u32;
     if let Some(c) = cache {
         // SAFETY: a map value pointer; ours alone (per-CPU, or the flow's
-        // reverse entry, written by the CPU its replies arrive on).
-        let h = unsafe { *c };
-        if h.generation == generation
-            && h.mtu != 0
-            && h.in_ifindex == in_ifindex
-            && pkt.ip_len <= h.mtu
-        {
-            return NextHop::Found {
-                ifindex: h.ifindex,
-                smac: h.smac,
-                dmac: h.dmac,
-                mtu: h.mtu,
-            };
+        // reverse entry, written by the CPU its replies arrive on). Fields
+        // are read and written one by one: a whole-struct copy would take
+        // 32 bytes of the main program's stack.
+        unsafe {
+            if (*c).generation == generation
+                && (*c).mtu != 0
+                && (*c).in_ifindex == in_ifindex
+                && pkt.ip_len <= (*c).mtu
+            {
+                return NextHop::Found {
+                    ifindex: (*c).ifindex,
+                    smac: (*c).smac,
+                    dmac: (*c).dmac,
+                    mtu: (*c).mtu,
+                };
+            }
         }
     }
     let hop = next_hop(ctx, pkt, src_be, dst_be);
@@ -128,16 +133,13 @@ pub fn next_hop_via(
     {
         // SAFETY: as above.
         unsafe {
-            *c = CachedHop {
-                generation,
-                in_ifindex,
-                ifindex: *ifindex,
-                smac: *smac,
-                dmac: *dmac,
-                mtu: *mtu,
-                _pad: [0; 6],
-            }
-        };
+            (*c).generation = generation;
+            (*c).in_ifindex = in_ifindex;
+            (*c).ifindex = *ifindex;
+            (*c).smac = *smac;
+            (*c).dmac = *dmac;
+            (*c).mtu = *mtu;
+        }
     }
     hop
 }

@@ -96,44 +96,63 @@ fn error(ctx: &XdpContext, icmp_type: u8, code: u8, mtu: u16) -> bool {
         return drop;
     };
 
-    let mut h = [0u8; ETH_LEN + GROW];
-    h[0..6].copy_from_slice(&sender_mac);
-    h[6..12].copy_from_slice(&our_mac);
-    h[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    // IPv4: no options, no fragmentation, TTL 64.
-    let ip_off = ETH_LEN;
-    h[ip_off] = 0x45;
-    h[ip_off + 1] = TOS_INTERNETWORK_CONTROL;
-    h[ip_off + 2..ip_off + 4].copy_from_slice(&((GROW + QUOTE_LEN) as u16).to_be_bytes());
-    h[ip_off + 8] = 64;
-    h[ip_off + 9] = PROTO_ICMP;
-    h[ip_off + 12..ip_off + 16].copy_from_slice(&receiver);
-    h[ip_off + 16..ip_off + 20].copy_from_slice(&sender);
-    let ip_check = !csum::sum_words(&words::<10>(&h, ip_off));
-    h[ip_off + 10..ip_off + 12].copy_from_slice(&ip_check.to_ne_bytes());
-    // ICMP header: type, code, checksum, unused, next-hop MTU.
-    let icmp_off = ETH_LEN + IPV4_LEN;
-    h[icmp_off] = icmp_type;
-    h[icmp_off + 1] = code;
-    h[icmp_off + 6..icmp_off + 8].copy_from_slice(&mtu.to_be_bytes());
-    // SAFETY: `quote` was bounds-checked above.
-    let quoted = unsafe { core::ptr::read_unaligned(quote) };
-    let header_sum = csum::sum_words(&words::<4>(&h, icmp_off)) as u32;
-    let icmp_check = !csum::fold(header_sum + csum::sum_words(&quoted) as u32);
-    h[icmp_off + 2..icmp_off + 4].copy_from_slice(&icmp_check.to_ne_bytes());
-    // SAFETY: `head` was bounds-checked above.
-    unsafe { core::ptr::write_unaligned(head, h) };
+    // Written straight into the frame (a local copy of the headers would
+    // take this subprogram's stack, which adds to the main program's within
+    // one 512-byte limit).
+    let h = head.cast::<u8>();
+    // SAFETY: `head` covers ETH_LEN + GROW bytes, bounds-checked above;
+    // every offset below is a constant inside it.
+    unsafe {
+        core::ptr::write_bytes(h, 0, ETH_LEN + GROW);
+        core::ptr::copy_nonoverlapping(sender_mac.as_ptr(), h, 6);
+        core::ptr::copy_nonoverlapping(our_mac.as_ptr(), h.add(6), 6);
+        put(h, 12, &0x0800u16.to_be_bytes());
+        // IPv4: no options, no fragmentation, TTL 64.
+        let ip_off = ETH_LEN;
+        *h.add(ip_off) = 0x45;
+        *h.add(ip_off + 1) = TOS_INTERNETWORK_CONTROL;
+        put(h, ip_off + 2, &((GROW + QUOTE_LEN) as u16).to_be_bytes());
+        *h.add(ip_off + 8) = 64;
+        *h.add(ip_off + 9) = PROTO_ICMP;
+        core::ptr::copy_nonoverlapping(receiver.as_ptr(), h.add(ip_off + 12), 4);
+        core::ptr::copy_nonoverlapping(sender.as_ptr(), h.add(ip_off + 16), 4);
+        let ip_check = !csum::fold(sum_at(h, ip_off, IPV4_LEN / 2));
+        put(h, ip_off + 10, &ip_check.to_ne_bytes());
+        // ICMP header: type, code, checksum, unused, next-hop MTU.
+        let icmp_off = ETH_LEN + IPV4_LEN;
+        *h.add(icmp_off) = icmp_type;
+        *h.add(icmp_off + 1) = code;
+        put(h, icmp_off + 6, &mtu.to_be_bytes());
+        // The quote is summed where it lies, like the headers.
+        let sum = sum_at(h, icmp_off, ICMP_LEN / 2) + sum_at(quote.cast(), 0, QUOTE_LEN / 2);
+        put(h, icmp_off + 2, &(!csum::fold(sum)).to_ne_bytes());
+    }
     true
 }
 
-/// `N` 16-bit words of `bytes` from `off`, as they sit in the packet.
+/// Write two bytes at `off`.
+///
+/// # Safety
+/// `p + off .. p + off + 2` must be inside the frame.
 #[inline(always)]
-fn words<const N: usize>(bytes: &[u8; ETH_LEN + GROW], off: usize) -> [u16; N] {
-    let mut w = [0u16; N];
+unsafe fn put(p: *mut u8, off: usize, b: &[u8; 2]) {
+    // SAFETY: the caller's promise.
+    unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), p.add(off), 2) };
+}
+
+/// One's-complement sum (unfolded) of `n` 16-bit words from `p + off`, as
+/// they sit in the frame.
+///
+/// # Safety
+/// `p + off .. p + off + 2n` must be inside the frame.
+#[inline(always)]
+unsafe fn sum_at(p: *const u8, off: usize, n: usize) -> u32 {
+    let mut sum = 0u32;
     let mut i = 0;
-    while i < N {
-        w[i] = u16::from_ne_bytes([bytes[off + 2 * i], bytes[off + 2 * i + 1]]);
+    while i < n {
+        // SAFETY: the caller's promise.
+        sum += unsafe { core::ptr::read_unaligned(p.add(off + 2 * i).cast::<u16>()) } as u32;
         i += 1;
     }
-    w
+    sum
 }

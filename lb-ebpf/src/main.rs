@@ -7,6 +7,9 @@
 //! translated back to the VIP. Every verdict is counted under a `Reason`.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: least_conn's connection counters (see `maps::add_conns`).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod fault;
 mod forward;
@@ -194,9 +197,9 @@ fn to_backend(
         };
     };
     let (action, reason) = if svc.forwarding == Forwarding::Nat as u8 {
-        nat::forward(ctx, pkt, svc, c.backend_id, &c.backend, c.created)
+        nat::forward(ctx, pkt, svc, &c)
     } else {
-        forward::dsr(ctx, pkt, c.backend_id, c.backend.addr_be)
+        forward::dsr(ctx, pkt, c.backend_id, c.addr_be)
     };
     let sent = matches!(reason, Reason::FwdNat | Reason::FwdDsr);
     stats::count_traffic(svc.id, c.backend_id, sent.then_some(pkt.frame_len), &c);

@@ -51,6 +51,13 @@ pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_BYTES, 0);
 #[map]
 pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// least_conn: active connections per backend id. The data path adds and
+/// subtracts atomically (u64 wrapping: -1 is `u64::MAX`); the daemon resets
+/// each entry from its flow-table census, since flows evicted or silently
+/// dead never close (memory-mapped: it adjusts with atomic adds too).
+#[map]
+pub static BACKEND_CONNS: Array<u64> = Array::with_max_entries(MAX_BACKENDS, BPF_F_MMAPABLE);
+
 /// The benchmark's second baseline program's own tables (not pinned, never
 /// filled by the daemon).
 #[map]
@@ -89,6 +96,29 @@ pub fn service_by_id(id: u32, pkt: &Packet) -> Option<ServiceInfo> {
     let k = &s.key;
     (k.vip_be == pkt.dst_be && k.port_be == pkt.dport_be && k.proto == pkt.proto && s.info.id == id)
         .then_some(s.info)
+}
+
+/// Add `delta` (1 or -1) to backend `id`'s active-connection estimate.
+#[inline(always)]
+pub fn add_conns(id: u32, delta: i64) {
+    if let Some(p) = BACKEND_CONNS.get_ptr_mut(id) {
+        // SAFETY: a map value pointer, 8-byte aligned; every writer on the
+        // data path goes through this atomic add (BPF_ATOMIC | BPF_ADD; the
+        // BPF target's core has no atomic read-modify-write types).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                p,
+                delta as u64,
+            )
+        };
+    }
+}
+
+/// Backend `id`'s active-connection estimate (0 if it went negative).
+#[inline(always)]
+pub fn conns(id: u32) -> u64 {
+    let c = BACKEND_CONNS.get(id).copied().unwrap_or(0);
+    if (c as i64) < 0 { 0 } else { c }
 }
 
 #[inline(always)]

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    Backend, CachedHop, FLOW_F_CLOSING, FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED,
+    CachedHop, FLOW_F_CLOSING, FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED,
     FLOW_F_REPLIED, FLOW_F_SYN, FlowKey, NatReverse, PROTO_TCP, Reason, SERVICE_F_REDISPATCH,
     ServiceInfo, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN, csum,
 };
@@ -14,6 +14,7 @@ use crate::{
     forward::{decide, go, next_hop_via, to_backend_hop},
     maps::{FLOWS, NAT_REVERSE},
     parse::{L4_OFF, Packet, ptr_at},
+    sched::Choice,
 };
 
 /// Which address/port pair of the packet a rewrite touches.
@@ -95,34 +96,17 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, side: Side, addr_be: u32, port_be: u1
 /// hop is looked up before the rewrite: a packet that cannot go on is left
 /// as its sender sent it.
 #[inline(always)]
-pub fn forward(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    svc: &ServiceInfo,
-    backend_id: u32,
-    backend: &Backend,
-    new_flow: bool,
-) -> (u32, Reason) {
+pub fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo, c: &Choice) -> (u32, Reason) {
     // With the flow entry (which exists whether or not this packet can go
     // on), so a later packet of the flow finds its replies translated.
-    if new_flow {
-        remember_reply(pkt, svc, backend_id, backend);
+    if c.created {
+        remember_reply(pkt, svc, c);
     }
-    let g = match decide(
-        ctx,
-        pkt,
-        to_backend_hop(ctx, pkt, backend_id, backend.addr_be),
-    ) {
+    let g = match decide(ctx, pkt, to_backend_hop(ctx, pkt, c.backend_id, c.addr_be)) {
         Ok(g) => g,
         Err(v) => return v,
     };
-    if !rewrite(
-        ctx,
-        pkt,
-        Side::Destination,
-        backend.addr_be,
-        backend.port_be,
-    ) {
+    if !rewrite(ctx, pkt, Side::Destination, c.addr_be, c.port_be) {
         return (xdp_action::XDP_DROP, Reason::DropTruncated);
     }
     go(ctx, pkt, g, Reason::FwdNat)
@@ -132,11 +116,11 @@ pub fn forward(
 /// the flow entry was (re)created. Replies keep the entry fresh in its LRU
 /// table, so established packets need not touch it.
 #[inline(always)]
-fn remember_reply(pkt: &Packet, svc: &ServiceInfo, backend_id: u32, backend: &Backend) {
+fn remember_reply(pkt: &Packet, svc: &ServiceInfo, c: &Choice) {
     let reply = FlowKey {
-        src_be: backend.addr_be,
+        src_be: c.addr_be,
         dst_be: pkt.src_be,
-        sport_be: backend.port_be,
+        sport_be: c.port_be,
         dport_be: pkt.sport_be,
         proto: pkt.proto,
         _pad: [0; 3],
@@ -147,7 +131,7 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, backend_id: u32, backend: &Ba
         service_flags: svc.flags,
         _pad: 0,
         service_id: svc.id,
-        backend_id,
+        backend_id: c.backend_id,
         hop: CachedHop::default(),
     };
     // Written without looking first: the entry is new with its flow (an
@@ -216,6 +200,9 @@ pub fn track_reply(pkt: &Packet, rev: &NatReverse) -> Reply {
         flags |= FLOW_F_REPLIED; // SYN-ACK
     }
     if flags != flow.flags {
+        if flags & FLOW_F_CLOSING != 0 {
+            crate::sched::uncount(flow.flags, flow.backend_id);
+        }
         // SAFETY: as above.
         unsafe { (*v).flags = flags };
     }

@@ -7,17 +7,33 @@
 //! ports repeat within seconds under load, so a 4-tuple alone says nothing).
 
 use lb_common::{
-    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, FLOW_F_CLOSING, FLOW_F_ESTABLISHED,
-    FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN, FlowValue, MAX_BACKENDS, MAX_SERVICES,
-    RING_SIZE, Scheduler, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN,
-    hash::{flow_hash, source_hash},
+    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, FLOW_F_CLOSING, FLOW_F_COUNTED,
+    FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN, FlowValue, MAX_BACKENDS,
+    MAX_SERVICES, RING_SIZE, Scheduler, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST,
+    TCP_FLAG_SYN,
+    hash::{flow_hash, fmix32, source_hash},
     ring_word,
 };
 
 use crate::{
-    maps::{BACKEND_RING, BACKENDS, FLOWS, RR_CURSOR, flow_key, report_flow},
+    maps::{self, BACKEND_RING, BACKENDS, FLOWS, RR_CURSOR, flow_key, report_flow},
     parse::Packet,
 };
+
+/// least_conn: ring slots looked at for a second candidate naming another
+/// backend than the first (a heavy backend fills most of the ring).
+const SECOND_CANDIDATE_PROBES: u32 = 4;
+
+/// A flow leaves its backend's least_conn count: it closed, moved or was
+/// replaced. Only counted flows that have not closed are still counted.
+/// (Flags and backend id by value: a reference would pin the flow copy to
+/// the stack, which the main program has little of.)
+#[inline(always)]
+pub fn uncount(flags: u8, backend_id: u32) {
+    if flags & (FLOW_F_COUNTED | FLOW_F_CLOSING) == FLOW_F_COUNTED {
+        maps::add_conns(backend_id, -1);
+    }
+}
 
 /// Ring slots tried after the first when the first names the backend that
 /// just refused this connection (redispatch).
@@ -39,7 +55,9 @@ fn active_backend(id: u32) -> Option<Backend> {
 /// Where a packet goes, and what it means for the counters.
 pub struct Choice {
     pub backend_id: u32,
-    pub backend: Backend,
+    /// The backend's address and port (network order): all a rewrite needs.
+    pub addr_be: u32,
+    pub port_be: u16,
     /// The packet started a connection (a scheduled SYN; for UDP a new flow).
     pub connection: bool,
     /// A client SYN retransmitted (same ISN) on a connection pinned to a live
@@ -92,6 +110,9 @@ pub fn flow_backend(
                 if active {
                     let flags = f.flags | client_flags(pkt);
                     if flags != f.flags {
+                        if flags & FLOW_F_CLOSING != 0 {
+                            uncount(f.flags, f.backend_id);
+                        }
                         // SAFETY: as above.
                         unsafe { (*v).flags = flags };
                     }
@@ -116,7 +137,14 @@ pub fn flow_backend(
         }
     }
     let (id, backend) = schedule(pkt, svc, exclude)?;
-    let value = match moving {
+    // The entry this one replaces (closed, moved, or of another service)
+    // leaves its backend's count.
+    if let Some(v) = found {
+        // SAFETY: a map value pointer, read at once.
+        let (flags, backend_id) = unsafe { ((*v).flags, (*v).backend_id) };
+        uncount(flags, backend_id);
+    }
+    let mut value = match moving {
         Some(f) => {
             // Refused once (now redispatched), or redispatched before.
             let redispatched = f.flags & (FLOW_F_REFUSED | FLOW_F_REDISPATCHED) != 0;
@@ -136,13 +164,19 @@ pub fn flow_backend(
             _pad: [0; 3],
         },
     };
+    // least_conn counts TCP connections from their SYN until a FIN or RST.
+    if svc.scheduler == Scheduler::LeastConn as u8 && syn {
+        value.flags |= FLOW_F_COUNTED;
+        maps::add_conns(id, 1);
+    }
     // An LRU insert only fails on allocation failure; the packet still goes
     // out, the next one of the flow is scheduled again.
     let _ = FLOWS.insert(key, value, 0);
     report_flow(key, value);
     Some(Choice {
         backend_id: id,
-        backend,
+        addr_be: backend.addr_be,
+        port_be: backend.port_be,
         connection: moving.is_none() && (syn || !pkt.is_tcp()),
         syn_retransmit: false,
         midstream: pkt.is_tcp() && !syn,
@@ -154,7 +188,8 @@ pub fn flow_backend(
 fn pinned(backend_id: u32, backend: Backend, syn_retransmit: bool) -> Choice {
     Choice {
         backend_id,
-        backend,
+        addr_be: backend.addr_be,
+        port_be: backend.port_be,
         connection: false,
         syn_retransmit,
         midstream: false,
@@ -187,6 +222,8 @@ fn schedule(pkt: &Packet, svc: &ServiceInfo, exclude: u32) -> Option<(u32, Backe
         ) % len
     } else if svc.scheduler == Scheduler::SourceHash as u8 {
         source_hash(pkt.src_be) % len
+    } else if svc.scheduler == Scheduler::LeastConn as u8 {
+        least_conn_slot(pkt, svc, len)
     } else {
         let cursor = RR_CURSOR.get_ptr_mut(svc.id)?;
         // SAFETY: per-CPU slot of this service; nothing else writes it while we run.
@@ -211,4 +248,51 @@ fn schedule(pkt: &Packet, svc: &ServiceInfo, exclude: u32) -> Option<(u32, Backe
         }
     }
     Some((first, active_backend(first)?))
+}
+
+/// least_conn's power of two choices: two ring slots from the flow hash
+/// (so CPUs scheduling at once look at different pairs instead of all
+/// rushing the one least-loaded backend). The slot of the backend with fewer
+/// connections per weight wins; a tie goes to the first, which the weighted
+/// ring drew in proportion to weight. Out of line (a BPF subprogram): it
+/// runs only for new least_conn flows, and its locals would otherwise
+/// crowd the main program's 512-byte stack.
+#[inline(never)]
+fn least_conn_slot(pkt: &Packet, svc: &ServiceInfo, len: u32) -> u32 {
+    // (The caller checked; said again so no division by zero is reachable.)
+    if len == 0 {
+        return 0;
+    }
+    let h = flow_hash(
+        pkt.src_be,
+        pkt.dst_be,
+        pkt.sport_be,
+        pkt.dport_be,
+        pkt.proto,
+    );
+    let first = h % len;
+    let Some(a) = ring_slot(svc, first) else {
+        return first;
+    };
+    // The second candidate: a slot drawn by a second hash, or the slots
+    // after it while they name the first's backend (the smooth weighted
+    // ring interleaves backends, so a neighbour usually differs).
+    let start = fmix32(h ^ 0x9e37_79b9) % len;
+    let mut i = 0;
+    while i < SECOND_CANDIDATE_PROBES {
+        let second = (start + i) % len;
+        if let Some(b) = ring_slot(svc, second)
+            && b != a
+        {
+            let (Some(ba), Some(bb)) = (active_backend(a), active_backend(b)) else {
+                return first;
+            };
+            // connections(a) / weight(a) > connections(b) / weight(b)
+            let load_a = maps::conns(a) * bb.weight as u64;
+            let load_b = maps::conns(b) * ba.weight as u64;
+            return if load_b < load_a { second } else { first };
+        }
+        i += 1;
+    }
+    first
 }

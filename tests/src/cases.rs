@@ -145,6 +145,24 @@ forwarding = "dsr"
 backend = [{ address = "203.0.113.11", port = 8000 }, { address = "203.0.113.12", port = 8000 }]
 
 [[service]]
+name = "dsr-lc"
+vip = "192.0.2.10"
+port = 9000
+protocol = "tcp"
+scheduler = "least_conn"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.11", port = 9000, weight = 3 }, { address = "203.0.113.12", port = 9000 }]
+
+[[service]]
+name = "nat-lc"
+vip = "192.0.2.24"
+port = 80
+protocol = "tcp"
+scheduler = "least_conn"
+forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
+
+[[service]]
 name = "nat-source"
 vip = "192.0.2.23"
 port = 80
@@ -175,6 +193,13 @@ pub enum Step {
     },
     /// Write this flow-table entry, as some earlier state would have left it.
     Flow(FlowKey, FlowValue),
+    /// Set this backend's least_conn active-connection estimate (reset to 0
+    /// after the row).
+    Conns {
+        service: &'static str,
+        addr: [u8; 4],
+        conns: u64,
+    },
 }
 
 /// What must come out.
@@ -285,6 +310,55 @@ pub fn table(lab: &Lab) -> Vec<Case> {
         .counts(Reason::FwdDsr)
         .opens("dsr-maglev"),
     );
+    // least_conn (weights 3 and 1): the candidate with fewer connections
+    // per weight wins, whichever the flow hash drew first.
+    let lc = [203, 0, 113, 11];
+    let lc2 = [203, 0, 113, 12];
+    for (sport, name, c11, c12, to) in [
+        (
+            50100,
+            "least_conn: a new connection avoids a backend holding many",
+            1000,
+            0,
+            lc2,
+        ),
+        (
+            50101,
+            "least_conn: ... and the other way round",
+            0,
+            1000,
+            lc,
+        ),
+        (
+            50102,
+            "least_conn: connections per weight decide (3 on weight 3 beats 2 on weight 1)",
+            3,
+            2,
+            lc,
+        ),
+    ] {
+        let input = from_client(DSR_VIP, sport, 9000, L4::TcpSyn);
+        rows.push(
+            Case::new(name, fxa, input.clone(), XDP_REDIRECT)
+                .before(Step::Conns {
+                    service: "dsr-lc",
+                    addr: lc,
+                    conns: c11,
+                })
+                .before(Step::Conns {
+                    service: "dsr-lc",
+                    addr: lc2,
+                    conns: c12,
+                })
+                .output(Output::Frame(with_macs(
+                    &input,
+                    LB_BACKEND_MAC,
+                    backend_mac(to[3]),
+                )))
+                .counts(Reason::FwdDsr)
+                .opens("dsr-lc"),
+        );
+    }
     let b = maglev("dsr-maglev", CLIENT, DSR_VIP, 50002, 443);
     let input = from_client(DSR_VIP, 50002, 443, L4::TcpAck);
     rows.push(
@@ -1202,6 +1276,14 @@ pub fn prepare(lab: &mut Lab, case: &Case) -> Result<bool, String> {
                 replanned = true;
             }
             Step::Flow(key, value) => lab.put_flow(*key, *value),
+            Step::Conns {
+                service,
+                addr,
+                conns,
+            } => {
+                let id = lab.backend_id(service, *addr);
+                lab.set_conns(id, *conns);
+            }
         }
     }
     Ok(replanned)
@@ -1219,6 +1301,12 @@ pub fn run(lab: &mut Lab, case: &Case) -> Vec<String> {
     let (reasons_after, traffic_after) = (lab.reasons(), lab.all_traffic());
     if replanned {
         lab.restore();
+    }
+    for step in &case.before {
+        if let Step::Conns { service, addr, .. } = step {
+            let id = lab.backend_id(service, *addr);
+            lab.set_conns(id, 0);
+        }
     }
     if verdict != case.verdict {
         errors.push(format!(

@@ -217,6 +217,28 @@ impl Lab {
         flows.insert(key, value, 0).expect("write flow");
     }
 
+    /// Set backend `id`'s least_conn active-connection estimate.
+    pub fn set_conns(&mut self, id: u32, conns: u64) {
+        let map = self
+            .ebpf
+            .map_mut(names::BACKEND_CONNS)
+            .expect("BACKEND_CONNS map");
+        let mut a: aya::maps::Array<&mut MapData, u64> =
+            aya::maps::Array::try_from(map).expect("BACKEND_CONNS is an array");
+        a.set(id, conns, 0).expect("write BACKEND_CONNS");
+    }
+
+    /// Backend `id`'s least_conn active-connection estimate.
+    pub fn conns(&self, id: u32) -> u64 {
+        let map = self
+            .ebpf
+            .map(names::BACKEND_CONNS)
+            .expect("BACKEND_CONNS map");
+        let a: aya::maps::Array<&MapData, u64> =
+            aya::maps::Array::try_from(map).expect("BACKEND_CONNS is an array");
+        a.get(&id, 0).expect("read BACKEND_CONNS")
+    }
+
     /// Run the program once on `frame`, as if it arrived on the loopback
     /// device (BPF_PROG_TEST_RUN's default).
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {

@@ -153,6 +153,12 @@ const BACKEND_METRICS: &[Metric<BackendView>] = &[
         value: |b| Some(b.flows as f64),
     },
     Metric {
+        name: "xdplb_backend_active_connections",
+        help: "least_conn services: active connections the data path counts (SYN opens, FIN or RST closes), corrected every census",
+        kind: Kind::Gauge,
+        value: |b| b.active_connections.map(|c| c as f64),
+    },
+    Metric {
         name: "xdplb_backend_up",
         help: "1 if the backend takes new connections by health, 0 if a check or passive health took it out",
         kind: Kind::Gauge,

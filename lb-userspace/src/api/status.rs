@@ -108,7 +108,11 @@ pub fn table(v: &View) -> String {
                 b.state_label().into(),
                 b.weight.to_string(),
                 format!("{:.1}", b.conn_rate),
-                b.flows.to_string(),
+                match b.active_connections {
+                    // least_conn: the estimate it schedules by.
+                    Some(a) => format!("{} ({a} active)", b.flows),
+                    None => b.flows.to_string(),
+                },
                 b.traffic.connections.to_string(),
                 b.traffic.packets.to_string(),
                 check,
@@ -164,6 +168,7 @@ pub(crate) mod tests {
             },
             conn_rate: 1.5,
             flows: 3,
+            active_connections: None,
             check_latency: Some(Duration::from_micros(1500)),
             last_error: (health == HealthView::Down).then(|| "connect refused".into()),
             checks: 10,

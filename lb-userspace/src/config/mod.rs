@@ -351,6 +351,7 @@ pub enum SchedulerKind {
     RoundRobin,
     Maglev,
     SourceHash,
+    LeastConn,
 }
 
 impl From<SchedulerKind> for Scheduler {
@@ -359,6 +360,7 @@ impl From<SchedulerKind> for Scheduler {
             SchedulerKind::RoundRobin => Scheduler::RoundRobin,
             SchedulerKind::Maglev => Scheduler::Maglev,
             SchedulerKind::SourceHash => Scheduler::SourceHash,
+            SchedulerKind::LeastConn => Scheduler::LeastConn,
         }
     }
 }
@@ -503,6 +505,12 @@ port = 80
                 "address = \"203.0.113.11\"\nport = 80\nweight = 1001",
                 "service[0].backend[0].weight",
                 "maximum",
+            ),
+            (
+                "protocol = \"tcp\"\nscheduler = \"maglev\"",
+                "protocol = \"udp\"\nscheduler = \"least_conn\"",
+                "service[0].scheduler",
+                "a UDP flow never closes",
             ),
         ];
         for (from, to, key, reason) in cases {

@@ -7,7 +7,7 @@ use lb_common::{MAX_BACKENDS, MAX_SERVICES};
 
 use super::{
     CheckConfig, CheckKind, Config, ForwardingKind, MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT,
-    MysqlRole, Protocol,
+    MysqlRole, Protocol, SchedulerKind,
 };
 
 const IFNAMSIZ: usize = 16;
@@ -160,6 +160,12 @@ impl Config {
                 return Err((
                     at("redispatch"),
                     "applies to NAT TCP services only: the load balancer must see the backend refuse a connection".into(),
+                ));
+            }
+            if s.scheduler == SchedulerKind::LeastConn && s.protocol == Protocol::Udp {
+                return Err((
+                    at("scheduler"),
+                    "least_conn counts connections by their TCP handshake and close; a UDP flow never closes (use round_robin, maglev or source_hash)".into(),
                 ));
             }
             if s.backends.iter().all(|b| b.weight == 0) {

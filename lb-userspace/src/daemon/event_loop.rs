@@ -219,7 +219,7 @@ impl Daemon {
 
     pub fn view(&self) -> api::View {
         let snap = self.snapshot().unwrap_or_default();
-        let flows = self.census.counts();
+        let census = self.census.counts();
         let ha = self.ha.as_ref().map(|n| n.status());
         api::build(
             &self.control,
@@ -229,7 +229,8 @@ impl Daemon {
                 reasons: &snap.reasons,
                 service_rates: &self.rates.services,
                 backend_rates: &self.rates.backends,
-                flows: &flows,
+                flows: &census.flows,
+                active: &census.active,
                 ha: ha.as_ref(),
             },
         )

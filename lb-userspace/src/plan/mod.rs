@@ -286,6 +286,8 @@ impl Planner {
                         flags,
                         _pad: 0,
                         service_id: service_id_of[&key],
+                        weight: weight_of[r].min(u16::MAX as u32) as u16,
+                        _pad2: [0; 2],
                     },
                 )
             })
@@ -323,7 +325,9 @@ impl Planner {
                         maglev::table(&mb, RING_SIZE)
                             .map_err(|e| PlanError::Maglev(s.name.clone(), e))?
                     }
-                    SchedulerKind::RoundRobin => {
+                    // least_conn draws its two candidates from the same
+                    // weighted ring round robin walks.
+                    SchedulerKind::RoundRobin | SchedulerKind::LeastConn => {
                         let weights: Vec<u32> = live.iter().map(|b| b.weight).collect();
                         ring::weighted_round_robin(&weights, RING_SIZE as usize)
                     }

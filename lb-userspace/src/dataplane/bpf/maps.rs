@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::AsFd as _,
 };
 
 use aya::{
@@ -20,7 +20,7 @@ use lb_common::{
     ServiceInfo, ServiceKey, ServiceSlot, VipInfo, addr_filter_bit, names, ring_word,
 };
 
-use super::{BpfError, error_chain, take};
+use super::{BpfError, error_chain, mapped::Mapped, take};
 use crate::{
     dataplane::{Dataplane, DataplaneError},
     plan::{Plan, PlannedService},
@@ -28,45 +28,23 @@ use crate::{
 
 /// The ring array, mapped into our memory: `u64` elements, two slots each.
 struct RingMemory {
-    ptr: *mut u64,
-    len: usize,
+    mem: Mapped,
     _map: Array<MapData, u64>,
 }
 
 impl RingMemory {
     fn map(ring: Array<MapData, u64>) -> Result<Self, BpfError> {
-        let len = RING_ENTRIES as usize;
-        // (The array's own fd; the mapping keeps the memory alive with it.)
-        let fd = ring.map().fd().as_fd().as_raw_fd();
-        // SAFETY: maps the array map's own memory (created with
-        // BPF_F_MMAPABLE; 8-byte elements, `RING_ENTRIES` of them).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len * 8,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(BpfError::Mmap(std::io::Error::last_os_error()));
-        }
-        Ok(Self {
-            ptr: ptr.cast(),
-            len,
-            _map: ring,
-        })
+        let mem = Mapped::new(ring.map().fd().as_fd(), RING_ENTRIES as usize)?;
+        Ok(Self { mem, _map: ring })
     }
 
     /// The elements of one ring.
     fn words(&mut self, service_id: u32, half: u8) -> &mut [u64] {
         let (at, _) = ring_word(service_id, half, 0);
-        let at = (at as usize).min(self.len);
-        let n = (lb_common::RING_WORDS as usize).min(self.len - at);
-        // SAFETY: in bounds of the mapping, which lives as long as self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), n) }
+        let len = self.mem.len();
+        let at = (at as usize).min(len);
+        let n = (lb_common::RING_WORDS as usize).min(len - at);
+        &mut self.mem.slice()[at..at + n]
     }
 
     fn read(&mut self, service_id: u32, half: u8, len: usize) -> Vec<u32> {
@@ -83,17 +61,6 @@ impl RingMemory {
         for (w, pair) in words.iter_mut().zip(ring.chunks(2)) {
             *w = pair[0] as u64 | (pair.get(1).copied().unwrap_or(0) as u64) << 32;
         }
-    }
-}
-
-// SAFETY: the mapping belongs to the process, not to a thread; moving its
-// owner to another thread (e.g. a writer in a test) is fine.
-unsafe impl Send for RingMemory {}
-
-impl Drop for RingMemory {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what `map` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len * 8) };
     }
 }
 

@@ -8,6 +8,7 @@ mod census;
 mod counters;
 mod ha_maps;
 mod load;
+mod mapped;
 mod maps;
 pub mod walk;
 
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 use aya::Ebpf;
 
 pub use attach::{Attachment, attach, detach, neigh_program};
-pub use census::FlowCensus;
+pub use census::{Census, FlowCensus};
 pub use counters::{CounterSnapshot, Counters};
 pub use ha_maps::{clear_ha_settings, ha_maps};
 pub use load::{
