@@ -25,8 +25,8 @@ use super::{BpfError, dup_fd, mapped::Mapped, walk};
 pub struct Census {
     /// Flow-table entries by backend id.
     pub flows: BTreeMap<u32, u64>,
-    /// least_conn: the corrected active-connection estimate by backend id
-    /// (backends with counted connections only).
+    /// least_conn: the active-connection estimate by backend id, as the
+    /// data path has it now (non-zero ones only).
     pub active: BTreeMap<u32, u64>,
 }
 
@@ -36,28 +36,33 @@ pub struct Census {
 /// until the LRU evicts them), so this is "flows pinned", not "open TCP
 /// connections".
 pub struct FlowCensus {
-    counts: Arc<Mutex<Census>>,
+    counts: Arc<Mutex<BTreeMap<u32, u64>>>,
+    /// `BACKEND_CONNS`, mapped: read live, corrected by the walk.
+    conns: Arc<Mapped>,
     stop: Arc<AtomicBool>,
+}
+
+/// The non-zero estimates as they are now (negative ones as 0).
+fn estimates(conns: &Mapped) -> BTreeMap<u32, u64> {
+    (0..conns.len())
+        .filter_map(|i| {
+            let v = conns.atomic(i)?.load(Ordering::Relaxed);
+            (v != 0).then_some((i as u32, if (v as i64) < 0 { 0 } else { v }))
+        })
+        .collect()
 }
 
 /// Set each estimate to the open counted connections the walk found plus
 /// what the data path added while it walked (`before`: the estimates when
 /// the walk began), by atomic adds, so no concurrent update is lost.
-/// Returns the corrected estimates that are not zero.
-fn correct(conns: &Mapped, before: &[u64], open: &BTreeMap<u32, u64>) -> BTreeMap<u32, u64> {
-    let mut active = BTreeMap::new();
+fn correct(conns: &Mapped, before: &[u64], open: &BTreeMap<u32, u64>) {
     for (i, b) in before.iter().enumerate() {
         let found = open.get(&(i as u32)).copied().unwrap_or(0);
         let Some(a) = conns.atomic(i) else { break };
         if *b != found {
             a.fetch_add(found.wrapping_sub(*b), Ordering::Relaxed);
         }
-        let now = a.load(Ordering::Relaxed);
-        if now != 0 {
-            active.insert(i as u32, if (now as i64) < 0 { 0 } else { now });
-        }
     }
-    active
 }
 
 impl FlowCensus {
@@ -67,16 +72,18 @@ impl FlowCensus {
         // A descriptor of its own: the HA node walks the table too.
         let flows = dup_fd(ebpf, names::FLOWS)?;
         let conns_fd = dup_fd(ebpf, names::BACKEND_CONNS)?;
-        let mut conns = Mapped::new(conns_fd.as_fd(), MAX_BACKENDS as usize)?;
-        let counts = Arc::new(Mutex::new(Census::default()));
+        let conns = Arc::new(Mapped::new(conns_fd.as_fd(), MAX_BACKENDS as usize)?);
+        let counts = Arc::new(Mutex::new(BTreeMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, s) = (counts.clone(), stop.clone());
+        let (c, s, mapped) = (counts.clone(), stop.clone(), conns.clone());
         std::thread::Builder::new()
             .name("flow-census".into())
             .spawn(move || {
                 while !s.load(Ordering::Relaxed) {
                     let began = std::time::Instant::now();
-                    let before = conns.slice().to_vec();
+                    let before: Vec<u64> = (0..mapped.len())
+                        .map(|i| mapped.atomic(i).map_or(0, |a| a.load(Ordering::Relaxed)))
+                        .collect();
                     let mut per_backend = BTreeMap::new();
                     let mut open = BTreeMap::new();
                     // Bounded: a walk that loses its place restarts, so stop
@@ -89,19 +96,13 @@ impl FlowCensus {
                             }
                             true
                         });
-                    let active = match walked {
-                        Ok(_) => correct(&conns, &before, &open),
-                        Err(e) => {
-                            // A failed walk corrects nothing.
-                            tracing::warn!(error = %e, "flow census walk");
-                            correct(&conns, &before, &before_as_open(&before))
-                        }
-                    };
+                    match walked {
+                        Ok(_) => correct(&mapped, &before, &open),
+                        // A failed walk corrects nothing.
+                        Err(e) => tracing::warn!(error = %e, "flow census walk"),
+                    }
                     if let Ok(mut g) = c.lock() {
-                        *g = Census {
-                            flows: per_backend,
-                            active,
-                        };
+                        *g = per_backend;
                     }
                     // At most a tenth of one CPU, however large the table.
                     let pause = period.max(began.elapsed() * 9);
@@ -113,23 +114,21 @@ impl FlowCensus {
                 }
             })
             .map_err(BpfError::Thread)?;
-        Ok(Self { counts, stop })
+        Ok(Self {
+            counts,
+            conns,
+            stop,
+        })
     }
 
-    /// What the last walk found.
+    /// Flow-table entries from the last walk, and the estimates as they
+    /// are now.
     pub fn counts(&self) -> Census {
-        self.counts.lock().map(|g| g.clone()).unwrap_or_default()
+        Census {
+            flows: self.counts.lock().map(|g| g.clone()).unwrap_or_default(),
+            active: estimates(&self.conns),
+        }
     }
-}
-
-/// The estimates as they were (a correction that changes nothing).
-fn before_as_open(before: &[u64]) -> BTreeMap<u32, u64> {
-    before
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| **v != 0)
-        .map(|(i, v)| (i as u32, *v))
-        .collect()
 }
 
 impl Drop for FlowCensus {

@@ -47,7 +47,7 @@ impl Mapped {
         self.len
     }
 
-    /// The elements, for plain reads and writes.
+    /// The elements, for plain reads and writes (by the one owner).
     pub fn slice(&mut self) -> &mut [u64] {
         // SAFETY: in bounds of the mapping, which lives as long as self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
