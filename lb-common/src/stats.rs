@@ -78,6 +78,9 @@ reasons! {
     /// As above, but the driver left no room to build the ICMP in the frame:
     /// dropped, as a router drops it.
     DropTtlExceeded = "drop_ttl_exceeded",
+    /// An ICMP echo request to a VIP, answered from the VIP (whether or not
+    /// the address is configured on the LB host).
+    TxIcmpEchoReply = "tx_icmp_echo_reply",
 }
 
 /// Number of reasons; the size of the `REASONS` map.

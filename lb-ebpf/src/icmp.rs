@@ -28,6 +28,7 @@ const GROW: usize = IPV4_LEN + ICMP_LEN;
 /// The reply: Ethernet, IPv4, ICMP, quote.
 const REPLY_LEN: usize = ETH_LEN + GROW + QUOTE_LEN;
 const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_TTL_EXCEEDED_IN_TRANSIT: u8 = 0;
@@ -128,6 +129,46 @@ fn error(ctx: &XdpContext, icmp_type: u8, code: u8, mtu: u16) -> bool {
         put(h, icmp_off + 2, &(!csum::fold(sum)).to_ne_bytes());
     }
     true
+}
+
+/// Answer an ICMP echo request (the parser found one, 8-byte ICMP header
+/// inside the datagram) from the address it was sent to: addresses and MACs
+/// swapped, TTL 64, type 0; checksums updated incrementally, so a request
+/// that arrived with a bad ICMP checksum gets a reply with one (and is
+/// dropped by its sender).
+/// The pointers are the parser's, bounds-checked there.
+#[inline(always)]
+pub fn echo_reply(eth: *mut EthHdr, ip: *mut Ipv4Hdr, icmp: *mut [u8; 4]) -> (u32, Reason) {
+    // SAFETY: all three were bounds-checked by the parser.
+    unsafe {
+        let words = core::ptr::read_unaligned(ip as *const [u16; 10]);
+        if !csum::ipv4_header_ok(&words) {
+            return (xdp_action::XDP_DROP, Reason::DropBadIpChecksum);
+        }
+        let (src, dst) = ((*eth).src_addr, (*eth).dst_addr);
+        (*eth).src_addr = dst;
+        (*eth).dst_addr = src;
+        let (src, dst) = ((*ip).src_addr, (*ip).dst_addr);
+        (*ip).src_addr = dst;
+        (*ip).dst_addr = src;
+        let (ttl, proto) = ((*ip).ttl, (*ip).proto);
+        (*ip).ttl = 64;
+        let check = csum::replace2(
+            u16::from_ne_bytes((*ip).check),
+            u16::from_ne_bytes([ttl, proto]),
+            u16::from_ne_bytes([64, proto]),
+        );
+        (*ip).check = check.to_ne_bytes();
+        let h = *icmp;
+        let check = csum::replace2(
+            u16::from_ne_bytes([h[2], h[3]]),
+            u16::from_ne_bytes([h[0], h[1]]),
+            u16::from_ne_bytes([ICMP_ECHO_REPLY, h[1]]),
+        )
+        .to_ne_bytes();
+        *icmp = [ICMP_ECHO_REPLY, h[1], check[0], check[1]];
+    }
+    (xdp_action::XDP_TX, Reason::TxIcmpEchoReply)
 }
 
 /// Write two bytes at `off`.

@@ -42,6 +42,14 @@ pub fn baseline_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// For test labs on veth: a veth flushes frames another program sent back
+/// to it (`XDP_TX`) only to a peer that runs an XDP program itself, so the
+/// namespace tests put this pass-through program on the peers.
+#[xdp]
+pub fn pass_through(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 /// Second benchmark baseline: the least any balancer does for a packet of
 /// an established flow. Read the addresses and ports, one hash lookup
 /// (service), one LRU lookup (flow), bounce the frame. No checks beyond
@@ -101,6 +109,19 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             proto,
         } => return to_host(reason, dst_be, proto),
         Parsed::ArpRequest { target_be } => return arp_request(target_be),
+        Parsed::EchoRequest {
+            dst_be,
+            eth,
+            ip,
+            icmp,
+        } => {
+            // Ping to a VIP is answered here: the address need not be
+            // configured on the host, and the answer costs nothing upstream.
+            if maps::may_be(FILTER_VIPS, dst_be) && maps::vip(dst_be).is_some() {
+                return icmp::echo_reply(eth, ip, icmp);
+            }
+            return to_host(Reason::PassNotService, dst_be, PROTO_ICMP);
+        }
     };
     // Addresses that are neither VIPs nor backends cost one array read
     // each (the address filter), not a hash lookup.

@@ -6,7 +6,7 @@
 //! headers.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{PROTO_TCP, PROTO_UDP, Reason, TCP_FLAG_ACK, TCP_FLAG_SYN, csum};
+use lb_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, TCP_FLAG_ACK, TCP_FLAG_SYN, csum};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 pub const ETH_LEN: usize = core::mem::size_of::<EthHdr>();
@@ -79,6 +79,9 @@ impl Packet {
     }
 }
 
+const ICMP_HEADER_LEN: usize = 8;
+const ICMP_ECHO_REQUEST: u8 = 8;
+
 pub enum Parsed {
     Packet(Packet),
     /// Parsing decided the verdict already.
@@ -94,6 +97,15 @@ pub enum Parsed {
     /// An ARP request for `target_be`.
     ArpRequest {
         target_be: u32,
+    },
+    /// An ICMP echo request (IPv4 without options or fragmentation, the
+    /// 8-byte ICMP header inside the datagram) to `dst_be`.
+    EchoRequest {
+        dst_be: u32,
+        eth: *mut EthHdr,
+        ip: *mut Ipv4Hdr,
+        /// Type, code, checksum.
+        icmp: *mut [u8; 4],
     },
 }
 
@@ -206,6 +218,22 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
                 return verdict(XDP_DROP, Reason::DropTruncated);
             }
             ([h[0], h[1], h[2], h[3]], 0, 0)
+        }
+        PROTO_ICMP if l4_len >= ICMP_HEADER_LEN => {
+            let Some(h) = ptr_at::<[u8; 4]>(ctx, L4_OFF) else {
+                return verdict(XDP_DROP, Reason::DropTruncated);
+            };
+            // SAFETY: bounds-checked just above.
+            let (t, code) = unsafe { ((*h)[0], (*h)[1]) };
+            if (t, code) == (ICMP_ECHO_REQUEST, 0) {
+                return Parsed::EchoRequest {
+                    dst_be,
+                    eth,
+                    ip,
+                    icmp: h,
+                };
+            }
+            return host(Reason::PassNotService);
         }
         _ => return host(Reason::PassNotService),
     };

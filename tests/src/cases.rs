@@ -1017,6 +1017,19 @@ fn odd_frames(fxa: u32) -> Vec<Case> {
         .icmpv4_echo_request(1, 1)
         .write(&mut icmp, b"ping")
         .unwrap();
+    let mut icmp_elsewhere = Vec::new();
+    etherparse::PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_MAC)
+        .ipv4(CLIENT, [198, 51, 100, 99], 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut icmp_elsewhere, b"ping")
+        .unwrap();
+    // The reply, checked against RFC 792 from scratch: both checksums verify.
+    let reply = wire::icmp_echo_reply(&icmp);
+    assert_eq!(wire::checksum(&reply[14..34]), 0, "reply IPv4 checksum");
+    assert_eq!(wire::checksum(&reply[34..]), 0, "reply ICMP checksum");
+    let echo = Case::new("ICMP echo to the VIP: answered", fxa, icmp.clone(), XDP_TX)
+        .output(Output::Frame(reply))
+        .counts(Reason::TxIcmpEchoReply);
     // IPv4 header with 4 bytes of options (IHL 6): a NOP option word.
     let with_options = |f: &[u8]| {
         ip_fixed(f, |v| {
@@ -1057,8 +1070,8 @@ fn odd_frames(fxa: u32) -> Vec<Case> {
             Reason::DropUnservedVip,
         ),
         (
-            "ICMP echo to the VIP",
-            icmp,
+            "ICMP echo to another address",
+            icmp_elsewhere,
             XDP_PASS,
             Reason::PassNotService,
         ),
@@ -1212,6 +1225,7 @@ fn odd_frames(fxa: u32) -> Vec<Case> {
     ];
     rows.into_iter()
         .map(|(name, input, verdict, reason)| Case::new(name, fxa, input, verdict).counts(reason))
+        .chain([echo])
         .collect()
 }
 

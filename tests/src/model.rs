@@ -424,6 +424,17 @@ impl Model {
                 }
                 0
             }
+            // An echo request to a VIP is answered.
+            1 if l4_len >= 8 && l4[0] == 8 && l4[1] == 0 && self.vips.contains_key(&ip_dst) => {
+                if wire::ipv4_residual(f) != 0xffff {
+                    return Expect::same(Drop, Reason::DropBadIpChecksum);
+                }
+                return Expect {
+                    action: Action::Tx,
+                    reason: Reason::TxIcmpEchoReply,
+                    output: Output::Exact(wire::icmp_echo_reply(f)),
+                };
+            }
             _ => return self.host(Reason::PassNotService, ip_dst, proto),
         };
         let p = Pkt {

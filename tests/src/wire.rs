@@ -98,6 +98,40 @@ pub fn icmp_time_exceeded(frame: &[u8]) -> Vec<u8> {
     icmp_error(frame, 11, 0, 0)
 }
 
+/// RFC 1624 (eqn. 3): checksum `hc` after a 16-bit word changes from `m`
+/// to `m2`.
+pub fn csum_update(hc: u16, m: u16, m2: u16) -> u16 {
+    let mut sum = (!hc) as u32 + (!m) as u32 + m2 as u32;
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The echo reply the program answers an ICMP echo request `frame` to a
+/// VIP with: MACs and addresses swapped, TTL 64, type 0, both checksums
+/// updated per RFC 1624 (so a request's checksum damage carries over).
+pub fn icmp_echo_reply(frame: &[u8]) -> Vec<u8> {
+    let mut v = frame.to_vec();
+    v[0..6].copy_from_slice(&frame[6..12]);
+    v[6..12].copy_from_slice(&frame[0..6]);
+    let ip = IP_OFF;
+    v[ip + 12..ip + 16].copy_from_slice(&frame[ip + 16..ip + 20]);
+    v[ip + 16..ip + 20].copy_from_slice(&frame[ip + 12..ip + 16]);
+    let old_ttl = u16::from_be_bytes([frame[ip + 8], frame[ip + 9]]);
+    v[ip + 8] = 64;
+    let check = u16::from_be_bytes([frame[ip + 10], frame[ip + 11]]);
+    let check = csum_update(check, old_ttl, u16::from_be_bytes([64, frame[ip + 9]]));
+    v[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
+    let icmp = ip + 20;
+    let old = u16::from_be_bytes([frame[icmp], frame[icmp + 1]]);
+    v[icmp] = 0;
+    let check = u16::from_be_bytes([frame[icmp + 2], frame[icmp + 3]]);
+    let check = csum_update(check, old, u16::from_be_bytes([0, frame[icmp + 1]]));
+    v[icmp + 2..icmp + 4].copy_from_slice(&check.to_be_bytes());
+    v
+}
+
 fn icmp_error(frame: &[u8], icmp_type: u8, code: u8, mtu: u16) -> Vec<u8> {
     let quote = &frame[IP_OFF..IP_OFF + 28];
     let mut v = Vec::with_capacity(70);

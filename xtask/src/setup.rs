@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     // iperf3 through a source_hash service (its control and data
     // connections must meet one backend). Its daemon is not enabled.
     "iperf3",
+    // ping: ICMP echo to a VIP is answered by the data path.
+    "iputils-ping",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";

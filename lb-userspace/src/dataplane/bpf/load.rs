@@ -135,6 +135,17 @@ pub fn load_with(
     })
 }
 
+/// The object with its big tables shrunk to one entry, for a program other
+/// than the data path (the test labs' `pass_through`): nothing else of it
+/// is used.
+pub fn load_small() -> Result<Ebpf, BpfError> {
+    let mut loader = EbpfLoader::new();
+    for name in [names::FLOWS, names::NAT_REVERSE, names::BACKEND_RING] {
+        loader.map_max_entries(name, 1);
+    }
+    Ok(loader.load(EBPF_OBJECT)?)
+}
+
 /// Remove every pin of this layout version (after a clean detach).
 pub fn unpin(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
