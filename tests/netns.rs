@@ -2664,3 +2664,75 @@ fn ping_to_a_vip_is_answered_and_counted() {
         "{test}: tx_icmp_echo_reply counted"
     );
 }
+
+/// Issue 10's routing hygiene: path-MTU discovery through the LB for a
+/// router beyond it. The client namespace becomes a router to a far client
+/// over a link whose router side has MTU 1280 (the far client still
+/// advertises a 1460-byte MSS). The backend's full-size segments (NAT,
+/// from the VIP) reach that router, which answers "fragmentation needed"
+/// to the VIP; the data path relays it to the backend with the quoted
+/// header translated back, the backend's TCP lowers its segment size, and
+/// the 20 kB response arrives. Without the relay the ICMP ends at the LB
+/// host (it has no route to the VIP) and the response never comes.
+#[test]
+fn path_mtu_discovery_works_for_a_router_beyond_the_lb() {
+    let test = "path_mtu_discovery_works_for_a_router_beyond_the_lb";
+    if !require_root(test) {
+        return;
+    }
+    let config = format!(
+        "[dataplane]\nflow_table_size = 65536\n[[service]]\nname = \"www\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"round_robin\"\nforwarding = \"nat\"\nbackend = [{{ address = \"203.0.113.11\", port = 8080 }}]\n"
+    );
+    let lab = lab_with(Mode::Native, &config);
+    let far = Netns::new("xdplb-far");
+    xdplb_tests::veth(&lab.client, "far", &far, "eth0");
+    lab.client
+        .sh(&["ip", "addr", "add", "10.77.0.1/24", "dev", "far"]);
+    lab.client.sh(&["ip", "link", "set", "far", "mtu", "1280"]);
+    lab.client.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    far.sh(&["ip", "addr", "add", "10.77.0.2/24", "dev", "eth0"]);
+    far.sh(&["ip", "route", "add", "default", "via", "10.77.0.1"]);
+    // Full checksums from the far client: native XDP on the LB sees its
+    // packets as the router forwards them.
+    far.sh(&["ethtool", "-K", "eth0", "tx", "off"]);
+    lab.lb.sh(&[
+        "ip",
+        "route",
+        "add",
+        "10.77.0.0/24",
+        "via",
+        "198.51.100.2",
+        "dev",
+        "cli",
+    ]);
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let started = Instant::now();
+    let result = {
+        let _in = far.enter();
+        (|| -> Result<String, String> {
+            let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+                .map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /big HTTP/1.0\r\nHost: www\r\n\r\n")
+                .map_err(|e| format!("write: {e}"))?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp)
+                .map_err(|e| format!("read after {} bytes: {e}", resp.len()))?;
+            Ok(resp)
+        })()
+    };
+    let took = started.elapsed();
+    let relayed = cpus_that_counted(&lab, Reason::FwdIcmpToBackend);
+    eprintln!(
+        "{test}: took {took:?}; relayed ICMP counted on {relayed} CPU(s); {}",
+        result
+            .as_ref()
+            .map_or_else(|e| e.clone(), |r| format!("{} bytes", r.len()))
+    );
+    let resp = result.unwrap_or_else(|e| panic!("{test}: {e}"));
+    assert!(
+        resp.contains("backend=b1") && resp.contains(&"x".repeat(20_000)),
+        "{test}: the whole response arrived"
+    );
+    assert!(relayed >= 1, "{test}: fwd_icmp_to_backend counted");
+}

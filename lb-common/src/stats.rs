@@ -75,12 +75,17 @@ reasons! {
     /// sent, from its destination (traceroute shows the hop), before any
     /// state changes.
     TxIcmpTimeExceeded = "tx_icmp_time_exceeded",
-    /// As above, but the driver left no room to build the ICMP in the frame:
-    /// dropped, as a router drops it.
+    /// A NAT packet whose TTL runs out here that gets no ICMP: a relayed
+    /// ICMP error (no error about an error), or a frame the driver left no
+    /// room to build the ICMP in. Dropped, as a router drops it.
     DropTtlExceeded = "drop_ttl_exceeded",
     /// An ICMP echo request to a VIP, answered from the VIP (whether or not
     /// the address is configured on the LB host).
     TxIcmpEchoReply = "tx_icmp_echo_reply",
+    /// An ICMP error (unreachable, fragmentation needed, time exceeded)
+    /// about a balanced flow, relayed to the flow's backend (NAT: outer
+    /// destination and quoted source translated back to the backend).
+    FwdIcmpToBackend = "fwd_icmp_to_backend",
 }
 
 /// Number of reasons; the size of the `REASONS` map.

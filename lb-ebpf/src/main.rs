@@ -18,6 +18,7 @@ mod maps;
 mod nat;
 mod neigh;
 mod parse;
+mod relay;
 mod sched;
 mod stats;
 
@@ -109,6 +110,14 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             proto,
         } => return to_host(reason, dst_be, proto),
         Parsed::ArpRequest { target_be } => return arp_request(target_be),
+        Parsed::IcmpError { pkt, icmp, inner } => {
+            if maps::may_be(FILTER_VIPS, pkt.dst_be)
+                && let Some(v) = relay::to_backend(ctx, &pkt, icmp, inner)
+            {
+                return v;
+            }
+            return to_host(Reason::PassNotService, pkt.dst_be, PROTO_ICMP);
+        }
         Parsed::EchoRequest {
             dst_be,
             eth,

@@ -81,6 +81,10 @@ impl Packet {
 
 const ICMP_HEADER_LEN: usize = 8;
 const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+/// What an ICMP error quotes at least: an IPv4 header and 8 bytes of L4.
+pub const QUOTE_LEN: usize = IPV4_LEN + 8;
 
 pub enum Parsed {
     Packet(Packet),
@@ -97,6 +101,15 @@ pub enum Parsed {
     /// An ARP request for `target_be`.
     ArpRequest {
         target_be: u32,
+    },
+    /// An ICMP error (destination unreachable, time exceeded) quoting an
+    /// IPv4 TCP or UDP header without options: maybe about a balanced flow.
+    /// `pkt` describes the outer packet (ports 0); `inner` points at the
+    /// quoted IPv4 header and the 8 bytes of L4 after it.
+    IcmpError {
+        pkt: Packet,
+        icmp: *mut [u8; 4],
+        inner: *mut [u8; QUOTE_LEN],
     },
     /// An ICMP echo request (IPv4 without options or fragmentation, the
     /// 8-byte ICMP header inside the datagram) to `dst_be`.
@@ -232,6 +245,35 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
                     ip,
                     icmp: h,
                 };
+            }
+            if (t == ICMP_DEST_UNREACH || t == ICMP_TIME_EXCEEDED)
+                && l4_len >= ICMP_HEADER_LEN + QUOTE_LEN
+                && let Some(inner) = ptr_at::<[u8; QUOTE_LEN]>(ctx, L4_OFF + ICMP_HEADER_LEN)
+            {
+                // SAFETY: bounds-checked just above.
+                let (vihl, inner_proto) = unsafe { ((*inner)[0], (*inner)[9]) };
+                if vihl == 0x45 && (inner_proto == PROTO_TCP || inner_proto == PROTO_UDP) {
+                    return Parsed::IcmpError {
+                        pkt: Packet {
+                            eth,
+                            ip,
+                            src_be,
+                            dst_be,
+                            sport_be: 0,
+                            dport_be: 0,
+                            proto,
+                            tcp_flags: 0,
+                            seq_be: 0,
+                            tos,
+                            ttl,
+                            df: frag_off & IP_DF != 0,
+                            ip_len: tot_len,
+                            frame_len,
+                        },
+                        icmp: h,
+                        inner,
+                    };
+                }
             }
             return host(Reason::PassNotService);
         }

@@ -11,7 +11,8 @@ use xdplb::plan::BackendRef;
 use crate::{
     BLACKHOLED_BACKEND, CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, SMALL_MTU, backend_mac,
     frames::{
-        L4, big_frame, first_difference, frame, from_client, ip_fixed, udp_padded, with_macs,
+        ACK, L4, big_frame, first_difference, frame, from_client, ip_fixed, tcp_frame, udp_padded,
+        with_macs,
     },
     lab::{Lab, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, verdict_name},
     wire,
@@ -992,6 +993,117 @@ pub fn table(lab: &Lab) -> Vec<Case> {
         ))
         .output(Output::Frame(wire::icmp_frag_needed(&input, 1500)))
         .counts(Reason::TxIcmpFragNeeded),
+    );
+
+    // ICMP errors about balanced flows, from a router on the client side,
+    // relayed to the flow's backend.
+    let router = [198, 51, 100, 1];
+    let b = maglev("nat-maglev", CLIENT, NAT_MAGLEV_VIP, 50060, 80);
+    let syn = from_client(NAT_MAGLEV_VIP, 50060, 80, L4::TcpSyn);
+    // What the backend sent (from 8080), as the client side saw it: from the VIP.
+    let sent = tcp_frame(
+        (LB_CLIENT_MAC, CLIENT_MAC),
+        NAT_MAGLEV_VIP,
+        CLIENT,
+        80,
+        50060,
+        7,
+        ACK,
+    );
+    let input = wire::icmp_error_frame(
+        (CLIENT_MAC, LB_CLIENT_MAC),
+        router,
+        NAT_MAGLEV_VIP,
+        3,
+        4,
+        1200,
+        &sent[wire::IP_OFF..],
+    );
+    // Expected, built from scratch: the backend's own packet quoted, sent
+    // to the backend, TTL one less (NAT routes).
+    let as_sent_by_backend = tcp_frame((LB_CLIENT_MAC, CLIENT_MAC), b, CLIENT, 8080, 50060, 7, ACK);
+    let mut want = wire::icmp_error_frame(
+        (LB_BACKEND_MAC, backend_mac(b[3])),
+        router,
+        b,
+        3,
+        4,
+        1200,
+        &as_sent_by_backend[wire::IP_OFF..],
+    );
+    want[wire::IP_OFF + 8] -= 1;
+    wire::fix_ipv4_checksum(&mut want);
+    rows.push(
+        Case::new(
+            "NAT: fragmentation needed about a flow goes to its backend, translated",
+            fxa,
+            input,
+            XDP_REDIRECT,
+        )
+        .before(forwarded(syn, fxa))
+        .output(Output::Frame(want))
+        .counts(Reason::FwdIcmpToBackend),
+    );
+    let b = maglev("dsr-maglev", CLIENT, DSR_VIP, 50061, 443);
+    let sent = tcp_frame(
+        (LB_CLIENT_MAC, CLIENT_MAC),
+        DSR_VIP,
+        CLIENT,
+        443,
+        50061,
+        7,
+        ACK,
+    );
+    let input = wire::icmp_error_frame(
+        (CLIENT_MAC, LB_CLIENT_MAC),
+        router,
+        DSR_VIP,
+        3,
+        4,
+        1200,
+        &sent[wire::IP_OFF..],
+    );
+    rows.push(
+        Case::new(
+            "DSR: fragmentation needed about a flow goes to its backend as it is",
+            fxa,
+            input.clone(),
+            XDP_REDIRECT,
+        )
+        .before(forwarded(from_client(DSR_VIP, 50061, 443, L4::TcpSyn), fxa))
+        .output(Output::Frame(with_macs(
+            &input,
+            LB_BACKEND_MAC,
+            backend_mac(b[3]),
+        )))
+        .counts(Reason::FwdIcmpToBackend),
+    );
+    let sent = tcp_frame(
+        (LB_CLIENT_MAC, CLIENT_MAC),
+        DSR_VIP,
+        CLIENT,
+        443,
+        50062,
+        7,
+        ACK,
+    );
+    let input = wire::icmp_error_frame(
+        (CLIENT_MAC, LB_CLIENT_MAC),
+        router,
+        DSR_VIP,
+        3,
+        4,
+        1200,
+        &sent[wire::IP_OFF..],
+    );
+    rows.push(
+        Case::new(
+            "an ICMP error about no balanced flow goes to the kernel",
+            fxa,
+            input,
+            XDP_PASS,
+        )
+        .counts(Reason::PassNotService),
     );
 
     rows.extend(odd_frames(fxa));

@@ -424,6 +424,18 @@ impl Model {
                 }
                 0
             }
+            // An ICMP error quoting a TCP/UDP header: relayed to the backend
+            // of the balanced flow it is about, if any.
+            1 if l4_len >= 36
+                && (l4[0] == 3 || l4[0] == 11)
+                && l4[8] == 0x45
+                && (l4[17] == 6 || l4[17] == 17) =>
+            {
+                if let Some(e) = self.relay(f, ip_dst, tot_len, frag & 0x4000 != 0) {
+                    return e;
+                }
+                return self.host(Reason::PassNotService, ip_dst, proto);
+            }
             // An echo request to a VIP is answered.
             1 if l4_len >= 8 && l4[0] == 8 && l4[1] == 0 && self.vips.contains_key(&ip_dst) => {
                 if wire::ipv4_residual(f) != 0xffff {
@@ -474,6 +486,53 @@ impl Model {
             return self.reverse(f, &p, rev);
         }
         self.host(Reason::PassNotService, p.t.dst, proto)
+    }
+
+    /// An ICMP error `f` to `dst` about the flow its quote names: relayed
+    /// to that flow's backend (NAT: translated), or `None` (the kernel's).
+    fn relay(&mut self, f: &[u8], dst: [u8; 4], tot_len: u16, df: bool) -> Option<Expect> {
+        if !self.vips.contains_key(&dst) {
+            return None;
+        }
+        let q = &f[wire::L4_OFF + 8..];
+        let key = Tuple {
+            src: q[16..20].try_into().unwrap(),
+            dst: q[12..16].try_into().unwrap(),
+            sport: be16(q, 22),
+            dport: be16(q, 20),
+            proto: q[9],
+        };
+        let flow = *self.flows.get(&key)?;
+        let svc = self.services.get(&(key.dst, key.dport, key.proto))?.clone();
+        if svc.id != flow.service_id || key.dst != dst {
+            return None;
+        }
+        let b = self.active(flow.backend_id)?;
+        if wire::ipv4_residual(f) != 0xffff {
+            return Some(Expect::same(Action::Drop, Reason::DropBadIpChecksum));
+        }
+        if svc.nat && f[wire::IP_OFF + 8] <= 1 {
+            return Some(Expect::same(Action::Drop, Reason::DropTtlExceeded));
+        }
+        let p = Pkt {
+            t: key,
+            tcp_flags: 0,
+            seq: 0,
+            df,
+            tot_len,
+        };
+        let hop = fib(self.links, b.addr, tot_len);
+        if let Hop::FragNeeded(_) = hop {
+            // No ICMP error about an ICMP error.
+            return Some(Expect::same(Action::Drop, Reason::DropTooBig));
+        }
+        Some(
+            self.deliver(f, &p, hop, Reason::FwdIcmpToBackend, |_, out| {
+                if svc.nat {
+                    relay_translate(out, &b);
+                }
+            }),
+        )
     }
 
     /// IPv4 not forwarded: to the kernel, unless a VIP drops unserved
@@ -781,6 +840,49 @@ impl Model {
     }
 }
 
+/// NAT's translation of a relayed ICMP error (the program's updates, as
+/// RFC 1624 has them): outer destination and TTL (the outer checksum is
+/// checked by residual), quoted source address and port with the quoted
+/// IPv4, UDP and (if quoted) TCP checksums exact (the ICMP checksum by
+/// residual).
+fn relay_translate(out: &mut [u8], b: &BackendEntry) {
+    let ip = wire::IP_OFF;
+    out[ip + 16..ip + 20].copy_from_slice(&b.addr);
+    out[ip + 8] -= 1;
+    let q = wire::L4_OFF + 8;
+    let old_src: [u8; 4] = out[q + 12..q + 16].try_into().unwrap();
+    out[q + 12..q + 16].copy_from_slice(&b.addr);
+    let qcheck = wire::csum_replace(
+        be16(out, q + 10),
+        &wire::addr_words(&old_src),
+        &wire::addr_words(&b.addr),
+    );
+    out[q + 10..q + 12].copy_from_slice(&qcheck.to_be_bytes());
+    let old_port = be16(out, q + 20);
+    out[q + 20..q + 22].copy_from_slice(&b.port.to_be_bytes());
+    // The quoted TCP checksum, when the quote reaches it.
+    let tot_len = be16(out, ip + 2) as usize;
+    if out[q + 9] == wire::PROTO_TCP && tot_len >= 20 + 8 + 20 + 18 {
+        let old = be16(out, q + 20 + 16);
+        let mut c =
+            wire::csum_replace(old, &wire::addr_words(&old_src), &wire::addr_words(&b.addr));
+        c = wire::csum_replace(c, &[old_port], &[b.port]);
+        out[q + 36..q + 38].copy_from_slice(&c.to_be_bytes());
+    }
+    if out[q + 9] == wire::PROTO_UDP {
+        let old = be16(out, q + 26);
+        let mut u =
+            wire::csum_replace(old, &wire::addr_words(&old_src), &wire::addr_words(&b.addr));
+        u = wire::csum_replace(u, &[old_port], &[b.port]);
+        let u = match (old, u) {
+            (0, _) => 0,
+            (_, 0) => 0xffff,
+            (_, u) => u,
+        };
+        out[q + 26..q + 28].copy_from_slice(&u.to_be_bytes());
+    }
+}
+
 /// ICMP "time exceeded" back to the sender, quoting the frame as sent.
 fn time_exceeded(f: &[u8]) -> Expect {
     Expect {
@@ -810,6 +912,9 @@ fn check_rewritten(input: &[u8], want: &[u8], got: &[u8]) -> Option<String> {
         return Some(format!("length {} instead of {}", got.len(), want.len()));
     }
     let proto = input[wire::IP_OFF + 9];
+    if proto == wire::PROTO_ICMP {
+        return check_rewritten_icmp(input, want, got);
+    }
     let l4_check = match proto {
         wire::PROTO_TCP => wire::L4_OFF + 16,
         _ => wire::L4_OFF + 6,
@@ -840,4 +945,31 @@ fn check_rewritten(input: &[u8], want: &[u8], got: &[u8]) -> Option<String> {
             "L4 checksum residual {b:?}, input had {a:?} (valid is 0xffff)"
         )),
     }
+}
+
+/// A relayed ICMP error: every byte as the model has it but the outer IPv4
+/// and the ICMP checksums, which must carry exactly the input's damage.
+fn check_rewritten_icmp(input: &[u8], want: &[u8], got: &[u8]) -> Option<String> {
+    let icmp_check = wire::L4_OFF + 2;
+    let checksum_byte =
+        |i: usize| (24..26).contains(&i) || (icmp_check..icmp_check + 2).contains(&i);
+    if let Some(i) = (0..got.len()).find(|&i| !checksum_byte(i) && got[i] != want[i]) {
+        return Some(format!(
+            "byte {i} is {:#04x}, want {:#04x}",
+            got[i], want[i]
+        ));
+    }
+    let norm = |r: u16| if r == 0 { 0xffff } else { r };
+    let (ip_in, ip_out) = (wire::ipv4_residual(input), wire::ipv4_residual(got));
+    if norm(ip_in) != norm(ip_out) {
+        return Some(format!(
+            "IPv4 checksum residual {ip_out:#06x}, input had {ip_in:#06x}"
+        ));
+    }
+    let icmp_sum = |f: &[u8]| {
+        let tot_len = be16(f, wire::IP_OFF + 2) as usize;
+        wire::ones_sum(&f[wire::L4_OFF..wire::ETH_LEN + tot_len], 0)
+    };
+    let (a, b) = (icmp_sum(input), icmp_sum(got));
+    (norm(a) != norm(b)).then(|| format!("ICMP checksum residual {b:#06x}, input had {a:#06x}"))
 }

@@ -108,6 +108,63 @@ pub fn csum_update(hc: u16, m: u16, m2: u16) -> u16 {
     !(sum as u16)
 }
 
+/// RFC 1624 (eqn. 3) for several 16-bit words at once (big-endian values),
+/// folded as the program folds: checksum `hc` after `old` became `new`.
+pub fn csum_replace(hc: u16, old: &[u16], new: &[u16]) -> u16 {
+    let mut sum = (!hc) as u32;
+    for w in old {
+        sum += (!w) as u32;
+    }
+    for w in new {
+        sum += *w as u32;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Big-endian 16-bit words of an IPv4 address.
+pub fn addr_words(a: &[u8]) -> [u16; 2] {
+    [
+        u16::from_be_bytes([a[0], a[1]]),
+        u16::from_be_bytes([a[2], a[3]]),
+    ]
+}
+
+/// An ICMP error frame (type, code, the header's second word `rest`)
+/// quoting `quote` (an IPv4 packet's start), all checksums right.
+pub fn icmp_error_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    icmp_type: u8,
+    code: u8,
+    rest: u32,
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&macs.1);
+    v.extend_from_slice(&macs.0);
+    v.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + 8 + quote.len()) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = PROTO_ICMP;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    v.extend_from_slice(&ip);
+    let mut icmp = vec![icmp_type, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    v.extend_from_slice(&icmp);
+    v
+}
+
 /// The echo reply the program answers an ICMP echo request `frame` to a
 /// VIP with: MACs and addresses swapped, TTL 64, type 0, both checksums
 /// updated per RFC 1624 (so a request's checksum damage carries over).

@@ -104,8 +104,14 @@ fn serve_conn(mut c: std::net::TcpStream, name: &str) {
         });
         return;
     }
-    // The request's size lets a test see it arrived whole.
-    let body = format!("backend={name}\nrequest_bytes={}\n", req.len());
+    // The request's size lets a test see it arrived whole; "GET /big"
+    // asks for a 20000-byte padding line (full-size segments back).
+    let pad = if req.starts_with(b"GET /big") {
+        format!("pad={}\n", "x".repeat(20_000))
+    } else {
+        String::new()
+    };
+    let body = format!("backend={name}\nrequest_bytes={}\n{pad}", req.len());
     let resp = format!(
         "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
