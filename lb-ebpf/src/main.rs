@@ -111,7 +111,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         } => return to_host(reason, dst_be, proto),
         Parsed::ArpRequest { target_be } => return arp_request(target_be),
         Parsed::IcmpError { pkt, icmp, inner } => {
-            if maps::may_be(FILTER_VIPS, pkt.dst_be)
+            if pkt.maybe_vip
                 && let Some(v) = relay::to_backend(ctx, &pkt, icmp, inner)
             {
                 return v;
@@ -132,9 +132,9 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             return to_host(Reason::PassNotService, dst_be, PROTO_ICMP);
         }
     };
-    // Addresses that are neither VIPs nor backends cost one array read
-    // each (the address filter), not a hash lookup.
-    if maps::may_be(FILTER_VIPS, pkt.dst_be) {
+    // (The parser passed what is neither to a VIP nor from a backend.)
+    let maybe_vip = pkt.maybe_vip;
+    if maybe_vip {
         // A known flow names its service by id: an array read instead of
         // the service hash lookup.
         let flow = maps::FLOWS.get_ptr_mut(maps::flow_key(&pkt));
@@ -152,7 +152,9 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             return to_backend(ctx, &pkt, &svc, flow);
         }
     }
-    if maps::may_be(FILTER_BACKENDS, pkt.src_be)
+    // Not to a possible VIP means from a possible backend (the parser
+    // passed the rest); to one, the backend set is asked only now.
+    if (!pkt.maybe_vip || maps::may_be(FILTER_BACKENDS, pkt.src_be))
         && let Some(rev_ptr) = maps::nat_reverse(&pkt)
     {
         // SAFETY: a map value pointer; copied out at once.
@@ -172,6 +174,9 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         // SAFETY: the entry's own next-hop field.
         let hop = unsafe { core::ptr::addr_of_mut!((*rev_ptr).hop) };
         return nat::reverse(ctx, &pkt, &rev, hop);
+    }
+    if !maybe_vip {
+        return (xdp_action::XDP_PASS, Reason::PassNotService);
     }
     to_host(Reason::PassNotService, pkt.dst_be, pkt.proto)
 }

@@ -6,7 +6,12 @@
 //! headers.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, TCP_FLAG_ACK, TCP_FLAG_SYN, csum};
+use lb_common::{
+    FILTER_BACKENDS, FILTER_VIPS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, TCP_FLAG_ACK,
+    TCP_FLAG_SYN, csum,
+};
+
+use crate::maps;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 pub const ETH_LEN: usize = core::mem::size_of::<EthHdr>();
@@ -57,6 +62,9 @@ pub struct Packet {
     /// IPv4 total length, host order (for the FIB's MTU check).
     pub ip_len: u16,
     pub frame_len: u64,
+    /// The destination is in the address filter's VIP set. (If not, the
+    /// source is in its backend set: the parser passed the rest.)
+    pub maybe_vip: bool,
 }
 
 impl Packet {
@@ -184,6 +192,13 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if ihl != 5 {
         return host(Reason::PassIpOptions);
     }
+    // Neither to a possible VIP nor from a possible backend: the host's
+    // traffic, left to the kernel without looking further (two array reads
+    // of the address filter; its L4 header is the kernel's to judge).
+    let maybe_vip = maps::may_be(FILTER_VIPS, dst_be);
+    if !maybe_vip && !maps::may_be(FILTER_BACKENDS, src_be) {
+        return verdict(XDP_PASS, Reason::PassNotService);
+    }
     // Bytes of the datagram after the IPv4 header; the L4 header must fit in
     // them (not just in the frame, which may carry a trailer).
     let l4_len = tot_len as usize - IPV4_LEN;
@@ -269,6 +284,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
                             df: frag_off & IP_DF != 0,
                             ip_len: tot_len,
                             frame_len,
+                            maybe_vip,
                         },
                         icmp: h,
                         inner,
@@ -294,5 +310,6 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         df: frag_off & IP_DF != 0,
         ip_len: tot_len,
         frame_len,
+        maybe_vip,
     })
 }

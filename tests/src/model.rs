@@ -392,6 +392,14 @@ impl Model {
         if ihl != 5 {
             return self.host(Reason::PassIpOptions, ip_dst, ip[9]);
         }
+        // The program's address filter: neither to a possible VIP nor from a
+        // possible backend is the host's, whatever its L4 header says.
+        let ip_src: [u8; 4] = ip[12..16].try_into().unwrap();
+        if !self.may_be(lb_common::FILTER_VIPS, ip_dst)
+            && !self.may_be(lb_common::FILTER_BACKENDS, ip_src)
+        {
+            return Expect::same(Pass, Reason::PassNotService);
+        }
         let l4_len = tot_len as usize - 20;
         let proto = ip[9];
         let l4 = &f[34..];
@@ -533,6 +541,24 @@ impl Model {
                 }
             }),
         )
+    }
+
+    /// Whether `addr`'s bit is set in the address filter's `set`, as the
+    /// daemon fills it: every VIP (set 0), every backend address (set 1).
+    fn may_be(&self, set: u32, addr: [u8; 4]) -> bool {
+        let (word, bit) = lb_common::addr_filter_bit(set, u32::from_ne_bytes(addr));
+        let addrs: Vec<[u8; 4]> = if set == lb_common::FILTER_VIPS {
+            self.vips.keys().copied().collect()
+        } else {
+            self.backends
+                .values()
+                .map(|b| b.addr)
+                .filter(|a| *a != [0; 4])
+                .collect()
+        };
+        addrs
+            .iter()
+            .any(|a| lb_common::addr_filter_bit(set, u32::from_ne_bytes(*a)) == (word, bit))
     }
 
     /// IPv4 not forwarded: to the kernel, unless a VIP drops unserved
