@@ -328,6 +328,59 @@ fn least_conn_counts_connections_from_syn_to_fin_or_rst() {
     assert_eq!(total(&fx), 0, "the backend's FIN closes");
 }
 
+/// A change to a service's lists reaches established flows on their next
+/// packet (the firewall generation), while flows of sources still allowed
+/// go on; taking the entry out lets the source back in.
+#[test]
+fn firewall_changes_reach_established_flows() {
+    if !require_root("firewall_changes_reach_established_flows") {
+        return;
+    }
+    let mut fx = lab();
+    let vip = [192, 0, 2, 10];
+    let other = [198, 51, 100, 4];
+    let packet = |src: [u8; 4], sport: u16, flags: u8| {
+        with_src(
+            &tcp_frame(
+                (CLIENT_MAC, LB_CLIENT_MAC),
+                CLIENT,
+                vip,
+                sport,
+                9090,
+                1,
+                flags,
+            ),
+            src,
+        )
+    };
+    for (src, sport) in [(CLIENT, 48000), (other, 48001)] {
+        assert_eq!(fx.run(&packet(src, sport, SYN)).0, XDP_REDIRECT);
+        assert_eq!(fx.run(&packet(src, sport, ACK)).0, XDP_REDIRECT);
+    }
+    let denied = CONFIG.replace(
+        "deny = [\"198.51.100.3\"]",
+        "deny = [\"198.51.100.3\", \"198.51.100.2\"]",
+    );
+    assert_ne!(denied, CONFIG);
+    fx.replan(&denied, &[]);
+    assert_eq!(
+        fx.run(&packet(CLIENT, 48000, ACK)).0,
+        XDP_DROP,
+        "the newly denied source's established flow"
+    );
+    assert_eq!(
+        fx.run(&packet(other, 48001, ACK)).0,
+        XDP_REDIRECT,
+        "a source still allowed keeps its flow"
+    );
+    fx.restore();
+    assert_eq!(
+        fx.run(&packet(CLIENT, 48000, ACK)).0,
+        XDP_REDIRECT,
+        "allowed again"
+    );
+}
+
 #[test]
 fn tcp_connections_follow_isn_fin_and_rst() {
     if !require_root("tcp_connections_follow_isn_fin_and_rst") {

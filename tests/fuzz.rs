@@ -45,6 +45,20 @@ const CONFIG: &str = r#"
 flow_table_size = 1048576
 manage_neighbours = false
 
+[firewall]
+deny = ["100.64.0.0/10"]
+
+[[service]]
+name = "dsr-acl"
+vip = "192.0.2.10"
+port = 9090
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "dsr"
+allow = ["198.51.100.0/24"]
+deny = ["198.51.100.3"]
+backend = [{ address = "203.0.113.11", port = 9090 }, { address = "203.0.113.12", port = 9090 }]
+
 [[service]]
 name = "dsr-rr-tcp"
 vip = "192.0.2.10"
@@ -226,14 +240,16 @@ impl Rng {
     }
 }
 
-/// Addresses clients send from: resolved, unresolved (same subnet), unrouted.
-const CLIENTS: [[u8; 4]; 3] = [CLIENT, [198, 51, 100, 3], [10, 9, 9, 9]];
+/// Addresses clients send from: resolved, unresolved (same subnet), unrouted,
+/// globally denied.
+const CLIENTS: [[u8; 4]; 4] = [CLIENT, [198, 51, 100, 3], [10, 9, 9, 9], [100, 64, 1, 1]];
 /// A small pool of client ports, so flows repeat.
 const CLIENT_PORTS: u16 = 48;
 /// (VIP, port, protocol) a client frame may target: every service and some
 /// ports nobody serves.
 const TARGETS: &[([u8; 4], u16, u8)] = &[
     ([192, 0, 2, 10], 80, 6),
+    ([192, 0, 2, 10], 9090, 6),
     ([192, 0, 2, 10], 443, 6),
     ([192, 0, 2, 10], 53, 17),
     ([192, 0, 2, 10], 123, 17),

@@ -2736,3 +2736,66 @@ fn path_mtu_discovery_works_for_a_router_beyond_the_lb() {
     );
     assert!(relayed >= 1, "{test}: fwd_icmp_to_backend counted");
 }
+
+/// Issue 11's lists, changed by reloads under a held connection: a service
+/// deny list refuses one source range while the held connection and other
+/// clients go on; the global deny list cuts a client off entirely, its
+/// established connection included, while the range denied before is
+/// allowed again; without lists everyone is back.
+#[test]
+fn firewall_lists_change_live_by_reload() {
+    let test = "firewall_lists_change_live_by_reload";
+    if !require_root(test) {
+        return;
+    }
+    let both = [("203.0.113.11", 1), ("203.0.113.21", 1)];
+    let config = |service: &str, global: &str| {
+        format!(
+            "[firewall]\ndeny = [{global}]\n{}{service}\n",
+            nat_config(&both, "")
+        )
+    };
+    let mut lab = lab_with(Mode::Native, &config("", ""));
+    many_clients(&lab);
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let far = std::net::Ipv4Addr::new(10, 200, 0, 7);
+    let (mut held, before) = {
+        let _in = lab.client.enter();
+        let mut held = Held::open(vip);
+        let _ = held.first();
+        (held, request_from(far))
+    };
+    assert!(before.is_ok(), "{test}: {before:?}");
+    let mut reloads = 0;
+    let mut reload = |lab: &mut Lab, text: String| {
+        reloads += 1;
+        std::fs::write(&lab.config, text).unwrap();
+        xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
+        lab.daemon
+            .wait_for_count("reload applied", reloads, Duration::from_secs(10));
+    };
+    // nat_config's service ends the text: its deny list is appended to it.
+    reload(&mut lab, config("deny = [\"10.200.0.0/16\"]", ""));
+    {
+        let _in = lab.client.enter();
+        assert!(request_from(far).is_err(), "{test}: the denied range");
+        assert!(held.ask().is_ok(), "{test}: the held connection goes on");
+        assert!(http_get(vip).is_ok(), "{test}: other clients go on");
+    }
+    reload(&mut lab, config("", "\"198.51.100.2\""));
+    {
+        let _in = lab.client.enter();
+        assert!(held.ask().is_err(), "{test}: globally denied: cut off");
+        assert!(http_get(vip).is_err(), "{test}: and no new connection");
+        assert!(
+            request_from(far).is_ok(),
+            "{test}: the range is allowed again"
+        );
+    }
+    reload(&mut lab, config("", ""));
+    let _in = lab.client.enter();
+    assert!(http_get(vip).is_ok(), "{test}: no lists, back in");
+    drop(_in);
+    assert!(cpus_that_counted(&lab, Reason::DropDenied) >= 1);
+    assert!(cpus_that_counted(&lab, Reason::DropDeniedGlobal) >= 1);
+}

@@ -51,6 +51,9 @@ pub mod names {
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
     pub const SERVICE_SLOTS: &str = "SERVICE_SLOTS";
     pub const BACKEND_CONNS: &str = "BACKEND_CONNS";
+    pub const ACL_GLOBAL: &str = "ACL_GLOBAL";
+    pub const ACL_SERVICE: &str = "ACL_SERVICE";
+    pub const FIREWALL: &str = "FIREWALL";
     pub const ADDR_FILTER: &str = "ADDR_FILTER";
     pub const HOP_CACHE: &str = "HOP_CACHE";
     pub const HOP_GENERATION: &str = "HOP_GENERATION";
@@ -82,6 +85,9 @@ pub mod names {
         EVENTS_LOST,
         SERVICE_SLOTS,
         BACKEND_CONNS,
+        ACL_GLOBAL,
+        ACL_SERVICE,
+        FIREWALL,
         ADDR_FILTER,
         HOP_CACHE,
         HOP_GENERATION,
@@ -91,7 +97,7 @@ pub mod names {
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -167,6 +173,10 @@ pub const SERVICE_F_PASS_WHEN_EMPTY: u8 = 1;
 /// NAT: when a backend refuses a connection (RST to the SYN), withhold the
 /// RST and send the client's retried SYN to another backend.
 pub const SERVICE_F_REDISPATCH: u8 = 2;
+/// The service has allow or deny entries in `ACL_SERVICE`.
+pub const SERVICE_F_ACL: u8 = 4;
+/// The service has an allow list: a source no entry allows is refused.
+pub const SERVICE_F_ALLOW_ONLY: u8 = 8;
 
 /// Backend slot is in use and its active check passes: the flows pinned to
 /// it stay. Flows pinned to a slot without it are re-scheduled.
@@ -231,7 +241,10 @@ pub struct FlowValue {
     pub syn_seq_be: u32,
     /// `FLOW_F_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// The firewall generation (`Firewall::generation`) the client's source
+    /// was last checked against its service's allow/deny lists at; 0: never.
+    pub acl_generation: u16,
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
 
@@ -269,6 +282,41 @@ pub struct NatReverse {
     pub hop: CachedHop,
 }
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 48);
+
+/// Most entries in the global deny list, and in all services' lists.
+pub const MAX_ACL_GLOBAL: u32 = 16384;
+pub const MAX_ACL_SERVICE: u32 = 16384;
+/// `BPF_F_NO_PREALLOC`, which LPM tries require.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Key data of `ACL_SERVICE` (an LPM trie): the service id, then the source
+/// prefix; the trie's prefix length is 32 + the source prefix's, so a
+/// lookup with a full address finds that service's most specific entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AclServiceKey {
+    /// Service id, network byte order (the trie matches bytes in order).
+    pub service_id_be: u32,
+    pub addr_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<AclServiceKey>() == 8);
+
+/// Value of an `ACL_SERVICE` entry: the most specific prefix decides.
+pub const ACL_ALLOW: u8 = 1;
+pub const ACL_DENY: u8 = 2;
+
+/// The single entry of `FIREWALL`, written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Firewall {
+    /// Entries in `ACL_GLOBAL`; 0 skips its lookup.
+    pub global_entries: u32,
+    /// Bumped (1..=65535, never 0) with every change to any list: a flow
+    /// checked at another generation is checked again.
+    pub generation: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<Firewall>() == 8);
 
 /// A next hop the kernel's FIB named, kept so later packets skip the
 /// `bpf_fib_lookup` (the most expensive step of a forwarded packet). Valid
@@ -459,5 +507,7 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for FlowEvent {}
     unsafe impl aya::Pod for CachedHop {}
+    unsafe impl aya::Pod for AclServiceKey {}
+    unsafe impl aya::Pod for Firewall {}
     unsafe impl aya::Pod for ServiceSlot {}
 }

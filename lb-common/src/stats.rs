@@ -86,6 +86,13 @@ reasons! {
     /// about a balanced flow, relayed to the flow's backend (NAT: outer
     /// destination and quoted source translated back to the backend).
     FwdIcmpToBackend = "fwd_icmp_to_backend",
+    /// The source is in the global deny list: dropped before anything else
+    /// (any IPv4 packet, the host's own traffic included).
+    DropDeniedGlobal = "drop_denied_global",
+    /// The source matches a deny entry of its service (most specific entry).
+    DropDenied = "drop_denied",
+    /// The service has an allow list and no entry allows the source.
+    DropNotAllowed = "drop_not_allowed",
 }
 
 /// Number of reasons; the size of the `REASONS` map.

@@ -24,8 +24,9 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    FILTER_BACKENDS, FILTER_VIPS, FlowValue, Forwarding, PROTO_ICMP, Reason,
-    SERVICE_F_PASS_WHEN_EMPTY, SETTINGS_F_HA, VIP_F_DROP_UNSERVED, VIP_F_HA,
+    ACL_DENY, FILTER_BACKENDS, FILTER_VIPS, FlowValue, Forwarding, PROTO_ICMP, Reason,
+    SERVICE_F_ACL, SERVICE_F_ALLOW_ONLY, SERVICE_F_PASS_WHEN_EMPTY, SETTINGS_F_HA,
+    VIP_F_DROP_UNSERVED, VIP_F_HA,
 };
 
 use crate::parse::{Packet, Parsed};
@@ -144,12 +145,16 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             if !pkt.ip_checksum_ok() {
                 return (xdp_action::XDP_DROP, Reason::DropBadIpChecksum);
             }
+            let acl_generation = match service_acl(&pkt, &svc, flow) {
+                Ok(g) => g,
+                Err(reason) => return (xdp_action::XDP_DROP, reason),
+            };
             // NAT routes: a packet whose TTL runs out here gets "time
             // exceeded", before any state changes.
             if svc.forwarding == Forwarding::Nat as u8 && pkt.ttl <= 1 {
                 return icmp::time_exceeded(ctx);
             }
-            return to_backend(ctx, &pkt, &svc, flow);
+            return to_backend(ctx, &pkt, &svc, flow, acl_generation);
         }
     }
     // Not to a possible VIP means from a possible backend (the parser
@@ -179,6 +184,41 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         return (xdp_action::XDP_PASS, Reason::PassNotService);
     }
     to_host(Reason::PassNotService, pkt.dst_be, pkt.proto)
+}
+
+/// The service's allow/deny lists for this packet's source: checked for a
+/// flow not yet checked at the firewall's current generation (so a list
+/// change reaches established flows on their next packet, and a flow's
+/// packets cost one comparison otherwise). `Ok(generation)` to store with a
+/// new flow (0: the service has no lists), or the drop reason.
+#[inline(always)]
+fn service_acl(
+    pkt: &Packet,
+    svc: &lb_common::ServiceInfo,
+    flow: Option<*mut FlowValue>,
+) -> Result<u16, Reason> {
+    if svc.flags & SERVICE_F_ACL == 0 {
+        return Ok(0);
+    }
+    let generation = maps::firewall().generation;
+    // SAFETY: a map value pointer, read at once.
+    let own = flow.filter(|f| unsafe { (**f).service_id } == svc.id);
+    if let Some(f) = own
+        // SAFETY: as above.
+        && unsafe { (*f).acl_generation } == generation
+    {
+        return Ok(generation);
+    }
+    match maps::service_acl(svc.id, pkt.src_be) {
+        Some(ACL_DENY) => return Err(Reason::DropDenied),
+        None if svc.flags & SERVICE_F_ALLOW_ONLY != 0 => return Err(Reason::DropNotAllowed),
+        _ => {}
+    }
+    if let Some(f) = own {
+        // SAFETY: as above; a lost race only means one more check.
+        unsafe { (*f).acl_generation = generation };
+    }
+    Ok(generation)
 }
 
 /// IPv4 the data path does not forward goes to the kernel, unless it is
@@ -222,8 +262,9 @@ fn to_backend(
     pkt: &Packet,
     svc: &lb_common::ServiceInfo,
     flow: Option<*mut FlowValue>,
+    acl_generation: u16,
 ) -> (u32, Reason) {
-    let Some(c) = sched::flow_backend(pkt, svc, flow) else {
+    let Some(c) = sched::flow_backend(pkt, svc, flow, acl_generation) else {
         stats::count_no_backend(svc.id);
         return if svc.flags & SERVICE_F_PASS_WHEN_EMPTY != 0 {
             (xdp_action::XDP_PASS, Reason::PassNoBackend)

@@ -3,13 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
 };
 use lb_common::{
-    ADDR_FILTER_ENTRIES, BPF_F_MMAPABLE, Backend, CachedHop, FLOW_EVENTS_BYTES, FlowEvent, FlowKey,
-    FlowValue, MAX_BACKENDS, MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS, NatReverse,
-    REASON_COUNT, RING_ENTRIES, SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, ServiceSlot,
-    Settings, Traffic, VipInfo, addr_filter_bit,
+    ADDR_FILTER_ENTRIES, AclServiceKey, BPF_F_MMAPABLE, Backend, CachedHop, FLOW_EVENTS_BYTES,
+    Firewall, FlowEvent, FlowKey, FlowValue, MAX_ACL_GLOBAL, MAX_ACL_SERVICE, MAX_BACKENDS,
+    MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS, NatReverse, REASON_COUNT, RING_ENTRIES,
+    SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, ServiceSlot, Settings, Traffic, VipInfo,
+    addr_filter_bit,
 };
 
 use crate::parse::Packet;
@@ -57,6 +58,38 @@ pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// dead never close (memory-mapped: it adjusts with atomic adds too).
 #[map]
 pub static BACKEND_CONNS: Array<u64> = Array::with_max_entries(MAX_BACKENDS, BPF_F_MMAPABLE);
+
+/// The global deny list: source prefixes (address in network order).
+#[map]
+pub static ACL_GLOBAL: LpmTrie<u32, u8> = LpmTrie::with_max_entries(MAX_ACL_GLOBAL, 0);
+/// Every service's allow and deny entries (`AclServiceKey`): the most
+/// specific prefix decides (`ACL_ALLOW` / `ACL_DENY`).
+#[map]
+pub static ACL_SERVICE: LpmTrie<AclServiceKey, u8> = LpmTrie::with_max_entries(MAX_ACL_SERVICE, 0);
+/// One entry: whether the global list has entries, and the generation.
+#[map]
+pub static FIREWALL: Array<Firewall> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn firewall() -> Firewall {
+    FIREWALL.get(0).copied().unwrap_or_default()
+}
+
+/// Whether `src_be` is in the global deny list.
+#[inline(always)]
+pub fn globally_denied(src_be: u32) -> bool {
+    ACL_GLOBAL.get(LpmKey::new(32, src_be)).is_some()
+}
+
+/// The most specific allow/deny entry of service `id` covering `src_be`.
+#[inline(always)]
+pub fn service_acl(id: u32, src_be: u32) -> Option<u8> {
+    let key = AclServiceKey {
+        service_id_be: id.to_be(),
+        addr_be: src_be,
+    };
+    ACL_SERVICE.get(LpmKey::new(64, key)).copied()
+}
 
 /// The benchmark's second baseline program's own tables (not pinned, never
 /// filled by the daemon).

@@ -181,6 +181,11 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if ETH_LEN as u64 + tot_len as u64 > frame_len {
         return verdict(XDP_DROP, Reason::DropTruncated);
     }
+    // The global deny list comes before anything else: one array read while
+    // it is empty, an LPM lookup per IPv4 packet once it is not.
+    if maps::firewall().global_entries != 0 && maps::globally_denied(src_be) {
+        return verdict(XDP_DROP, Reason::DropDeniedGlobal);
+    }
     let host = |reason| Parsed::Host {
         reason,
         dst_be,

@@ -85,12 +85,15 @@ fn client_flags(pkt: &Packet) -> u8 {
 
 /// The backend this packet's flow goes to; a new connection is scheduled and
 /// pinned first. `found`: the packet's flow-table entry, looked up by the
-/// caller. `None` when the service has no backend.
+/// caller; `acl_generation`: the firewall generation the source was just
+/// checked at (0: not checked), stored with a new entry. `None` when the
+/// service has no backend.
 #[inline(always)]
 pub fn flow_backend(
     pkt: &Packet,
     svc: &ServiceInfo,
     found: Option<*mut FlowValue>,
+    acl_generation: u16,
 ) -> Option<Choice> {
     let key = flow_key(pkt);
     let syn = pkt.is_syn();
@@ -153,7 +156,8 @@ pub fn flow_backend(
                 service_id: svc.id,
                 syn_seq_be: f.syn_seq_be,
                 flags: FLOW_F_SYN | if redispatched { FLOW_F_REDISPATCHED } else { 0 },
-                _pad: [0; 3],
+                _pad: 0,
+                acl_generation,
             }
         }
         None => FlowValue {
@@ -161,7 +165,8 @@ pub fn flow_backend(
             service_id: svc.id,
             syn_seq_be: if syn { pkt.seq_be } else { 0 },
             flags: if syn { FLOW_F_SYN } else { client_flags(pkt) },
-            _pad: [0; 3],
+            _pad: 0,
+            acl_generation,
         },
     };
     // least_conn counts TCP connections from their SYN until a FIN or RST.

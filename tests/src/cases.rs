@@ -12,7 +12,7 @@ use crate::{
     BLACKHOLED_BACKEND, CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, SMALL_MTU, backend_mac,
     frames::{
         ACK, L4, big_frame, first_difference, frame, from_client, ip_fixed, tcp_frame, udp_padded,
-        with_macs,
+        with_macs, with_src,
     },
     lab::{Lab, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, verdict_name},
     wire,
@@ -26,6 +26,9 @@ pub const CONFIG: &str = r#"
 [dataplane]
 flow_table_size = 4096
 manage_neighbours = false
+
+[firewall]
+deny = ["100.64.0.0/10"]
 
 [[service]]
 name = "dsr-rr"
@@ -153,6 +156,17 @@ protocol = "tcp"
 scheduler = "least_conn"
 forwarding = "dsr"
 backend = [{ address = "203.0.113.11", port = 9000, weight = 3 }, { address = "203.0.113.12", port = 9000 }]
+
+[[service]]
+name = "dsr-acl"
+vip = "192.0.2.10"
+port = 9090
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "dsr"
+allow = ["198.51.100.0/24"]
+deny = ["198.51.100.3"]
+backend = [{ address = "203.0.113.11", port = 9090 }]
 
 [[service]]
 name = "nat-lc"
@@ -720,7 +734,8 @@ pub fn table(lab: &Lab) -> Vec<Case> {
         service_id: lab.service("dsr-rr").info.id,
         syn_seq_be: 1000u32.to_be(),
         flags: FLOW_F_SYN | FLOW_F_ESTABLISHED,
-        _pad: [0; 3],
+        _pad: 0,
+        acl_generation: 0,
     };
     let input = from_client(NAT_MAGLEV_VIP, 50020, 80, L4::TcpAck);
     rows.push(
@@ -1104,6 +1119,65 @@ pub fn table(lab: &Lab) -> Vec<Case> {
             XDP_PASS,
         )
         .counts(Reason::PassNotService),
+    );
+
+    // The firewall: the global deny list first, then the service's lists
+    // (most specific entry decides; with an allow list, unlisted is refused).
+    for (sport, src, verdict, reason, name) in [
+        (
+            50070,
+            CLIENT,
+            XDP_REDIRECT,
+            Reason::FwdDsr,
+            "firewall: an allowed source reaches a service with lists",
+        ),
+        (
+            50071,
+            [198, 51, 100, 3],
+            XDP_DROP,
+            Reason::DropDenied,
+            "firewall: a source the service denies (inside its allowed /24) is dropped",
+        ),
+        (
+            50072,
+            [10, 9, 9, 9],
+            XDP_DROP,
+            Reason::DropNotAllowed,
+            "firewall: a source outside the service's allow list is dropped",
+        ),
+        (
+            50073,
+            [100, 64, 1, 1],
+            XDP_DROP,
+            Reason::DropDeniedGlobal,
+            "firewall: a globally denied source is dropped before anything else",
+        ),
+    ] {
+        let input = with_src(&from_client(DSR_VIP, sport, 9090, L4::TcpSyn), src);
+        let mut case = Case::new(name, fxa, input.clone(), verdict).counts(reason);
+        if verdict == XDP_REDIRECT {
+            case = case
+                .output(Output::Frame(with_macs(
+                    &input,
+                    LB_BACKEND_MAC,
+                    backend_mac(11),
+                )))
+                .opens("dsr-acl");
+        }
+        rows.push(case);
+    }
+    // The global list covers the host's own traffic too.
+    rows.push(
+        Case::new(
+            "firewall: globally denied traffic to another address is dropped too",
+            fxa,
+            with_src(
+                &from_client([192, 0, 2, 99], 50074, 22, L4::TcpSyn),
+                [100, 64, 1, 1],
+            ),
+            XDP_DROP,
+        )
+        .counts(Reason::DropDeniedGlobal),
     );
 
     rows.extend(odd_frames(fxa));

@@ -12,6 +12,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     rc::Rc,
 };
+use xdplb::plan::acl::AclEntry;
 
 use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Forwarding, RING_SIZE, Reason,
@@ -97,6 +98,9 @@ struct Service {
     scheduler: u8,
     pass_when_empty: bool,
     redispatch: bool,
+    /// It has allow/deny entries; with an allow list, unlisted is refused.
+    acl: bool,
+    allow_only: bool,
     ring: Rc<Vec<u32>>,
 }
 
@@ -222,6 +226,7 @@ pub struct Model {
     rr_cursor: HashMap<u32, u32>,
     /// Address -> `VIP_F_*`, as the `VIPS` map holds them.
     vips: HashMap<[u8; 4], u32>,
+    acl: xdplb::plan::acl::AclSet,
     /// The `SETTINGS` the harness wrote (HA flag and lease).
     settings: Settings,
     links: LabLinks,
@@ -277,6 +282,7 @@ impl Model {
             nat_order: Vec::new(),
             rr_cursor: HashMap::new(),
             vips: HashMap::new(),
+            acl: Default::default(),
             settings: Settings::default(),
             links,
             counts: Counts::default(),
@@ -302,6 +308,8 @@ impl Model {
                     scheduler: s.info.scheduler,
                     pass_when_empty: s.info.flags & SERVICE_F_PASS_WHEN_EMPTY != 0,
                     redispatch: s.info.flags & SERVICE_F_REDISPATCH != 0,
+                    acl: s.info.flags & lb_common::SERVICE_F_ACL != 0,
+                    allow_only: s.info.flags & lb_common::SERVICE_F_ALLOW_ONLY != 0,
                     ring: Rc::new(s.ring.clone()),
                 };
                 (key, svc)
@@ -327,6 +335,26 @@ impl Model {
             .iter()
             .map(|(a, v)| (u32::from_be(*a).to_be_bytes(), v.flags))
             .collect();
+        self.acl = plan.acl.clone();
+    }
+
+    /// The most specific list entry covering `src`: the global list (any
+    /// entry), or service `id`'s (its action).
+    fn acl_match(&self, service: Option<u32>, src: [u8; 4]) -> Option<u8> {
+        let a = std::net::Ipv4Addr::from(src);
+        self.acl
+            .iter()
+            .filter_map(|(e, action)| match (e, service) {
+                (AclEntry::Global(net), None) if net.contains(&a) => {
+                    Some((net.prefix_len(), *action))
+                }
+                (AclEntry::Service { id, net }, Some(s)) if *id == s && net.contains(&a) => {
+                    Some((net.prefix_len(), *action))
+                }
+                _ => None,
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, action)| action)
     }
 
     /// An address's `VIP_F_*` flags, as the harness overwrote them after a
@@ -383,6 +411,13 @@ impl Model {
         }
         if 14 + tot_len as usize > f.len() {
             return Expect::same(Drop, Reason::DropTruncated);
+        }
+        // The global deny list, before anything else.
+        if self
+            .acl_match(None, ip[12..16].try_into().unwrap())
+            .is_some()
+        {
+            return Expect::same(Drop, Reason::DropDeniedGlobal);
         }
         let frag = be16(ip, 6);
         let ip_dst: [u8; 4] = ip[16..20].try_into().unwrap();
@@ -474,6 +509,13 @@ impl Model {
         if let Some(svc) = self.services.get(&(p.t.dst, p.t.dport, proto)).cloned() {
             if !ip_ok {
                 return Expect::same(Drop, Reason::DropBadIpChecksum);
+            }
+            if svc.acl {
+                match self.acl_match(Some(svc.id), p.t.src) {
+                    Some(lb_common::ACL_DENY) => return Expect::same(Drop, Reason::DropDenied),
+                    None if svc.allow_only => return Expect::same(Drop, Reason::DropNotAllowed),
+                    _ => {}
+                }
             }
             // NAT routes: TTL running out here is answered.
             if svc.nat && ip[8] <= 1 {

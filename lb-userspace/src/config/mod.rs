@@ -34,6 +34,56 @@ pub struct Config {
     /// The active-passive pair; none: a single node.
     #[serde(default)]
     pub ha: Option<HaConfig>,
+    /// Source lists that apply before any service.
+    #[serde(default)]
+    pub firewall: FirewallConfig,
+}
+
+/// The global part of the data path's firewall.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallConfig {
+    /// Source prefixes whose packets are dropped before anything else (any
+    /// IPv4 to any address of the attached interfaces, not just VIPs).
+    #[serde(default)]
+    pub deny: Vec<Prefix>,
+}
+
+/// An IPv4 source prefix, "a.b.c.d/n" or a single address "a.b.c.d".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Prefix(pub ipnet::Ipv4Net);
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let net: ipnet::Ipv4Net = match s.parse::<Ipv4Addr>() {
+            Ok(a) => ipnet::Ipv4Net::from(a),
+            Err(_) => s
+                .parse()
+                .map_err(|_| format!("{s:?} is not an IPv4 address or prefix (a.b.c.d/n)"))?,
+        };
+        if net.trunc() != net {
+            return Err(format!(
+                "{s} has host bits set after /{}; did you mean {}?",
+                net.prefix_len(),
+                net.trunc()
+            ));
+        }
+        Ok(Prefix(net))
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The daemon's own interfaces: metrics and status.
@@ -158,6 +208,13 @@ pub struct ServiceConfig {
     /// (once). On by default where it applies.
     #[serde(default)]
     pub redispatch: Option<bool>,
+    /// Sources allowed to reach the service; empty: every source not denied.
+    #[serde(default)]
+    pub allow: Vec<Prefix>,
+    /// Sources refused. The most specific prefix of `allow` and `deny`
+    /// decides; the same prefix in both is a config error.
+    #[serde(default)]
+    pub deny: Vec<Prefix>,
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
 }
@@ -511,6 +568,24 @@ port = 80
                 "protocol = \"udp\"\nscheduler = \"least_conn\"",
                 "service[0].scheduler",
                 "a UDP flow never closes",
+            ),
+            (
+                "forwarding = \"dsr\"",
+                "forwarding = \"dsr\"\nallow = [\"198.51.100.1/24\"]",
+                "service[0].allow[0]",
+                "did you mean 198.51.100.0/24",
+            ),
+            (
+                "forwarding = \"dsr\"",
+                "forwarding = \"dsr\"\ndeny = [\"example.com\"]",
+                "service[0].deny[0]",
+                "not an IPv4 address or prefix",
+            ),
+            (
+                "forwarding = \"dsr\"",
+                "forwarding = \"dsr\"\nallow = [\"10.0.0.0/8\"]\ndeny = [\"10.0.0.0/8\"]",
+                "service[0].deny",
+                "in allow too",
             ),
         ];
         for (from, to, key, reason) in cases {

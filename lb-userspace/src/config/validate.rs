@@ -49,6 +49,7 @@ impl Config {
         let mut keys = HashSet::new();
         // Backend ids are per service, so every listed backend takes one.
         let mut all_backends = 0usize;
+        let mut acl_entries = 0usize;
         for (i, s) in self.services.iter().enumerate() {
             let at = |k: &str| format!("service[{i}].{k}");
             if s.name.trim().is_empty() {
@@ -162,6 +163,15 @@ impl Config {
                     "applies to NAT TCP services only: the load balancer must see the backend refuse a connection".into(),
                 ));
             }
+            if let Some(p) = s.deny.iter().find(|p| s.allow.contains(p)) {
+                return Err((
+                    at("deny"),
+                    format!(
+                        "{p} is in allow too; the most specific prefix decides, so one prefix cannot be both"
+                    ),
+                ));
+            }
+            acl_entries += s.allow.len() + s.deny.len();
             if s.scheduler == SchedulerKind::LeastConn && s.protocol == Protocol::Udp {
                 return Err((
                     at("scheduler"),
@@ -177,6 +187,25 @@ impl Config {
         }
         if let Some(h) = &self.ha {
             super::ha::validate(self, h)?;
+        }
+        if acl_entries > lb_common::MAX_ACL_SERVICE as usize {
+            return Err((
+                "service".into(),
+                format!(
+                    "{acl_entries} allow/deny entries over all services; the data path holds at most {}",
+                    lb_common::MAX_ACL_SERVICE
+                ),
+            ));
+        }
+        if self.firewall.deny.len() > lb_common::MAX_ACL_GLOBAL as usize {
+            return Err((
+                "firewall.deny".into(),
+                format!(
+                    "{} entries; the data path holds at most {}",
+                    self.firewall.deny.len(),
+                    lb_common::MAX_ACL_GLOBAL
+                ),
+            ));
         }
         if all_backends > MAX_BACKENDS as usize {
             return Err((

@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Dataplane, DataplaneError};
-use lb_common::{Backend, ServiceInfo, ServiceKey, VipInfo};
+use lb_common::{Backend, Firewall, ServiceInfo, ServiceKey, VipInfo};
+
+use crate::plan::acl::AclEntry;
 
 #[derive(Debug, Default)]
 pub struct FakeDataplane {
@@ -12,6 +14,8 @@ pub struct FakeDataplane {
     /// (service id, half) -> ring.
     pub rings: BTreeMap<(u32, u8), Vec<u32>>,
     pub vips: BTreeMap<u32, VipInfo>,
+    pub acl: BTreeMap<AclEntry, u8>,
+    pub firewall: Firewall,
     /// Fail the n-th write from now (0 = next), to test error paths.
     pub fail_at: Option<usize>,
     pub writes: usize,
@@ -56,6 +60,25 @@ impl FakeDataplane {
 }
 
 impl Dataplane for FakeDataplane {
+    fn set_acl(&mut self, entry: AclEntry, action: u8) -> Result<(), DataplaneError> {
+        self.write("ACL")?;
+        self.log.push(format!("acl set {entry:?} {action}"));
+        self.acl.insert(entry, action);
+        Ok(())
+    }
+    fn remove_acl(&mut self, entry: AclEntry) -> Result<(), DataplaneError> {
+        self.write("ACL")?;
+        self.log.push(format!("acl remove {entry:?}"));
+        self.acl.remove(&entry);
+        Ok(())
+    }
+    fn set_firewall(&mut self, fw: Firewall) -> Result<(), DataplaneError> {
+        self.write("FIREWALL")?;
+        self.log
+            .push(format!("firewall generation {}", fw.generation));
+        self.firewall = fw;
+        Ok(())
+    }
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), DataplaneError> {
         self.write("BACKENDS")?;
         self.log

@@ -11,7 +11,9 @@ pub mod bpf;
 pub mod fake;
 mod programmer;
 
-use lb_common::{Backend, ServiceInfo, ServiceKey, VipInfo};
+use lb_common::{Backend, Firewall, ServiceInfo, ServiceKey, VipInfo};
+
+use crate::plan::acl::AclEntry;
 
 pub use programmer::{ApplyStats, Programmer};
 
@@ -35,6 +37,12 @@ pub trait Dataplane {
     /// Set what the data path does with unforwarded traffic to an address.
     fn set_vip(&mut self, addr_be: u32, info: VipInfo) -> Result<(), DataplaneError>;
     fn remove_vip(&mut self, addr_be: u32) -> Result<(), DataplaneError>;
+    /// Add or change a firewall list entry (`ACL_ALLOW` / `ACL_DENY`).
+    fn set_acl(&mut self, entry: AclEntry, action: u8) -> Result<(), DataplaneError>;
+    fn remove_acl(&mut self, entry: AclEntry) -> Result<(), DataplaneError>;
+    /// The firewall's state: global entries and the generation flows are
+    /// checked at.
+    fn set_firewall(&mut self, fw: Firewall) -> Result<(), DataplaneError>;
     /// Return once every run of the data path that began before the call
     /// has ended (an RCU grace period): after a flip, the half no longer
     /// live has no reader left and may be rewritten.

@@ -102,6 +102,16 @@ impl Programmer {
                 dp.set_vip(*addr, *v)?;
             }
         }
+        // Firewall entries, new and changed, before the service entries whose
+        // flags start asking for them (an allow list in place before the
+        // service refuses everyone else).
+        let mut acl_changed = false;
+        for (e, a) in &plan.acl {
+            if old.acl.get(e) != Some(a) {
+                dp.set_acl(*e, *a)?;
+                acl_changed = true;
+            }
+        }
         for (id, b) in &plan.backends {
             if old.backends.get(id) != Some(b) && gains(old.backends.get(id), b) {
                 dp.set_backend(*id, *b)?;
@@ -147,6 +157,24 @@ impl Programmer {
                 dp.remove_vip(*addr)?;
             }
         }
+        // Entries gone, after the services stopped asking for them; then a
+        // new generation, so established flows are checked again against
+        // the lists as they are now.
+        for e in old.acl.keys() {
+            if !plan.acl.contains_key(e) {
+                dp.remove_acl(*e)?;
+                acl_changed = true;
+            }
+        }
+        plan.acl_generation = old.acl_generation;
+        if acl_changed {
+            plan.acl_generation = crate::plan::acl::next_generation(old.acl_generation);
+            dp.set_firewall(lb_common::Firewall {
+                global_entries: crate::plan::acl::global_entries(&plan.acl),
+                generation: plan.acl_generation,
+                _pad: 0,
+            })?;
+        }
         // Inactive, so flows still pinned to them re-schedule.
         for id in old.backends.keys() {
             if !plan.backends.contains_key(id) {
@@ -184,6 +212,55 @@ mod tests {
             t += &format!("[[service.backend]]\naddress = \"{a}\"\nport = 80\nweight = {w}\n");
         }
         Config::parse(Path::new("t.toml"), &t).unwrap()
+    }
+
+    /// Allow entries are written before the service entry that starts
+    /// refusing everyone else, removed after the one that stops; every
+    /// change (and only a change) moves the firewall generation.
+    #[test]
+    fn firewall_entries_bracket_the_service_flags() {
+        let mut planner = Planner::default();
+        let mut dp = FakeDataplane::default();
+        let mut prog = Programmer::default();
+        let plain = cfg(&[("203.0.113.11", 1)], "maglev");
+        let listed = {
+            let mut c = plain.clone();
+            c.services[0].allow = vec!["198.51.100.0/24".parse().unwrap()];
+            c
+        };
+        let mut planner_plan = |c: &Config| planner.plan(c, &Default::default()).unwrap();
+        let pos = |log: &[String], what: &str| log.iter().position(|l| l.starts_with(what));
+        let log = {
+            dp.log.clear();
+            prog.apply(&mut dp, planner_plan(&plain)).unwrap();
+            dp.log.clone()
+        };
+        assert_eq!(pos(&log, "firewall"), None, "no lists, no generation");
+        dp.log.clear();
+        prog.apply(&mut dp, planner_plan(&listed)).unwrap();
+        let log = dp.log.clone();
+        assert!(
+            pos(&log, "acl set").unwrap() < pos(&log, "service").unwrap(),
+            "{log:?}"
+        );
+        assert_eq!(dp.firewall.generation, 1);
+        dp.log.clear();
+        prog.apply(&mut dp, planner_plan(&listed)).unwrap();
+        assert_eq!(
+            pos(&dp.log, "firewall"),
+            None,
+            "nothing changed: {:?}",
+            dp.log
+        );
+        dp.log.clear();
+        prog.apply(&mut dp, planner_plan(&plain)).unwrap();
+        let log = dp.log.clone();
+        assert!(
+            pos(&log, "service").unwrap() < pos(&log, "acl remove").unwrap(),
+            "{log:?}"
+        );
+        assert_eq!(dp.firewall.generation, 2);
+        assert!(dp.acl.is_empty());
     }
 
     #[test]

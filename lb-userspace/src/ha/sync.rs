@@ -156,7 +156,8 @@ impl SyncIndex {
             service_id: svc.id,
             syn_seq_be: r.syn_seq_be,
             flags: r.flags,
-            _pad: [0; 3],
+            _pad: 0,
+            acl_generation: 0,
         };
         let reverse = (svc.forwarding == Forwarding::Nat as u8).then(|| {
             (
@@ -254,7 +255,8 @@ backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12"
                 service_id: a.services[0].info.id,
                 syn_seq_be: 77u32.to_be(),
                 flags: 1,
-                _pad: [0; 3],
+                _pad: 0,
+                acl_generation: 0,
             },
         };
         let rec = SyncIndex::new(&a).record(&ev, 123).unwrap();

@@ -11,10 +11,12 @@ use std::{
 
 use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, Forwarding, MAX_BACKENDS, MAX_SERVICES,
-    RING_SIZE, SERVICE_F_PASS_WHEN_EMPTY, SERVICE_F_REDISPATCH, Scheduler, ServiceInfo, ServiceKey,
-    VIP_F_DROP_UNSERVED, VIP_F_HA, VipInfo,
+    RING_SIZE, SERVICE_F_ACL, SERVICE_F_ALLOW_ONLY, SERVICE_F_PASS_WHEN_EMPTY,
+    SERVICE_F_REDISPATCH, Scheduler, ServiceInfo, ServiceKey, VIP_F_DROP_UNSERVED, VIP_F_HA,
+    VipInfo,
 };
 
+pub mod acl;
 pub mod maglev;
 pub mod ring;
 
@@ -38,6 +40,10 @@ pub struct Plan {
     /// Addresses the data path answers for (address in network order ->
     /// `VIP_F_*`): service VIPs (drop unserved traffic) and HA addresses.
     pub vips: BTreeMap<u32, VipInfo>,
+    /// The firewall's lists (global deny, services' allow/deny by id).
+    pub acl: acl::AclSet,
+    /// The firewall generation the lists were last written with.
+    pub acl_generation: u16,
     /// Backend id by identity, kept with the plan (built once, not per call).
     ids: HashMap<BackendRef, u32>,
 }
@@ -152,6 +158,8 @@ impl Availability {
 pub struct Planner {
     services: Ids<ServiceKey>,
     backends: Ids<BackendRef>,
+    /// Global deny entries added at run time (beside `[firewall] deny`).
+    pub runtime_deny: Vec<ipnet::Ipv4Net>,
 }
 
 impl Default for Planner {
@@ -159,6 +167,7 @@ impl Default for Planner {
         Self {
             services: Ids::new(MAX_SERVICES),
             backends: Ids::new(MAX_BACKENDS),
+            runtime_deny: Vec::new(),
         }
     }
 }
@@ -179,6 +188,8 @@ impl Plan {
             services,
             backends,
             vips: BTreeMap::new(),
+            acl: acl::AclSet::new(),
+            acl_generation: 0,
             ids: HashMap::new(),
         };
         p.ids = p.index();
@@ -349,6 +360,14 @@ impl Planner {
                         SERVICE_F_REDISPATCH
                     } else {
                         0
+                    } | if s.allow.is_empty() && s.deny.is_empty() {
+                        0
+                    } else {
+                        SERVICE_F_ACL
+                    } | if s.allow.is_empty() {
+                        0
+                    } else {
+                        SERVICE_F_ALLOW_ONLY
                     },
                     // Which half is live is the programmer's business.
                     ring: 0,
@@ -358,6 +377,9 @@ impl Planner {
         }
         let mut plan = Plan::new(services, backends);
         plan.vips = vips(config);
+        plan.acl = acl::build(config, &self.runtime_deny, |k| {
+            service_id_of.get(k).copied()
+        });
         Ok(plan)
     }
 }

@@ -13,17 +13,22 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, IterableMap as _, MapData},
+    maps::{
+        Array, HashMap, IterableMap as _, MapData,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
 };
+use ipnet::Ipv4Net;
 use lb_common::{
-    ADDR_FILTER_ENTRIES, Backend, FILTER_BACKENDS, FILTER_VIPS, RING_ENTRIES, RING_SIZE,
-    ServiceInfo, ServiceKey, ServiceSlot, VipInfo, addr_filter_bit, names, ring_word,
+    ADDR_FILTER_ENTRIES, AclServiceKey, Backend, FILTER_BACKENDS, FILTER_VIPS, Firewall,
+    RING_ENTRIES, RING_SIZE, ServiceInfo, ServiceKey, ServiceSlot, VipInfo, addr_filter_bit, names,
+    ring_word,
 };
 
 use super::{BpfError, error_chain, mapped::Mapped, take};
 use crate::{
     dataplane::{Dataplane, DataplaneError},
-    plan::{Plan, PlannedService},
+    plan::{Plan, PlannedService, acl::AclEntry},
 };
 
 /// The ring array, mapped into our memory: `u64` elements, two slots each.
@@ -114,6 +119,41 @@ impl AddrFilter {
     }
 }
 
+/// The firewall's maps.
+struct FirewallMaps {
+    global: LpmTrie<MapData, u32, u8>,
+    service: LpmTrie<MapData, AclServiceKey, u8>,
+    state: Array<MapData, Firewall>,
+}
+
+/// An address's bytes as the data path reads them (network order).
+fn addr_be(net: &Ipv4Net) -> u32 {
+    u32::from_ne_bytes(net.network().octets())
+}
+
+fn global_key(net: &Ipv4Net) -> LpmKey<u32> {
+    LpmKey::new(u32::from(net.prefix_len()), addr_be(net))
+}
+
+fn service_key(id: u32, net: &Ipv4Net) -> LpmKey<AclServiceKey> {
+    LpmKey::new(
+        32 + u32::from(net.prefix_len()),
+        AclServiceKey {
+            service_id_be: id.to_be(),
+            addr_be: addr_be(net),
+        },
+    )
+}
+
+/// The prefix an LPM key of `prefix_len` bits over `addr_be` stands for.
+fn net_of(prefix_len: u32, addr_be: u32) -> Option<Ipv4Net> {
+    Ipv4Net::new(
+        std::net::Ipv4Addr::from(addr_be.to_ne_bytes()),
+        prefix_len.min(32) as u8,
+    )
+    .ok()
+}
+
 /// The configuration maps, owned.
 pub struct BpfDataplane {
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
@@ -122,6 +162,7 @@ pub struct BpfDataplane {
     ring: RingMemory,
     vips: HashMap<MapData, u32, VipInfo>,
     filter: AddrFilter,
+    firewall: FirewallMaps,
 }
 
 impl BpfDataplane {
@@ -153,6 +194,11 @@ impl BpfDataplane {
             ring: RingMemory::map(take(ebpf, names::BACKEND_RING)?)?,
             vips,
             filter,
+            firewall: FirewallMaps {
+                global: take(ebpf, names::ACL_GLOBAL)?,
+                service: take(ebpf, names::ACL_SERVICE)?,
+                state: take(ebpf, names::FIREWALL)?,
+            },
         })
     }
 }
@@ -186,6 +232,26 @@ impl BpfDataplane {
             let (addr, v) = entry.map_err(err(names::VIPS))?;
             plan.vips.insert(addr, v);
         }
+        let fw = &self.firewall;
+        for entry in fw.global.iter() {
+            let (k, a) = entry.map_err(err(names::ACL_GLOBAL))?;
+            if let Some(net) = net_of(k.prefix_len(), k.data()) {
+                plan.acl.insert(AclEntry::Global(net), a);
+            }
+        }
+        for entry in fw.service.iter() {
+            let (k, a) = entry.map_err(err(names::ACL_SERVICE))?;
+            let d = k.data();
+            if let Some(net) = net_of(k.prefix_len().saturating_sub(32), d.addr_be) {
+                let id = u32::from_be(d.service_id_be);
+                plan.acl.insert(AclEntry::Service { id, net }, a);
+            }
+        }
+        plan.acl_generation = fw
+            .state
+            .get(&0, 0)
+            .map_err(err(names::FIREWALL))?
+            .generation;
         Ok(plan)
     }
 }
@@ -202,6 +268,36 @@ fn map_err(
 }
 
 impl Dataplane for BpfDataplane {
+    fn set_acl(&mut self, entry: AclEntry, action: u8) -> Result<(), DataplaneError> {
+        let fw = &mut self.firewall;
+        match entry {
+            AclEntry::Global(net) => fw
+                .global
+                .insert(&global_key(&net), action, 0)
+                .map_err(map_err("update", names::ACL_GLOBAL)),
+            AclEntry::Service { id, net } => fw
+                .service
+                .insert(&service_key(id, &net), action, 0)
+                .map_err(map_err("update", names::ACL_SERVICE)),
+        }
+    }
+    fn remove_acl(&mut self, entry: AclEntry) -> Result<(), DataplaneError> {
+        let fw = &mut self.firewall;
+        let r = match entry {
+            AclEntry::Global(net) => fw.global.remove(&global_key(&net)),
+            AclEntry::Service { id, net } => fw.service.remove(&service_key(id, &net)),
+        };
+        match r {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            r => r.map_err(map_err("delete", names::ACL_SERVICE)),
+        }
+    }
+    fn set_firewall(&mut self, fw: Firewall) -> Result<(), DataplaneError> {
+        self.firewall
+            .state
+            .set(0, fw, 0)
+            .map_err(map_err("update", names::FIREWALL))
+    }
     fn set_vip(&mut self, addr_be: u32, info: VipInfo) -> Result<(), DataplaneError> {
         if self.filter.vips.insert(addr_be) {
             self.filter.refresh(FILTER_VIPS, addr_be)?;
