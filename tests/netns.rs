@@ -2799,3 +2799,69 @@ fn firewall_lists_change_live_by_reload() {
     assert!(cpus_that_counted(&lab, Reason::DropDenied) >= 1);
     assert!(cpus_that_counted(&lab, Reason::DropDeniedGlobal) >= 1);
 }
+
+/// Issue 11: the run-time deny list from the CLI. `xdplb deny add` cuts a
+/// client off at once, `deny list` shows it, the list survives a restart
+/// (it is kept in `[firewall] deny_file`), `deny del` lets the client back;
+/// taking off what is not there is an error that says so.
+#[test]
+fn deny_cli_changes_live_and_survives_a_restart() {
+    let test = "deny_cli_changes_live_and_survives_a_restart";
+    if !require_root(test) {
+        return;
+    }
+    let deny_file = std::env::temp_dir().join(format!("{test}-{}.list", std::process::id()));
+    let _ = std::fs::remove_file(&deny_file);
+    let both = [("203.0.113.11", 1), ("203.0.113.21", 1)];
+    let config = format!(
+        "[firewall]\ndeny_file = \"{}\"\n{}",
+        deny_file.display(),
+        nat_config(&both, "")
+    );
+    let mut lab = lab_with(Mode::Native, &config);
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let deny = |lab: &Lab, args: &[&str]| {
+        std::process::Command::new(target_bin("xdplb"))
+            .arg("deny")
+            .args(args)
+            .arg("--socket")
+            .arg(&lab.daemon.status_socket)
+            .output()
+            .unwrap()
+    };
+    let get = |lab: &Lab| {
+        let _in = lab.client.enter();
+        http_get(vip)
+    };
+    assert!(get(&lab).is_ok(), "{test}: before");
+    let out = deny(&lab, &["add", "198.51.100.2"]);
+    assert!(out.status.success(), "{test}: {out:?}");
+    assert!(get(&lab).is_err(), "{test}: denied at once");
+    let list = String::from_utf8_lossy(&deny(&lab, &["list"]).stdout).to_string();
+    assert!(list.contains("198.51.100.2/32"), "{test}: {list}");
+    let kept = std::fs::read_to_string(&deny_file).unwrap();
+    assert!(kept.contains("198.51.100.2/32"), "{test}: {kept}");
+    // A clean stop (maps unpinned), then a new daemon (its own PID file,
+    // socket and pins: the old guard cleans up its own): the file brings
+    // the list back.
+    lab.daemon.stop();
+    let pid_file = lab.pid_file.with_extension("second.pid");
+    lab.daemon = start_xdplb(
+        &lab.lb,
+        &target_bin("xdplb"),
+        &lab.config,
+        &pid_file,
+        &["--xdp-mode", "native"],
+    );
+    assert!(get(&lab).is_err(), "{test}: still denied after a restart");
+    let out = deny(&lab, &["del", "10.0.0.0/8"]);
+    assert!(!out.status.success(), "{test}: deleting what is not there");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not in the run-time deny list"),
+        "{test}: {out:?}"
+    );
+    let out = deny(&lab, &["del", "198.51.100.2"]);
+    assert!(out.status.success(), "{test}: {out:?}");
+    assert!(get(&lab).is_ok(), "{test}: allowed again");
+    let _ = std::fs::remove_file(&deny_file);
+}

@@ -193,6 +193,38 @@ impl Control {
         Ok(st)
     }
 
+    /// Start with this run-time deny list (read from its file), before the
+    /// first apply.
+    pub fn preset_runtime_deny(&mut self, list: Vec<ipnet::Ipv4Net>) {
+        self.planner.runtime_deny = list;
+    }
+
+    /// The run-time global deny list (beside the config's).
+    pub fn runtime_deny(&self) -> &[ipnet::Ipv4Net] {
+        &self.planner.runtime_deny
+    }
+
+    /// Replace the run-time global deny list and write the result; on error
+    /// the list and the maps stay as they were.
+    pub fn set_runtime_deny(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        list: Vec<ipnet::Ipv4Net>,
+    ) -> Result<(), ControlError> {
+        let old = std::mem::replace(&mut self.planner.runtime_deny, list);
+        let applied = self
+            .planner
+            .plan(&self.config, &self.availability())
+            .map_err(ControlError::from)
+            .and_then(|plan| self.programmer.apply(dp, plan).map_err(ControlError::from));
+        if let Err(e) = applied {
+            self.planner.runtime_deny = old;
+            return Err(e);
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
     /// Record one probe result. A state change is written by [`Self::sync`].
     pub fn record(
         &mut self,

@@ -81,6 +81,24 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_STATUS_SOCKET)]
         socket: PathBuf,
     },
+    /// The run-time global deny list of the running daemon: sources dropped
+    /// before anything else, kept in [firewall] deny_file across restarts.
+    Deny {
+        #[command(subcommand)]
+        op: DenyOp,
+        #[arg(long, global = true, default_value = DEFAULT_STATUS_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DenyOp {
+    /// Deny a source prefix ("a.b.c.d/n" or an address).
+    Add { prefix: String },
+    /// Take a prefix off the run-time list.
+    Del { prefix: String },
+    /// Print the list (config entries marked).
+    List,
 }
 
 fn main() -> ExitCode {
@@ -102,6 +120,14 @@ fn main() -> ExitCode {
             wait,
         } => stop(&pid_file, keep_running, wait),
         Cmd::Status { socket } => status(&socket),
+        Cmd::Deny { op, socket } => {
+            let line = match op {
+                DenyOp::Add { prefix } => format!("deny add {prefix}"),
+                DenyOp::Del { prefix } => format!("deny del {prefix}"),
+                DenyOp::List => "deny list".to_string(),
+            };
+            cli::request(&socket, &line).map(|out| print!("{out}"))
+        }
         Cmd::Run {
             config,
             ifaces,

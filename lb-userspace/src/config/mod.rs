@@ -40,13 +40,30 @@ pub struct Config {
 }
 
 /// The global part of the data path's firewall.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallConfig {
     /// Source prefixes whose packets are dropped before anything else (any
     /// IPv4 to any address of the attached interfaces, not just VIPs).
     #[serde(default)]
     pub deny: Vec<Prefix>,
+    /// Where `xdplb deny add|del` keeps the run-time deny list, so a
+    /// restarted daemon forgets none of it. Changes only on restart.
+    #[serde(default = "default_deny_file")]
+    pub deny_file: PathBuf,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        Self {
+            deny: Vec::new(),
+            deny_file: default_deny_file(),
+        }
+    }
+}
+
+fn default_deny_file() -> PathBuf {
+    PathBuf::from("/var/lib/xdplb/deny.list")
 }
 
 /// An IPv4 source prefix, "a.b.c.d/n" or a single address "a.b.c.d".

@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{io::AsyncWriteExt, sync::mpsc};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt},
+    sync::mpsc,
+};
 use tracing::{error, info, warn};
 
 use super::{Options, host::Host};
@@ -236,6 +239,82 @@ impl Daemon {
         )
     }
 
+    /// Answer one line from the status socket: `status` (or nothing) the
+    /// table; `deny list|add P|del P` the run-time deny list, kept in
+    /// `[firewall] deny_file` before the maps change. Errors start with
+    /// "error: ".
+    pub fn control_request(&mut self, line: &str) -> String {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [] | ["status"] => api::status::table(&self.view()),
+            ["deny", "list"] => {
+                let mut out = String::new();
+                for p in &self.control.config().firewall.deny {
+                    out += &format!("{p} (config)\n");
+                }
+                for n in self.control.runtime_deny() {
+                    out += &format!("{n}\n");
+                }
+                out
+            }
+            ["deny", op @ ("add" | "del"), prefix] => match self.change_deny(op, prefix) {
+                Ok(msg) => msg,
+                Err(e) => format!("error: {e}\n"),
+            },
+            _ => format!(
+                "error: unknown request {line:?} (status, deny list, deny add PREFIX, deny del PREFIX)\n"
+            ),
+        }
+    }
+
+    fn change_deny(&mut self, op: &str, prefix: &str) -> Result<String, String> {
+        let net = prefix.parse::<crate::config::Prefix>()?.0;
+        let mut list = self.control.runtime_deny().to_vec();
+        let present = list.contains(&net);
+        match (op, present) {
+            ("add", true) => return Ok(format!("{net} is denied already\n")),
+            ("add", false) => list.push(net),
+            (_, false) => {
+                let in_config = self
+                    .control
+                    .config()
+                    .firewall
+                    .deny
+                    .iter()
+                    .any(|p| p.0 == net);
+                return Err(if in_config {
+                    format!("{net} is in the config's [firewall] deny; remove it there and reload")
+                } else {
+                    format!("{net} is not in the run-time deny list")
+                });
+            }
+            (_, true) => list.retain(|n| *n != net),
+        }
+        if list.len() + self.control.config().firewall.deny.len()
+            > lb_common::MAX_ACL_GLOBAL as usize
+        {
+            return Err(format!(
+                "the data path holds at most {} global entries",
+                lb_common::MAX_ACL_GLOBAL
+            ));
+        }
+        let path = self.control.config().firewall.deny_file.clone();
+        let old = self.control.runtime_deny().to_vec();
+        crate::firewall::save(&path, &list).map_err(|e| e.to_string())?;
+        if let Err(e) = self.control.set_runtime_deny(&mut self.dp, list) {
+            // The maps kept the old list: so does the file.
+            let _ = crate::firewall::save(&path, &old);
+            return Err(e.to_string());
+        }
+        let verb = if op == "add" {
+            "denied"
+        } else {
+            "no longer denied"
+        };
+        info!(prefix = %net, file = %path.display(), "run-time deny list: {verb}");
+        Ok(format!("{net} {verb}\n"))
+    }
+
     /// Serve until a signal ends it.
     pub async fn run(&mut self, inputs: Inputs, o: &Options) -> std::io::Result<Exit> {
         let Inputs {
@@ -258,6 +337,8 @@ impl Daemon {
         for t in [&mut stats_tick, &mut rate_tick, &mut passive_tick] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
+        // Requests on the status socket: read off the loop, answered in it.
+        let (requests_tx, mut requests) = mpsc::channel::<(String, tokio::net::UnixStream)>(16);
         loop {
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(Exit::Stop { keep_running }); }
@@ -278,15 +359,40 @@ impl Daemon {
                     if let Some(s) = self.snapshot() { info!(counters = %s, "counters"); }
                 }
                 c = status.accept() => match c {
-                    Ok((mut stream, _)) => {
-                        let table = api::status::table(&self.view());
+                    Ok((stream, _)) => {
+                        let tx = requests_tx.clone();
                         tokio::spawn(async move {
-                            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(table.as_bytes())).await;
+                            if let Some(r) = read_request(stream).await {
+                                let _ = tx.send(r).await;
+                            }
                         });
                     }
                     Err(e) => warn!(error = %e, "status accept failed"),
                 },
+                Some((line, mut stream)) = requests.recv() => {
+                    let reply = self.control_request(line.trim());
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply.as_bytes())).await;
+                    });
+                }
             }
         }
+    }
+}
+
+/// One request line from a status-socket client (at most 256 bytes, within
+/// 2 s; a client that sends nothing and closes gets the status table).
+async fn read_request(stream: tokio::net::UnixStream) -> Option<(String, tokio::net::UnixStream)> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut limited = (&mut reader).take(256);
+        limited.read_line(&mut line).await
+    })
+    .await;
+    match read {
+        Ok(Ok(_)) => Some((line, reader.into_inner())),
+        _ => None,
     }
 }

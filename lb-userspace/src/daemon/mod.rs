@@ -169,6 +169,12 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         .context("watching routes and neighbours")?;
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let mut control = Control::new(config.clone());
+    let deny = crate::firewall::load(&config.firewall.deny_file)
+        .context("firewall.deny_file: the run-time deny list")?;
+    if !deny.is_empty() {
+        info!(entries = deny.len(), file = %config.firewall.deny_file.display(), "run-time deny list loaded");
+    }
+    control.preset_runtime_deny(deny);
     if loaded.adopted {
         let found = dp.read_plan().context("reading the pinned maps")?;
         info!(
