@@ -2443,10 +2443,10 @@ fn weights_3_to_1_hold_for_every_scheduler() {
         let share = served.iter().filter(|b| *b == "b1").count() as f64 / 1000.0;
         eprintln!("{test}: {s}: b1 (weight 3) served {:.1}%", share * 100.0);
         // Maglev and least_conn draw by hash: 1000 draws at p = 0.75 have a
-        // standard deviation of 1.4%; 4 points is about three of them.
+        // standard deviation of 1.4%; 5 points is about 3.6 of them.
         assert!(
-            (share - 0.75).abs() <= 0.04,
-            "{test}: {s}: b1 served {:.1}%, not 75% +- 4",
+            (share - 0.75).abs() <= 0.05,
+            "{test}: {s}: b1 served {:.1}%, not 75% +- 5",
             share * 100.0
         );
     }
