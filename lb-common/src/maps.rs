@@ -51,6 +51,9 @@ pub mod names {
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
     pub const SERVICE_SLOTS: &str = "SERVICE_SLOTS";
     pub const BACKEND_CONNS: &str = "BACKEND_CONNS";
+    pub const RATE_LIMITS: &str = "RATE_LIMITS";
+    pub const CLIENT_RATES: &str = "CLIENT_RATES";
+    pub const SERVICE_RATES: &str = "SERVICE_RATES";
     pub const ACL_GLOBAL: &str = "ACL_GLOBAL";
     pub const ACL_SERVICE: &str = "ACL_SERVICE";
     pub const FIREWALL: &str = "FIREWALL";
@@ -85,6 +88,9 @@ pub mod names {
         EVENTS_LOST,
         SERVICE_SLOTS,
         BACKEND_CONNS,
+        RATE_LIMITS,
+        CLIENT_RATES,
+        SERVICE_RATES,
         ACL_GLOBAL,
         ACL_SERVICE,
         FIREWALL,
@@ -97,7 +103,7 @@ pub mod names {
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -177,6 +183,39 @@ pub const SERVICE_F_REDISPATCH: u8 = 2;
 pub const SERVICE_F_ACL: u8 = 4;
 /// The service has an allow list: a source no entry allows is refused.
 pub const SERVICE_F_ALLOW_ONLY: u8 = 8;
+/// The service limits new connections (`RATE_LIMITS[id]`).
+pub const SERVICE_F_RATE_LIMIT: u8 = 16;
+
+/// New-connection limits of one service (`RATE_LIMITS`, by service id), as
+/// GCRA parameters: a connection is admitted when its arrival is no earlier
+/// than the bucket's theoretical arrival time minus the burst tolerance.
+/// An interval of 0 means no limit of that kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateLimit {
+    /// Per client address: ns between connections (1e9 / rate).
+    pub client_interval_ns: u64,
+    /// Per client: how far ahead of time a burst may run (interval ×
+    /// (burst − 1)).
+    pub client_tolerance_ns: u64,
+    /// The whole service: the same two.
+    pub total_interval_ns: u64,
+    pub total_tolerance_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<RateLimit>() == 32);
+
+/// Key of `CLIENT_RATES`: one bucket per (service, client address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ClientRateKey {
+    pub service_id: u32,
+    pub addr_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<ClientRateKey>() == 8);
+
+/// Client buckets kept (LRU: a client idle long enough to be evicted has a
+/// full bucket anyway).
+pub const MAX_CLIENT_RATES: u32 = 65536;
 
 /// Backend slot is in use and its active check passes: the flows pinned to
 /// it stay. Flows pinned to a slot without it are re-scheduled.
@@ -399,8 +438,10 @@ pub struct Traffic {
     /// mid-connection: a flow table too small, or state lost (restart
     /// without pins, failover without sync).
     pub midstream: u64,
+    /// Service only: new connections refused by its rate limits.
+    pub rate_limited: u64,
 }
-const _: () = assert!(core::mem::size_of::<Traffic>() == 64);
+const _: () = assert!(core::mem::size_of::<Traffic>() == 72);
 
 impl Traffic {
     /// Field-wise sum (per-CPU slots into one total).
@@ -414,6 +455,7 @@ impl Traffic {
             refused: self.refused + o.refused,
             redispatched: self.redispatched + o.redispatched,
             midstream: self.midstream + o.midstream,
+            rate_limited: self.rate_limited + o.rate_limited,
         }
     }
 }
@@ -508,6 +550,8 @@ mod pod {
     unsafe impl aya::Pod for FlowEvent {}
     unsafe impl aya::Pod for CachedHop {}
     unsafe impl aya::Pod for AclServiceKey {}
+    unsafe impl aya::Pod for RateLimit {}
+    unsafe impl aya::Pod for ClientRateKey {}
     unsafe impl aya::Pod for Firewall {}
     unsafe impl aya::Pod for ServiceSlot {}
 }

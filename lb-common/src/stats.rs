@@ -93,6 +93,11 @@ reasons! {
     DropDenied = "drop_denied",
     /// The service has an allow list and no entry allows the source.
     DropNotAllowed = "drop_not_allowed",
+    /// A new connection over its client address's rate limit for the
+    /// service (established flows are never limited).
+    DropRateClient = "drop_rate_client",
+    /// A new connection over the service's overall rate limit.
+    DropRateService = "drop_rate_service",
 }
 
 /// Number of reasons; the size of the `REASONS` map.

@@ -18,6 +18,7 @@ mod maps;
 mod nat;
 mod neigh;
 mod parse;
+mod rate;
 mod relay;
 mod sched;
 mod stats;
@@ -264,13 +265,20 @@ fn to_backend(
     flow: Option<*mut FlowValue>,
     acl_generation: u16,
 ) -> (u32, Reason) {
-    let Some(c) = sched::flow_backend(pkt, svc, flow, acl_generation) else {
-        stats::count_no_backend(svc.id);
-        return if svc.flags & SERVICE_F_PASS_WHEN_EMPTY != 0 {
-            (xdp_action::XDP_PASS, Reason::PassNoBackend)
-        } else {
-            (xdp_action::XDP_DROP, Reason::DropNoBackend)
-        };
+    let c = match sched::flow_backend(pkt, svc, flow, acl_generation) {
+        Ok(c) => c,
+        Err(sched::Refusal::Limited(reason)) => {
+            stats::count_rate_limited(svc.id);
+            return (xdp_action::XDP_DROP, reason);
+        }
+        Err(sched::Refusal::NoBackend) => {
+            stats::count_no_backend(svc.id);
+            return if svc.flags & SERVICE_F_PASS_WHEN_EMPTY != 0 {
+                (xdp_action::XDP_PASS, Reason::PassNoBackend)
+            } else {
+                (xdp_action::XDP_DROP, Reason::DropNoBackend)
+            };
+        }
     };
     let (action, reason) = if svc.forwarding == Forwarding::Nat as u8 {
         nat::forward(ctx, pkt, svc, &c)

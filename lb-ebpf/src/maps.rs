@@ -6,11 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
 };
 use lb_common::{
-    ADDR_FILTER_ENTRIES, AclServiceKey, BPF_F_MMAPABLE, Backend, CachedHop, FLOW_EVENTS_BYTES,
-    Firewall, FlowEvent, FlowKey, FlowValue, MAX_ACL_GLOBAL, MAX_ACL_SERVICE, MAX_BACKENDS,
-    MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS, NatReverse, REASON_COUNT, RING_ENTRIES,
-    SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, ServiceSlot, Settings, Traffic, VipInfo,
-    addr_filter_bit,
+    ADDR_FILTER_ENTRIES, AclServiceKey, BPF_F_MMAPABLE, Backend, CachedHop, ClientRateKey,
+    FLOW_EVENTS_BYTES, Firewall, FlowEvent, FlowKey, FlowValue, MAX_ACL_GLOBAL, MAX_ACL_SERVICE,
+    MAX_BACKENDS, MAX_CLIENT_RATES, MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS, NatReverse,
+    REASON_COUNT, RING_ENTRIES, RateLimit, SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey,
+    ServiceSlot, Settings, Traffic, VipInfo, addr_filter_bit,
 };
 
 use crate::parse::Packet;
@@ -58,6 +58,17 @@ pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// dead never close (memory-mapped: it adjusts with atomic adds too).
 #[map]
 pub static BACKEND_CONNS: Array<u64> = Array::with_max_entries(MAX_BACKENDS, BPF_F_MMAPABLE);
+
+/// New-connection limits by service id (daemon).
+#[map]
+pub static RATE_LIMITS: Array<RateLimit> = Array::with_max_entries(MAX_SERVICES, 0);
+/// Per-(service, client) GCRA state: the theoretical arrival time (ns).
+#[map]
+pub static CLIENT_RATES: LruHashMap<ClientRateKey, u64> =
+    LruHashMap::with_max_entries(MAX_CLIENT_RATES, 0);
+/// Per-service GCRA state, by service id.
+#[map]
+pub static SERVICE_RATES: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// The global deny list: source prefixes (address in network order).
 #[map]

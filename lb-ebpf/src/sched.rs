@@ -9,8 +9,8 @@
 use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, FLOW_F_CLOSING, FLOW_F_COUNTED,
     FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN, FlowValue, MAX_BACKENDS,
-    MAX_SERVICES, RING_SIZE, Scheduler, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST,
-    TCP_FLAG_SYN,
+    MAX_SERVICES, RING_SIZE, SERVICE_F_RATE_LIMIT, Scheduler, ServiceInfo, TCP_FLAG_ACK,
+    TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN,
     hash::{flow_hash, fmix32, source_hash},
     ring_word,
 };
@@ -52,6 +52,14 @@ fn active_backend(id: u32) -> Option<Backend> {
     backend(id).filter(|b| b.flags & BACKEND_F_ACTIVE != 0)
 }
 
+/// Why a packet got no backend.
+pub enum Refusal {
+    /// The service has none to give.
+    NoBackend,
+    /// A new connection over a rate limit (the reason says which).
+    Limited(lb_common::Reason),
+}
+
 /// Where a packet goes, and what it means for the counters.
 pub struct Choice {
     pub backend_id: u32,
@@ -86,15 +94,14 @@ fn client_flags(pkt: &Packet) -> u8 {
 /// The backend this packet's flow goes to; a new connection is scheduled and
 /// pinned first. `found`: the packet's flow-table entry, looked up by the
 /// caller; `acl_generation`: the firewall generation the source was just
-/// checked at (0: not checked), stored with a new entry. `None` when the
-/// service has no backend.
+/// checked at (0: not checked), stored with a new entry.
 #[inline(always)]
 pub fn flow_backend(
     pkt: &Packet,
     svc: &ServiceInfo,
     found: Option<*mut FlowValue>,
     acl_generation: u16,
-) -> Option<Choice> {
+) -> Result<Choice, Refusal> {
     let key = flow_key(pkt);
     let syn = pkt.is_syn();
     // A retried SYN of a connection that must go elsewhere keeps its ISN and
@@ -119,7 +126,7 @@ pub fn flow_backend(
                         // SAFETY: as above.
                         unsafe { (*v).flags = flags };
                     }
-                    return Some(pinned(f.backend_id, b, false));
+                    return Ok(pinned(f.backend_id, b, false));
                 }
                 // Its backend is gone: re-scheduled below, mid-connection.
             } else if f.flags & FLOW_F_SYN != 0 && f.syn_seq_be == pkt.seq_be {
@@ -130,7 +137,7 @@ pub fn flow_backend(
                 } else if f.flags & FLOW_F_CLOSING == 0 {
                     let takes_new = b.flags & BACKEND_F_NEW_CONNECTIONS != 0;
                     if active && (takes_new || f.flags & FLOW_F_ESTABLISHED != 0) {
-                        return Some(pinned(f.backend_id, b, true));
+                        return Ok(pinned(f.backend_id, b, true));
                     }
                     // Still in its handshake with a backend that no longer
                     // takes new connections (or is down): move it.
@@ -139,7 +146,11 @@ pub fn flow_backend(
             }
         }
     }
-    let (id, backend) = schedule(pkt, svc, exclude)?;
+    let connection = moving.is_none() && (syn || !pkt.is_tcp());
+    if connection && svc.flags & SERVICE_F_RATE_LIMIT != 0 {
+        crate::rate::admit(svc.id, pkt.src_be).map_err(Refusal::Limited)?;
+    }
+    let (id, backend) = schedule(pkt, svc, exclude).ok_or(Refusal::NoBackend)?;
     // The entry this one replaces (closed, moved, or of another service)
     // leaves its backend's count.
     if let Some(v) = found {
@@ -178,11 +189,11 @@ pub fn flow_backend(
     // out, the next one of the flow is scheduled again.
     let _ = FLOWS.insert(key, value, 0);
     report_flow(key, value);
-    Some(Choice {
+    Ok(Choice {
         backend_id: id,
         addr_be: backend.addr_be,
         port_be: backend.port_be,
-        connection: moving.is_none() && (syn || !pkt.is_tcp()),
+        connection,
         syn_retransmit: false,
         midstream: pkt.is_tcp() && !syn,
         created: true,

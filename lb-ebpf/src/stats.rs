@@ -53,6 +53,15 @@ pub fn count_no_backend(service_id: u32) {
     }
 }
 
+/// A new connection of the service refused by a rate limit.
+#[inline(always)]
+pub fn count_rate_limited(service_id: u32) {
+    if let Some(t) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { (*t).rate_limited += 1 };
+    }
+}
+
 /// The backend refused a NAT connection; `redispatched`: its RST was withheld.
 #[inline(always)]
 pub fn count_refused(backend_id: u32, redispatched: bool) {

@@ -169,6 +169,26 @@ deny = ["198.51.100.3"]
 backend = [{ address = "203.0.113.11", port = 9090 }]
 
 [[service]]
+name = "dsr-rate"
+vip = "192.0.2.10"
+port = 7070
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "dsr"
+rate_limit = { per_client = 1 }
+backend = [{ address = "203.0.113.11", port = 7070 }]
+
+[[service]]
+name = "dsr-rate-total"
+vip = "192.0.2.10"
+port = 7071
+protocol = "tcp"
+scheduler = "maglev"
+forwarding = "dsr"
+rate_limit = { total = 1 }
+backend = [{ address = "203.0.113.11", port = 7071 }]
+
+[[service]]
 name = "nat-lc"
 vip = "192.0.2.24"
 port = 80
@@ -1166,6 +1186,48 @@ pub fn table(lab: &Lab) -> Vec<Case> {
         }
         rows.push(case);
     }
+    // New-connection rate limits (1 per second: the second comes within
+    // microseconds): per client, in all; established flows never limited.
+    let syn_from = |src: [u8; 4], sport: u16, port: u16| {
+        with_src(&from_client(DSR_VIP, sport, port, L4::TcpSyn), src)
+    };
+    rows.push(
+        Case::new(
+            "rate limit: a client's second new connection within its interval is dropped",
+            fxa,
+            syn_from(CLIENT, 50081, 7070),
+            XDP_DROP,
+        )
+        .before(forwarded(syn_from(CLIENT, 50080, 7070), fxa))
+        .counts(Reason::DropRateClient),
+    );
+    let other = [198, 51, 100, 4];
+    let ack = with_src(&from_client(DSR_VIP, 50082, 7070, L4::TcpAck), other);
+    rows.push(
+        Case::new(
+            "rate limit: packets of an established flow are never limited",
+            fxa,
+            ack.clone(),
+            XDP_REDIRECT,
+        )
+        .before(forwarded(syn_from(other, 50082, 7070), fxa))
+        .output(Output::Frame(with_macs(
+            &ack,
+            LB_BACKEND_MAC,
+            backend_mac(11),
+        )))
+        .counts(Reason::FwdDsr),
+    );
+    rows.push(
+        Case::new(
+            "rate limit: over the service's overall rate, another client is dropped too",
+            fxa,
+            syn_from([198, 51, 100, 5], 50084, 7071),
+            XDP_DROP,
+        )
+        .before(forwarded(syn_from(other, 50083, 7071), fxa))
+        .counts(Reason::DropRateService),
+    );
     // The global list covers the host's own traffic too.
     rows.push(
         Case::new(

@@ -95,6 +95,12 @@ const SERVICE_METRICS: &[Metric<ServiceView>] = &[
         value: |s| Some(s.conn_rate),
     },
     Metric {
+        name: "xdplb_service_rate_limited",
+        help: "New connections refused by the service's rate limits (per client or in all)",
+        kind: Kind::Counter,
+        value: |s| Some(s.traffic.rate_limited as f64),
+    },
+    Metric {
         name: "xdplb_service_midstream",
         help: "TCP packets without SYN that found no flow (flow table too small, or state lost)",
         kind: Kind::Counter,

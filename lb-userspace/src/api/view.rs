@@ -255,6 +255,7 @@ mod traffic_json {
         refused: u64,
         redispatched: u64,
         midstream: u64,
+        rate_limited: u64,
     }
 
     pub fn serialize<S: Serializer>(t: &Traffic, s: S) -> Result<S::Ok, S::Error> {
@@ -267,6 +268,7 @@ mod traffic_json {
             refused: t.refused,
             redispatched: t.redispatched,
             midstream: t.midstream,
+            rate_limited: t.rate_limited,
         }
         .serialize(s)
     }

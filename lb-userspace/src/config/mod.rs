@@ -232,8 +232,50 @@ pub struct ServiceConfig {
     /// decides; the same prefix in both is a config error.
     #[serde(default)]
     pub deny: Vec<Prefix>,
+    /// New-connection rate limits; established flows are never limited.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
+}
+
+/// New connections per second a service admits: per client address, and
+/// in all. A burst may run ahead of the rate by `*_burst` connections
+/// (default: one second's worth).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(default)]
+    pub per_client: Option<u32>,
+    #[serde(default)]
+    pub per_client_burst: Option<u32>,
+    #[serde(default)]
+    pub total: Option<u32>,
+    #[serde(default)]
+    pub total_burst: Option<u32>,
+}
+
+impl RateLimitConfig {
+    /// The data path's GCRA parameters.
+    pub fn to_map(&self) -> lb_common::RateLimit {
+        let gcra = |rate: Option<u32>, burst: Option<u32>| match rate {
+            Some(r) if r > 0 => {
+                let interval = 1_000_000_000u64 / r as u64;
+                let burst = burst.unwrap_or(r).max(1) as u64;
+                (interval.max(1), interval * (burst - 1))
+            }
+            _ => (0, 0),
+        };
+        let (client_interval_ns, client_tolerance_ns) =
+            gcra(self.per_client, self.per_client_burst);
+        let (total_interval_ns, total_tolerance_ns) = gcra(self.total, self.total_burst);
+        lb_common::RateLimit {
+            client_interval_ns,
+            client_tolerance_ns,
+            total_interval_ns,
+            total_tolerance_ns,
+        }
+    }
 }
 
 /// Policy for a service whose backends are all down.

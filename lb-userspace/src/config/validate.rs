@@ -172,6 +172,29 @@ impl Config {
                 ));
             }
             acl_entries += s.allow.len() + s.deny.len();
+            if let Some(r) = &s.rate_limit {
+                for (k, v) in [
+                    ("per_client", r.per_client),
+                    ("per_client_burst", r.per_client_burst),
+                    ("total", r.total),
+                    ("total_burst", r.total_burst),
+                ] {
+                    if v == Some(0) {
+                        return Err((at(&format!("rate_limit.{k}")), "must be at least 1".into()));
+                    }
+                }
+                if r.per_client.is_none() && r.total.is_none() {
+                    return Err((
+                        at("rate_limit"),
+                        "sets no limit: give per_client, total or both (new connections per second)".into(),
+                    ));
+                }
+                if (r.per_client_burst.is_some() && r.per_client.is_none())
+                    || (r.total_burst.is_some() && r.total.is_none())
+                {
+                    return Err((at("rate_limit"), "a burst needs its rate".into()));
+                }
+            }
             if s.scheduler == SchedulerKind::LeastConn && s.protocol == Protocol::Udp {
                 return Err((
                     at("scheduler"),

@@ -15,6 +15,7 @@ pub struct FakeDataplane {
     pub rings: BTreeMap<(u32, u8), Vec<u32>>,
     pub vips: BTreeMap<u32, VipInfo>,
     pub acl: BTreeMap<AclEntry, u8>,
+    pub rate_limits: BTreeMap<u32, lb_common::RateLimit>,
     pub firewall: Firewall,
     /// Fail the n-th write from now (0 = next), to test error paths.
     pub fail_at: Option<usize>,
@@ -60,6 +61,16 @@ impl FakeDataplane {
 }
 
 impl Dataplane for FakeDataplane {
+    fn set_rate_limit(
+        &mut self,
+        service_id: u32,
+        limit: lb_common::RateLimit,
+    ) -> Result<(), DataplaneError> {
+        self.write("RATE_LIMITS")?;
+        self.log.push(format!("rate {service_id}"));
+        self.rate_limits.insert(service_id, limit);
+        Ok(())
+    }
     fn set_acl(&mut self, entry: AclEntry, action: u8) -> Result<(), DataplaneError> {
         self.write("ACL")?;
         self.log.push(format!("acl set {entry:?} {action}"));

@@ -37,6 +37,12 @@ pub trait Dataplane {
     /// Set what the data path does with unforwarded traffic to an address.
     fn set_vip(&mut self, addr_be: u32, info: VipInfo) -> Result<(), DataplaneError>;
     fn remove_vip(&mut self, addr_be: u32) -> Result<(), DataplaneError>;
+    /// Set service `service_id`'s new-connection limits.
+    fn set_rate_limit(
+        &mut self,
+        service_id: u32,
+        limit: lb_common::RateLimit,
+    ) -> Result<(), DataplaneError>;
     /// Add or change a firewall list entry (`ACL_ALLOW` / `ACL_DENY`).
     fn set_acl(&mut self, entry: AclEntry, action: u8) -> Result<(), DataplaneError>;
     fn remove_acl(&mut self, entry: AclEntry) -> Result<(), DataplaneError>;

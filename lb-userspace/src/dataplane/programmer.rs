@@ -127,6 +127,13 @@ impl Programmer {
             st.rings_written += 1;
             st.ring_slots_written += s.ring.len();
         }
+        // Limits before the service entry that turns them on.
+        for s in &plan.services {
+            let prev = old.services.iter().find(|o| o.info.id == s.info.id);
+            if prev.map(|p| p.rate) != Some(s.rate) {
+                dp.set_rate_limit(s.info.id, s.rate)?;
+            }
+        }
         let mut retired_halves = false;
         for s in &plan.services {
             let prev = old.services.iter().find(|o| o.key == s.key);

@@ -30,6 +30,8 @@ pub struct PlannedService {
     pub info: ServiceInfo,
     /// Backend id per ring slot; `ring.len() == info.ring_len`.
     pub ring: Vec<u32>,
+    /// New-connection limits (all zero: none).
+    pub rate: lb_common::RateLimit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -368,11 +370,20 @@ impl Planner {
                         0
                     } else {
                         SERVICE_F_ALLOW_ONLY
+                    } | if s.rate_limit.is_some() {
+                        lb_common::SERVICE_F_RATE_LIMIT
+                    } else {
+                        0
                     },
                     // Which half is live is the programmer's business.
                     ring: 0,
                 },
                 ring,
+                rate: s
+                    .rate_limit
+                    .as_ref()
+                    .map(|r| r.to_map())
+                    .unwrap_or_default(),
             });
         }
         let mut plan = Plan::new(services, backends);

@@ -163,6 +163,7 @@ pub struct BpfDataplane {
     vips: HashMap<MapData, u32, VipInfo>,
     filter: AddrFilter,
     firewall: FirewallMaps,
+    rate_limits: Array<MapData, lb_common::RateLimit>,
 }
 
 impl BpfDataplane {
@@ -199,6 +200,7 @@ impl BpfDataplane {
                 service: take(ebpf, names::ACL_SERVICE)?,
                 state: take(ebpf, names::FIREWALL)?,
             },
+            rate_limits: take(ebpf, names::RATE_LIMITS)?,
         })
     }
 }
@@ -212,11 +214,16 @@ impl BpfDataplane {
         for entry in self.services.iter() {
             let (key, info) = entry.map_err(err(names::SERVICES))?;
             let ring = self.ring.read(info.id, info.ring, info.ring_len as usize);
+            let rate = self
+                .rate_limits
+                .get(&info.id, 0)
+                .map_err(err(names::RATE_LIMITS))?;
             services.push(PlannedService {
                 name: String::new(),
                 key,
                 info,
                 ring,
+                rate,
             });
         }
         services.sort_by_key(|s| s.info.id);
@@ -268,6 +275,15 @@ fn map_err(
 }
 
 impl Dataplane for BpfDataplane {
+    fn set_rate_limit(
+        &mut self,
+        service_id: u32,
+        limit: lb_common::RateLimit,
+    ) -> Result<(), DataplaneError> {
+        self.rate_limits
+            .set(service_id, limit, 0)
+            .map_err(map_err("update", names::RATE_LIMITS))
+    }
     fn set_acl(&mut self, entry: AclEntry, action: u8) -> Result<(), DataplaneError> {
         let fw = &mut self.firewall;
         match entry {
