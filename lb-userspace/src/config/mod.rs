@@ -557,6 +557,33 @@ port = 80
     }
 
     #[test]
+    fn rate_limits_become_gcra_parameters() {
+        let r = RateLimitConfig {
+            per_client: Some(50),
+            per_client_burst: Some(10),
+            total: Some(1000),
+            total_burst: None,
+        }
+        .to_map();
+        assert_eq!(r.client_interval_ns, 20_000_000);
+        assert_eq!(r.client_tolerance_ns, 9 * 20_000_000, "burst 10: 9 ahead");
+        assert_eq!(r.total_interval_ns, 1_000_000);
+        assert_eq!(
+            r.total_tolerance_ns,
+            999 * 1_000_000,
+            "burst defaults to a second's worth"
+        );
+        let none = RateLimitConfig {
+            per_client: None,
+            per_client_burst: None,
+            total: Some(1),
+            total_burst: None,
+        }
+        .to_map();
+        assert_eq!((none.client_interval_ns, none.total_tolerance_ns), (0, 0));
+    }
+
+    #[test]
     fn good_config_parses_with_defaults() {
         let c = Config::parse(Path::new("x.toml"), GOOD).unwrap();
         assert_eq!(c.services[0].backends[0].weight, 1);
@@ -645,6 +672,24 @@ port = 80
                 "forwarding = \"dsr\"\nallow = [\"10.0.0.0/8\"]\ndeny = [\"10.0.0.0/8\"]",
                 "service[0].deny",
                 "in allow too",
+            ),
+            (
+                "forwarding = \"dsr\"",
+                "forwarding = \"dsr\"\nrate_limit = { per_client = 0 }",
+                "service[0].rate_limit.per_client",
+                "at least 1",
+            ),
+            (
+                "forwarding = \"dsr\"",
+                "forwarding = \"dsr\"\nrate_limit = { total_burst = 5 }",
+                "service[0].rate_limit",
+                "sets no limit",
+            ),
+            (
+                "forwarding = \"dsr\"",
+                "forwarding = \"dsr\"\nrate_limit = { per_client = 5, total_burst = 5 }",
+                "service[0].rate_limit",
+                "a burst needs its rate",
             ),
         ];
         for (from, to, key, reason) in cases {
