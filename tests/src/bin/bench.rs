@@ -333,6 +333,58 @@ fn main() {
             verdict: REDIRECT,
         });
     }
+    // New flows on both CPUs at once (one thread pinned to each, its own
+    // client range): what sharing one LRU flow table costs under
+    // contention, beside the one-CPU row above.
+    if cpus >= 2 {
+        clear_flow_tables(&mut lab.ebpf);
+        let (vip, port) = ([192u8, 0, 2, 10], 80u16);
+        let p = bpf::xdp_program(&mut lab.ebpf, PROGRAM).unwrap();
+        let p = &*p;
+        let per_thread = SINGLE_RUNS / 2;
+        let totals: Vec<u128> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2u32)
+                .map(|cpu| {
+                    s.spawn(move || {
+                        xdplb_tests::pin_to_cpu(cpu as usize);
+                        let mut total = 0u128;
+                        for i in 0..per_thread {
+                            let frame = frames::tcp_frame(
+                                (CLIENT_MAC, LB_CLIENT_MAC),
+                                [10, 100 + cpu as u8, (i >> 8) as u8, i as u8],
+                                vip,
+                                40000 + (i >> 16) as u16,
+                                port,
+                                7,
+                                frames::SYN,
+                            );
+                            let ctx = xdp_md(frame.len(), fxa);
+                            let mut out = vec![0u8; frame.len() + 256];
+                            let r = p
+                                .test_run(TestRunOptions {
+                                    data_in: Some(&frame),
+                                    data_out: Some(&mut out),
+                                    ctx_in: Some(&ctx),
+                                    repeat: 1,
+                                    ..Default::default()
+                                })
+                                .unwrap();
+                            assert_eq!(r.return_value, REDIRECT);
+                            total += r.duration.as_nanos();
+                        }
+                        total
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        rows.push(Row {
+            label: "DSR new flow, round_robin, 2 CPUs".to_string(),
+            method: "single",
+            ns: totals.iter().sum::<u128>() as f64 / (2 * per_thread) as f64,
+            verdict: REDIRECT,
+        });
+    }
     for (label, name) in FIXTURE_ROWS {
         let case = cases::find(&table, name);
         cases::prepare(&mut lab, case).unwrap();
