@@ -1055,8 +1055,12 @@ fn split_brain_heals_to_one_master_within_two_intervals() {
         }
         assert_eq!(pair.router_vip_mac(), pair.mac(1, "fr"));
         // The split lasts past the neighbour lock time (1 s), within which
-        // Linux ignores a second gratuitous ARP for the same address.
-        std::thread::sleep(Duration::from_millis(1100));
+        // Linux ignores a second gratuitous ARP for the same address,
+        // counted from lb2's last GARP round (3 rounds, 100 ms apart, the
+        // first of which moved the router): 1 s + 200 ms + 300 ms of margin
+        // for a loaded machine (at 1.1 s from the first round, one full-suite
+        // run here saw the winner's GARP ignored).
+        std::thread::sleep(Duration::from_millis(1500));
         let healed = std::time::SystemTime::now();
         pair.lb_ns[1].sh(&["ip", "link", "set", "ha", "up"]);
         pair.wait_for(1, "backup", &[0], Duration::from_secs(2));
