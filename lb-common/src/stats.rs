@@ -79,8 +79,8 @@ reasons! {
     /// ICMP error (no error about an error), or a frame the driver left no
     /// room to build the ICMP in. Dropped, as a router drops it.
     DropTtlExceeded = "drop_ttl_exceeded",
-    /// An ICMP echo request to a VIP, answered from the VIP (whether or not
-    /// the address is configured on the LB host).
+    /// An ICMP echo request to a VIP, answered from the VIP in XDP (so also
+    /// when the address is not configured on the LB host).
     TxIcmpEchoReply = "tx_icmp_echo_reply",
     /// An ICMP error (unreachable, fragmentation needed, time exceeded)
     /// about a balanced flow, relayed to the flow's backend (NAT: outer

@@ -65,8 +65,9 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, src_be: u32, dst_be: u32) -> Nex
             ifindex: p.ifindex,
             smac: p.smac,
             dmac: p.dmac,
-            // SAFETY: on success the kernel writes the route's MTU into the
-            // union (since 5.12), over the length we passed in.
+            // SAFETY: a union of two u16s. On success the kernel here (6.18)
+            // writes the route's MTU over the length we passed in; one that
+            // leaves 0 only keeps hops from being cached (`mtu != 0` below).
             mtu: unsafe { p.__bindgen_anon_1.mtu_result },
         },
         // The kernel fills in the egress interface and the next hop (gateway
