@@ -339,16 +339,23 @@ impl Gen {
         v
     }
 
-    /// A client's packet to a target; a SYN on a known 4-tuple often
-    /// re-sends the ISN the flow was opened with (a retransmission).
-    fn client_frame(&mut self, model: &Model) -> Vec<u8> {
-        let (vip, port, proto) = *self.rng.pick(TARGETS);
+    /// A client address and port and a target: a small pool, so flows
+    /// repeat.
+    fn client_flow(&mut self) -> ([u8; 4], u16, ([u8; 4], u16, u8)) {
+        let target = *self.rng.pick(TARGETS);
         let client = if self.rng.chance(80) {
             CLIENT
         } else {
             *self.rng.pick(&CLIENTS)
         };
         let sport = 20000 + self.rng.below(CLIENT_PORTS as u64) as u16;
+        (client, sport, target)
+    }
+
+    /// A client's packet to a target; a SYN on a known 4-tuple often
+    /// re-sends the ISN the flow was opened with (a retransmission).
+    fn client_frame(&mut self, model: &Model) -> Vec<u8> {
+        let (client, sport, (vip, port, proto)) = self.client_flow();
         let flags = *self.rng.pick(TCP_FLAGS);
         let tuple = Tuple {
             src: client,
@@ -411,13 +418,7 @@ impl Gen {
     /// client: often about a flow the model knows, sometimes to another
     /// address, with TTLs down to 1.
     fn icmp_error(&mut self) -> Vec<u8> {
-        let (vip, port, proto) = *self.rng.pick(TARGETS);
-        let client = if self.rng.chance(80) {
-            CLIENT
-        } else {
-            *self.rng.pick(&CLIENTS)
-        };
-        let sport = 20000 + self.rng.below(CLIENT_PORTS as u64) as u16;
+        let (client, sport, (vip, port, proto)) = self.client_flow();
         let flags = *self.rng.pick(TCP_FLAGS);
         let original = self.frame(
             (LB_CLIENT_MAC, CLIENT_MAC),

@@ -203,11 +203,11 @@ fn lab_in_turn(mode: Mode, config_text: &str, turn: Turn) -> Lab {
     }
 }
 
-/// A veth flushes frames the LB's program sends back out of the interface
-/// they came in on (`XDP_TX`: ping replies, ICMP errors) only to a peer
-/// that runs an XDP program itself; without one they wait in its queue
-/// until other traffic happens to flush them. Real NICs have no such
-/// condition. So native labs run a pass-through program on the peers.
+/// Frames the LB's program sends back out of the interface they came in on
+/// (`XDP_TX`: ping replies, ICMP errors) reached a veth peer here only when
+/// the peer ran an XDP program itself (without one, 0 of 5 pings were
+/// answered and "time exceeded" never arrived). So native labs run a
+/// pass-through program on the peers.
 fn pass_through_on_eth0(ns: &Netns) -> aya::Ebpf {
     let mut ebpf = xdplb::dataplane::bpf::load_small().expect("load the object");
     xdplb::dataplane::bpf::load_program(&mut ebpf, "pass_through").expect("load pass_through");
@@ -217,6 +217,17 @@ fn pass_through_on_eth0(ns: &Netns) -> aya::Ebpf {
         .attach("eth0", aya::programs::XdpMode::Driver)
         .expect("attach pass_through");
     ebpf
+}
+
+impl Lab {
+    /// Write `text` as the config, `xdplb reload`, and wait for the daemon's
+    /// `n`-th "reload applied".
+    fn reload(&mut self, text: &str, n: usize) {
+        std::fs::write(&self.config, text).unwrap();
+        xdplb_cmd(&["reload", "--pid-file", self.pid_file.to_str().unwrap()]);
+        self.daemon
+            .wait_for_count("reload applied", n, Duration::from_secs(10));
+    }
 }
 
 /// One HTTP request on a new connection; returns the backend's name.
@@ -1684,12 +1695,6 @@ fn heavy_legitimate_load_passive_health_redispatch_and_return() {
         .wait_for("health checks running", Duration::from_secs(10));
     let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
     let no_stop = AtomicBool::new(false);
-    let reload = |lab: &mut Lab, text: &str, n: usize| {
-        std::fs::write(&lab.config, text).unwrap();
-        xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
-        lab.daemon
-            .wait_for_count("reload applied", n, Duration::from_secs(10));
-    };
     let connections = |lab: &Lab| {
         sample(
             &scrape(lab),
@@ -1708,7 +1713,7 @@ fn heavy_legitimate_load_passive_health_redispatch_and_return() {
         if i > 0 {
             reloads += 1;
             let text = load_config(if with_passive { SHIPPED_PASSIVE } else { "" });
-            reload(&mut lab, &text, reloads);
+            lab.reload(&text, reloads);
         }
         let counted_before = connections(&lab);
         let began = Instant::now();
@@ -1905,14 +1910,10 @@ fn neighbour_entries_the_daemon_did_not_create_are_left_alone() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let before = neigh(&lab, "203.0.113.21");
-    std::fs::write(
-        &lab.config,
-        nat_config(&[("203.0.113.11", 1), ("203.0.113.21", 1)], ""),
-    )
-    .unwrap();
-    xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
-    lab.daemon
-        .wait_for_count("reload applied", 1, Duration::from_secs(10));
+    lab.reload(
+        &nat_config(&[("203.0.113.11", 1), ("203.0.113.21", 1)], ""),
+        1,
+    );
     let ours = neigh(&lab, "203.0.113.11");
     assert!(
         ours.contains("managed"),
@@ -2137,21 +2138,14 @@ fn source_hash_keeps_clients_weights_hold_and_only_a_removed_backends_clients_mo
     );
 
     // b2 leaves: its clients move to b1, b1's stay.
-    std::fs::write(
-        &lab.config,
-        config("{ address = \"203.0.113.11\", port = 8080, weight = 3 }"),
-    )
-    .unwrap();
-    xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
-    lab.daemon
-        .wait_for_count("reload applied", 1, Duration::from_secs(10));
+    lab.reload(
+        &config("{ address = \"203.0.113.11\", port = 8080, weight = 3 }"),
+        1,
+    );
     let after = run(&lab);
     assert!(after.iter().all(|b| b == "b1"), "all on b1 now");
     // And back: exactly the clients b2 had before return to it.
-    std::fs::write(&lab.config, config(both)).unwrap();
-    xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
-    lab.daemon
-        .wait_for_count("reload applied", 2, Duration::from_secs(10));
+    lab.reload(&config(both), 2);
     let back = run(&lab);
     assert_eq!(back, first, "the same clients as before on each backend");
 }
@@ -2233,17 +2227,13 @@ fn weight_0_drains_a_backend_keeping_its_established_connections() {
         }
         found.expect("a connection to b2")
     };
-    std::fs::write(
-        &lab.config,
-        nat_config(
+    lab.reload(
+        &nat_config(
             &[("203.0.113.11", 1), ("203.0.113.21", 0)],
             "[control]\nmetrics_address = \"127.0.0.1:9100\"\n",
         ),
-    )
-    .unwrap();
-    xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
-    lab.daemon
-        .wait_for_count("reload applied", 1, Duration::from_secs(10));
+        1,
+    );
     let _in = lab.client.enter();
     let served: Vec<String> = (0..50)
         .map(|_| http_get(vip).unwrap_or_else(|e| panic!("{test}: {e}")))
@@ -2269,14 +2259,10 @@ fn weight_0_drains_a_backend_keeping_its_established_connections() {
         Some(1.0)
     );
     // Weight back: b2 takes new connections again.
-    std::fs::write(
-        &lab.config,
-        nat_config(&both, "[control]\nmetrics_address = \"127.0.0.1:9100\"\n"),
-    )
-    .unwrap();
-    xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
-    lab.daemon
-        .wait_for_count("reload applied", 2, Duration::from_secs(10));
+    lab.reload(
+        &nat_config(&both, "[control]\nmetrics_address = \"127.0.0.1:9100\"\n"),
+        2,
+    );
     let _in = lab.client.enter();
     let served: Vec<String> = (0..10).map(|_| http_get(vip).unwrap()).collect();
     assert!(served.iter().any(|b| b == "b2"), "{served:?}");
@@ -2486,10 +2472,7 @@ fn least_conn_sends_new_connections_away_from_a_loaded_backend() {
             &format!("{backend}:8080"),
         )
     };
-    std::fs::write(&lab.config, config(1)).unwrap();
-    xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
-    lab.daemon
-        .wait_for_count("reload applied", 1, Duration::from_secs(10));
+    lab.reload(&config(1), 1);
     let served: Vec<String> = {
         let _in = lab.client.enter();
         (0..100)
@@ -2766,23 +2749,15 @@ fn firewall_lists_change_live_by_reload() {
         (held, request_from(far))
     };
     assert!(before.is_ok(), "{test}: {before:?}");
-    let mut reloads = 0;
-    let mut reload = |lab: &mut Lab, text: String| {
-        reloads += 1;
-        std::fs::write(&lab.config, text).unwrap();
-        xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
-        lab.daemon
-            .wait_for_count("reload applied", reloads, Duration::from_secs(10));
-    };
     // nat_config's service ends the text: its deny list is appended to it.
-    reload(&mut lab, config("deny = [\"10.200.0.0/16\"]", ""));
+    lab.reload(&config("deny = [\"10.200.0.0/16\"]", ""), 1);
     {
         let _in = lab.client.enter();
         assert!(request_from(far).is_err(), "{test}: the denied range");
         assert!(held.ask().is_ok(), "{test}: the held connection goes on");
         assert!(http_get(vip).is_ok(), "{test}: other clients go on");
     }
-    reload(&mut lab, config("", "\"198.51.100.2\""));
+    lab.reload(&config("", "\"198.51.100.2\""), 2);
     {
         let _in = lab.client.enter();
         assert!(held.ask().is_err(), "{test}: globally denied: cut off");
@@ -2792,7 +2767,7 @@ fn firewall_lists_change_live_by_reload() {
             "{test}: the range is allowed again"
         );
     }
-    reload(&mut lab, config("", ""));
+    lab.reload(&config("", ""), 3);
     let _in = lab.client.enter();
     assert!(http_get(vip).is_ok(), "{test}: no lists, back in");
     drop(_in);
@@ -2945,10 +2920,7 @@ fn rate_limits_hold_a_client_to_its_rate_and_spare_legitimate_load() {
     assert!(limited(&lab) >= 1.0);
 
     // Heavy legitimate load under a limit it stays below.
-    std::fs::write(&lab.config, config("per_client = 100000")).unwrap();
-    xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
-    lab.daemon
-        .wait_for_count("reload applied", 1, Duration::from_secs(10));
+    lab.reload(&config("per_client = 100000"), 1);
     lab.client
         .sh(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=20000 20255"]);
     let before = limited(&lab);

@@ -45,8 +45,8 @@ pub fn baseline_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// For test labs on veth: a veth flushes frames another program sent back
-/// to it (`XDP_TX`) only to a peer that runs an XDP program itself, so the
+/// For test labs on veth: frames another program sent back (`XDP_TX`)
+/// reached a veth peer only when it ran an XDP program itself, so the
 /// namespace tests put this pass-through program on the peers.
 #[xdp]
 pub fn pass_through(_ctx: XdpContext) -> u32 {
@@ -141,7 +141,14 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         // the service hash lookup.
         let flow = maps::FLOWS.get_ptr_mut(maps::flow_key(&pkt));
         // SAFETY: a map value pointer, read at once.
-        let by_id = flow.and_then(|f| maps::service_by_id(unsafe { (*f).service_id }, &pkt));
+        let by_id = flow.and_then(|f| {
+            maps::service_by_id(
+                unsafe { (*f).service_id },
+                pkt.dst_be,
+                pkt.dport_be,
+                pkt.proto,
+            )
+        });
         if let Some(svc) = by_id.or_else(|| maps::service(&pkt)) {
             if !pkt.ip_checksum_ok() {
                 return (xdp_action::XDP_DROP, Reason::DropBadIpChecksum);

@@ -133,12 +133,13 @@ pub fn may_be(set: u32, addr_be: u32) -> bool {
     ADDR_FILTER.get(word).is_some_and(|w| *w & bit != 0)
 }
 
-/// The service with id `id`, if it still serves what `pkt` addresses.
+/// The service with id `id`, if it still serves (VIP, port, protocol):
+/// what a flow entry's id is trusted for only after this check.
 #[inline(always)]
-pub fn service_by_id(id: u32, pkt: &Packet) -> Option<ServiceInfo> {
+pub fn service_by_id(id: u32, vip_be: u32, port_be: u16, proto: u8) -> Option<ServiceInfo> {
     let s = SERVICE_SLOTS.get(id)?;
     let k = &s.key;
-    (k.vip_be == pkt.dst_be && k.port_be == pkt.dport_be && k.proto == pkt.proto && s.info.id == id)
+    (k.vip_be == vip_be && k.port_be == port_be && k.proto == proto && s.info.id == id)
         .then_some(s.info)
 }
 

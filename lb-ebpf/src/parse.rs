@@ -273,6 +273,9 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
                 // SAFETY: bounds-checked just above.
                 let (vihl, inner_proto) = unsafe { ((*inner)[0], (*inner)[9]) };
                 if vihl == 0x45 && (inner_proto == PROTO_TCP || inner_proto == PROTO_UDP) {
+                    // Built out here, not by a closure shared with the
+                    // packet below: that shape made LLVM spill half a
+                    // pointer register, which the verifier refuses.
                     return Parsed::IcmpError {
                         pkt: Packet {
                             eth,

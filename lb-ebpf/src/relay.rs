@@ -55,14 +55,10 @@ pub fn to_backend(
     let key = quoted_flow(unsafe { &*inner });
     // SAFETY: copied out at once.
     let f = unsafe { *FLOWS.get(key)? };
-    let slot = maps::SERVICE_SLOTS.get(f.service_id)?;
-    let k = &slot.key;
-    if (k.vip_be, k.port_be, k.proto) != (key.dst_be, key.dport_be, key.proto)
-        || slot.info.id != f.service_id
-        || pkt.dst_be != key.dst_be
-    {
+    if pkt.dst_be != key.dst_be {
         return None;
     }
+    let svc = maps::service_by_id(f.service_id, key.dst_be, key.dport_be, key.proto)?;
     let backend: Backend = *BACKENDS.get(f.backend_id)?;
     if backend.flags & BACKEND_F_ACTIVE == 0 {
         return None;
@@ -70,7 +66,7 @@ pub fn to_backend(
     if !pkt.ip_checksum_ok() {
         return Some((xdp_action::XDP_DROP, Reason::DropBadIpChecksum));
     }
-    let nat = slot.info.forwarding == Forwarding::Nat as u8;
+    let nat = svc.forwarding == Forwarding::Nat as u8;
     if nat && pkt.ttl <= 1 {
         // Routed like any NAT packet; no ICMP is sent about an ICMP error.
         return Some((xdp_action::XDP_DROP, Reason::DropTtlExceeded));

@@ -1034,26 +1034,23 @@ pub fn table(lab: &Lab) -> Vec<Case> {
     // relayed to the flow's backend.
     let router = [198, 51, 100, 1];
     let b = maglev("nat-maglev", CLIENT, NAT_MAGLEV_VIP, 50060, 80);
+    // "Fragmentation needed" from the router about what a backend sent to
+    // the client's `port`, as the client side saw it: from `vip`:`vport`.
+    let frag_needed_about = |vip: [u8; 4], vport: u16, port: u16| {
+        let sent = tcp_frame(
+            (LB_CLIENT_MAC, CLIENT_MAC),
+            vip,
+            CLIENT,
+            vport,
+            port,
+            7,
+            ACK,
+        );
+        let quote = &sent[wire::IP_OFF..];
+        wire::icmp_error_frame((CLIENT_MAC, LB_CLIENT_MAC), router, vip, 3, 4, 1200, quote)
+    };
     let syn = from_client(NAT_MAGLEV_VIP, 50060, 80, L4::TcpSyn);
-    // What the backend sent (from 8080), as the client side saw it: from the VIP.
-    let sent = tcp_frame(
-        (LB_CLIENT_MAC, CLIENT_MAC),
-        NAT_MAGLEV_VIP,
-        CLIENT,
-        80,
-        50060,
-        7,
-        ACK,
-    );
-    let input = wire::icmp_error_frame(
-        (CLIENT_MAC, LB_CLIENT_MAC),
-        router,
-        NAT_MAGLEV_VIP,
-        3,
-        4,
-        1200,
-        &sent[wire::IP_OFF..],
-    );
+    let input = frag_needed_about(NAT_MAGLEV_VIP, 80, 50060);
     // Expected, built from scratch: the backend's own packet quoted, sent
     // to the backend, TTL one less (NAT routes).
     let as_sent_by_backend = tcp_frame((LB_CLIENT_MAC, CLIENT_MAC), b, CLIENT, 8080, 50060, 7, ACK);
@@ -1080,24 +1077,7 @@ pub fn table(lab: &Lab) -> Vec<Case> {
         .counts(Reason::FwdIcmpToBackend),
     );
     let b = maglev("dsr-maglev", CLIENT, DSR_VIP, 50061, 443);
-    let sent = tcp_frame(
-        (LB_CLIENT_MAC, CLIENT_MAC),
-        DSR_VIP,
-        CLIENT,
-        443,
-        50061,
-        7,
-        ACK,
-    );
-    let input = wire::icmp_error_frame(
-        (CLIENT_MAC, LB_CLIENT_MAC),
-        router,
-        DSR_VIP,
-        3,
-        4,
-        1200,
-        &sent[wire::IP_OFF..],
-    );
+    let input = frag_needed_about(DSR_VIP, 443, 50061);
     rows.push(
         Case::new(
             "DSR: fragmentation needed about a flow goes to its backend as it is",
@@ -1113,24 +1093,7 @@ pub fn table(lab: &Lab) -> Vec<Case> {
         )))
         .counts(Reason::FwdIcmpToBackend),
     );
-    let sent = tcp_frame(
-        (LB_CLIENT_MAC, CLIENT_MAC),
-        DSR_VIP,
-        CLIENT,
-        443,
-        50062,
-        7,
-        ACK,
-    );
-    let input = wire::icmp_error_frame(
-        (CLIENT_MAC, LB_CLIENT_MAC),
-        router,
-        DSR_VIP,
-        3,
-        4,
-        1200,
-        &sent[wire::IP_OFF..],
-    );
+    let input = frag_needed_about(DSR_VIP, 443, 50062);
     rows.push(
         Case::new(
             "an ICMP error about no balanced flow goes to the kernel",

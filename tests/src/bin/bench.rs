@@ -92,25 +92,27 @@ fn single(
     let p = bpf::xdp_program(ebpf, prog).unwrap();
     let mut total = 0u128;
     for i in 0..n {
-        let frame = frame_for(i);
-        let ctx = xdp_md(frame.len(), ingress);
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(
-            r.return_value, verdict,
-            "{prog}: run {i} got another verdict"
-        );
-        total += r.duration.as_nanos();
+        let (v, ns) = run_once(p, &frame_for(i), ingress);
+        assert_eq!(v, verdict, "{prog}: run {i} got another verdict");
+        total += ns;
     }
     total as f64 / n as f64
+}
+
+/// One run of `p` on `frame`: its verdict and the kernel-measured ns.
+fn run_once(p: &aya::programs::Xdp, frame: &[u8], ingress: u32) -> (u32, u128) {
+    let ctx = xdp_md(frame.len(), ingress);
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    (r.return_value, r.duration.as_nanos())
 }
 
 /// A config with one Maglev service over `n` backends.
@@ -358,19 +360,9 @@ fn main() {
                                 7,
                                 frames::SYN,
                             );
-                            let ctx = xdp_md(frame.len(), fxa);
-                            let mut out = vec![0u8; frame.len() + 256];
-                            let r = p
-                                .test_run(TestRunOptions {
-                                    data_in: Some(&frame),
-                                    data_out: Some(&mut out),
-                                    ctx_in: Some(&ctx),
-                                    repeat: 1,
-                                    ..Default::default()
-                                })
-                                .unwrap();
-                            assert_eq!(r.return_value, REDIRECT);
-                            total += r.duration.as_nanos();
+                            let (v, ns) = run_once(p, &frame, fxa);
+                            assert_eq!(v, REDIRECT);
+                            total += ns;
                         }
                         total
                     })
