@@ -570,7 +570,7 @@ fn no_new_flow_is_dropped_while_rings_change_under_traffic() {
     let ns = fib_lab("xdplb-fx");
     let _in = ns.enter();
     let config = Config::parse(Path::new("fixtures.toml"), CONFIG).unwrap();
-    let mut ebpf = bpf::load(config.dataplane.flow_table_size, None)
+    let mut ebpf = bpf::load(bpf::TableSizes::of(&config.dataplane), None)
         .unwrap()
         .ebpf;
     let mut dp = BpfDataplane::new(&mut ebpf).unwrap();

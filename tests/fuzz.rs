@@ -614,7 +614,7 @@ impl Harness {
         let ns = fib_lab("xdplb-fuzz");
         let entered = ns.enter();
         let config = Config::parse(Path::new("fuzz.toml"), CONFIG).expect("fuzz config");
-        let mut ebpf = bpf::load_with(config.dataplane.flow_table_size, None, fault)
+        let mut ebpf = bpf::load_with(bpf::TableSizes::of(&config.dataplane), None, fault)
             .expect("load XDP program")
             .ebpf;
         let dp = BpfDataplane::new(&mut ebpf).expect("maps");

@@ -33,6 +33,10 @@ pub const fn ring_word(service_id: u32, half: u8, slot: u32) -> (u32, u32) {
 pub const MAX_FLOWS: u32 = 1 << 20;
 /// Entries in the LRU reverse-NAT table (backend reply -> VIP).
 pub const MAX_NAT_FLOWS: u32 = 1 << 20;
+/// Entries in the embryonic tables: TCP connections that have sent a SYN
+/// but no ACK yet (and their reverse-NAT twins). Kept apart so a SYN flood
+/// evicts only other half-open connections, never established flows.
+pub const MAX_EMBRYOS: u32 = 1 << 18;
 
 /// Map names, shared so userspace finds what the program declares.
 pub mod names {
@@ -42,6 +46,8 @@ pub mod names {
     pub const RR_CURSOR: &str = "RR_CURSOR";
     pub const FLOWS: &str = "FLOWS";
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
+    pub const EMBRYOS: &str = "EMBRYOS";
+    pub const EMBRYO_REVERSE: &str = "EMBRYO_REVERSE";
     pub const REASONS: &str = "REASONS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -79,6 +85,8 @@ pub mod names {
         RR_CURSOR,
         FLOWS,
         NAT_REVERSE,
+        EMBRYOS,
+        EMBRYO_REVERSE,
         REASONS,
         SERVICE_STATS,
         BACKEND_STATS,
@@ -103,7 +111,7 @@ pub mod names {
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 11;
+pub const LAYOUT_VERSION: u32 = 12;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;

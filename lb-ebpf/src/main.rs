@@ -139,7 +139,8 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     if maybe_vip {
         // A known flow names its service by id: an array read instead of
         // the service hash lookup.
-        let flow = maps::FLOWS.get_ptr_mut(maps::flow_key(&pkt));
+        let found = maps::find_flow(&pkt);
+        let flow = found.map(|f| f.value);
         // SAFETY: a map value pointer, read at once.
         let by_id = flow.and_then(|f| {
             maps::service_by_id(
@@ -162,7 +163,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             if svc.forwarding == Forwarding::Nat as u8 && pkt.ttl <= 1 {
                 return icmp::time_exceeded(ctx);
             }
-            return to_backend(ctx, &pkt, &svc, flow, acl_generation);
+            return to_backend(ctx, &pkt, &svc, found, acl_generation);
         }
     }
     // Not to a possible VIP means from a possible backend (the parser
@@ -269,10 +270,10 @@ fn to_backend(
     ctx: &XdpContext,
     pkt: &Packet,
     svc: &lb_common::ServiceInfo,
-    flow: Option<*mut FlowValue>,
+    found: Option<maps::Found>,
     acl_generation: u16,
 ) -> (u32, Reason) {
-    let c = match sched::flow_backend(pkt, svc, flow, acl_generation) {
+    let c = match sched::flow_backend(pkt, svc, found, acl_generation) {
         Ok(c) => c,
         Err(sched::Refusal::Limited(reason)) => {
             stats::count_rate_limited(svc.id);

@@ -8,9 +8,9 @@ use aya_ebpf::{
 use lb_common::{
     ADDR_FILTER_ENTRIES, AclServiceKey, BPF_F_MMAPABLE, Backend, CachedHop, ClientRateKey,
     FLOW_EVENTS_BYTES, Firewall, FlowEvent, FlowKey, FlowValue, MAX_ACL_GLOBAL, MAX_ACL_SERVICE,
-    MAX_BACKENDS, MAX_CLIENT_RATES, MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS, NatReverse,
-    REASON_COUNT, RING_ENTRIES, RateLimit, SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey,
-    ServiceSlot, Settings, Traffic, VipInfo, addr_filter_bit,
+    MAX_BACKENDS, MAX_CLIENT_RATES, MAX_EMBRYOS, MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS,
+    NatReverse, REASON_COUNT, RING_ENTRIES, RateLimit, SETTINGS_F_SYNC_FLOWS, ServiceInfo,
+    ServiceKey, ServiceSlot, Settings, Traffic, VipInfo, addr_filter_bit,
 };
 
 use crate::parse::Packet;
@@ -32,6 +32,15 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(
 #[map]
 pub static NAT_REVERSE: LruHashMap<FlowKey, NatReverse> =
     LruHashMap::with_max_entries(MAX_NAT_FLOWS, 0);
+/// Half-open TCP connections (a SYN seen, no ACK yet), promoted to `FLOWS`
+/// by the client's first ACK: a SYN flood fills this table, not `FLOWS`.
+#[map]
+pub static EMBRYOS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_EMBRYOS, 0);
+/// Reverse-NAT entries of `EMBRYOS` (a backend's SYN-ACK is translated
+/// before the client's ACK promotes both).
+#[map]
+pub static EMBRYO_REVERSE: LruHashMap<FlowKey, NatReverse> =
+    LruHashMap::with_max_entries(MAX_EMBRYOS, 0);
 #[map]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 #[map]
@@ -185,17 +194,27 @@ pub fn vip(addr_be: u32) -> Option<VipInfo> {
 /// Report a flow the data path just created or moved, if flow sync is on.
 /// Never waits: without room the event is counted as lost.
 #[inline(always)]
-pub fn report_flow(key: FlowKey, value: FlowValue) {
+pub fn report_flow(key: &FlowKey, value: &FlowValue) {
     if settings().flags & SETTINGS_F_SYNC_FLOWS == 0 {
         return;
     }
-    if FLOW_EVENTS
-        .output::<FlowEvent>(&FlowEvent { key, value }, 0)
-        .is_err()
-        && let Some(c) = EVENTS_LOST.get_ptr_mut(0)
-    {
-        // SAFETY: per-CPU slot, no concurrent writer.
-        unsafe { *c += 1 };
+    // Reserved and written in place: no 32-byte event on the stack.
+    match FLOW_EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut e) => {
+            let p = e.as_mut_ptr();
+            // SAFETY: the reserved record, ours until submitted.
+            unsafe {
+                (*p).key = *key;
+                (*p).value = *value;
+            }
+            e.submit(0);
+        }
+        None => {
+            if let Some(c) = EVENTS_LOST.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot, no concurrent writer.
+                unsafe { *c += 1 };
+            }
+        }
     }
 }
 
@@ -223,9 +242,50 @@ pub fn service(pkt: &Packet) -> Option<ServiceInfo> {
     unsafe { SERVICES.get(key).copied() }
 }
 
+/// Where a flow's entry was found.
+#[derive(Clone, Copy)]
+pub struct Found {
+    pub value: *mut FlowValue,
+    /// In `EMBRYOS` (handshake not completed), not `FLOWS`.
+    pub embryo: bool,
+}
+
+/// The packet's flow entry: `FLOWS`, then (TCP only) `EMBRYOS`. The second
+/// lookup costs only packets of no established flow: new connections,
+/// their retransmitted SYNs and the ACK that promotes them.
+#[inline(always)]
+pub fn find_flow(pkt: &Packet) -> Option<Found> {
+    let key = flow_key(pkt);
+    if let Some(value) = FLOWS.get_ptr_mut(key) {
+        return Some(Found {
+            value,
+            embryo: false,
+        });
+    }
+    if !pkt.is_tcp() {
+        return None;
+    }
+    EMBRYOS.get_ptr_mut(key).map(|value| Found {
+        value,
+        embryo: true,
+    })
+}
+
+/// A client flow's entry by key, established or half-open.
+#[inline(always)]
+pub fn any_flow(key: FlowKey) -> Option<*mut FlowValue> {
+    FLOWS.get_ptr_mut(key).or_else(|| EMBRYOS.get_ptr_mut(key))
+}
+
 /// The reverse-NAT entry of a backend's reply, in place (its next-hop
-/// cache is written through the pointer).
+/// cache is written through the pointer): `NAT_REVERSE`, then for TCP the
+/// half-open connections' `EMBRYO_REVERSE`.
 #[inline(always)]
 pub fn nat_reverse(pkt: &Packet) -> Option<*mut NatReverse> {
-    NAT_REVERSE.get_ptr_mut(flow_key(pkt))
+    let key = flow_key(pkt);
+    NAT_REVERSE.get_ptr_mut(key).or_else(|| {
+        pkt.is_tcp()
+            .then(|| EMBRYO_REVERSE.get_ptr_mut(key))
+            .flatten()
+    })
 }

@@ -12,7 +12,7 @@ use network_types::{tcp::TcpHdr, udp::UdpHdr};
 use crate::{
     fault,
     forward::{decide, go, next_hop_via, to_backend_hop},
-    maps::{FLOWS, NAT_REVERSE},
+    maps::{EMBRYO_REVERSE, NAT_REVERSE},
     parse::{L4_OFF, Packet, ptr_at},
     sched::Choice,
 };
@@ -137,8 +137,13 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, c: &Choice) {
     // Written without looking first: the entry is new with its flow (an
     // overwritten one of a reused 4-tuple only loses its cached next hop).
     // On failure the reply passes untranslated to the kernel; nothing
-    // better can be done without memory.
-    let _ = NAT_REVERSE.insert(reply, rev, 0);
+    // better can be done without memory. A half-open connection's twin
+    // goes where its flow went, so a SYN flood evicts no established reply.
+    let _ = if c.embryo {
+        EMBRYO_REVERSE.insert(reply, rev, 0)
+    } else {
+        NAT_REVERSE.insert(reply, rev, 0)
+    };
 }
 
 /// What a backend's TCP reply says about its connection.
@@ -169,7 +174,7 @@ pub fn track_reply(pkt: &Packet, rev: &NatReverse) -> Reply {
         proto: pkt.proto,
         _pad: [0; 3],
     };
-    let Some(v) = FLOWS.get_ptr_mut(client) else {
+    let Some(v) = crate::maps::any_flow(client) else {
         return Reply::Plain;
     };
     // SAFETY: a pointer into the map value; a concurrent flag update on

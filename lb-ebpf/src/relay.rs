@@ -15,7 +15,7 @@ use lb_common::{
 
 use crate::{
     forward::{NextHop, decide, go, to_backend_hop},
-    maps::{self, BACKENDS, FLOWS},
+    maps::{self, BACKENDS},
     parse::{IPV4_LEN, L4_OFF, Packet, QUOTE_LEN, ptr_at},
 };
 
@@ -54,7 +54,7 @@ pub fn to_backend(
     // SAFETY: the parser bounds-checked the quote.
     let key = quoted_flow(unsafe { &*inner });
     // SAFETY: copied out at once.
-    let f = unsafe { *FLOWS.get(key)? };
+    let f = unsafe { *maps::any_flow(key)? };
     if pkt.dst_be != key.dst_be {
         return None;
     }

@@ -8,15 +8,18 @@
 
 use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, FLOW_F_CLOSING, FLOW_F_COUNTED,
-    FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN, FlowValue, MAX_BACKENDS,
-    MAX_SERVICES, RING_SIZE, SERVICE_F_RATE_LIMIT, Scheduler, ServiceInfo, TCP_FLAG_ACK,
-    TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN,
+    FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN, FlowKey, FlowValue,
+    Forwarding, MAX_BACKENDS, MAX_SERVICES, RING_SIZE, SERVICE_F_RATE_LIMIT, Scheduler,
+    ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN,
     hash::{flow_hash, fmix32, source_hash},
     ring_word,
 };
 
 use crate::{
-    maps::{self, BACKEND_RING, BACKENDS, FLOWS, RR_CURSOR, flow_key, report_flow},
+    maps::{
+        self, BACKEND_RING, BACKENDS, EMBRYO_REVERSE, EMBRYOS, FLOWS, Found, NAT_REVERSE,
+        RR_CURSOR, flow_key, report_flow,
+    },
     parse::Packet,
 };
 
@@ -75,6 +78,8 @@ pub struct Choice {
     pub midstream: bool,
     /// The flow entry was written (new, or moved to another backend).
     pub created: bool,
+    /// ... into `EMBRYOS` (a TCP connection not yet established).
+    pub embryo: bool,
 }
 
 /// Flow-state bits a client packet sets (on TCP).
@@ -92,14 +97,18 @@ fn client_flags(pkt: &Packet) -> u8 {
 }
 
 /// The backend this packet's flow goes to; a new connection is scheduled and
-/// pinned first. `found`: the packet's flow-table entry, looked up by the
-/// caller; `acl_generation`: the firewall generation the source was just
-/// checked at (0: not checked), stored with a new entry.
+/// pinned first. `found`: the packet's flow entry (`FLOWS` or `EMBRYOS`),
+/// looked up by the caller; `acl_generation`: the firewall generation the
+/// source was just checked at (0: not checked), stored with a new entry.
+///
+/// A TCP connection starts in `EMBRYOS` (its SYN, or a mid-stream packet
+/// that found no flow) and moves to `FLOWS` with the client's first ACK on
+/// it: spoofed SYNs, which never get that far, evict only each other.
 #[inline(always)]
 pub fn flow_backend(
     pkt: &Packet,
     svc: &ServiceInfo,
-    found: Option<*mut FlowValue>,
+    found: Option<Found>,
     acl_generation: u16,
 ) -> Result<Choice, Refusal> {
     let key = flow_key(pkt);
@@ -108,7 +117,7 @@ pub fn flow_backend(
     // is not a new connection.
     let mut moving: Option<FlowValue> = None;
     let mut exclude = u32::MAX;
-    if let Some(v) = found {
+    if let Some(Found { value: v, embryo }) = found {
         // SAFETY: a pointer into the map value; other CPUs may write its
         // flags at the same time, which at worst loses one flag update.
         let f = unsafe { *v };
@@ -125,6 +134,9 @@ pub fn flow_backend(
                         }
                         // SAFETY: as above.
                         unsafe { (*v).flags = flags };
+                    }
+                    if embryo && flags & FLOW_F_ESTABLISHED != 0 {
+                        promote(pkt, v, svc.forwarding == Forwarding::Nat as u8);
                     }
                     return Ok(pinned(f.backend_id, b, false));
                 }
@@ -153,7 +165,7 @@ pub fn flow_backend(
     let (id, backend) = schedule(pkt, svc, exclude).ok_or(Refusal::NoBackend)?;
     // The entry this one replaces (closed, moved, or of another service)
     // leaves its backend's count.
-    if let Some(v) = found {
+    if let Some(Found { value: v, .. }) = found {
         // SAFETY: a map value pointer, read at once.
         let (flags, backend_id) = unsafe { ((*v).flags, (*v).backend_id) };
         uncount(flags, backend_id);
@@ -185,10 +197,23 @@ pub fn flow_backend(
         value.flags |= FLOW_F_COUNTED;
         maps::add_conns(id, 1);
     }
+    // A SYN (or a TCP packet of no known flow) starts a half-open entry; a
+    // SYN on a 4-tuple of `FLOWS` takes it out of there, or the client's
+    // ACK would find the old connection first. UDP, and an established
+    // connection moved off a dead backend, stay in `FLOWS`.
+    let in_flows = matches!(found, Some(Found { embryo: false, .. }));
+    let embryo = pkt.is_tcp() && (syn || !in_flows);
     // An LRU insert only fails on allocation failure; the packet still goes
     // out, the next one of the flow is scheduled again.
-    let _ = FLOWS.insert(key, value, 0);
-    report_flow(key, value);
+    if embryo {
+        if in_flows {
+            let _ = FLOWS.remove(key);
+        }
+        let _ = EMBRYOS.insert(key, value, 0);
+    } else {
+        let _ = FLOWS.insert(key, value, 0);
+        report_flow(&key, &value);
+    }
     Ok(Choice {
         backend_id: id,
         addr_be: backend.addr_be,
@@ -197,7 +222,44 @@ pub fn flow_backend(
         syn_retransmit: false,
         midstream: pkt.is_tcp() && !syn,
         created: true,
+        embryo,
     })
+}
+
+/// The client's ACK completed the handshake: move the flow (already
+/// carrying the ACK's flags) from `EMBRYOS` to `FLOWS`, and for NAT its
+/// reply entry to `NAT_REVERSE`. Inserted before removed, so a packet on
+/// another CPU always finds one of them. HA flow sync reports the flow now,
+/// so a flood of half-open connections is not synced either. Out of line
+/// (a BPF subprogram): once per connection, its keys off the main stack.
+#[inline(never)]
+fn promote(pkt: &Packet, v: *mut FlowValue, nat: bool) {
+    let mut key = flow_key(pkt);
+    // SAFETY: a map value pointer, valid until the removal below; the map
+    // update copies from it.
+    let value = unsafe { &*v };
+    if FLOWS.insert(&key, value, 0).is_err() {
+        return; // stays half-open; the next packet tries again
+    }
+    report_flow(&key, value);
+    let backend_id = value.backend_id;
+    let _ = EMBRYOS.remove(&key);
+    if !nat {
+        return;
+    }
+    let Some(b) = BACKENDS.get(backend_id) else {
+        return;
+    };
+    // The reply's key, in the same stack slot.
+    key.src_be = b.addr_be;
+    key.sport_be = b.port_be;
+    key.dst_be = pkt.src_be;
+    key.dport_be = pkt.sport_be;
+    // SAFETY: as above.
+    if let Some(r) = unsafe { EMBRYO_REVERSE.get(&key) } {
+        let _ = NAT_REVERSE.insert(&key, r, 0);
+        let _ = EMBRYO_REVERSE.remove(&key);
+    }
 }
 
 #[inline(always)]
@@ -210,6 +272,7 @@ fn pinned(backend_id: u32, backend: Backend, syn_retransmit: bool) -> Choice {
         syn_retransmit,
         midstream: false,
         created: false,
+        embryo: false,
     }
 }
 

@@ -71,7 +71,7 @@ impl Lab {
         if let Some(n) = flow_table_size {
             parsed.dataplane.flow_table_size = n;
         }
-        let mut ebpf = bpf::load_with(parsed.dataplane.flow_table_size, None, fault)
+        let mut ebpf = bpf::load_with(bpf::TableSizes::of(&parsed.dataplane), None, fault)
             .expect("load XDP program")
             .ebpf;
         let mut dp = BpfDataplane::new(&mut ebpf).expect("maps");

@@ -159,6 +159,12 @@ const BACKEND_METRICS: &[Metric<BackendView>] = &[
         value: |b| Some(b.flows as f64),
     },
     Metric {
+        name: "xdplb_backend_half_open_entries",
+        help: "Half-open TCP connections (SYN seen, no client ACK yet) pinned to the backend, in the embryonic table a SYN flood fills instead of the flow table",
+        kind: Kind::Gauge,
+        value: |b| Some(b.half_open as f64),
+    },
+    Metric {
         name: "xdplb_backend_active_connections",
         help: "least_conn services: active connections the data path counts (SYN opens, FIN or RST closes), corrected every census",
         kind: Kind::Gauge,

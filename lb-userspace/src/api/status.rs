@@ -168,6 +168,7 @@ pub(crate) mod tests {
             },
             conn_rate: 1.5,
             flows: 3,
+            half_open: 0,
             active_connections: None,
             check_latency: Some(Duration::from_micros(1500)),
             last_error: (health == HealthView::Down).then(|| "connect refused".into()),

@@ -47,6 +47,8 @@ pub struct BackendView {
     pub traffic: Traffic,
     pub conn_rate: f64,
     pub flows: u64,
+    /// Half-open connections pinned to the backend (SYN seen, no ACK yet).
+    pub half_open: u64,
     /// least_conn services: the data path's active-connection estimate (as
     /// last corrected by the census).
     pub active_connections: Option<u64>,
@@ -164,6 +166,8 @@ pub struct Readings<'a> {
     pub backend_rates: &'a BTreeMap<u32, f64>,
     /// Flow-table entries by backend id.
     pub flows: &'a BTreeMap<u32, u64>,
+    /// Half-open connection entries by backend id.
+    pub half_open: &'a BTreeMap<u32, u64>,
     /// least_conn active-connection estimates by backend id (non-zero ones).
     pub active: &'a BTreeMap<u32, u64>,
     pub ha: Option<&'a crate::ha::HaStatus>,
@@ -202,6 +206,7 @@ pub fn build(control: &Control, r: &Readings<'_>) -> View {
                     .copied()
                     .unwrap_or(0.0),
                 flows: bid.and_then(|i| r.flows.get(&i)).copied().unwrap_or(0),
+                half_open: bid.and_then(|i| r.half_open.get(&i)).copied().unwrap_or(0),
                 active_connections: (s.scheduler == crate::config::SchedulerKind::LeastConn)
                     .then(|| bid.and_then(|i| r.active.get(&i)).copied().unwrap_or(0)),
                 check_latency: st.and_then(|s| s.last_latency),

@@ -140,6 +140,11 @@ pub struct DataplaneConfig {
     /// Entries in the flow table (and the reverse-NAT table).
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
+    /// Entries in the table of half-open TCP connections (SYN seen, no ACK
+    /// yet). A SYN flood fills this one, never the flow table; size it for
+    /// the handshakes in flight during a flood (rate x round trip).
+    #[serde(default = "default_embryonic_table_size")]
+    pub embryonic_table_size: u32,
     /// Ask the kernel to keep backends' neighbour entries resolved
     /// (managed neighbours), so the XDP FIB lookup finds their MACs.
     #[serde(default = "default_true")]
@@ -176,6 +181,7 @@ impl Default for DataplaneConfig {
             interfaces: Vec::new(),
             xdp_mode: XdpMode::default(),
             flow_table_size: default_flow_table_size(),
+            embryonic_table_size: default_embryonic_table_size(),
             manage_neighbours: true,
             pin_path: default_pin_path(),
             unserved_vip: UnservedVip::default(),
@@ -185,6 +191,9 @@ impl Default for DataplaneConfig {
 
 fn default_flow_table_size() -> u32 {
     lb_common::MAX_FLOWS
+}
+fn default_embryonic_table_size() -> u32 {
+    lb_common::MAX_EMBRYOS
 }
 fn default_true() -> bool {
     true

@@ -30,6 +30,12 @@ impl Config {
                 format!("{} is outside 1024..=16777216", dp.flow_table_size),
             ));
         }
+        if !(1024..=(1 << 24)).contains(&dp.embryonic_table_size) {
+            return Err((
+                "dataplane.embryonic_table_size".into(),
+                format!("{} is outside 1024..=16777216", dp.embryonic_table_size),
+            ));
+        }
         if self.services.is_empty() {
             return Err((
                 "service".into(),

@@ -233,6 +233,7 @@ impl Daemon {
                 service_rates: &self.rates.services,
                 backend_rates: &self.rates.backends,
                 flows: &census.flows,
+                half_open: &census.half_open,
                 active: &census.active,
                 ha: ha.as_ref(),
             },

@@ -157,7 +157,7 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
     // Removed however start-up or the daemon ends.
     let _socket_file = RemoveOnDrop(sock_path.clone());
 
-    let loaded = bpf::load(config.dataplane.flow_table_size, pin_root.as_deref())
+    let loaded = bpf::load(bpf::TableSizes::of(&config.dataplane), pin_root.as_deref())
         .context("loading the XDP program")?;
     let mut ebpf = loaded.ebpf;
     let pin_dir = loaded.pin_dir;

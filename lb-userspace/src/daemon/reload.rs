@@ -23,15 +23,17 @@ impl Daemon {
         if new.dataplane.interfaces != old.dataplane.interfaces
             || new.dataplane.xdp_mode != old.dataplane.xdp_mode
             || new.dataplane.flow_table_size != old.dataplane.flow_table_size
+            || new.dataplane.embryonic_table_size != old.dataplane.embryonic_table_size
             || new.dataplane.pin_path != old.dataplane.pin_path
             || new.control != old.control
         {
             warn!(
-                "dataplane.interfaces, xdp_mode, flow_table_size, pin_path and [control] take effect on restart; keeping the running values"
+                "dataplane.interfaces, xdp_mode, flow_table_size, embryonic_table_size, pin_path and [control] take effect on restart; keeping the running values"
             );
             new.dataplane.interfaces = old.dataplane.interfaces.clone();
             new.dataplane.xdp_mode = old.dataplane.xdp_mode;
             new.dataplane.flow_table_size = old.dataplane.flow_table_size;
+            new.dataplane.embryonic_table_size = old.dataplane.embryonic_table_size;
             new.dataplane.pin_path = old.dataplane.pin_path.clone();
             new.control = old.control.clone();
         }

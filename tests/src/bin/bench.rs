@@ -422,7 +422,15 @@ fn main() {
     // Ring changes, on a program of their own (fresh maps).
     let mut ring_rows = Vec::new();
     for n in [2usize, 100, 1000] {
-        let mut ebpf = bpf::load(4096, None).unwrap().ebpf;
+        let mut ebpf = bpf::load(
+            bpf::TableSizes {
+                flows: 4096,
+                embryos: 4096,
+            },
+            None,
+        )
+        .unwrap()
+        .ebpf;
         ring_rows.push((n, ring_swap(&mut ebpf, n, 21)));
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

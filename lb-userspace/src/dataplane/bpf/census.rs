@@ -25,6 +25,8 @@ use super::{BpfError, dup_fd, mapped::Mapped, walk};
 pub struct Census {
     /// Flow-table entries by backend id.
     pub flows: BTreeMap<u32, u64>,
+    /// Half-open connections (`EMBRYOS` entries) by backend id.
+    pub half_open: BTreeMap<u32, u64>,
     /// least_conn: the active-connection estimate by backend id, as the
     /// data path has it now (non-zero ones only).
     pub active: BTreeMap<u32, u64>,
@@ -36,10 +38,17 @@ pub struct Census {
 /// until the LRU evicts them), so this is "flows pinned", not "open TCP
 /// connections".
 pub struct FlowCensus {
-    counts: Arc<Mutex<BTreeMap<u32, u64>>>,
+    counts: Arc<Mutex<Walked>>,
     /// `BACKEND_CONNS`, mapped: read live, corrected by the walk.
     conns: Arc<Mapped>,
     stop: Arc<AtomicBool>,
+}
+
+/// Entries by backend id of the two tables, from the last walk.
+#[derive(Debug, Clone, Default)]
+struct Walked {
+    flows: BTreeMap<u32, u64>,
+    half_open: BTreeMap<u32, u64>,
 }
 
 /// The non-zero estimates as they are now (negative ones as 0).
@@ -71,9 +80,10 @@ impl FlowCensus {
     pub fn start(ebpf: &mut Ebpf, period: Duration) -> Result<Self, BpfError> {
         // A descriptor of its own: the HA node walks the table too.
         let flows = dup_fd(ebpf, names::FLOWS)?;
+        let embryos = dup_fd(ebpf, names::EMBRYOS)?;
         let conns_fd = dup_fd(ebpf, names::BACKEND_CONNS)?;
         let conns = Arc::new(Mapped::new(conns_fd.as_fd(), MAX_BACKENDS as usize)?);
-        let counts = Arc::new(Mutex::new(BTreeMap::new()));
+        let counts = Arc::new(Mutex::new(Walked::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (c, s, mapped) = (counts.clone(), stop.clone(), conns.clone());
         std::thread::Builder::new()
@@ -84,25 +94,33 @@ impl FlowCensus {
                     let before: Vec<u64> = (0..mapped.len())
                         .map(|i| mapped.atomic(i).map_or(0, |a| a.load(Ordering::Relaxed)))
                         .collect();
-                    let mut per_backend = BTreeMap::new();
+                    let mut found = Walked::default();
                     let mut open = BTreeMap::new();
-                    // Bounded: a walk that loses its place restarts, so stop
-                    // after twice the largest table.
-                    let walked =
-                        walk::walk(flows.as_fd(), 2 * (1 << 24), |_: FlowKey, v: FlowValue| {
+                    // Both tables: least_conn counts a connection from its
+                    // SYN, while it is still half-open.
+                    let mut walked = Ok(0);
+                    for (fd, per_backend) in [
+                        (&flows, &mut found.flows),
+                        (&embryos, &mut found.half_open),
+                    ] {
+                        // Bounded: a walk that loses its place restarts, so
+                        // stop after twice the largest table.
+                        let w = walk::walk(fd.as_fd(), 2 * (1 << 24), |_: FlowKey, v: FlowValue| {
                             *per_backend.entry(v.backend_id).or_insert(0u64) += 1;
                             if v.flags & (FLOW_F_COUNTED | FLOW_F_CLOSING) == FLOW_F_COUNTED {
                                 *open.entry(v.backend_id).or_insert(0u64) += 1;
                             }
                             true
                         });
+                        walked = walked.and(w);
+                    }
                     match walked {
                         Ok(_) => correct(&mapped, &before, &open),
                         // A failed walk corrects nothing.
                         Err(e) => tracing::warn!(error = %e, "flow census walk"),
                     }
                     if let Ok(mut g) = c.lock() {
-                        *g = per_backend;
+                        *g = found;
                     }
                     // At most a tenth of one CPU, however large the table.
                     let pause = period.max(began.elapsed() * 9);
@@ -124,8 +142,10 @@ impl FlowCensus {
     /// Flow-table entries from the last walk, and the estimates as they
     /// are now.
     pub fn counts(&self) -> Census {
+        let walked = self.counts.lock().map(|g| g.clone()).unwrap_or_default();
         Census {
-            flows: self.counts.lock().map(|g| g.clone()).unwrap_or_default(),
+            flows: walked.flows,
+            half_open: walked.half_open,
             active: estimates(&self.conns),
         }
     }

@@ -70,11 +70,29 @@ pub fn check_pin_root(dir: &Path) -> Result<(), BpfError> {
     ))
 }
 
-/// Load (but do not attach) the data path. `flow_table_size` sizes the LRU
-/// flow and reverse-NAT tables. With `pin_root`, every map is pinned under
-/// its versioned directory, re-using maps already pinned there.
-pub fn load(flow_table_size: u32, pin_root: Option<&Path>) -> Result<Loaded, BpfError> {
-    load_with(flow_table_size, pin_root, TestFault::None)
+/// Entries of the LRU tables, set before load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSizes {
+    /// Established flows (and their reverse-NAT entries).
+    pub flows: u32,
+    /// Half-open TCP connections (and their reverse-NAT entries).
+    pub embryos: u32,
+}
+
+impl TableSizes {
+    pub fn of(dp: &crate::config::DataplaneConfig) -> Self {
+        Self {
+            flows: dp.flow_table_size,
+            embryos: dp.embryonic_table_size,
+        }
+    }
+}
+
+/// Load (but do not attach) the data path, its LRU tables sized by
+/// `sizes`. With `pin_root`, every map is pinned under its versioned
+/// directory, re-using maps already pinned there.
+pub fn load(sizes: TableSizes, pin_root: Option<&Path>) -> Result<Loaded, BpfError> {
+    load_with(sizes, pin_root, TestFault::None)
 }
 
 /// A bug the fuzz test plants in the data path to prove it would notice
@@ -88,15 +106,17 @@ pub enum TestFault {
 
 /// [`load`], with a planted [`TestFault`] (tests only).
 pub fn load_with(
-    flow_table_size: u32,
+    sizes: TableSizes,
     pin_root: Option<&Path>,
     fault: TestFault,
 ) -> Result<Loaded, BpfError> {
     let mut loader = EbpfLoader::new();
     let fault = fault as u32;
     loader
-        .map_max_entries(names::FLOWS, flow_table_size)
-        .map_max_entries(names::NAT_REVERSE, flow_table_size)
+        .map_max_entries(names::FLOWS, sizes.flows)
+        .map_max_entries(names::NAT_REVERSE, sizes.flows)
+        .map_max_entries(names::EMBRYOS, sizes.embryos)
+        .map_max_entries(names::EMBRYO_REVERSE, sizes.embryos)
         .override_global(names::TEST_FAULT, &fault, true);
     let dir = pin_root.map(pin_dir);
     let mut adopted = false;
@@ -140,7 +160,13 @@ pub fn load_with(
 /// is used.
 pub fn load_small() -> Result<Ebpf, BpfError> {
     let mut loader = EbpfLoader::new();
-    for name in [names::FLOWS, names::NAT_REVERSE, names::BACKEND_RING] {
+    for name in [
+        names::FLOWS,
+        names::NAT_REVERSE,
+        names::EMBRYOS,
+        names::EMBRYO_REVERSE,
+        names::BACKEND_RING,
+    ] {
         loader.map_max_entries(name, 1);
     }
     Ok(loader.load(EBPF_OBJECT)?)

@@ -21,8 +21,8 @@ pub use census::{Census, FlowCensus};
 pub use counters::{CounterSnapshot, Counters};
 pub use ha_maps::{clear_ha_settings, ha_maps};
 pub use load::{
-    EBPF_OBJECT, Loaded, TestFault, load, load_program, load_small, load_with, pin_dir, unpin,
-    xdp_program,
+    EBPF_OBJECT, Loaded, TableSizes, TestFault, load, load_program, load_small, load_with, pin_dir,
+    unpin, xdp_program,
 };
 pub use maps::BpfDataplane;
 
