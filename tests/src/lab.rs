@@ -217,6 +217,16 @@ impl Lab {
         flows.insert(key, value, 0).expect("write flow");
     }
 
+    /// Whether LRU table `name`, of values `V` and keyed by `FlowKey` (the
+    /// flow, embryonic and reverse-NAT tables), holds `key`. A lookup from
+    /// userspace does not refresh the entry's place in the LRU.
+    pub fn holds<V: aya::Pod>(&self, name: &str, key: FlowKey) -> bool {
+        let map = self.ebpf.map(name).expect("flow-keyed map");
+        let table: HashMap<&MapData, FlowKey, V> =
+            HashMap::try_from(map).expect("a hash map keyed by FlowKey");
+        table.get(&key, 0).is_ok()
+    }
+
     /// Set backend `id`'s least_conn active-connection estimate.
     pub fn set_conns(&mut self, id: u32, conns: u64) {
         let map = self

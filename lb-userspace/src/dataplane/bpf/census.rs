@@ -99,19 +99,19 @@ impl FlowCensus {
                     // Both tables: least_conn counts a connection from its
                     // SYN, while it is still half-open.
                     let mut walked = Ok(0);
-                    for (fd, per_backend) in [
-                        (&flows, &mut found.flows),
-                        (&embryos, &mut found.half_open),
-                    ] {
+                    for (fd, per_backend) in
+                        [(&flows, &mut found.flows), (&embryos, &mut found.half_open)]
+                    {
                         // Bounded: a walk that loses its place restarts, so
                         // stop after twice the largest table.
-                        let w = walk::walk(fd.as_fd(), 2 * (1 << 24), |_: FlowKey, v: FlowValue| {
-                            *per_backend.entry(v.backend_id).or_insert(0u64) += 1;
-                            if v.flags & (FLOW_F_COUNTED | FLOW_F_CLOSING) == FLOW_F_COUNTED {
-                                *open.entry(v.backend_id).or_insert(0u64) += 1;
-                            }
-                            true
-                        });
+                        let w =
+                            walk::walk(fd.as_fd(), 2 * (1 << 24), |_: FlowKey, v: FlowValue| {
+                                *per_backend.entry(v.backend_id).or_insert(0u64) += 1;
+                                if v.flags & (FLOW_F_COUNTED | FLOW_F_CLOSING) == FLOW_F_COUNTED {
+                                    *open.entry(v.backend_id).or_insert(0u64) += 1;
+                                }
+                                true
+                            });
                         walked = walked.and(w);
                     }
                     match walked {
