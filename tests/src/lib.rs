@@ -4,6 +4,7 @@
 pub use xdplb_testsupport::*;
 
 pub mod cases;
+pub mod flood;
 pub mod frames;
 pub mod lab;
 pub mod model;
