@@ -63,6 +63,12 @@ pub mod names {
     pub const ACL_GLOBAL: &str = "ACL_GLOBAL";
     pub const ACL_SERVICE: &str = "ACL_SERVICE";
     pub const FIREWALL: &str = "FIREWALL";
+    pub const SYN_COOKIES: &str = "SYN_COOKIES";
+    /// Program array whose slot 0 the daemon fills with [`COOKIE_PROGRAM`]
+    /// (the main program tail-calls it).
+    pub const COOKIE_PROGRAM_ARRAY: &str = "COOKIE_PROGRAM";
+    /// The SYN-cookie program (answers SYNs, opens cookie connections).
+    pub const COOKIE_PROGRAM: &str = "xdplb_cookie";
     pub const ADDR_FILTER: &str = "ADDR_FILTER";
     pub const HOP_CACHE: &str = "HOP_CACHE";
     pub const HOP_GENERATION: &str = "HOP_GENERATION";
@@ -102,6 +108,8 @@ pub mod names {
         ACL_GLOBAL,
         ACL_SERVICE,
         FIREWALL,
+        SYN_COOKIES,
+        COOKIE_PROGRAM_ARRAY,
         ADDR_FILTER,
         HOP_CACHE,
         HOP_GENERATION,
@@ -111,7 +119,7 @@ pub mod names {
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 12;
+pub const LAYOUT_VERSION: u32 = 13;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -193,6 +201,23 @@ pub const SERVICE_F_ACL: u8 = 4;
 pub const SERVICE_F_ALLOW_ONLY: u8 = 8;
 /// The service limits new connections (`RATE_LIMITS[id]`).
 pub const SERVICE_F_RATE_LIMIT: u8 = 16;
+/// New connections may be answered with SYN cookies (NAT TCP services):
+/// when `RATE_LIMITS[id]` says (its `syn_cookie_*` GCRA).
+pub const SERVICE_F_SYN_COOKIES: u8 = 32;
+
+/// The data path's SYN-cookie meter of a service (`SYN_COOKIES[id]`): a GCRA
+/// over its SYNs (`RateLimit::syn_cookie_*`), and cookies answer SYNs until
+/// `until_ns` once a SYN exceeds it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SynCookieState {
+    /// The GCRA's theoretical arrival time.
+    pub tat_ns: u64,
+    pub until_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<SynCookieState>() == 16);
+/// How long cookies stay on after the last SYN over the threshold.
+pub const SYN_COOKIE_HOLD_NS: u64 = 1_000_000_000;
 
 /// New-connection limits of one service (`RATE_LIMITS`, by service id), as
 /// GCRA parameters: a connection is admitted when its arrival is no earlier
@@ -209,8 +234,12 @@ pub struct RateLimit {
     /// The whole service: the same two.
     pub total_interval_ns: u64,
     pub total_tolerance_ns: u64,
+    /// SYN cookies (with `SERVICE_F_SYN_COOKIES`): the SYN rate above which
+    /// they answer, as a GCRA (interval 0: always).
+    pub syn_cookie_interval_ns: u64,
+    pub syn_cookie_tolerance_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<RateLimit>() == 32);
+const _: () = assert!(core::mem::size_of::<RateLimit>() == 48);
 
 /// Key of `CLIENT_RATES`: one bucket per (service, client address).
 #[repr(C)]
@@ -288,12 +317,24 @@ pub struct FlowValue {
     pub syn_seq_be: u32,
     /// `FLOW_F_*` bits.
     pub flags: u8,
-    pub _pad: u8,
+    /// `COOKIE_F_*` bits: the connection was opened with a SYN cookie.
+    pub cookie: u8,
     /// The firewall generation (`Firewall::generation`) the client's source
     /// was last checked against its service's allow/deny lists at; 0: never.
     pub acl_generation: u16,
+    /// SYN cookies: the backend's ISN minus the cookie (the LB's ISN towards
+    /// the client), added to the client's acknowledgements; while
+    /// `COOKIE_F_PENDING`, the cookie itself.
+    pub seq_delta: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 20);
+
+/// The connection's client side was opened with a SYN cookie: sequence
+/// numbers are translated by `seq_delta` (flow and reverse-NAT entries).
+pub const COOKIE_F_ON: u8 = 1;
+/// ... and the backend has not answered the LB's SYN yet (`seq_delta` holds
+/// the cookie).
+pub const COOKIE_F_PENDING: u8 = 2;
 
 /// The entry was opened by a client SYN; `syn_seq_be` holds its ISN.
 pub const FLOW_F_SYN: u8 = 1;
@@ -322,13 +363,17 @@ pub struct NatReverse {
     pub vport_be: u16,
     /// `SERVICE_F_*` bits of the service, as the reply path needs them.
     pub service_flags: u8,
-    pub _pad: u8,
+    /// `COOKIE_F_*` bits, as in the flow entry.
+    pub cookie: u8,
     pub service_id: u32,
     pub backend_id: u32,
     /// Where replies of this flow go; written by the first reply.
     pub hop: CachedHop,
+    /// As `FlowValue::seq_delta` (subtracted from the backend's sequence
+    /// numbers).
+    pub seq_delta: u32,
 }
-const _: () = assert!(core::mem::size_of::<NatReverse>() == 48);
+const _: () = assert!(core::mem::size_of::<NatReverse>() == 52);
 
 /// Most entries in the global deny list, and in all services' lists.
 pub const MAX_ACL_GLOBAL: u32 = 16384;
@@ -535,7 +580,7 @@ pub struct FlowEvent {
     pub key: FlowKey,
     pub value: FlowValue,
 }
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 36);
 
 /// Bytes of the `FLOW_EVENTS` ring buffer: 16384 events. When the daemon
 /// falls behind, events are lost (counted in `EVENTS_LOST`), never waited for.
@@ -562,4 +607,5 @@ mod pod {
     unsafe impl aya::Pod for ClientRateKey {}
     unsafe impl aya::Pod for Firewall {}
     unsafe impl aya::Pod for ServiceSlot {}
+    unsafe impl aya::Pod for SynCookieState {}
 }

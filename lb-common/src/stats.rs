@@ -98,6 +98,23 @@ reasons! {
     DropRateClient = "drop_rate_client",
     /// A new connection over the service's overall rate limit.
     DropRateService = "drop_rate_service",
+    /// SYN cookies: a client SYN answered by the LB itself with a SYN-ACK
+    /// whose sequence number is a kernel SYN cookie; no state is kept.
+    TxSynCookie = "tx_syn_cookie",
+    /// SYN cookies: a client ACK with a valid cookie (or a later packet of
+    /// that connection before the backend answered) sent on to the backend
+    /// as the SYN that opens the backend's side of the connection.
+    FwdCookieSyn = "fwd_cookie_syn",
+    /// SYN cookies: the backend's SYN-ACK answered by the LB with the ACK
+    /// that completes the backend's side (the client's side is complete).
+    TxCookieAck = "tx_cookie_ack",
+    /// SYN cookies on: a TCP packet of no known connection whose
+    /// acknowledgement is not a valid cookie (an ACK flood, or a connection
+    /// the LB no longer knows).
+    DropBadCookie = "drop_bad_cookie",
+    /// SYN cookies: a backend packet other than SYN-ACK or RST for a
+    /// connection whose backend side is still opening.
+    DropCookiePending = "drop_cookie_pending",
 }
 
 /// Number of reasons; the size of the `REASONS` map.

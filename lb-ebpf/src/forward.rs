@@ -16,6 +16,8 @@ use aya_ebpf::{
 };
 use lb_common::{CachedHop, Reason};
 
+use network_types::eth::EthHdr;
+
 use crate::{icmp, maps, neigh, parse::Packet};
 
 const AF_INET: u8 = 2;
@@ -145,13 +147,20 @@ pub fn next_hop_via(
     hop
 }
 
-/// Rewrite the Ethernet addresses and send out of `ifindex`.
+/// Rewrite the Ethernet addresses (`eth`: the frame's header, bounds-checked)
+/// and send out of `ifindex`.
 #[inline(always)]
-pub fn transmit(ctx: &XdpContext, pkt: &Packet, ifindex: u32, smac: [u8; 6], dmac: [u8; 6]) -> u32 {
-    // SAFETY: `pkt.eth` was bounds-checked by the parser.
+pub fn transmit(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+) -> u32 {
+    // SAFETY: the caller's bounds-checked header.
     unsafe {
-        (*pkt.eth).src_addr = smac;
-        (*pkt.eth).dst_addr = dmac;
+        (*eth).src_addr = smac;
+        (*eth).dst_addr = dmac;
     }
     if ifindex == ctx.ingress_ifindex() as u32 {
         xdp_action::XDP_TX
@@ -206,13 +215,20 @@ pub fn decide(ctx: &XdpContext, pkt: &Packet, hop: NextHop) -> Result<Go, (u32, 
 
 /// Send a packet that [`decide`] let through (and that was rewritten).
 #[inline(always)]
-pub fn go(ctx: &XdpContext, pkt: &Packet, go: Go, ok: Reason) -> (u32, Reason) {
+pub fn go(ctx: &XdpContext, pkt: &Packet, g: Go, ok: Reason) -> (u32, Reason) {
+    go_to(ctx, pkt.eth, g, ok)
+}
+
+/// [`go`] for a frame whose Ethernet header is at `eth` (taken afresh after
+/// the frame was resized).
+#[inline(always)]
+pub fn go_to(ctx: &XdpContext, eth: *mut EthHdr, go: Go, ok: Reason) -> (u32, Reason) {
     match go {
         Go::Send {
             ifindex,
             smac,
             dmac,
-        } => (transmit(ctx, pkt, ifindex, smac, dmac), ok),
+        } => (transmit(ctx, eth, ifindex, smac, dmac), ok),
         Go::Resolve {
             ifindex,
             next_hop_be,

@@ -11,6 +11,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod cookie;
 mod fault;
 mod forward;
 mod icmp;
@@ -25,8 +26,9 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    ACL_DENY, FILTER_BACKENDS, FILTER_VIPS, FlowValue, Forwarding, PROTO_ICMP, Reason,
-    SERVICE_F_ACL, SERVICE_F_ALLOW_ONLY, SERVICE_F_PASS_WHEN_EMPTY, SETTINGS_F_HA,
+    ACL_DENY, COOKIE_F_ON, COOKIE_F_PENDING, FILTER_BACKENDS, FILTER_VIPS, FlowValue, Forwarding,
+    PROTO_ICMP, Reason, SERVICE_F_ACL, SERVICE_F_ALLOW_ONLY, SERVICE_F_PASS_WHEN_EMPTY,
+    SERVICE_F_SYN_COOKIES, SETTINGS_F_HA, TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN,
     VIP_F_DROP_UNSERVED, VIP_F_HA,
 };
 
@@ -163,6 +165,12 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             if svc.forwarding == Forwarding::Nat as u8 && pkt.ttl <= 1 {
                 return icmp::time_exceeded(ctx);
             }
+            if svc.flags & SERVICE_F_SYN_COOKIES != 0
+                && pkt.is_tcp()
+                && let Some(v) = syn_cookies(ctx, &pkt, &svc, flow)
+            {
+                return v;
+            }
             return to_backend(ctx, &pkt, &svc, found, acl_generation);
         }
     }
@@ -179,6 +187,15 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         if pkt.ttl <= 1 {
             return icmp::time_exceeded(ctx);
         }
+        // A SYN-cookie connection's backend side still opening, or its
+        // SYN-ACK again: the cookie program answers (established ones are
+        // translated below).
+        if rev.cookie & COOKIE_F_ON != 0
+            && (rev.cookie & COOKIE_F_PENDING != 0 || pkt.tcp_flags & TCP_FLAG_SYN != 0)
+        {
+            cookie::tail(ctx);
+            return (xdp_action::XDP_DROP, Reason::DropCookiePending);
+        }
         if let nat::Reply::Refused { redispatch } = nat::track_reply(&pkt, &rev) {
             stats::count_refused(rev.backend_id, redispatch);
             if redispatch {
@@ -193,6 +210,44 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         return (xdp_action::XDP_PASS, Reason::PassNotService);
     }
     to_host(Reason::PassNotService, pkt.dst_be, pkt.proto)
+}
+
+/// SYN cookies (`cookie.rs`): which TCP packets of a cookie service the
+/// cookie program takes: a SYN while the service's meter says cookies, an
+/// ACK of no known connection carrying a valid cookie, a packet of a cookie
+/// connection whose backend has not answered. An ACK of no connection with
+/// an invalid cookie is dropped while cookies are on (it is an ACK flood,
+/// or a connection this LB cannot know); otherwise it goes on as a
+/// mid-stream pick-up. `None`: the normal path. The tail call stays in the
+/// main program's body (see `cookie::tail`).
+#[inline(always)]
+fn syn_cookies(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc: &lb_common::ServiceInfo,
+    flow: Option<*mut FlowValue>,
+) -> Option<(u32, Reason)> {
+    let hand_over = match flow {
+        None if pkt.is_syn() => cookie::wanted(svc.id),
+        None if pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST) == TCP_FLAG_ACK => {
+            if cookie::valid(ctx, pkt) {
+                true
+            } else if cookie::active(svc.id) {
+                return Some((xdp_action::XDP_DROP, Reason::DropBadCookie));
+            } else {
+                false
+            }
+        }
+        // SAFETY: a map value pointer, read at once.
+        Some(f) => unsafe { (*f).cookie & COOKIE_F_PENDING != 0 && (*f).service_id == svc.id },
+        None => false,
+    };
+    if !hand_over {
+        return None;
+    }
+    cookie::tail(ctx);
+    // The cookie program is not in place: a SYN or ACK goes on without it.
+    flow.map(|_| (xdp_action::XDP_DROP, Reason::DropCookiePending))
 }
 
 /// The service's allow/deny lists for this packet's source: checked for a

@@ -10,7 +10,7 @@ use lb_common::{
     FLOW_EVENTS_BYTES, Firewall, FlowEvent, FlowKey, FlowValue, MAX_ACL_GLOBAL, MAX_ACL_SERVICE,
     MAX_BACKENDS, MAX_CLIENT_RATES, MAX_EMBRYOS, MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS,
     NatReverse, REASON_COUNT, RING_ENTRIES, RateLimit, SETTINGS_F_SYNC_FLOWS, ServiceInfo,
-    ServiceKey, ServiceSlot, Settings, Traffic, VipInfo, addr_filter_bit,
+    ServiceKey, ServiceSlot, Settings, SynCookieState, Traffic, VipInfo, addr_filter_bit,
 };
 
 use crate::parse::Packet;
@@ -78,6 +78,10 @@ pub static CLIENT_RATES: LruHashMap<ClientRateKey, u64> =
 /// Per-service GCRA state, by service id.
 #[map]
 pub static SERVICE_RATES: Array<u64> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// SYN-cookie meters by service id (data path only; see `SynCookieState`).
+#[map]
+pub static SYN_COOKIES: Array<SynCookieState> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// The global deny list: source prefixes (address in network order).
 #[map]

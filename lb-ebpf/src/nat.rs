@@ -3,9 +3,10 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    CachedHop, FLOW_F_CLOSING, FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED,
-    FLOW_F_REPLIED, FLOW_F_SYN, FlowKey, NatReverse, PROTO_TCP, Reason, SERVICE_F_REDISPATCH,
-    ServiceInfo, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN, csum,
+    COOKIE_F_ON, COOKIE_F_PENDING, CachedHop, FLOW_F_CLOSING, FLOW_F_ESTABLISHED,
+    FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_REPLIED, FLOW_F_SYN, FlowKey, NatReverse,
+    PROTO_TCP, Reason, SERVICE_F_REDISPATCH, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST,
+    TCP_FLAG_SYN, csum,
 };
 use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
@@ -109,6 +110,9 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo, c: &Choice) ->
     if !rewrite(ctx, pkt, Side::Destination, c.addr_be, c.port_be) {
         return (xdp_action::XDP_DROP, Reason::DropTruncated);
     }
+    if c.cookie && pkt.tcp_flags & TCP_FLAG_ACK != 0 {
+        shift(ctx, 8, c.seq_delta);
+    }
     go(ctx, pkt, g, Reason::FwdNat)
 }
 
@@ -129,10 +133,11 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, c: &Choice) {
         vip_be: pkt.dst_be,
         vport_be: pkt.dport_be,
         service_flags: svc.flags,
-        _pad: 0,
+        cookie: 0,
         service_id: svc.id,
         backend_id: c.backend_id,
         hop: CachedHop::default(),
+        seq_delta: 0,
     };
     // Written without looking first: the entry is new with its flow (an
     // overwritten one of a reused 4-tuple only loses its cached next hop).
@@ -230,5 +235,42 @@ pub fn reverse(
     if !rewrite(ctx, pkt, Side::Source, rev.vip_be, rev.vport_be) {
         return (xdp_action::XDP_DROP, Reason::DropTruncated);
     }
+    if rev.cookie & (COOKIE_F_ON | COOKIE_F_PENDING) == COOKIE_F_ON {
+        shift(ctx, 4, rev.seq_delta.wrapping_neg());
+    }
     go(ctx, pkt, g, Reason::FwdReverseNat)
+}
+
+/// Add `delta` to the TCP header's 32-bit field at `off` (4: sequence,
+/// 8: acknowledgement number), checksum updated: a SYN-cookie connection's
+/// two ISNs differ.
+#[inline(always)]
+pub fn shift(ctx: &XdpContext, off: usize, delta: u32) {
+    let Some(tcp) = ptr_at::<[u8; 20]>(ctx, L4_OFF) else {
+        return;
+    };
+    // SAFETY: bounds-checked just above; `off` is 4 or 8.
+    unsafe {
+        let t = &mut *tcp;
+        let old = [t[off], t[off + 1], t[off + 2], t[off + 3]];
+        let new = u32::from_be_bytes(old).wrapping_add(delta).to_be_bytes();
+        t[off..off + 4].copy_from_slice(&new);
+        let check = csum::replace4(
+            u16::from_ne_bytes([t[16], t[17]]),
+            u32::from_ne_bytes(old),
+            u32::from_ne_bytes(new),
+        );
+        t[16..18].copy_from_slice(&check.to_ne_bytes());
+    }
+}
+
+/// Set the TCP sequence number (checksum updated).
+#[inline(always)]
+pub fn set_seq(ctx: &XdpContext, seq: u32) {
+    let Some(tcp) = ptr_at::<[u8; 20]>(ctx, L4_OFF) else {
+        return;
+    };
+    // SAFETY: bounds-checked just above.
+    let old = unsafe { u32::from_be_bytes([(*tcp)[4], (*tcp)[5], (*tcp)[6], (*tcp)[7]]) };
+    shift(ctx, 4, seq.wrapping_sub(old));
 }

@@ -11,7 +11,7 @@ use crate::maps::{CLIENT_RATES, RATE_LIMITS, SERVICE_RATES};
 /// GCRA: admit at `now` if `now >= tat - tolerance`; the new theoretical
 /// arrival time is `max(tat, now) + interval`. `None`: refused.
 #[inline(always)]
-fn gcra(tat: u64, now: u64, interval: u64, tolerance: u64) -> Option<u64> {
+pub(crate) fn gcra(tat: u64, now: u64, interval: u64, tolerance: u64) -> Option<u64> {
     if now.saturating_add(tolerance) < tat {
         return None;
     }

@@ -7,9 +7,9 @@
 //! ports repeat within seconds under load, so a 4-tuple alone says nothing).
 
 use lb_common::{
-    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, FLOW_F_CLOSING, FLOW_F_COUNTED,
-    FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN, FlowKey, FlowValue,
-    Forwarding, MAX_BACKENDS, MAX_SERVICES, RING_SIZE, SERVICE_F_RATE_LIMIT, Scheduler,
+    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, COOKIE_F_ON, FLOW_F_CLOSING,
+    FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN, FlowKey,
+    FlowValue, Forwarding, MAX_BACKENDS, MAX_SERVICES, RING_SIZE, SERVICE_F_RATE_LIMIT, Scheduler,
     ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN,
     hash::{flow_hash, fmix32, source_hash},
     ring_word,
@@ -80,6 +80,10 @@ pub struct Choice {
     pub created: bool,
     /// ... into `EMBRYOS` (a TCP connection not yet established).
     pub embryo: bool,
+    /// The connection was opened with a SYN cookie: the client's
+    /// acknowledgements gain `seq_delta` on the way to the backend.
+    pub cookie: bool,
+    pub seq_delta: u32,
 }
 
 /// Flow-state bits a client packet sets (on TCP).
@@ -135,10 +139,14 @@ pub fn flow_backend(
                         // SAFETY: as above.
                         unsafe { (*v).flags = flags };
                     }
-                    if embryo && flags & FLOW_F_ESTABLISHED != 0 {
+                    // (A cookie connection moves once its backend answers.)
+                    if embryo && flags & FLOW_F_ESTABLISHED != 0 && f.cookie == 0 {
                         promote(pkt, v, svc.forwarding == Forwarding::Nat as u8);
                     }
-                    return Ok(pinned(f.backend_id, b, false));
+                    let mut c = pinned(f.backend_id, b, false);
+                    c.cookie = f.cookie & COOKIE_F_ON != 0;
+                    c.seq_delta = f.seq_delta;
+                    return Ok(c);
                 }
                 // Its backend is gone: re-scheduled below, mid-connection.
             } else if f.flags & FLOW_F_SYN != 0 && f.syn_seq_be == pkt.seq_be {
@@ -179,8 +187,9 @@ pub fn flow_backend(
                 service_id: svc.id,
                 syn_seq_be: f.syn_seq_be,
                 flags: FLOW_F_SYN | if redispatched { FLOW_F_REDISPATCHED } else { 0 },
-                _pad: 0,
+                cookie: 0,
                 acl_generation,
+                seq_delta: 0,
             }
         }
         None => FlowValue {
@@ -188,8 +197,9 @@ pub fn flow_backend(
             service_id: svc.id,
             syn_seq_be: if syn { pkt.seq_be } else { 0 },
             flags: if syn { FLOW_F_SYN } else { client_flags(pkt) },
-            _pad: 0,
+            cookie: 0,
             acl_generation,
+            seq_delta: 0,
         },
     };
     // least_conn counts TCP connections from their SYN until a FIN or RST.
@@ -223,6 +233,8 @@ pub fn flow_backend(
         midstream: pkt.is_tcp() && !syn,
         created: true,
         embryo,
+        cookie: false,
+        seq_delta: 0,
     })
 }
 
@@ -235,15 +247,23 @@ pub fn flow_backend(
 #[inline(never)]
 fn promote(pkt: &Packet, v: *mut FlowValue, nat: bool) {
     let mut key = flow_key(pkt);
+    promote_key(&mut key, v, nat);
+}
+
+/// [`promote`] by the flow's key (used as scratch for the reply's key).
+#[inline(always)]
+pub fn promote_key(key: &mut FlowKey, v: *mut FlowValue, nat: bool) {
+    let client_be = key.src_be;
+    let client_port_be = key.sport_be;
     // SAFETY: a map value pointer, valid until the removal below; the map
     // update copies from it.
     let value = unsafe { &*v };
-    if FLOWS.insert(&key, value, 0).is_err() {
+    if FLOWS.insert(&*key, value, 0).is_err() {
         return; // stays half-open; the next packet tries again
     }
-    report_flow(&key, value);
+    report_flow(key, value);
     let backend_id = value.backend_id;
-    let _ = EMBRYOS.remove(&key);
+    let _ = EMBRYOS.remove(&*key);
     if !nat {
         return;
     }
@@ -253,12 +273,12 @@ fn promote(pkt: &Packet, v: *mut FlowValue, nat: bool) {
     // The reply's key, in the same stack slot.
     key.src_be = b.addr_be;
     key.sport_be = b.port_be;
-    key.dst_be = pkt.src_be;
-    key.dport_be = pkt.sport_be;
+    key.dst_be = client_be;
+    key.dport_be = client_port_be;
     // SAFETY: as above.
-    if let Some(r) = unsafe { EMBRYO_REVERSE.get(&key) } {
-        let _ = NAT_REVERSE.insert(&key, r, 0);
-        let _ = EMBRYO_REVERSE.remove(&key);
+    if let Some(r) = unsafe { EMBRYO_REVERSE.get(&*key) } {
+        let _ = NAT_REVERSE.insert(&*key, r, 0);
+        let _ = EMBRYO_REVERSE.remove(&*key);
     }
 }
 
@@ -273,7 +293,16 @@ fn pinned(backend_id: u32, backend: Backend, syn_retransmit: bool) -> Choice {
         midstream: false,
         created: false,
         embryo: false,
+        cookie: false,
+        seq_delta: 0,
     }
+}
+
+/// A backend for a new connection, as for a SYN (SYN cookies open their
+/// connections with the client's ACK).
+#[inline(always)]
+pub fn schedule_new(pkt: &Packet, svc: &ServiceInfo) -> Option<(u32, Backend)> {
+    schedule(pkt, svc, u32::MAX)
 }
 
 /// The backend id in `slot` of the service's live ring.

@@ -44,6 +44,20 @@ pub fn count_traffic(service_id: u32, backend_id: u32, sent: Option<u64>, c: &Ch
     add(&BACKEND_STATS, backend_id, sent, c, c.syn_retransmit);
 }
 
+/// A connection opened by a valid SYN-cookie ACK, for the service and the
+/// backend it was scheduled to.
+#[inline(always)]
+pub fn count_cookie_connection(service_id: u32, backend_id: u32) {
+    if let Some(t) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { (*t).connections += 1 };
+    }
+    if let Some(t) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: as above.
+        unsafe { (*t).connections += 1 };
+    }
+}
+
 /// A packet for the service found no backend.
 #[inline(always)]
 pub fn count_no_backend(service_id: u32) {

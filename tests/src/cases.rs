@@ -754,8 +754,9 @@ pub fn table(lab: &Lab) -> Vec<Case> {
         service_id: lab.service("dsr-rr").info.id,
         syn_seq_be: 1000u32.to_be(),
         flags: FLOW_F_SYN | FLOW_F_ESTABLISHED,
-        _pad: 0,
+        cookie: 0,
         acl_generation: 0,
+        seq_delta: 0,
     };
     let input = from_client(NAT_MAGLEV_VIP, 50020, 80, L4::TcpAck);
     rows.push(

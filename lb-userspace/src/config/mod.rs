@@ -244,6 +244,13 @@ pub struct ServiceConfig {
     /// New-connection rate limits; established flows are never limited.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// SYN cookies (NAT TCP services): above this many SYNs per second (to
+    /// this LB), the LB answers SYNs itself with a kernel SYN cookie and
+    /// opens the backend's connection only for a valid cookie ACK, so a SYN
+    /// flood costs no state and never reaches the backends. 0: always.
+    /// Absent: never.
+    #[serde(default)]
+    pub syn_cookie_threshold: Option<u32>,
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
 }
@@ -283,6 +290,7 @@ impl RateLimitConfig {
             client_tolerance_ns,
             total_interval_ns,
             total_tolerance_ns,
+            ..Default::default()
         }
     }
 }
@@ -451,6 +459,23 @@ impl ServiceConfig {
     /// The identity of one of this service's backends.
     pub fn backend_ref(&self, b: &BackendConfig) -> crate::plan::BackendRef {
         crate::plan::BackendRef::new(self.key(), b.address, b.port)
+    }
+
+    /// The data path's `RATE_LIMITS` entry: the rate limits and the
+    /// SYN-cookie threshold (a GCRA whose burst is a tenth of a second's
+    /// worth: cookies start once SYNs run that far ahead of the rate).
+    pub fn limits(&self) -> lb_common::RateLimit {
+        let mut m = self
+            .rate_limit
+            .as_ref()
+            .map(|r| r.to_map())
+            .unwrap_or_default();
+        if let Some(t) = self.syn_cookie_threshold.filter(|t| *t > 0) {
+            let interval = (1_000_000_000u64 / u64::from(t)).max(1);
+            m.syn_cookie_interval_ns = interval;
+            m.syn_cookie_tolerance_ns = interval * (u64::from(t) / 10);
+        }
+        m
     }
 
     /// Whether refused connections are redispatched (NAT TCP, unless off).

@@ -201,6 +201,14 @@ impl Config {
                     return Err((at("rate_limit"), "a burst needs its rate".into()));
                 }
             }
+            if s.syn_cookie_threshold.is_some()
+                && (s.forwarding != ForwardingKind::Nat || s.protocol != Protocol::Tcp)
+            {
+                return Err((
+                    at("syn_cookie_threshold"),
+                    "SYN cookies need a NAT TCP service: the LB translates the connection's sequence numbers, and a DSR backend's replies never pass it".into(),
+                ));
+            }
             if s.scheduler == SchedulerKind::LeastConn && s.protocol == Protocol::Udp {
                 return Err((
                     at("scheduler"),

@@ -11,7 +11,7 @@ use lb_common::{FlowEvent, FlowKey, FlowValue, Forwarding, NatReverse, ServiceKe
 use super::wire::{MAX_PAYLOAD, Reject};
 use crate::plan::{BackendRef, Plan};
 
-pub const RECORD_LEN: usize = 32;
+pub const RECORD_LEN: usize = 36;
 /// Records per datagram.
 pub const MAX_RECORDS: usize = MAX_PAYLOAD / RECORD_LEN;
 
@@ -24,6 +24,10 @@ pub struct FlowRecord {
     /// `FLOW_F_*` bits.
     pub flags: u8,
     pub syn_seq_be: u32,
+    /// `COOKIE_F_*` bits and the sequence-number offset of a connection
+    /// opened with a SYN cookie (the peer must translate it the same way).
+    pub cookie: u8,
+    pub seq_delta: u32,
     /// Microseconds between the data path creating the flow and the record
     /// leaving the sender (the sender's part of the sync lag).
     pub age_us: u32,
@@ -38,12 +42,13 @@ pub fn encode(records: &[FlowRecord]) -> Vec<u8> {
         v.extend_from_slice(&r.key.dport_be.to_ne_bytes());
         v.push(r.key.proto);
         v.push(r.flags);
-        v.extend_from_slice(&[0, 0]);
+        v.extend_from_slice(&[r.cookie, 0]);
         v.extend_from_slice(&r.backend.octets());
         v.extend_from_slice(&r.backend_port.to_be_bytes());
         v.extend_from_slice(&[0, 0]);
         v.extend_from_slice(&r.syn_seq_be.to_ne_bytes());
         v.extend_from_slice(&r.age_us.to_be_bytes());
+        v.extend_from_slice(&r.seq_delta.to_be_bytes());
     }
     v
 }
@@ -66,6 +71,8 @@ pub fn decode(payload: &[u8]) -> Result<Vec<FlowRecord>, Reject> {
                     _pad: [0; 3],
                 },
                 flags: c[13],
+                cookie: c[14],
+                seq_delta: u32::from_be_bytes(b4(32)),
                 backend: Ipv4Addr::from(b4(16)),
                 backend_port: u16::from_be_bytes([c[20], c[21]]),
                 syn_seq_be: u32::from_ne_bytes(b4(24)),
@@ -133,6 +140,8 @@ impl SyncIndex {
             backend_port,
             flags: ev.value.flags,
             syn_seq_be: ev.value.syn_seq_be,
+            cookie: ev.value.cookie,
+            seq_delta: ev.value.seq_delta,
             age_us,
         })
     }
@@ -156,8 +165,9 @@ impl SyncIndex {
             service_id: svc.id,
             syn_seq_be: r.syn_seq_be,
             flags: r.flags,
-            _pad: 0,
+            cookie: r.cookie,
             acl_generation: 0,
+            seq_delta: r.seq_delta,
         };
         let reverse = (svc.forwarding == Forwarding::Nat as u8).then(|| {
             (
@@ -173,10 +183,11 @@ impl SyncIndex {
                     vip_be: r.key.dst_be,
                     vport_be: r.key.dport_be,
                     service_flags: svc.flags,
-                    _pad: 0,
+                    cookie: r.cookie,
                     service_id: svc.id,
                     backend_id,
                     hop: Default::default(),
+                    seq_delta: r.seq_delta,
                 },
             )
         });
@@ -255,8 +266,9 @@ backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12"
                 service_id: a.services[0].info.id,
                 syn_seq_be: 77u32.to_be(),
                 flags: 1,
-                _pad: 0,
+                cookie: 0,
                 acl_generation: 0,
+                seq_delta: 0,
             },
         };
         let rec = SyncIndex::new(&a).record(&ev, 123).unwrap();

@@ -9,7 +9,7 @@ use sha2::Sha256;
 
 /// "XLHA".
 pub const MAGIC: [u8; 4] = *b"XLHA";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 36;
 pub const TAG_LEN: usize = 32;
 /// Largest payload: keeps a datagram under 1400 bytes on any usual MTU.

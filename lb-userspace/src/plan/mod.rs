@@ -374,16 +374,16 @@ impl Planner {
                         lb_common::SERVICE_F_RATE_LIMIT
                     } else {
                         0
+                    } | if s.syn_cookie_threshold.is_some() {
+                        lb_common::SERVICE_F_SYN_COOKIES
+                    } else {
+                        0
                     },
                     // Which half is live is the programmer's business.
                     ring: 0,
                 },
                 ring,
-                rate: s
-                    .rate_limit
-                    .as_ref()
-                    .map(|r| r.to_map())
-                    .unwrap_or_default(),
+                rate: s.limits(),
             });
         }
         let mut plan = Plan::new(services, backends);

@@ -134,6 +134,7 @@ pub fn load_with(
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
     load_program(&mut ebpf, names::PROGRAM)?;
+    install_cookie_program(&mut ebpf)?;
     neigh_program(&mut ebpf)?
         .load()
         .map_err(|source| BpfError::Program {
@@ -193,6 +194,32 @@ pub fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), BpfError>
     xdp_program(ebpf, name)?
         .load()
         .map_err(|source| BpfError::Program { name, source })
+}
+
+/// Load the SYN-cookie program and put it where the main program's tail
+/// call finds it (a pinned array keeps it there across a restart until the
+/// next daemon puts its own).
+fn install_cookie_program(ebpf: &mut Ebpf) -> Result<(), BpfError> {
+    load_program(ebpf, names::COOKIE_PROGRAM)?;
+    let fd = xdp_program(ebpf, names::COOKIE_PROGRAM)?
+        .fd()
+        .map_err(|source| BpfError::Program {
+            name: names::COOKIE_PROGRAM,
+            source,
+        })?
+        .try_clone()
+        .map_err(|e| BpfError::Dup(names::COOKIE_PROGRAM, e))?;
+    let map = ebpf
+        .map_mut(names::COOKIE_PROGRAM_ARRAY)
+        .ok_or(BpfError::MissingMap(names::COOKIE_PROGRAM_ARRAY))?;
+    let mut array = aya::maps::ProgramArray::try_from(map).map_err(|source| BpfError::Map {
+        name: names::COOKIE_PROGRAM_ARRAY,
+        source,
+    })?;
+    array.set(0, &fd, 0).map_err(|source| BpfError::Map {
+        name: names::COOKIE_PROGRAM_ARRAY,
+        source,
+    })
 }
 
 /// A loaded XDP program of the object by name.
