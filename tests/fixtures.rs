@@ -26,7 +26,7 @@ use xdplb_tests::{
     cases::{self, CONFIG},
     fib_lab,
     frames::*,
-    lab::{Lab, XDP_DROP, XDP_PASS, XDP_REDIRECT},
+    lab::{Lab, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     pin_to_cpu0, require_root, wire,
 };
 
@@ -734,4 +734,349 @@ fn a_syn_flood_evicts_no_established_flow() {
     // (Round robin might pick the same backend again by luck: an evicted
     // flow would show here as a pick-up in mid-connection.)
     assert_eq!(fx.service_traffic("nat-tcp").midstream, midstream);
+}
+
+/// The TCP fields of an option-less IPv4 frame the program emitted.
+#[derive(Debug)]
+struct Tcp {
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    /// Options, as bytes.
+    options: Vec<u8>,
+    /// Bytes after the TCP header within the IPv4 datagram.
+    payload: usize,
+    ttl: u8,
+}
+
+fn tcp_of(f: &[u8]) -> Tcp {
+    let ip = wire::IP_OFF;
+    let tot = u16::from_be_bytes([f[ip + 2], f[ip + 3]]) as usize;
+    assert_eq!(
+        f.len(),
+        wire::IP_OFF + tot,
+        "the frame ends with the datagram"
+    );
+    let t = ip + 20;
+    let doff = (f[t + 12] >> 4) as usize * 4;
+    let be32 = |o: usize| u32::from_be_bytes([f[o], f[o + 1], f[o + 2], f[o + 3]]);
+    assert_checksums(f);
+    Tcp {
+        src: f[ip + 12..ip + 16].try_into().unwrap(),
+        dst: f[ip + 16..ip + 20].try_into().unwrap(),
+        sport: u16::from_be_bytes([f[t], f[t + 1]]),
+        dport: u16::from_be_bytes([f[t + 2], f[t + 3]]),
+        seq: be32(t + 4),
+        ack: be32(t + 8),
+        flags: f[t + 13],
+        options: f[t + 20..t + doff].to_vec(),
+        payload: tot - 20 - doff,
+        ttl: f[ip + 8],
+    }
+}
+
+/// A TCP frame with these numbers and flags (and the options a SYN of a
+/// Linux client carries at least: MSS), checksums right.
+#[allow(clippy::too_many_arguments)]
+fn tcp_with(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: (u16, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    mss: Option<u16>,
+    payload: &[u8],
+) -> Vec<u8> {
+    use etherparse::{PacketBuilder, TcpOptionElement};
+    let mut t = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src, dst, 64)
+        .tcp(ports.0, ports.1, seq, 64240);
+    if flags & SYN != 0 {
+        t = t.syn();
+    }
+    if flags & RST != 0 {
+        t = t.rst();
+    }
+    if flags & FIN != 0 {
+        t = t.fin();
+    }
+    if flags & ACK != 0 {
+        t = t.ack(ack);
+    }
+    if let Some(m) = mss {
+        t = t
+            .options(&[TcpOptionElement::MaximumSegmentSize(m)])
+            .unwrap();
+    }
+    let mut v = Vec::new();
+    t.write(&mut v, payload).unwrap();
+    v
+}
+
+/// Issue 11's SYN cookies, packet by packet (service `nat-cookie`, cookies
+/// always): the LB answers the SYN itself and keeps nothing; a valid cookie
+/// ACK opens the connection with a SYN to the backend carrying the client's
+/// ISN and MSS, a forged one is dropped; the backend's SYN-ACK is answered
+/// with the ACK that completes its side; then both directions are
+/// translated, sequence numbers shifted by the ISN difference. A backend
+/// refusal reaches the client as a RST it accepts. With a threshold
+/// (`nat-cookie-meter`, 1000/s: a burst of 100 ahead), SYNs go the stateful
+/// way until the burst is spent, then get cookies.
+#[test]
+fn syn_cookies_open_translate_and_refuse_connections() {
+    use lb_common::{FlowValue, NatReverse, names};
+    if !require_root("syn_cookies_open_translate_and_refuse_connections") {
+        return;
+    }
+    let mut fx = lab();
+    let vip = [192, 0, 2, 26];
+    let to_lb = (CLIENT_MAC, LB_CLIENT_MAC);
+    let from_backend = |b: [u8; 4]| (backend_mac(b[3]), LB_BACKEND_MAC);
+    let isn = 0x1000_0000u32;
+    let key = cases::flow_key(CLIENT, vip, 41000, 80);
+
+    // 1. The SYN is answered by the LB: a SYN-ACK from the VIP, MSS only.
+    let syn = tcp_with(
+        to_lb,
+        CLIENT,
+        vip,
+        (41000, 80),
+        isn,
+        0,
+        SYN,
+        Some(1460),
+        b"",
+    );
+    let (action, out) = fx.run(&syn);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out[0..6], CLIENT_MAC, "back to the client's MAC");
+    assert_eq!(out[6..12], LB_CLIENT_MAC);
+    let sa = tcp_of(&out);
+    assert_eq!(
+        (sa.src, sa.dst, sa.sport, sa.dport),
+        (vip, CLIENT, 80, 41000)
+    );
+    assert_eq!(
+        (sa.flags, sa.ack, sa.ttl, sa.payload),
+        (SYN | ACK, isn + 1, 64, 0)
+    );
+    assert_eq!(sa.options, [2, 4, 0x05, 0xb4], "MSS 1460 and nothing else");
+    assert_eq!(fx.reason(Reason::TxSynCookie), 1);
+    assert!(
+        !fx.holds::<FlowValue>(names::EMBRYOS, key),
+        "no state for a SYN"
+    );
+    assert!(!fx.holds::<FlowValue>(names::FLOWS, key));
+    let cookie = sa.seq;
+    // The same SYN again gets the same cookie (stateless).
+    assert_eq!(tcp_of(&fx.run(&syn).1).seq, cookie);
+
+    // 2. A forged ACK (wrong cookie) is dropped; the right one opens the
+    // connection: the backend gets a SYN with the client's ISN and MSS.
+    let forged = tcp_with(
+        to_lb,
+        CLIENT,
+        vip,
+        (41000, 80),
+        isn + 1,
+        cookie + 2,
+        ACK,
+        None,
+        b"",
+    );
+    assert_eq!(fx.run(&forged).0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::DropBadCookie), 1);
+    let ack = tcp_with(
+        to_lb,
+        CLIENT,
+        vip,
+        (41000, 80),
+        isn + 1,
+        cookie + 1,
+        ACK,
+        None,
+        b"",
+    );
+    let (action, out) = fx.run(&ack);
+    assert_eq!(action, XDP_REDIRECT);
+    let s = tcp_of(&out);
+    let b = s.dst;
+    assert!(b == [203, 0, 113, 11] || b == [203, 0, 113, 12], "{b:?}");
+    assert_eq!(out[0..6], backend_mac(b[3]));
+    assert_eq!((s.src, s.sport, s.dport), (CLIENT, 41000, 8080));
+    assert_eq!((s.flags, s.seq, s.ack, s.payload), (SYN, isn, 0, 0));
+    assert_eq!(
+        s.options,
+        [2, 4, 0x05, 0xb4],
+        "the client's MSS, from its cookie"
+    );
+    assert_eq!(s.ttl, 63, "NAT routes: TTL decremented");
+    assert_eq!(fx.reason(Reason::FwdCookieSyn), 1);
+    assert!(fx.holds::<FlowValue>(names::EMBRYOS, key), "half-open");
+    assert_eq!(fx.service_traffic("nat-cookie").connections, 1);
+
+    // 3. The client's request arrives before the backend answered: the SYN
+    // goes again (the request is the client's to resend).
+    let request = tcp_with(
+        to_lb,
+        CLIENT,
+        vip,
+        (41000, 80),
+        isn + 1,
+        cookie + 1,
+        ACK,
+        None,
+        b"GET /",
+    );
+    let (action, out) = fx.run(&request);
+    assert_eq!(action, XDP_REDIRECT);
+    let again = tcp_of(&out);
+    assert_eq!((again.flags, again.seq, again.payload), (SYN, isn, 0));
+
+    // 4. The backend's SYN-ACK is answered by the LB with the ACK; the
+    // connection leaves the half-open tables.
+    let bisn = 0x7000_0000u32;
+    let synack = tcp_with(
+        from_backend(b),
+        b,
+        CLIENT,
+        (8080, 41000),
+        bisn,
+        isn + 1,
+        SYN | ACK,
+        Some(1460),
+        b"",
+    );
+    let (action, out) = fx.run(&synack);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out[0..6], backend_mac(b[3]));
+    let a = tcp_of(&out);
+    assert_eq!((a.src, a.dst, a.sport, a.dport), (CLIENT, b, 41000, 8080));
+    assert_eq!(
+        (a.flags, a.seq, a.ack, a.payload),
+        (ACK, isn + 1, bisn + 1, 0)
+    );
+    assert!(a.options.is_empty());
+    assert_eq!(fx.reason(Reason::TxCookieAck), 1);
+    let reply_key = cases::flow_key(b, CLIENT, 8080, 41000);
+    assert!(fx.holds::<FlowValue>(names::FLOWS, key), "promoted");
+    assert!(!fx.holds::<FlowValue>(names::EMBRYOS, key));
+    assert!(fx.holds::<NatReverse>(names::NAT_REVERSE, reply_key));
+    assert!(!fx.holds::<NatReverse>(names::EMBRYO_REVERSE, reply_key));
+    // A retransmitted SYN-ACK (the ACK was lost) is answered again.
+    assert_eq!(fx.run(&synack).0, XDP_TX);
+
+    // 5. Established: the request reaches the backend with its
+    // acknowledgement in the backend's numbers, the answer reaches the
+    // client in the cookie's.
+    let (action, out) = fx.run(&request);
+    assert_eq!(action, XDP_REDIRECT);
+    let r = tcp_of(&out);
+    assert_eq!(
+        (r.dst, r.dport, r.seq, r.ack, r.payload),
+        (b, 8080, isn + 1, bisn + 1, 5)
+    );
+    let answer = tcp_with(
+        from_backend(b),
+        b,
+        CLIENT,
+        (8080, 41000),
+        bisn + 1,
+        isn + 6,
+        ACK,
+        None,
+        b"200 OK",
+    );
+    let (action, out) = fx.run(&answer);
+    assert_eq!(action, XDP_REDIRECT);
+    let r = tcp_of(&out);
+    assert_eq!(
+        (r.src, r.sport, r.seq, r.ack, r.payload),
+        (vip, 80, cookie + 1, isn + 6, 6)
+    );
+
+    // 6. A backend that refuses (RST to the SYN): the client, whose side is
+    // open, gets the RST at the sequence number it expects.
+    let isn2 = 0x2000_0000u32;
+    let syn2 = tcp_with(
+        to_lb,
+        CLIENT,
+        vip,
+        (41001, 80),
+        isn2,
+        0,
+        SYN,
+        Some(1400),
+        b"",
+    );
+    let cookie2 = tcp_of(&fx.run(&syn2).1).seq;
+    let ack2 = tcp_with(
+        to_lb,
+        CLIENT,
+        vip,
+        (41001, 80),
+        isn2 + 1,
+        cookie2 + 1,
+        ACK,
+        None,
+        b"",
+    );
+    let (_, out) = fx.run(&ack2);
+    let s2 = tcp_of(&out);
+    assert_eq!(
+        s2.options,
+        [2, 4, 0x05, 0x14],
+        "MSS 1400 is encoded as 1300"
+    );
+    let rst = tcp_with(
+        from_backend(s2.dst),
+        s2.dst,
+        CLIENT,
+        (8080, 41001),
+        0,
+        isn2 + 1,
+        RST | ACK,
+        None,
+        b"",
+    );
+    let (action, out) = fx.run(&rst);
+    assert_eq!(action, XDP_REDIRECT);
+    let r = tcp_of(&out);
+    assert_eq!(
+        (r.src, r.sport, r.flags & RST, r.seq),
+        (vip, 80, RST, cookie2 + 1)
+    );
+
+    // 7. With a threshold: a burst goes the stateful way until it runs
+    // 100 SYNs ahead of 1000/s, then cookies answer.
+    let (mut forwarded, mut cookies) = (0, 0);
+    for sport in 42000u16..42300 {
+        let syn = tcp_with(
+            to_lb,
+            CLIENT,
+            vip,
+            (sport, 81),
+            isn,
+            0,
+            SYN,
+            Some(1460),
+            b"",
+        );
+        match fx.run(&syn).0 {
+            XDP_REDIRECT => forwarded += 1,
+            XDP_TX => cookies += 1,
+            v => panic!("verdict {v}"),
+        }
+    }
+    eprintln!("threshold: {forwarded} forwarded, {cookies} answered with cookies");
+    // Burst 100 (+1 for the first), plus what the rate refills while the
+    // loop runs (a loaded machine: up to 0.1 s).
+    assert!((101..=201).contains(&forwarded), "{forwarded} forwarded");
+    assert_eq!(forwarded + cookies, 300);
 }

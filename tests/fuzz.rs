@@ -860,9 +860,17 @@ fn fuzz_data_path_against_the_model() {
     ];
     // Rate limits depend on the clock, which the model does not have: the
     // fuzz config has none, and the fixture rows cover both verdicts.
+    // SYN cookies are the kernel's keyed hash, which the model cannot
+    // compute: the fuzz config has no cookie service, and the fixture test
+    // `syn_cookies_open_translate_and_refuse_connections` covers all five.
     let untimed = [
         Reason::DropRateClient.label(),
         Reason::DropRateService.label(),
+        Reason::TxSynCookie.label(),
+        Reason::FwdCookieSyn.label(),
+        Reason::TxCookieAck.label(),
+        Reason::DropBadCookie.label(),
+        Reason::DropCookiePending.label(),
     ];
     let reasons = Reason::ALL
         .iter()

@@ -612,8 +612,11 @@ fn finish(ctx: &XdpContext, eth: *mut EthHdr, th_len: usize, frame_len: u64) {
         let Some(t) = at::<[u16; TCP_MSS_LEN / 2]>(ctx, eth, L4_OFF) else {
             return;
         };
-        // SAFETY: bounds-checked just above; the checksum field is zero.
-        let words = unsafe { core::ptr::read_unaligned(t) };
+        // SAFETY: bounds-checked just above.
+        let words = unsafe {
+            (*t)[8] = 0;
+            core::ptr::read_unaligned(t)
+        };
         let mut i = 0;
         while i < TCP_MSS_LEN / 2 {
             sum += words[i] as u32;
@@ -626,7 +629,10 @@ fn finish(ctx: &XdpContext, eth: *mut EthHdr, th_len: usize, frame_len: u64) {
             return;
         };
         // SAFETY: as above.
-        let words = unsafe { core::ptr::read_unaligned(t) };
+        let words = unsafe {
+            (*t)[8] = 0;
+            core::ptr::read_unaligned(t)
+        };
         let mut i = 0;
         while i < TCP_LEN / 2 {
             sum += words[i] as u32;

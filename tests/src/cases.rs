@@ -68,6 +68,26 @@ redispatch = false
 backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
 
 [[service]]
+name = "nat-cookie"
+vip = "192.0.2.26"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+syn_cookie_threshold = 0
+backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
+
+[[service]]
+name = "nat-cookie-meter"
+vip = "192.0.2.26"
+port = 81
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+syn_cookie_threshold = 1000
+backend = [{ address = "203.0.113.11", port = 8080 }]
+
+[[service]]
 name = "nat-maglev"
 vip = "192.0.2.22"
 port = 80

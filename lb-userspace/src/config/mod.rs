@@ -618,6 +618,35 @@ port = 80
     }
 
     #[test]
+    fn syn_cookie_thresholds_become_a_meter() {
+        let text = |t: &str| {
+            GOOD.replace(
+                "forwarding = \"dsr\"",
+                &format!("forwarding = \"nat\"\n{t}"),
+            )
+        };
+        let limits = |t: &str| {
+            Config::parse(Path::new("x.toml"), &text(t))
+                .unwrap()
+                .services[0]
+                .limits()
+        };
+        let m = limits("syn_cookie_threshold = 1000");
+        assert_eq!(m.syn_cookie_interval_ns, 1_000_000);
+        assert_eq!(
+            m.syn_cookie_tolerance_ns,
+            100 * 1_000_000,
+            "a tenth of a second ahead"
+        );
+        let always = limits("syn_cookie_threshold = 0");
+        assert_eq!(always.syn_cookie_interval_ns, 0, "0: always");
+        let config = Config::parse(Path::new("x.toml"), &text("syn_cookie_threshold = 0")).unwrap();
+        assert!(config.services[0].syn_cookie_threshold.is_some());
+        let off = Config::parse(Path::new("x.toml"), &text("")).unwrap();
+        assert_eq!(off.services[0].syn_cookie_threshold, None, "absent: never");
+    }
+
+    #[test]
     fn good_config_parses_with_defaults() {
         let c = Config::parse(Path::new("x.toml"), GOOD).unwrap();
         assert_eq!(c.services[0].backends[0].weight, 1);
@@ -724,6 +753,18 @@ port = 80
                 "forwarding = \"dsr\"\nrate_limit = { per_client = 5, total_burst = 5 }",
                 "service[0].rate_limit",
                 "a burst needs its rate",
+            ),
+            (
+                "forwarding = \"dsr\"",
+                "forwarding = \"dsr\"\nsyn_cookie_threshold = 1000",
+                "service[0].syn_cookie_threshold",
+                "need a NAT TCP service",
+            ),
+            (
+                "protocol = \"tcp\"\nscheduler = \"maglev\"\nforwarding = \"dsr\"",
+                "protocol = \"udp\"\nscheduler = \"maglev\"\nforwarding = \"nat\"\nsyn_cookie_threshold = 0",
+                "service[0].syn_cookie_threshold",
+                "need a NAT TCP service",
             ),
         ];
         for (from, to, key, reason) in cases {

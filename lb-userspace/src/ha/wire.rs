@@ -232,7 +232,7 @@ mod tests {
         let bytes = advert().encode(KEY);
         assert_eq!(Message::decode(&bytes, 8, KEY), Err(Reject::WrongGroup));
         let mut b = bytes.clone();
-        b[4] = 2;
+        b[4] = VERSION + 1;
         assert_eq!(Message::decode(&b, 7, KEY), Err(Reject::WrongVersion));
         assert_eq!(
             Message::decode(&bytes[..bytes.len() - 1], 7, KEY),
