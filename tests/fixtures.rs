@@ -839,6 +839,9 @@ fn syn_cookies_open_translate_and_refuse_connections() {
     let to_lb = (CLIENT_MAC, LB_CLIENT_MAC);
     let from_backend = |b: [u8; 4]| (backend_mac(b[3]), LB_BACKEND_MAC);
     let isn = 0x1000_0000u32;
+    // Arriving from the client's side, as SYNs do (the SYN-ACK is routed
+    // back out of the same interface).
+    let fxa = Some(wire::ifindex("fxa"));
     let key = cases::flow_key(CLIENT, vip, 41000, 80);
 
     // 1. The SYN is answered by the LB: a SYN-ACK from the VIP, MSS only.
@@ -853,7 +856,7 @@ fn syn_cookies_open_translate_and_refuse_connections() {
         Some(1460),
         b"",
     );
-    let (action, out) = fx.run(&syn);
+    let (action, out) = fx.run_on(&syn, fxa);
     assert_eq!(action, XDP_TX);
     assert_eq!(out[0..6], CLIENT_MAC, "back to the client's MAC");
     assert_eq!(out[6..12], LB_CLIENT_MAC);
@@ -875,7 +878,11 @@ fn syn_cookies_open_translate_and_refuse_connections() {
     assert!(!fx.holds::<FlowValue>(names::FLOWS, key));
     let cookie = sa.seq;
     // The same SYN again gets the same cookie (stateless).
-    assert_eq!(tcp_of(&fx.run(&syn).1).seq, cookie);
+    assert_eq!(tcp_of(&fx.run_on(&syn, fxa).1).seq, cookie);
+    // A SYN from a source the LB has no route back to gets no answer.
+    let bogon = with_src(&syn, [198, 18, 0, 1]);
+    assert_eq!(fx.run_on(&bogon, fxa), (XDP_DROP, bogon.clone()));
+    assert_eq!(fx.reason(Reason::DropNoRoute), 1);
 
     // 2. A forged ACK (wrong cookie) is dropped; the right one opens the
     // connection: the backend gets a SYN with the client's ISN and MSS.
@@ -1001,6 +1008,51 @@ fn syn_cookies_open_translate_and_refuse_connections() {
         (vip, 80, cookie + 1, isn + 6, 6)
     );
 
+    // 5b. A new connection on the same 4-tuple (a new ISN; one on a
+    // known 4-tuple goes the stateful way) to the same backend: its
+    // SYN-ACK is the client's, not the closed cookie connection's.
+    let isn3 = 0x3000_0000u32;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        assert!(tries <= 4, "round robin never came back to {b:?}");
+        let resyn = tcp_with(
+            to_lb,
+            CLIENT,
+            vip,
+            (41000, 80),
+            isn3 + tries,
+            0,
+            SYN,
+            Some(1460),
+            b"",
+        );
+        let (action, out) = fx.run(&resyn);
+        assert_eq!(action, XDP_REDIRECT);
+        if tcp_of(&out).dst == b {
+            let synack3 = tcp_with(
+                from_backend(b),
+                b,
+                CLIENT,
+                (8080, 41000),
+                9,
+                isn3 + tries + 1,
+                SYN | ACK,
+                Some(1460),
+                b"",
+            );
+            let (action, out) = fx.run(&synack3);
+            assert_eq!(action, XDP_REDIRECT, "the SYN-ACK goes to the client");
+            let r = tcp_of(&out);
+            assert_eq!(
+                (r.src, r.flags, r.seq),
+                (vip, SYN | ACK, 9),
+                "untranslated numbers"
+            );
+            break;
+        }
+    }
+
     // 6. A backend that refuses (RST to the SYN): the client, whose side is
     // open, gets the RST at the sequence number it expects.
     let isn2 = 0x2000_0000u32;
@@ -1015,7 +1067,7 @@ fn syn_cookies_open_translate_and_refuse_connections() {
         Some(1400),
         b"",
     );
-    let cookie2 = tcp_of(&fx.run(&syn2).1).seq;
+    let cookie2 = tcp_of(&fx.run_on(&syn2, fxa).1).seq;
     let ack2 = tcp_with(
         to_lb,
         CLIENT,
@@ -1068,7 +1120,7 @@ fn syn_cookies_open_translate_and_refuse_connections() {
             Some(1460),
             b"",
         );
-        match fx.run(&syn).0 {
+        match fx.run_on(&syn, fxa).0 {
             XDP_REDIRECT => forwarded += 1,
             XDP_TX => cookies += 1,
             v => panic!("verdict {v}"),

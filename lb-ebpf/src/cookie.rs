@@ -174,7 +174,7 @@ fn handle(ctx: &XdpContext) -> (u32, Reason) {
 #[inline(always)]
 fn from_client(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo) -> (u32, Reason) {
     if pkt.is_syn() {
-        return sent_back(answer_syn(ctx, pkt));
+        return answer_syn(ctx, pkt);
     }
     if let Some(found) = maps::find_flow(pkt) {
         // SAFETY: a map value pointer, read at once.
@@ -317,13 +317,23 @@ fn gen_cookie<const N: usize>(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4H
 /// options), nothing after the header. Inlined: out of line, LLVM widened
 /// the packet pointer it loads with shifts, which the verifier refuses.
 #[inline(always)]
-fn answer_syn(ctx: &XdpContext, pkt: &Packet) -> Reason {
+fn answer_syn(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
     let (eth, frame_len) = (pkt.eth, pkt.frame_len);
     let (Some(ip), Some(tcp)) = (
         at::<Ipv4Hdr>(ctx, eth, ETH_LEN),
         at::<[u8; TCP_LEN]>(ctx, eth, L4_OFF),
     ) else {
-        return Reason::DropTruncated;
+        return (xdp_action::XDP_DROP, Reason::DropTruncated);
+    };
+    // Routed back to the client as the kernel would route it (a source the
+    // LB has no route to, a bogon, gets no answer).
+    let go = match forward::decide(
+        ctx,
+        pkt,
+        forward::next_hop(ctx, pkt, pkt.dst_be, pkt.src_be),
+    ) {
+        Ok(g) => g,
+        Err(v) => return v,
     };
     // SAFETY: bounds-checked just above.
     let doff = unsafe { (*tcp)[12] } >> 4;
@@ -342,7 +352,7 @@ fn answer_syn(ctx: &XdpContext, pkt: &Packet) -> Reason {
         _ => None,
     };
     let Some(cookie) = cookie else {
-        return Reason::DropBadL4Header;
+        return (xdp_action::XDP_DROP, Reason::DropBadL4Header);
     };
     let with_mss = doff >= 6;
     let th_len = if with_mss { TCP_MSS_LEN } else { TCP_LEN };
@@ -353,7 +363,6 @@ fn answer_syn(ctx: &XdpContext, pkt: &Packet) -> Reason {
     };
     // SAFETY: every pointer bounds-checked above.
     unsafe {
-        swap_macs(eth);
         let (src, dst) = ((*ip).src_addr, (*ip).dst_addr);
         (*ip).src_addr = dst;
         (*ip).dst_addr = src;
@@ -375,7 +384,10 @@ fn answer_syn(ctx: &XdpContext, pkt: &Packet) -> Reason {
         }
     }
     finish(ctx, eth, th_len, frame_len);
-    Reason::TxSynCookie
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return (xdp_action::XDP_DROP, Reason::DropTruncated);
+    };
+    forward::go_to(ctx, eth, go, Reason::TxSynCookie)
 }
 
 /// Send the client's packet on to the backend as the SYN of the backend's
@@ -560,7 +572,7 @@ fn ack_backend(ctx: &XdpContext, pkt: &Packet, seq: u32, ack: u32) -> Reason {
 #[inline(always)]
 fn sent_back(reason: Reason) -> (u32, Reason) {
     match reason {
-        Reason::TxSynCookie | Reason::TxCookieAck => (xdp_action::XDP_TX, reason),
+        Reason::TxCookieAck => (xdp_action::XDP_TX, reason),
         _ => (xdp_action::XDP_DROP, reason),
     }
 }

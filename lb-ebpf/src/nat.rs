@@ -145,6 +145,11 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, c: &Choice) {
     // better can be done without memory. A half-open connection's twin
     // goes where its flow went, so a SYN flood evicts no established reply.
     let _ = if c.embryo {
+        // The connection this one replaces left its reply entry; looked up
+        // first, it would answer for this one (with a SYN cookie's offset).
+        if c.replaced {
+            let _ = NAT_REVERSE.remove(reply);
+        }
         EMBRYO_REVERSE.insert(reply, rev, 0)
     } else {
         NAT_REVERSE.insert(reply, rev, 0)
