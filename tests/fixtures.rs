@@ -1008,6 +1008,32 @@ fn syn_cookies_open_translate_and_refuse_connections() {
         (vip, 80, cookie + 1, isn + 6, 6)
     );
 
+    // Both sides close.
+    let fin = tcp_with(
+        from_backend(b),
+        b,
+        CLIENT,
+        (8080, 41000),
+        bisn + 7,
+        isn + 6,
+        FIN | ACK,
+        None,
+        b"",
+    );
+    assert_eq!(fx.run(&fin).0, XDP_REDIRECT);
+    let cfin = tcp_with(
+        to_lb,
+        CLIENT,
+        vip,
+        (41000, 80),
+        isn + 6,
+        cookie + 9,
+        FIN | ACK,
+        None,
+        b"",
+    );
+    assert_eq!(tcp_of(&fx.run(&cfin).1).ack, bisn + 9);
+
     // 5b. A new connection on the same 4-tuple (a new ISN; one on a
     // known 4-tuple goes the stateful way) to the same backend: its
     // SYN-ACK is the client's, not the closed cookie connection's.

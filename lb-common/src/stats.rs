@@ -110,7 +110,8 @@ reasons! {
     TxCookieAck = "tx_cookie_ack",
     /// SYN cookies on: a TCP packet of no known connection whose
     /// acknowledgement is not a valid cookie (an ACK flood, or a connection
-    /// the LB no longer knows).
+    /// the LB no longer knows), or a RST of no known connection (the hosts
+    /// whose addresses a flood forged reset the SYN-ACKs they get).
     DropBadCookie = "drop_bad_cookie",
     /// SYN cookies: a backend packet other than SYN-ACK or RST for a
     /// connection whose backend side is still opening.

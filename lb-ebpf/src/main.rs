@@ -238,6 +238,12 @@ fn syn_cookies(
                 false
             }
         }
+        // A RST of no connection while cookies answer (the forged sources'
+        // own hosts reset the SYN-ACKs they never asked for): nothing to
+        // reset, and no state to make for it.
+        None if pkt.tcp_flags & TCP_FLAG_RST != 0 && cookie::active(svc.id) => {
+            return Some((xdp_action::XDP_DROP, Reason::DropBadCookie));
+        }
         // SAFETY: a map value pointer, read at once.
         Some(f) => unsafe { (*f).cookie & COOKIE_F_PENDING != 0 && (*f).service_id == svc.id },
         None => false,
