@@ -779,46 +779,6 @@ fn tcp_of(f: &[u8]) -> Tcp {
     }
 }
 
-/// A TCP frame with these numbers and flags (and the options a SYN of a
-/// Linux client carries at least: MSS), checksums right.
-#[allow(clippy::too_many_arguments)]
-fn tcp_with(
-    macs: ([u8; 6], [u8; 6]),
-    src: [u8; 4],
-    dst: [u8; 4],
-    ports: (u16, u16),
-    seq: u32,
-    ack: u32,
-    flags: u8,
-    mss: Option<u16>,
-    payload: &[u8],
-) -> Vec<u8> {
-    use etherparse::{PacketBuilder, TcpOptionElement};
-    let mut t = PacketBuilder::ethernet2(macs.0, macs.1)
-        .ipv4(src, dst, 64)
-        .tcp(ports.0, ports.1, seq, 64240);
-    if flags & SYN != 0 {
-        t = t.syn();
-    }
-    if flags & RST != 0 {
-        t = t.rst();
-    }
-    if flags & FIN != 0 {
-        t = t.fin();
-    }
-    if flags & ACK != 0 {
-        t = t.ack(ack);
-    }
-    if let Some(m) = mss {
-        t = t
-            .options(&[TcpOptionElement::MaximumSegmentSize(m)])
-            .unwrap();
-    }
-    let mut v = Vec::new();
-    t.write(&mut v, payload).unwrap();
-    v
-}
-
 /// Issue 11's SYN cookies, packet by packet (service `nat-cookie`, cookies
 /// always): the LB answers the SYN itself and keeps nothing; a valid cookie
 /// ACK opens the connection with a SYN to the backend carrying the client's

@@ -516,7 +516,7 @@ fn complete(pkt: &Packet, rev: *mut NatReverse, delta: u32) {
         proto: PROTO_TCP,
         _pad: [0; 3],
     };
-    if let Some(v) = maps::EMBRYOS.get_ptr_mut(&key) {
+    if let Some(v) = maps::EMBRYOS.get_ptr_mut(key) {
         // SAFETY: as above.
         unsafe {
             (*v).seq_delta = delta;
@@ -524,7 +524,7 @@ fn complete(pkt: &Packet, rev: *mut NatReverse, delta: u32) {
             (*v).flags |= FLOW_F_REPLIED;
         }
         sched::promote_key(&mut key, v, true);
-    } else if let Some(v) = maps::FLOWS.get_ptr_mut(&key) {
+    } else if let Some(v) = maps::FLOWS.get_ptr_mut(key) {
         // SAFETY: as above.
         unsafe {
             (*v).seq_delta = delta;

@@ -261,12 +261,12 @@ pub fn promote_key(key: &mut FlowKey, v: *mut FlowValue, nat: bool) {
     // SAFETY: a map value pointer, valid until the removal below; the map
     // update copies from it.
     let value = unsafe { &*v };
-    if FLOWS.insert(&*key, value, 0).is_err() {
+    if FLOWS.insert(*key, value, 0).is_err() {
         return; // stays half-open; the next packet tries again
     }
     report_flow(key, value);
     let backend_id = value.backend_id;
-    let _ = EMBRYOS.remove(&*key);
+    let _ = EMBRYOS.remove(*key);
     if !nat {
         return;
     }
@@ -279,9 +279,9 @@ pub fn promote_key(key: &mut FlowKey, v: *mut FlowValue, nat: bool) {
     key.dst_be = client_be;
     key.dport_be = client_port_be;
     // SAFETY: as above.
-    if let Some(r) = unsafe { EMBRYO_REVERSE.get(&*key) } {
-        let _ = NAT_REVERSE.insert(&*key, r, 0);
-        let _ = EMBRYO_REVERSE.remove(&*key);
+    if let Some(r) = unsafe { EMBRYO_REVERSE.get(*key) } {
+        let _ = NAT_REVERSE.insert(*key, r, 0);
+        let _ = EMBRYO_REVERSE.remove(*key);
     }
 }
 

@@ -32,6 +32,7 @@ use xdplb_tests::{
 
 /// `XDP_REDIRECT`: the backends are on another interface than the clients.
 const REDIRECT: u32 = 4;
+const DROP: u32 = 1;
 
 const REPEAT: u32 = 1_000_000;
 const SINGLE_RUNS: u32 = 200_000;
@@ -191,11 +192,19 @@ fn clear_flow_tables(ebpf: &mut Ebpf) {
     for k in keys {
         let _ = flows.remove(&k);
     }
-    let mut nat: HashMap<_, FlowKey, NatReverse> =
-        HashMap::try_from(ebpf.map_mut(names::NAT_REVERSE).unwrap()).unwrap();
-    let keys: Vec<FlowKey> = nat.keys().filter_map(Result::ok).collect();
+    let mut embryos: HashMap<_, FlowKey, FlowValue> =
+        HashMap::try_from(ebpf.map_mut(names::EMBRYOS).unwrap()).unwrap();
+    let keys: Vec<FlowKey> = embryos.keys().filter_map(Result::ok).collect();
     for k in keys {
-        let _ = nat.remove(&k);
+        let _ = embryos.remove(&k);
+    }
+    for table in [names::NAT_REVERSE, names::EMBRYO_REVERSE] {
+        let mut nat: HashMap<_, FlowKey, NatReverse> =
+            HashMap::try_from(ebpf.map_mut(table).unwrap()).unwrap();
+        let keys: Vec<FlowKey> = nat.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = nat.remove(&k);
+        }
     }
 }
 
@@ -377,6 +386,51 @@ fn main() {
             verdict: REDIRECT,
         });
     }
+    // What one forged SYN of a flood costs (issue 11): without cookies it
+    // is a new flow (the rows above: scheduled, an embryonic entry, sent to
+    // a backend); with them (`nat-cookie`, always on), a SYN-ACK the LB
+    // builds itself, and nothing kept. A SYN of a stack (MSS option), each
+    // run another client port; the cookie is computed every time.
+    let cookie_vip = [192u8, 0, 2, 26];
+    let ns = single(&mut lab.ebpf, PROGRAM, SINGLE_RUNS, fxa, tx, |i| {
+        frames::tcp_with(
+            (CLIENT_MAC, LB_CLIENT_MAC),
+            CLIENT,
+            cookie_vip,
+            (1024 + (i % 60000) as u16, 80),
+            7,
+            0,
+            frames::SYN,
+            Some(1460),
+            b"",
+        )
+    });
+    rows.push(Row {
+        label: "NAT flood SYN, SYN cookie".to_string(),
+        method: "single",
+        ns,
+        verdict: tx,
+    });
+    // The RST the forged address's host sends back: dropped.
+    let ns = single(&mut lab.ebpf, PROGRAM, SINGLE_RUNS, fxa, DROP, |i| {
+        frames::tcp_with(
+            (CLIENT_MAC, LB_CLIENT_MAC),
+            CLIENT,
+            cookie_vip,
+            (1024 + (i % 60000) as u16, 80),
+            8,
+            0,
+            frames::RST,
+            None,
+            b"",
+        )
+    });
+    rows.push(Row {
+        label: "NAT flood RST back, SYN cookies".to_string(),
+        method: "single",
+        ns,
+        verdict: DROP,
+    });
     for (label, name) in FIXTURE_ROWS {
         let case = cases::find(&table, name);
         cases::prepare(&mut lab, case).unwrap();
