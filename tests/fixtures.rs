@@ -1118,3 +1118,43 @@ fn syn_cookies_open_translate_and_refuse_connections() {
     assert!((101..=201).contains(&forwarded), "{forwarded} forwarded");
     assert_eq!(forwarded + cookies, 300);
 }
+
+/// Two NAT services share a backend; a client port that had an established
+/// connection through one (its reply entry in `NAT_REVERSE`) opens one
+/// through the other to the same backend: the new connection's replies are
+/// translated to its own VIP, not found under the old entry first.
+#[test]
+fn a_new_connections_replies_are_its_own_across_vips() {
+    if !require_root("a_new_connections_replies_are_its_own_across_vips") {
+        return;
+    }
+    let mut fx = lab();
+    let (rr, maglev) = ([192, 0, 2, 20], [192, 0, 2, 22]);
+    let sport = 43000;
+    let b = fx.maglev_backend("nat-maglev", CLIENT, maglev, sport, 80, 6);
+    // Through nat-tcp (round robin) until it lands on the same backend,
+    // established (the client's ACK moves its entries out of the
+    // half-open tables).
+    let mut landed = false;
+    for seq in 0..4u32 {
+        let (action, out) = fx.run(&client_tcp(rr, sport, 100 + seq, SYN));
+        assert_eq!(action, XDP_REDIRECT);
+        if dst_of(&out) == b {
+            let (action, _) = fx.run(&client_tcp(rr, sport, 101 + seq, ACK));
+            assert_eq!(action, XDP_REDIRECT);
+            landed = true;
+            break;
+        }
+    }
+    assert!(landed, "round robin never chose {b:?}");
+    // Then through nat-maglev, same client port, same backend.
+    let (action, out) = fx.run(&client_tcp(maglev, sport, 500, SYN));
+    assert_eq!((action, dst_of(&out)), (XDP_REDIRECT, b));
+    let (action, out) = fx.run(&backend_tcp(b, sport, SYN | ACK));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out[26..30],
+        maglev,
+        "the SYN-ACK comes from the VIP it was sent to"
+    );
+}

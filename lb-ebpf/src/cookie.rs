@@ -256,6 +256,7 @@ fn open(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo) -> (u32, Reason) {
         hop: CachedHop::default(),
         seq_delta: cookie,
     };
+    nat::forget_reply(reply);
     let _ = maps::EMBRYO_REVERSE.insert(reply, rev, 0);
     stats::count_cookie_connection(svc.id, backend_id);
     let mss = client_mss(pkt, isn, cookie);

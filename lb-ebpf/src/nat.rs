@@ -145,15 +145,20 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, c: &Choice) {
     // better can be done without memory. A half-open connection's twin
     // goes where its flow went, so a SYN flood evicts no established reply.
     let _ = if c.embryo {
-        // The connection this one replaces left its reply entry; looked up
-        // first, it would answer for this one (with a SYN cookie's offset).
-        if c.replaced {
-            let _ = NAT_REVERSE.remove(reply);
-        }
+        forget_reply(reply);
         EMBRYO_REVERSE.insert(reply, rev, 0)
     } else {
         NAT_REVERSE.insert(reply, rev, 0)
     };
+}
+
+/// Before a half-open connection's reply entry is written: an established
+/// entry under the same key (a closed connection from the same client
+/// address and port to the same backend, perhaps through another VIP) would
+/// be found first and translate this connection's replies as its own.
+#[inline(always)]
+pub fn forget_reply(reply: FlowKey) {
+    let _ = NAT_REVERSE.remove(reply);
 }
 
 /// What a backend's TCP reply says about its connection.

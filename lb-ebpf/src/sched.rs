@@ -80,8 +80,6 @@ pub struct Choice {
     pub created: bool,
     /// ... into `EMBRYOS` (a TCP connection not yet established).
     pub embryo: bool,
-    /// ... replacing an entry (a new connection on a known 4-tuple).
-    pub replaced: bool,
     /// The connection was opened with a SYN cookie: the client's
     /// acknowledgements gain `seq_delta` on the way to the backend.
     pub cookie: bool,
@@ -235,7 +233,6 @@ pub fn flow_backend(
         midstream: pkt.is_tcp() && !syn,
         created: true,
         embryo,
-        replaced: found.is_some(),
         cookie: false,
         seq_delta: 0,
     })
@@ -296,7 +293,6 @@ fn pinned(backend_id: u32, backend: Backend, syn_retransmit: bool) -> Choice {
         midstream: false,
         created: false,
         embryo: false,
-        replaced: false,
         cookie: false,
         seq_delta: 0,
     }

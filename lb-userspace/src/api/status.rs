@@ -143,6 +143,20 @@ pub fn table(v: &View) -> String {
     if !dropped.is_empty() {
         let _ = writeln!(out, "\ndrops: {}", dropped.join(" "));
     }
+    // SYN cookies at work: SYNs answered by the LB, connections they opened.
+    let count = |name: &str| {
+        v.reasons
+            .iter()
+            .find(|(r, _)| *r == name)
+            .map_or(0, |(_, n)| *n)
+    };
+    let (answered, opened) = (count("tx_syn_cookie"), count("fwd_cookie_syn"));
+    if answered + opened > 0 {
+        let _ = writeln!(
+            out,
+            "syn cookies: {answered} SYNs answered, {opened} SYNs sent to backends for cookie connections"
+        );
+    }
     out
 }
 
@@ -251,6 +265,7 @@ pub(crate) mod tests {
         let col = lines[0].find("HEALTH").unwrap();
         assert_eq!(&lines[2][col..col + 2], "up");
         assert!(t.contains("drops: drop_no_backend=2"));
+        assert!(!t.contains("syn cookies"), "shown only once they work");
     }
 
     #[test]
