@@ -158,7 +158,11 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, c: &Choice) {
 /// be found first and translate this connection's replies as its own.
 #[inline(always)]
 pub fn forget_reply(reply: FlowKey) {
-    let _ = NAT_REVERSE.remove(reply);
+    // Looked up first: a lookup takes no lock, a delete does, and there is
+    // usually nothing to delete.
+    if NAT_REVERSE.get_ptr(reply).is_some() {
+        let _ = NAT_REVERSE.remove(reply);
+    }
 }
 
 /// What a backend's TCP reply says about its connection.
