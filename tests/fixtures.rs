@@ -1072,6 +1072,21 @@ fn syn_cookies_open_translate_and_refuse_connections() {
         [2, 4, 0x05, 0x14],
         "MSS 1400 is encoded as 1300"
     );
+    // Before its SYN-ACK, nothing else from the backend can belong to the
+    // connection: dropped.
+    let stray = tcp_with(
+        from_backend(s2.dst),
+        s2.dst,
+        CLIENT,
+        (8080, 41001),
+        5,
+        isn2 + 1,
+        ACK,
+        None,
+        b"x",
+    );
+    assert_eq!(fx.run(&stray), (XDP_DROP, stray.clone()));
+    assert_eq!(fx.reason(Reason::DropCookiePending), 1);
     let rst = tcp_with(
         from_backend(s2.dst),
         s2.dst,

@@ -3177,3 +3177,114 @@ fn syn_cookies_keep_a_flood_off_the_backends() {
         "{test}: no request used a cookie"
     );
 }
+
+/// The SYN-cookie threshold reacts to traffic, so it is tried under heavy
+/// legitimate load: 15,000 `Connection: close` connections (24 workers,
+/// client ports repeating within seconds). Under a threshold above their
+/// rate (50,000/s) cookies never answer and none fails. With cookies always
+/// on (threshold 0), 15,000 connections from as many client addresses
+/// (so each 4-tuple is new: a SYN on a 4-tuple the LB still holds goes the
+/// stateful way) are all opened by their cookies, and none fails.
+#[test]
+fn syn_cookies_under_heavy_legitimate_load() {
+    let test = "syn_cookies_under_heavy_legitimate_load";
+    if !require_root(test) {
+        return;
+    }
+    let both = [("203.0.113.11", 1), ("203.0.113.21", 1)];
+    let config = |threshold: u32| {
+        format!(
+            "[control]\nmetrics_address = \"127.0.0.1:9100\"\n{}syn_cookie_threshold = {threshold}\n",
+            nat_config(&both, "")
+        )
+    };
+    let mut lab = lab_in_turn(Mode::Native, &config(50_000), Turn::exclusive());
+    many_clients(&lab);
+    lab.client
+        .sh(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=20000 20255"]);
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let reason = |lab: &Lab, r: &str| {
+        sample(&scrape(lab), "xdplb_packets_total", &format!("\"{r}\"")).unwrap_or(0.0)
+    };
+    let report = |what: &str, n: usize, failed: &[&String], took: Duration, answered: f64| {
+        eprintln!(
+            "{test}: {what}: {n} connections in {took:.2?} ({:.0}/s), {} failed, {answered} SYNs answered with cookies",
+            n as f64 / took.as_secs_f64(),
+            failed.len()
+        );
+    };
+
+    // Threshold 50,000/s: legitimate load stays below it.
+    let began = Instant::now();
+    let run = hammer(
+        &lab.client,
+        vip,
+        LOAD_RUN,
+        LOAD_WORKERS,
+        Duration::from_secs(60),
+        &AtomicBool::new(false),
+    );
+    let failed: Vec<&String> = run.iter().filter_map(|a| a.result.as_ref().err()).collect();
+    let answered = reason(&lab, "tx_syn_cookie");
+    report(
+        "threshold 50000",
+        run.len(),
+        &failed,
+        began.elapsed(),
+        answered,
+    );
+    assert!(
+        failed.is_empty(),
+        "{test}: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(answered, 0.0, "{test}: cookies fired on legitimate load");
+
+    // Always on: every connection from a new address.
+    lab.reload(&config(0), 1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let until = Instant::now() + Duration::from_secs(60);
+    let began = Instant::now();
+    let results: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..LOAD_WORKERS)
+            .map(|_| {
+                s.spawn(|| {
+                    let _in = lab.client.enter();
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= LOAD_RUN || Instant::now() >= until {
+                            break out;
+                        }
+                        let src = std::net::Ipv4Addr::new(10, 200, (i >> 8) as u8, i as u8);
+                        out.push(request_from(src));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let answered = reason(&lab, "tx_syn_cookie");
+    let opened = reason(&lab, "fwd_cookie_syn");
+    report(
+        "threshold 0",
+        results.len(),
+        &failed,
+        began.elapsed(),
+        answered,
+    );
+    assert_eq!(results.len(), LOAD_RUN, "{test}: the run was cut short");
+    assert!(
+        failed.is_empty(),
+        "{test}: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        answered >= LOAD_RUN as f64 && opened >= LOAD_RUN as f64,
+        "{test}: {answered} SYNs answered, {opened} opened for {LOAD_RUN} connections"
+    );
+}
