@@ -81,6 +81,8 @@ struct NodeOpts {
     preempt_delay_ms: u32,
     /// `track_service` entry for the web service, with this weight.
     track_service_weight: Option<i32>,
+    /// The web service answers SYNs with cookies (threshold 0: always).
+    syn_cookies: bool,
 }
 
 impl NodeOpts {
@@ -90,6 +92,7 @@ impl NodeOpts {
             preempt: false,
             preempt_delay_ms: 0,
             track_service_weight: None,
+            syn_cookies: false,
         }
     }
 }
@@ -130,6 +133,11 @@ fn config_text(
         .track_service_weight
         .map(|w| format!("track_service = [{{ name = \"www\", weight = {w} }}]\n"))
         .unwrap_or_default();
+    let cookies = if o.syn_cookies {
+        "syn_cookie_threshold = 0\n"
+    } else {
+        ""
+    };
     format!(
         r#"[dataplane]
 flow_table_size = 65536
@@ -144,7 +152,7 @@ port = 80
 protocol = "tcp"
 scheduler = "{sched}"
 forwarding = "{mode}"
-backend = [{tb}]
+{cookies}backend = [{tb}]
 {check}
 [[service]]
 name = "dns"
@@ -743,8 +751,13 @@ fn start_pair(pair: &mut Pair, first: usize) {
 fn failovers(test: &str, fwd: Forwarding, runs: usize) {
     let mut pair = Pair::build(test, fwd, [NodeOpts::new(150), NodeOpts::new(100)]);
     start_pair(&mut pair, 0);
-    // Both nodes' checks pass, the MASTER's too although it owns the VIP
-    // (DSR probes the VIP on each backend).
+    wait_backends_up(&pair);
+    failover_runs(test, pair, fwd, runs);
+}
+
+/// Both nodes' checks pass, the MASTER's too although it owns the VIP
+/// (DSR probes the VIP on each backend).
+fn wait_backends_up(pair: &Pair) {
     for i in 0..2 {
         let deadline = Instant::now() + Duration::from_secs(5);
         while sample(&pair, i, "xdplb_service_backends_up", "service=\"www\"") != 2.0 {
@@ -761,6 +774,11 @@ fn failovers(test: &str, fwd: Forwarding, runs: usize) {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// `runs` failovers of a started pair (MASTER node 0), SIGKILL and cut
+/// links alternating.
+fn failover_runs(test: &str, mut pair: Pair, fwd: Forwarding, runs: usize) {
     // Client 4-tuples repeat within seconds, as behind a busy NAT.
     pair.client
         .sh(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=20000 20255"]);
@@ -890,6 +908,65 @@ fn failover_nat_round_robin_keeps_connections_with_flow_sync() {
     failovers(test, Forwarding::NatRoundRobin, 6);
 }
 
+/// Issue 11: connections opened with SYN cookies (the web service answers
+/// every SYN with one) carry their sequence offset in the flow records, so
+/// after failovers the new MASTER translates them the same way: the held
+/// connections, opened by cookies before any other traffic, keep answering.
+#[test]
+fn failover_keeps_syn_cookie_connections() {
+    let test = "failover_keeps_syn_cookie_connections";
+    if !require_root(test) {
+        return;
+    }
+    let cookies = |priority| NodeOpts {
+        syn_cookies: true,
+        ..NodeOpts::new(priority)
+    };
+    let mut pair = Pair::build(
+        test,
+        Forwarding::NatRoundRobin,
+        [cookies(150), cookies(100)],
+    );
+    start_pair(&mut pair, 0);
+    wait_backends_up(&pair);
+    // The long-lived connections open first (fresh 4-tuples): by cookie.
+    let before = sample(&pair, 0, "xdplb_packets_total", "reason=\"fwd_cookie_syn\"");
+    let long = Longlived::open(&pair.client);
+    let opened = sample(&pair, 0, "xdplb_packets_total", "reason=\"fwd_cookie_syn\"") - before;
+    assert!(
+        opened >= long.tcp.len() as f64,
+        "{test}: {opened} connections opened by cookie"
+    );
+    let mut long = long;
+    // Flow records travel in 2 ms batches.
+    std::thread::sleep(Duration::from_millis(100));
+    let synced = sample(
+        &pair,
+        1,
+        "xdplb_ha_flows_synced_total",
+        "direction=\"received\"",
+    );
+    assert!(
+        synced >= long.tcp.len() as f64,
+        "{test}: {synced} records reached the BACKUP"
+    );
+    // SIGKILL the MASTER: the BACKUP takes over with the synced entries.
+    let pid = pair.lb(0).process.child.id() as i32;
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    pair.reap_killed(0);
+    pair.wait_for(1, "master", &[0, 1], Duration::from_secs(3));
+    long.check(&format!("{test}: SIGKILL"));
+    // And back: lb1 returns as BACKUP, lb2's links are cut, lb1 takes over.
+    pair.start(0);
+    pair.wait_for(0, "backup", &[1], Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(100));
+    pair.links(1, false);
+    pair.wait_for(0, "master", &[0], Duration::from_secs(3));
+    long.check(&format!("{test}: links cut"));
+    pair.links(1, true);
+}
+
 #[test]
 fn failover_dsr_maglev_keeps_connections_without_sync() {
     let test = "failover_dsr_maglev_keeps_connections_without_sync";
@@ -944,6 +1021,7 @@ fn priority_preemption_tracked_service_and_fault() {
         preempt: true,
         preempt_delay_ms: 300,
         track_service_weight: Some(-100),
+        ..NodeOpts::new(150)
     };
     let lb2 = NodeOpts {
         preempt: true,

@@ -266,9 +266,10 @@ backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12"
                 service_id: a.services[0].info.id,
                 syn_seq_be: 77u32.to_be(),
                 flags: 1,
-                cookie: 0,
+                // Opened with a SYN cookie: the offset travels with it.
+                cookie: lb_common::COOKIE_F_ON,
                 acl_generation: 0,
-                seq_delta: 0,
+                seq_delta: 0x8000_0001,
             },
         };
         let rec = SyncIndex::new(&a).record(&ev, 123).unwrap();
@@ -284,6 +285,10 @@ backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12"
         assert_eq!(k, key);
         assert_eq!((v.backend_id, v.service_id), (idb, b.services[0].info.id));
         assert_eq!((v.syn_seq_be, v.flags), (77u32.to_be(), 1));
+        assert_eq!(
+            (v.cookie, v.seq_delta),
+            (lb_common::COOKIE_F_ON, 0x8000_0001)
+        );
         let (rk, rv) = rev.unwrap();
         assert_eq!(rk.src_be, u32::from(Ipv4Addr::new(203, 0, 113, 12)).to_be());
         assert_eq!(
@@ -291,6 +296,11 @@ backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12"
             (8080u16.to_be(), 40000u16.to_be())
         );
         assert_eq!((rv.vip_be, rv.backend_id), (key.dst_be, idb));
+        assert_eq!(
+            (rv.cookie, rv.seq_delta),
+            (lb_common::COOKIE_F_ON, 0x8000_0001),
+            "the reply entry translates sequence numbers the same way"
+        );
         assert_eq!(decode(&wire[..31]), Err(Reject::Malformed));
         // A service the peer does not have: nothing to write.
         let mut stray = back[0];
