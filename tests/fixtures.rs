@@ -797,7 +797,34 @@ fn syn_cookies_open_translate_and_refuse_connections() {
     let mut fx = lab();
     let vip = [192, 0, 2, 26];
     let to_lb = (CLIENT_MAC, LB_CLIENT_MAC);
-    let from_backend = |b: [u8; 4]| (backend_mac(b[3]), LB_BACKEND_MAC);
+    // Client -> VIP:80 and backend:8080 -> client frames: port, sequence and
+    // acknowledgement numbers, flags, MSS option, payload.
+    let client = |sport: u16, seq, ack, flags, mss, payload: &[u8]| {
+        tcp_with(
+            to_lb,
+            CLIENT,
+            vip,
+            (sport, 80),
+            seq,
+            ack,
+            flags,
+            mss,
+            payload,
+        )
+    };
+    let backend = |b: [u8; 4], sport: u16, seq, ack, flags, mss, payload: &[u8]| {
+        tcp_with(
+            (backend_mac(b[3]), LB_BACKEND_MAC),
+            b,
+            CLIENT,
+            (8080, sport),
+            seq,
+            ack,
+            flags,
+            mss,
+            payload,
+        )
+    };
     let isn = 0x1000_0000u32;
     // Arriving from the client's side, as SYNs do (the SYN-ACK is routed
     // back out of the same interface).
@@ -805,17 +832,7 @@ fn syn_cookies_open_translate_and_refuse_connections() {
     let key = cases::flow_key(CLIENT, vip, 41000, 80);
 
     // 1. The SYN is answered by the LB: a SYN-ACK from the VIP, MSS only.
-    let syn = tcp_with(
-        to_lb,
-        CLIENT,
-        vip,
-        (41000, 80),
-        isn,
-        0,
-        SYN,
-        Some(1460),
-        b"",
-    );
+    let syn = client(41000, isn, 0, SYN, Some(1460), b"");
     let (action, out) = fx.run_on(&syn, fxa);
     assert_eq!(action, XDP_TX);
     assert_eq!(out[0..6], CLIENT_MAC, "back to the client's MAC");
@@ -846,30 +863,10 @@ fn syn_cookies_open_translate_and_refuse_connections() {
 
     // 2. A forged ACK (wrong cookie) is dropped; the right one opens the
     // connection: the backend gets a SYN with the client's ISN and MSS.
-    let forged = tcp_with(
-        to_lb,
-        CLIENT,
-        vip,
-        (41000, 80),
-        isn + 1,
-        cookie + 2,
-        ACK,
-        None,
-        b"",
-    );
+    let forged = client(41000, isn + 1, cookie + 2, ACK, None, b"");
     assert_eq!(fx.run(&forged).0, XDP_DROP);
     assert_eq!(fx.reason(Reason::DropBadCookie), 1);
-    let ack = tcp_with(
-        to_lb,
-        CLIENT,
-        vip,
-        (41000, 80),
-        isn + 1,
-        cookie + 1,
-        ACK,
-        None,
-        b"",
-    );
+    let ack = client(41000, isn + 1, cookie + 1, ACK, None, b"");
     let (action, out) = fx.run(&ack);
     assert_eq!(action, XDP_REDIRECT);
     let s = tcp_of(&out);
@@ -890,17 +887,7 @@ fn syn_cookies_open_translate_and_refuse_connections() {
 
     // 3. The client's request arrives before the backend answered: the SYN
     // goes again (the request is the client's to resend).
-    let request = tcp_with(
-        to_lb,
-        CLIENT,
-        vip,
-        (41000, 80),
-        isn + 1,
-        cookie + 1,
-        ACK,
-        None,
-        b"GET /",
-    );
+    let request = client(41000, isn + 1, cookie + 1, ACK, None, b"GET /");
     let (action, out) = fx.run(&request);
     assert_eq!(action, XDP_REDIRECT);
     let again = tcp_of(&out);
@@ -909,17 +896,7 @@ fn syn_cookies_open_translate_and_refuse_connections() {
     // 4. The backend's SYN-ACK is answered by the LB with the ACK; the
     // connection leaves the half-open tables.
     let bisn = 0x7000_0000u32;
-    let synack = tcp_with(
-        from_backend(b),
-        b,
-        CLIENT,
-        (8080, 41000),
-        bisn,
-        isn + 1,
-        SYN | ACK,
-        Some(1460),
-        b"",
-    );
+    let synack = backend(b, 41000, bisn, isn + 1, SYN | ACK, Some(1460), b"");
     let (action, out) = fx.run(&synack);
     assert_eq!(action, XDP_TX);
     assert_eq!(out[0..6], backend_mac(b[3]));
@@ -949,17 +926,7 @@ fn syn_cookies_open_translate_and_refuse_connections() {
         (r.dst, r.dport, r.seq, r.ack, r.payload),
         (b, 8080, isn + 1, bisn + 1, 5)
     );
-    let answer = tcp_with(
-        from_backend(b),
-        b,
-        CLIENT,
-        (8080, 41000),
-        bisn + 1,
-        isn + 6,
-        ACK,
-        None,
-        b"200 OK",
-    );
+    let answer = backend(b, 41000, bisn + 1, isn + 6, ACK, None, b"200 OK");
     let (action, out) = fx.run(&answer);
     assert_eq!(action, XDP_REDIRECT);
     let r = tcp_of(&out);
@@ -969,29 +936,9 @@ fn syn_cookies_open_translate_and_refuse_connections() {
     );
 
     // Both sides close.
-    let fin = tcp_with(
-        from_backend(b),
-        b,
-        CLIENT,
-        (8080, 41000),
-        bisn + 7,
-        isn + 6,
-        FIN | ACK,
-        None,
-        b"",
-    );
+    let fin = backend(b, 41000, bisn + 7, isn + 6, FIN | ACK, None, b"");
     assert_eq!(fx.run(&fin).0, XDP_REDIRECT);
-    let cfin = tcp_with(
-        to_lb,
-        CLIENT,
-        vip,
-        (41000, 80),
-        isn + 6,
-        cookie + 9,
-        FIN | ACK,
-        None,
-        b"",
-    );
+    let cfin = client(41000, isn + 6, cookie + 9, FIN | ACK, None, b"");
     assert_eq!(tcp_of(&fx.run(&cfin).1).ack, bisn + 9);
 
     // 5b. A new connection on the same 4-tuple (a new ISN; one on a
@@ -1002,31 +949,11 @@ fn syn_cookies_open_translate_and_refuse_connections() {
     loop {
         tries += 1;
         assert!(tries <= 4, "round robin never came back to {b:?}");
-        let resyn = tcp_with(
-            to_lb,
-            CLIENT,
-            vip,
-            (41000, 80),
-            isn3 + tries,
-            0,
-            SYN,
-            Some(1460),
-            b"",
-        );
+        let resyn = client(41000, isn3 + tries, 0, SYN, Some(1460), b"");
         let (action, out) = fx.run(&resyn);
         assert_eq!(action, XDP_REDIRECT);
         if tcp_of(&out).dst == b {
-            let synack3 = tcp_with(
-                from_backend(b),
-                b,
-                CLIENT,
-                (8080, 41000),
-                9,
-                isn3 + tries + 1,
-                SYN | ACK,
-                Some(1460),
-                b"",
-            );
+            let synack3 = backend(b, 41000, 9, isn3 + tries + 1, SYN | ACK, Some(1460), b"");
             let (action, out) = fx.run(&synack3);
             assert_eq!(action, XDP_REDIRECT, "the SYN-ACK goes to the client");
             let r = tcp_of(&out);
@@ -1042,29 +969,9 @@ fn syn_cookies_open_translate_and_refuse_connections() {
     // 6. A backend that refuses (RST to the SYN): the client, whose side is
     // open, gets the RST at the sequence number it expects.
     let isn2 = 0x2000_0000u32;
-    let syn2 = tcp_with(
-        to_lb,
-        CLIENT,
-        vip,
-        (41001, 80),
-        isn2,
-        0,
-        SYN,
-        Some(1400),
-        b"",
-    );
+    let syn2 = client(41001, isn2, 0, SYN, Some(1400), b"");
     let cookie2 = tcp_of(&fx.run_on(&syn2, fxa).1).seq;
-    let ack2 = tcp_with(
-        to_lb,
-        CLIENT,
-        vip,
-        (41001, 80),
-        isn2 + 1,
-        cookie2 + 1,
-        ACK,
-        None,
-        b"",
-    );
+    let ack2 = client(41001, isn2 + 1, cookie2 + 1, ACK, None, b"");
     let (_, out) = fx.run(&ack2);
     let s2 = tcp_of(&out);
     assert_eq!(
@@ -1074,30 +981,10 @@ fn syn_cookies_open_translate_and_refuse_connections() {
     );
     // Before its SYN-ACK, nothing else from the backend can belong to the
     // connection: dropped.
-    let stray = tcp_with(
-        from_backend(s2.dst),
-        s2.dst,
-        CLIENT,
-        (8080, 41001),
-        5,
-        isn2 + 1,
-        ACK,
-        None,
-        b"x",
-    );
+    let stray = backend(s2.dst, 41001, 5, isn2 + 1, ACK, None, b"x");
     assert_eq!(fx.run(&stray), (XDP_DROP, stray.clone()));
     assert_eq!(fx.reason(Reason::DropCookiePending), 1);
-    let rst = tcp_with(
-        from_backend(s2.dst),
-        s2.dst,
-        CLIENT,
-        (8080, 41001),
-        0,
-        isn2 + 1,
-        RST | ACK,
-        None,
-        b"",
-    );
+    let rst = backend(s2.dst, 41001, 0, isn2 + 1, RST | ACK, None, b"");
     let (action, out) = fx.run(&rst);
     assert_eq!(action, XDP_REDIRECT);
     let r = tcp_of(&out);

@@ -1653,6 +1653,19 @@ fn hammer(
     })
 }
 
+/// One run of heavy legitimate load: `LOAD_RUN` `Connection: close`
+/// connections from `LOAD_WORKERS` workers, within a minute.
+fn legitimate_load(client: &Netns, vip: SocketAddr) -> Vec<Attempt> {
+    hammer(
+        client,
+        vip,
+        LOAD_RUN,
+        LOAD_WORKERS,
+        Duration::from_secs(60),
+        &AtomicBool::new(false),
+    )
+}
+
 const LOAD_WORKERS: usize = 24;
 /// Connections per measured run.
 const LOAD_RUN: usize = 15_000;
@@ -2934,14 +2947,7 @@ fn rate_limits_hold_a_client_to_its_rate_and_spare_legitimate_load() {
         .sh(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=20000 20255"]);
     let before = limited(&lab);
     let began = Instant::now();
-    let run = hammer(
-        &lab.client,
-        vip,
-        LOAD_RUN,
-        LOAD_WORKERS,
-        Duration::from_secs(60),
-        &AtomicBool::new(false),
-    );
+    let run = legitimate_load(&lab.client, vip);
     let failed = run.iter().filter(|a| a.result.is_err()).count();
     eprintln!(
         "{test}: load: {} connections in {:.2?}, {failed} failed, {} refused by the limit",
@@ -3222,14 +3228,7 @@ fn syn_cookies_under_heavy_legitimate_load() {
 
     // Threshold 50,000/s: legitimate load stays below it.
     let began = Instant::now();
-    let run = hammer(
-        &lab.client,
-        vip,
-        LOAD_RUN,
-        LOAD_WORKERS,
-        Duration::from_secs(60),
-        &AtomicBool::new(false),
-    );
+    let run = legitimate_load(&lab.client, vip);
     let failed: Vec<&String> = run.iter().filter_map(|a| a.result.as_ref().err()).collect();
     let answered = reason(&lab, "tx_syn_cookie");
     report(

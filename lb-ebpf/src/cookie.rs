@@ -615,48 +615,41 @@ fn finish(ctx: &XdpContext, eth: *mut EthHdr, th_len: usize, frame_len: u64) {
         )
     };
     // Pseudo-header: addresses, protocol, TCP length.
-    let mut sum = (src & 0xffff)
+    let sum = (src & 0xffff)
         + (src >> 16)
         + (dst & 0xffff)
         + (dst >> 16)
         + u16::from_ne_bytes([0, PROTO_TCP]) as u32
         + u16::from_ne_bytes((th_len as u16).to_be_bytes()) as u32;
     if th_len == TCP_MSS_LEN {
-        let Some(t) = at::<[u16; TCP_MSS_LEN / 2]>(ctx, eth, L4_OFF) else {
-            return;
-        };
-        // SAFETY: bounds-checked just above.
-        let words = unsafe {
-            (*t)[8] = 0;
-            core::ptr::read_unaligned(t)
-        };
-        let mut i = 0;
-        while i < TCP_MSS_LEN / 2 {
-            sum += words[i] as u32;
-            i += 1;
-        }
-        // SAFETY: as above.
-        unsafe { (*t)[8] = !csum::fold(sum) };
+        set_tcp_checksum::<{ TCP_MSS_LEN / 2 }>(ctx, eth, sum);
     } else {
-        let Some(t) = at::<[u16; TCP_LEN / 2]>(ctx, eth, L4_OFF) else {
-            return;
-        };
-        // SAFETY: as above.
-        let words = unsafe {
-            (*t)[8] = 0;
-            core::ptr::read_unaligned(t)
-        };
-        let mut i = 0;
-        while i < TCP_LEN / 2 {
-            sum += words[i] as u32;
-            i += 1;
-        }
-        // SAFETY: as above.
-        unsafe { (*t)[8] = !csum::fold(sum) };
+        set_tcp_checksum::<{ TCP_LEN / 2 }>(ctx, eth, sum);
     }
     let want = (L4_OFF + th_len) as u64;
     if frame_len > want {
         // SAFETY: shrinking our own frame; nothing holds its pointers after.
         unsafe { bpf_xdp_adjust_tail(ctx.ctx, (want as i64 - frame_len as i64) as i32) };
+    }
+}
+
+/// Write the checksum of the `2 * W`-byte TCP header, `pseudo` being the
+/// pseudo-header's (unfolded) sum.
+#[inline(always)]
+fn set_tcp_checksum<const W: usize>(ctx: &XdpContext, eth: *mut EthHdr, pseudo: u32) {
+    let Some(t) = at::<[u16; W]>(ctx, eth, L4_OFF) else {
+        return;
+    };
+    // SAFETY: bounds-checked just above; W >= 10 (the checksum is word 8).
+    unsafe {
+        (*t)[8] = 0;
+        let words = core::ptr::read_unaligned(t);
+        let mut sum = pseudo;
+        let mut i = 0;
+        while i < W {
+            sum += words[i] as u32;
+            i += 1;
+        }
+        (*t)[8] = !csum::fold(sum);
     }
 }

@@ -391,46 +391,32 @@ fn main() {
     // a backend); with them (`nat-cookie`, always on), a SYN-ACK the LB
     // builds itself, and nothing kept. A SYN of a stack (MSS option), each
     // run another client port; the cookie is computed every time.
+    // Then the RST the forged address's host sends back: dropped.
     let cookie_vip = [192u8, 0, 2, 26];
-    let ns = single(&mut lab.ebpf, PROGRAM, SINGLE_RUNS, fxa, tx, |i| {
-        frames::tcp_with(
-            (CLIENT_MAC, LB_CLIENT_MAC),
-            CLIENT,
-            cookie_vip,
-            (1024 + (i % 60000) as u16, 80),
-            7,
-            0,
-            frames::SYN,
-            Some(1460),
-            b"",
-        )
-    });
-    rows.push(Row {
-        label: "NAT flood SYN, SYN cookie".to_string(),
-        method: "single",
-        ns,
-        verdict: tx,
-    });
-    // The RST the forged address's host sends back: dropped.
-    let ns = single(&mut lab.ebpf, PROGRAM, SINGLE_RUNS, fxa, DROP, |i| {
-        frames::tcp_with(
-            (CLIENT_MAC, LB_CLIENT_MAC),
-            CLIENT,
-            cookie_vip,
-            (1024 + (i % 60000) as u16, 80),
-            8,
-            0,
-            frames::RST,
-            None,
-            b"",
-        )
-    });
-    rows.push(Row {
-        label: "NAT flood RST back, SYN cookies".to_string(),
-        method: "single",
-        ns,
-        verdict: DROP,
-    });
+    for (label, flags, mss, verdict) in [
+        ("NAT flood SYN, SYN cookie", frames::SYN, Some(1460), tx),
+        ("NAT flood RST back, SYN cookies", frames::RST, None, DROP),
+    ] {
+        let ns = single(&mut lab.ebpf, PROGRAM, SINGLE_RUNS, fxa, verdict, |i| {
+            frames::tcp_with(
+                (CLIENT_MAC, LB_CLIENT_MAC),
+                CLIENT,
+                cookie_vip,
+                (1024 + (i % 60000) as u16, 80),
+                7,
+                0,
+                flags,
+                mss,
+                b"",
+            )
+        });
+        rows.push(Row {
+            label: label.to_string(),
+            method: "single",
+            ns,
+            verdict,
+        });
+    }
     for (label, name) in FIXTURE_ROWS {
         let case = cases::find(&table, name);
         cases::prepare(&mut lab, case).unwrap();
