@@ -491,12 +491,11 @@ fn from_backend(ctx: &XdpContext, pkt: &Packet, rev: *mut NatReverse) -> (u32, R
         return (xdp_action::XDP_DROP, Reason::DropCookiePending);
     }
     // The backend refused: the client, whose side is open, gets the RST at
-    // the sequence number after the cookie.
-    nat::set_seq(ctx, delta.wrapping_add(1));
+    // the sequence number after the cookie (`nat::reverse` sets it).
     let _ = nat::track_reply(pkt, &unsafe { *rev });
     // SAFETY: the entry's own next-hop field.
     let hop = unsafe { core::ptr::addr_of_mut!((*rev).hop) };
-    nat::reverse(ctx, pkt, &unsafe { *rev }, hop)
+    nat::reverse_as::<true>(ctx, pkt, &unsafe { *rev }, hop)
 }
 
 /// The backend answered: store the sequence offset in both entries, and

@@ -148,6 +148,12 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, c: &Choice) {
         forget_reply(reply);
         EMBRYO_REVERSE.insert(reply, rev, 0)
     } else {
+        // A TCP flow moved mid-connection: an older half-open entry under
+        // the same key (another VIP's) would overwrite this one when its
+        // connection completes. The newest entry wins, as everywhere.
+        if pkt.is_tcp() && EMBRYO_REVERSE.get_ptr(reply).is_some() {
+            let _ = EMBRYO_REVERSE.remove(reply);
+        }
         NAT_REVERSE.insert(reply, rev, 0)
     };
 }
@@ -241,6 +247,19 @@ pub fn reverse(
     rev: &NatReverse,
     hop: *mut CachedHop,
 ) -> (u32, Reason) {
+    reverse_as::<false>(ctx, pkt, rev, hop)
+}
+
+/// [`reverse`]; `REFUSAL`: the backend's RST to a SYN-cookie connection
+/// still opening (the cookie program's case; a constant, so the main
+/// program carries none of it).
+#[inline(always)]
+pub fn reverse_as<const REFUSAL: bool>(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    rev: &NatReverse,
+    hop: *mut CachedHop,
+) -> (u32, Reason) {
     let hop = next_hop_via(ctx, pkt, rev.vip_be, pkt.dst_be, Some(hop));
     let g = match decide(ctx, pkt, hop) {
         Ok(g) => g,
@@ -249,7 +268,14 @@ pub fn reverse(
     if !rewrite(ctx, pkt, Side::Source, rev.vip_be, rev.vport_be) {
         return (xdp_action::XDP_DROP, Reason::DropTruncated);
     }
-    if rev.cookie & (COOKIE_F_ON | COOKIE_F_PENDING) == COOKIE_F_ON {
+    // SYN cookies: the backend's numbers less the offset; a refusal (the
+    // one packet of a connection still opening that comes this way) at the
+    // sequence number after the cookie, which the client's open side
+    // expects. After the next-hop decision, so a packet that goes no
+    // further is left as it came.
+    if REFUSAL {
+        set_seq(ctx, rev.seq_delta.wrapping_add(1));
+    } else if rev.cookie & (COOKIE_F_ON | COOKIE_F_PENDING) == COOKIE_F_ON {
         shift(ctx, 4, rev.seq_delta.wrapping_neg());
     }
     go(ctx, pkt, g, Reason::FwdReverseNat)

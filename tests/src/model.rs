@@ -61,6 +61,12 @@ pub enum Output {
     /// neighbour resolution carries this XDP metadata in front of it (the
     /// frame itself as the inner output says).
     Meta(Vec<u8>, Box<Output>),
+    /// A SYN-cookie SYN-ACK: these bytes but the sequence number (the
+    /// kernel's keyed hash) and the TCP checksum, which must be right.
+    CookieSynAck(Vec<u8>),
+    /// Any one of these (a cookie made in the previous minute is found by
+    /// none of the MSS values tried, and the smallest is sent).
+    OneOf(Vec<Output>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +100,8 @@ pub struct Tuple {
 struct Service {
     id: u32,
     nat: bool,
+    /// SYN cookies always on (the fuzz config's threshold is 0).
+    cookies: bool,
     /// `Scheduler` as the service entry holds it.
     scheduler: u8,
     pass_when_empty: bool,
@@ -120,6 +128,18 @@ struct NatReply {
     vport: u16,
     redispatch: bool,
     backend_id: u32,
+    cookie: Option<Cookie>,
+}
+
+/// A connection opened by a SYN cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cookie {
+    /// The backend has not answered the LB's SYN.
+    pending: bool,
+    /// The cookie while pending; then backend ISN minus cookie.
+    value: u32,
+    /// The client's MSS as its cookie encodes it.
+    mss: u16,
 }
 
 /// A flow-table entry: where the flow is pinned and which TCP connection it
@@ -136,6 +156,7 @@ struct Flow {
     closing: bool,
     refused: bool,
     redispatched: bool,
+    cookie: Option<Cookie>,
 }
 
 /// The lab FIB's answer for a destination.
@@ -231,6 +252,12 @@ pub struct Model {
     settings: Settings,
     links: LabLinks,
     pub counts: Counts,
+    /// Cookies the program sent: (client flow, client ISN) -> cookie and
+    /// the MSS it encodes, and the order they came in (for the generator).
+    cookies: HashMap<(Tuple, u32), (u32, u16)>,
+    cookie_order: Vec<(Tuple, u32)>,
+    /// The SYN-ACK the last prediction expects: its flow, ISN, MSS.
+    sent_syn_ack: Option<(Tuple, u32, u16)>,
 }
 
 /// Parsed fields of a frame the program acts on.
@@ -286,6 +313,9 @@ impl Model {
             settings: Settings::default(),
             links,
             counts: Counts::default(),
+            cookies: HashMap::new(),
+            cookie_order: Vec::new(),
+            sent_syn_ack: None,
         };
         m.program(plan);
         m
@@ -305,6 +335,7 @@ impl Model {
                 let svc = Service {
                     id: s.info.id,
                     nat: s.info.forwarding == Forwarding::Nat as u8,
+                    cookies: s.info.flags & lb_common::SERVICE_F_SYN_COOKIES != 0,
                     scheduler: s.info.scheduler,
                     pass_when_empty: s.info.flags & SERVICE_F_PASS_WHEN_EMPTY != 0,
                     redispatch: s.info.flags & SERVICE_F_REDISPATCH != 0,
@@ -521,6 +552,12 @@ impl Model {
             if svc.nat && ip[8] <= 1 {
                 return time_exceeded(f);
             }
+            if svc.cookies
+                && p.tcp()
+                && let Some(e) = self.cookie_client(f, &p, &svc)
+            {
+                return e;
+            }
             return self.client_packet(f, &p, &svc);
         }
         if let Some(rev) = self.nat.get(&p.t).copied() {
@@ -529,6 +566,11 @@ impl Model {
             }
             if ip[8] <= 1 {
                 return time_exceeded(f);
+            }
+            if let Some(c) = rev.cookie
+                && (c.pending || p.tcp_flags & TCP_SYN != 0)
+            {
+                return self.cookie_backend(f, &p, rev, c);
             }
             if self.track_reply(&p, &rev) {
                 return Expect::same(Drop, Reason::DropRstRedispatch);
@@ -683,6 +725,8 @@ impl Model {
         let mut stay = None;
         let mut moving: Option<Flow> = None;
         let mut exclude = None;
+        // A cookie connection's acknowledgements, in the backend's numbers.
+        let mut shift = None;
         if let Some(fl) = self
             .flows
             .get(&p.t)
@@ -697,6 +741,7 @@ impl Model {
                     e.established |= est;
                     e.closing |= closing;
                     stay = Some((fl.backend_id, b, false));
+                    shift = fl.cookie.filter(|c| !c.pending).map(|c| c.value);
                 }
             } else if fl.syn && fl.syn_seq == p.seq {
                 if fl.refused {
@@ -727,6 +772,7 @@ impl Model {
                             closing: false,
                             refused: false,
                             redispatched: old.refused || old.redispatched,
+                            cookie: None,
                         },
                         None => Flow {
                             service_id: svc.id,
@@ -738,6 +784,7 @@ impl Model {
                             closing: !syn && closing,
                             refused: false,
                             redispatched: false,
+                            cookie: None,
                         },
                     };
                     self.flows.insert(p.t, flow);
@@ -756,6 +803,7 @@ impl Model {
                             vport: p.t.dport,
                             redispatch: svc.redispatch,
                             backend_id: bid,
+                            cookie: None,
                         };
                         if self.nat.insert(reply, rev).is_none() {
                             self.nat_order.push(reply);
@@ -785,6 +833,12 @@ impl Model {
                 out[30..34].copy_from_slice(&b.addr);
                 out[36..38].copy_from_slice(&b.port.to_be_bytes());
                 out[22] -= 1; // TTL: NAT routes
+                if let Some(delta) = shift
+                    && p.tcp_flags & TCP_ACK != 0
+                {
+                    let ack = u32::from_be_bytes(out[42..46].try_into().unwrap());
+                    out[42..46].copy_from_slice(&ack.wrapping_add(delta).to_be_bytes());
+                }
             }
         });
         let sent = e.reason == ok;
@@ -801,6 +855,311 @@ impl Model {
             t.syn_retransmits += retry as u64;
         }
         e
+    }
+
+    /// SYN cookies, client side (the main program's gate, then the cookie
+    /// program): `None` for the ordinary path.
+    fn cookie_client(&mut self, f: &[u8], p: &Pkt, svc: &Service) -> Option<Expect> {
+        use Action::*;
+        let flags = p.tcp_flags;
+        match self.flows.get(&p.t).copied() {
+            None if p.syn() => Some(self.cookie_syn_ack(f, p)),
+            None if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK => {
+                let isn = u32::from_be(p.seq).wrapping_sub(1);
+                let ack = u32::from_be_bytes(f[42..46].try_into().unwrap());
+                match self.cookies.get(&(p.t, isn)) {
+                    Some(&(cookie, mss)) if cookie == ack.wrapping_sub(1) => {
+                        Some(self.cookie_open(f, p, svc, isn, cookie, mss))
+                    }
+                    _ => Some(Expect::same(Drop, Reason::DropBadCookie)),
+                }
+            }
+            None if flags & TCP_RST != 0 => Some(Expect::same(Drop, Reason::DropBadCookie)),
+            Some(fl) if fl.service_id == svc.id && fl.cookie.is_some_and(|c| c.pending) => {
+                if p.syn() {
+                    return Some(self.cookie_syn_ack(f, p));
+                }
+                let c = fl.cookie.unwrap();
+                let isn = u32::from_be(fl.syn_seq);
+                Some(self.syn_to_backend(f, p, fl.backend_id, isn, c.mss))
+            }
+            _ => None,
+        }
+    }
+
+    /// The SYN answered: routed back to the client, the SYN-ACK built in
+    /// place (MSS option if the SYN had room for one), the tail cut.
+    fn cookie_syn_ack(&mut self, f: &[u8], p: &Pkt) -> Expect {
+        let doff = (f[wire::L4_OFF + 12] >> 4) as usize * 4;
+        let th = if doff >= 24 { 24 } else { 20 };
+        let mut out = f[..wire::L4_OFF + th].to_vec();
+        let ip = wire::IP_OFF;
+        out[ip + 2..ip + 4].copy_from_slice(&((20 + th) as u16).to_be_bytes());
+        out[ip + 6..ip + 8].copy_from_slice(&[0x40, 0]);
+        out[ip + 8] = 64;
+        out[ip + 12..ip + 16].copy_from_slice(&f[ip + 16..ip + 20]);
+        out[ip + 16..ip + 20].copy_from_slice(&f[ip + 12..ip + 16]);
+        let t = wire::L4_OFF;
+        out[t..t + 2].copy_from_slice(&f[t + 2..t + 4]);
+        out[t + 2..t + 4].copy_from_slice(&f[t..t + 2]);
+        let seq = u32::from_be(p.seq);
+        out[t + 4..t + 8].copy_from_slice(&[0; 4]);
+        out[t + 8..t + 12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
+        out[t + 12] = ((th / 4) as u8) << 4;
+        out[t + 13] = TCP_SYN | TCP_ACK;
+        out[t + 14..t + 16].copy_from_slice(&[0xff, 0xff]);
+        out[t + 18..t + 20].copy_from_slice(&[0, 0]);
+        if th == 24 {
+            out[t + 20..t + 24].copy_from_slice(&[2, 4, 0x05, 0xb4]);
+        }
+        fix_checksums(&mut out);
+        self.sent_syn_ack = Some((p.t, seq, cookie_mss(f)));
+        self.emit(
+            f,
+            p,
+            fib(self.links, p.t.src, p.tot_len),
+            Reason::TxSynCookie,
+            out,
+            |o| Output::CookieSynAck(o),
+        )
+    }
+
+    /// A valid cookie ACK: the connection opened, half-open, and the
+    /// backend's SYN sent.
+    fn cookie_open(
+        &mut self,
+        f: &[u8],
+        p: &Pkt,
+        svc: &Service,
+        isn: u32,
+        cookie: u32,
+        mss: u16,
+    ) -> Expect {
+        let Some((bid, b)) = self.schedule(p, svc, None) else {
+            self.counts.services.entry(svc.id).or_default().no_backend += 1;
+            return Expect::same(Action::Drop, Reason::DropNoBackend);
+        };
+        let c = Cookie {
+            pending: true,
+            value: cookie,
+            mss,
+        };
+        self.flows.insert(
+            p.t,
+            Flow {
+                service_id: svc.id,
+                backend_id: bid,
+                syn_seq: isn.to_be(),
+                syn: true,
+                established: true,
+                replied: false,
+                closing: false,
+                refused: false,
+                redispatched: false,
+                cookie: Some(c),
+            },
+        );
+        let reply = Tuple {
+            src: b.addr,
+            dst: p.t.src,
+            sport: b.port,
+            dport: p.t.sport,
+            proto: p.t.proto,
+        };
+        let rev = NatReply {
+            vip: p.t.dst,
+            vport: p.t.dport,
+            redispatch: svc.redispatch,
+            backend_id: bid,
+            cookie: Some(c),
+        };
+        if self.nat.insert(reply, rev).is_none() {
+            self.nat_order.push(reply);
+        }
+        self.counts.services.entry(svc.id).or_default().connections += 1;
+        self.counts.backends.entry(bid).or_default().connections += 1;
+        self.syn_to_backend(f, p, bid, isn, mss)
+    }
+
+    /// The client's packet sent on as the backend's SYN: the client's ISN
+    /// and MSS, exactly the headers (the frame grown or cut to them). A
+    /// cookie of the previous minute is found by no MSS tried: then 536.
+    fn syn_to_backend(&mut self, f: &[u8], p: &Pkt, bid: u32, isn: u32, mss: u16) -> Expect {
+        let b = self.slot(bid);
+        let build = |mss: u16| {
+            let mut out = f[..f.len().min(wire::L4_OFF + 24)].to_vec();
+            out.resize(wire::L4_OFF + 24, 0);
+            let ip = wire::IP_OFF;
+            out[ip + 2..ip + 4].copy_from_slice(&44u16.to_be_bytes());
+            out[ip + 6..ip + 8].copy_from_slice(&[0x40, 0]);
+            out[ip + 8] -= 1;
+            out[ip + 16..ip + 20].copy_from_slice(&b.addr);
+            let t = wire::L4_OFF;
+            out[t + 2..t + 4].copy_from_slice(&b.port.to_be_bytes());
+            out[t + 4..t + 8].copy_from_slice(&isn.to_be_bytes());
+            out[t + 8..t + 12].copy_from_slice(&[0; 4]);
+            out[t + 12] = 6 << 4;
+            out[t + 13] = TCP_SYN;
+            out[t + 18..t + 20].copy_from_slice(&[0, 0]);
+            out[t + 20..t + 24].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
+            fix_checksums(&mut out);
+            out
+        };
+        let hop = fib(self.links, b.addr, p.tot_len);
+        let (a, fallback) = (build(mss), build(536));
+        let e = self.emit(f, p, hop, Reason::FwdCookieSyn, a.clone(), Output::Exact);
+        // Either MSS, with the same MACs as the first.
+        let either = |o: Output| match o {
+            Output::Exact(v) => {
+                let mut w = fallback.clone();
+                w[..12].copy_from_slice(&v[..12]);
+                Output::OneOf(vec![Output::Exact(v), Output::Exact(w)])
+            }
+            other => other,
+        };
+        Expect {
+            output: match e.output {
+                Output::Meta(m, inner) => Output::Meta(m, Box::new(either(*inner))),
+                o => either(o),
+            },
+            ..e
+        }
+    }
+
+    /// SYN cookies, backend side: its SYN-ACK (completes the connection,
+    /// answered with the ACK), a RST before it (to the client, at the
+    /// sequence number it expects), anything else before it (dropped).
+    fn cookie_backend(&mut self, f: &[u8], p: &Pkt, rev: NatReply, c: Cookie) -> Expect {
+        use Action::*;
+        let t = wire::L4_OFF;
+        let seq = u32::from_be_bytes(f[t + 4..t + 8].try_into().unwrap());
+        let ack = u32::from_be_bytes(f[t + 8..t + 12].try_into().unwrap());
+        if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+            if c.pending {
+                let done = Cookie {
+                    pending: false,
+                    value: seq.wrapping_sub(c.value),
+                    mss: c.mss,
+                };
+                if let Some(r) = self.nat.get_mut(&p.t) {
+                    r.cookie = Some(done);
+                }
+                let client = Tuple {
+                    src: p.t.dst,
+                    dst: rev.vip,
+                    sport: p.t.dport,
+                    dport: rev.vport,
+                    proto: p.t.proto,
+                };
+                if let Some(fl) = self.flows.get_mut(&client) {
+                    fl.cookie = Some(done);
+                    fl.replied = true;
+                }
+            }
+            let mut out = f[..t + 20].to_vec();
+            out[0..6].copy_from_slice(&f[6..12]);
+            out[6..12].copy_from_slice(&f[0..6]);
+            let ip = wire::IP_OFF;
+            out[ip + 2..ip + 4].copy_from_slice(&40u16.to_be_bytes());
+            out[ip + 6..ip + 8].copy_from_slice(&[0x40, 0]);
+            out[ip + 8] = 64;
+            out[ip + 12..ip + 16].copy_from_slice(&f[ip + 16..ip + 20]);
+            out[ip + 16..ip + 20].copy_from_slice(&f[ip + 12..ip + 16]);
+            out[t..t + 2].copy_from_slice(&f[t + 2..t + 4]);
+            out[t + 2..t + 4].copy_from_slice(&f[t..t + 2]);
+            out[t + 4..t + 8].copy_from_slice(&ack.to_be_bytes());
+            out[t + 8..t + 12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
+            out[t + 12] = 5 << 4;
+            out[t + 13] = TCP_ACK;
+            out[t + 14..t + 16].copy_from_slice(&[0xff, 0xff]);
+            out[t + 18..t + 20].copy_from_slice(&[0, 0]);
+            fix_checksums(&mut out);
+            return Expect {
+                action: Tx,
+                reason: Reason::TxCookieAck,
+                output: Output::Exact(out),
+            };
+        }
+        if !c.pending || p.tcp_flags & TCP_RST == 0 {
+            return Expect::same(Drop, Reason::DropCookiePending);
+        }
+        // The refusal: translated as any reply (decided first, so one that
+        // goes no further is left as it came), at the sequence number after
+        // the cookie.
+        self.track_reply(p, &rev);
+        let e = self.reverse(f, p, rev);
+        let at_cookie = |o: Output| match o {
+            Output::Rewritten(mut v) => {
+                v[t + 4..t + 8].copy_from_slice(&c.value.wrapping_add(1).to_be_bytes());
+                Output::Rewritten(v)
+            }
+            other => other,
+        };
+        Expect {
+            output: match e.output {
+                Output::Meta(m, inner) => Output::Meta(m, Box::new(at_cookie(*inner))),
+                o => at_cookie(o),
+            },
+            ..e
+        }
+    }
+
+    /// A built frame's verdict by its next hop, as `deliver` decides it for
+    /// a rewritten one; `wrap` says how the built frame is checked.
+    fn emit(
+        &mut self,
+        f: &[u8],
+        p: &Pkt,
+        hop: Hop,
+        ok: Reason,
+        mut out: Vec<u8>,
+        wrap: impl FnOnce(Vec<u8>) -> Output,
+    ) -> Expect {
+        match hop {
+            Hop::Found { smac, dmac } => {
+                out[0..6].copy_from_slice(&dmac);
+                out[6..12].copy_from_slice(&smac);
+                Expect {
+                    action: Action::Redirect,
+                    reason: ok,
+                    output: wrap(out),
+                }
+            }
+            Hop::NoNeighbour { ifindex, next_hop } => Expect {
+                action: Action::Pass,
+                reason: Reason::PassNoNeighbour,
+                output: Output::Meta(wire::neigh_meta(ifindex, next_hop), Box::new(wrap(out))),
+            },
+            other => self.deliver(f, p, other, ok, |_, _| {}),
+        }
+    }
+
+    /// The cookie the program just sent in a SYN-ACK the model expected
+    /// (read from its output), so ACKs carrying it can be made and judged.
+    pub fn learn_cookie(&mut self, want: &Output, got: &[u8]) {
+        let Some((t, isn, mss)) = self.sent_syn_ack.take() else {
+            return;
+        };
+        if !cookie_syn_ack(want) {
+            return;
+        }
+        let frame = match want {
+            Output::Meta(m, _) => &got[m.len()..],
+            _ => got,
+        };
+        let cookie = u32::from_be_bytes(frame[38..42].try_into().unwrap());
+        if self.cookies.insert((t, isn), (cookie, mss)).is_none() {
+            self.cookie_order.push((t, isn));
+        }
+    }
+
+    /// The last `n` cookies sent, for ACKs the generator makes: (client
+    /// flow, ISN, cookie), newest last.
+    pub fn recent_cookies(&self, n: usize) -> Vec<(Tuple, u32, u32)> {
+        self.cookie_order[self.cookie_order.len().saturating_sub(n)..]
+            .iter()
+            .map(|k| (k.0, k.1, self.cookies[k].0))
+            .collect()
     }
 
     fn schedule(
@@ -857,6 +1216,10 @@ impl Model {
                 out[26..30].copy_from_slice(&rev.vip);
                 out[34..36].copy_from_slice(&rev.vport.to_be_bytes());
                 out[22] -= 1; // TTL: NAT routes
+                if let Some(c) = rev.cookie.filter(|c| !c.pending) {
+                    let seq = u32::from_be_bytes(out[38..42].try_into().unwrap());
+                    out[38..42].copy_from_slice(&seq.wrapping_sub(c.value).to_be_bytes());
+                }
             },
         )
     }
@@ -972,7 +1335,84 @@ pub fn check_output(input: &[u8], want: &Output, got: &[u8]) -> Option<String> {
             Some(frame) => check_output(input, inner, frame),
             None => Some(format!("no neighbour metadata {meta:02x?} in front")),
         },
+        Output::CookieSynAck(v) => {
+            if got.len() != v.len() {
+                return Some(format!("length {} instead of {}", got.len(), v.len()));
+            }
+            let seq_or_check = |i: usize| (38..42).contains(&i) || (50..52).contains(&i);
+            if let Some(i) = (0..got.len()).find(|&i| !seq_or_check(i) && got[i] != v[i]) {
+                return Some(format!(
+                    "byte {i} is {:#04x}, want {:#04x} (a SYN-ACK differs only in its cookie)",
+                    got[i], v[i]
+                ));
+            }
+            match wire::l4_residual(got) {
+                Some(0xffff) => None,
+                r => Some(format!(
+                    "the SYN-ACK's TCP checksum is wrong (residual {r:?})"
+                )),
+            }
+        }
+        Output::OneOf(all) => {
+            let why: Vec<String> = all
+                .iter()
+                .filter_map(|o| check_output(input, o, got))
+                .collect();
+            (why.len() == all.len()).then(|| why.join("; or "))
+        }
     }
+}
+
+/// The SYN-ACK a cookie answer expects, if `want` is (or wraps) one.
+fn cookie_syn_ack(want: &Output) -> bool {
+    match want {
+        Output::CookieSynAck(_) => true,
+        Output::Meta(_, inner) => cookie_syn_ack(inner),
+        _ => false,
+    }
+}
+
+/// The MSS a SYN's options give the kernel's cookie (`tcp_parse_mss_option`,
+/// 536 when none), as the cookie encodes it: the largest of the kernel's
+/// table not above it.
+fn cookie_mss(syn: &[u8]) -> u16 {
+    let t = wire::L4_OFF;
+    let end = t + (syn[t + 12] >> 4) as usize * 4;
+    let mut i = t + 20;
+    let mut mss = 0u16;
+    while i < end {
+        match syn[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                if i + 1 >= end {
+                    break;
+                }
+                let size = syn[i + 1] as usize;
+                if size < 2 || i + size > end {
+                    break;
+                }
+                if kind == 2 && size == 4 {
+                    let m = be16(syn, i + 2);
+                    if m != 0 {
+                        mss = m;
+                    }
+                }
+                i += size;
+            }
+        }
+    }
+    let mss = if mss == 0 { 536 } else { mss };
+    [1460u16, 1440, 1300, 536]
+        .into_iter()
+        .find(|m| *m <= mss)
+        .unwrap_or(536)
+}
+
+/// Set both checksums of an option-less-IPv4 TCP frame.
+fn fix_checksums(out: &mut [u8]) {
+    wire::fix_ipv4_checksum(out);
+    crate::frames::fix_l4_checksum(out);
 }
 
 fn check_rewritten(input: &[u8], want: &[u8], got: &[u8]) -> Option<String> {
