@@ -920,7 +920,7 @@ impl Model {
             fib(self.links, p.t.src, p.tot_len),
             Reason::TxSynCookie,
             out,
-            |o| Output::CookieSynAck(o),
+            Output::CookieSynAck,
         )
     }
 
