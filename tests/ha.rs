@@ -760,7 +760,7 @@ fn failovers(test: &str, fwd: Forwarding, runs: usize) {
 fn wait_backends_up(pair: &Pair) {
     for i in 0..2 {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while sample(&pair, i, "xdplb_service_backends_up", "service=\"www\"") != 2.0 {
+        while sample(pair, i, "xdplb_service_backends_up", "service=\"www\"") != 2.0 {
             assert!(
                 Instant::now() < deadline,
                 "lb{}: backends up: {}",
