@@ -1146,8 +1146,13 @@ fn split_brain_heals_to_one_master_within_two_intervals() {
             .unwrap()
             .duration_since(healed)
             .unwrap_or_default();
-        // The winner re-announces: the router's cache points at lb1 again.
-        let deadline = Instant::now() + Duration::from_secs(1);
+        // The winner re-announces (it hears lb2 again after the silence,
+        // whether lb2's first advert says MASTER or, having yielded to lb1's
+        // advert first, BACKUP: before the state machine re-announced on
+        // the latter too, one run here left the router at lb2), and once
+        // more 1.2 s later: the router's cache points at lb1 again. Within
+        // 1 s; 1 s more of margin.
+        let deadline = Instant::now() + Duration::from_secs(2);
         while pair.router_vip_mac() != pair.mac(0, "fr") && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }

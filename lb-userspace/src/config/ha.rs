@@ -53,6 +53,13 @@ pub struct HaConfig {
     pub garp_repeat: u32,
     #[serde(default = "default_garp_interval_ms")]
     pub garp_interval_ms: u32,
+    /// One more round this long after they start, if still MASTER (0:
+    /// none). Linux ignores an update of a neighbour entry within its lock
+    /// time (1 s by default) of the last one, so a router that saw the
+    /// other node's announcements just before may ignore the first rounds
+    /// (keepalived's `garp_master_delay` answers the same).
+    #[serde(default = "default_garp_master_delay_ms")]
+    pub garp_master_delay_ms: u32,
     /// Command run on each state change with the new state as its argument
     /// (`master`, `backup`, `fault`); killed after `notify_timeout_ms`.
     #[serde(default)]
@@ -104,6 +111,9 @@ fn default_garp_repeat() -> u32 {
 }
 fn default_garp_interval_ms() -> u32 {
     100
+}
+fn default_garp_master_delay_ms() -> u32 {
+    1200
 }
 fn default_notify_timeout_ms() -> u32 {
     5000
@@ -197,6 +207,9 @@ pub(super) fn validate(config: &Config, h: &HaConfig) -> Result<(), (String, Str
     }
     if !(10..=10_000).contains(&h.garp_interval_ms) {
         return Err((at("garp_interval_ms"), "must be 10..=10000".into()));
+    }
+    if h.garp_master_delay_ms > 60_000 {
+        return Err((at("garp_master_delay_ms"), "must be 0..=60000".into()));
     }
     if !(100..=600_000).contains(&h.notify_timeout_ms) {
         return Err((at("notify_timeout_ms"), "must be 100..=600000".into()));
@@ -298,6 +311,7 @@ backend = [{ address = "203.0.113.11", port = 8080 }]
         assert_eq!(h.advert_interval_ms, 100);
         assert!(h.preempt && h.sync_flows);
         assert_eq!((h.garp_repeat, h.garp_interval_ms, h.port), (3, 100, 5788));
+        assert_eq!(h.garp_master_delay_ms, 1200);
         assert_eq!(h.read_key().unwrap().len(), 32);
         let _ = std::fs::remove_file(key);
     }

@@ -830,22 +830,38 @@ impl Node {
         }
     }
 
-    /// Gratuitous ARPs for every owned address, `garp_repeat` rounds.
+    /// Gratuitous ARPs for every owned address, `garp_repeat` rounds, and
+    /// one more `garp_master_delay_ms` after the first if this node is still
+    /// MASTER then (past a router's neighbour lock time).
     fn announce(&self, owned: Vec<Owned>) {
-        let (repeat, interval) = (
+        let (repeat, interval, late) = (
             self.h.garp_repeat.max(1),
             Duration::from_millis(self.h.garp_interval_ms as u64),
+            Duration::from_millis(self.h.garp_master_delay_ms as u64),
         );
+        let status = self.status.clone();
         tokio::spawn(async move {
-            for round in 0..repeat {
-                if round > 0 {
-                    tokio::time::sleep(interval).await;
-                }
-                for o in &owned {
+            let began = tokio::time::Instant::now();
+            let round = |owned: &[Owned]| {
+                for o in owned {
                     if let Err(e) = garp::send(&o.iface, o.addr) {
                         warn!(addr = %o.addr, iface = %o.iface, error = %e, "gratuitous ARP");
                     }
                 }
+            };
+            for i in 0..repeat {
+                if i > 0 {
+                    tokio::time::sleep(interval).await;
+                }
+                round(&owned);
+            }
+            if late.is_zero() {
+                return;
+            }
+            tokio::time::sleep_until(began + late).await;
+            let master = status.lock().is_ok_and(|s| s.state == State::Master);
+            if master {
+                round(&owned);
             }
         });
     }

@@ -123,6 +123,8 @@ pub struct Machine {
     lower_master_since: Option<Duration>,
     /// The MASTER's advert interval, learned from its adverts.
     master_interval: Duration,
+    /// When the peer's last advert (any state) arrived.
+    peer_heard: Option<Duration>,
 }
 
 impl Machine {
@@ -137,6 +139,7 @@ impl Machine {
             advert_at: None,
             lower_master_since: None,
             master_interval,
+            peer_heard: None,
         }
     }
 
@@ -275,6 +278,19 @@ impl Machine {
         interval: Duration,
         out: &mut Vec<Action>,
     ) {
+        // A peer heard again after a silence longer than a master-down
+        // interval was cut off, and may have taken the addresses meanwhile
+        // (a split brain): a MASTER re-announces them. Also when the peer
+        // yields before this node hears it as MASTER (its first advert after
+        // the link came back already says BACKUP), or neighbours would keep
+        // sending to it.
+        let back = self
+            .peer_heard
+            .is_some_and(|t| now.saturating_sub(t) > self.p.advert_interval * 3 + self.skew());
+        self.peer_heard = Some(now);
+        if back && self.state == State::Master && self.priority > 0 {
+            out.push(Action::Announce);
+        }
         if state != WireState::Master {
             return; // only a MASTER's adverts move anything
         }
@@ -320,7 +336,9 @@ impl Machine {
                     out.push(Action::SendAdvert {
                         priority: self.priority,
                     });
-                    out.push(Action::Announce);
+                    if !out.contains(&Action::Announce) {
+                        out.push(Action::Announce);
+                    }
                     self.advert_at = Some(now + self.p.advert_interval);
                 }
             }
@@ -483,6 +501,44 @@ mod tests {
                 assert!(a.contains(&Action::SendAdvert { priority: 100 }));
             }
         }
+    }
+
+    /// A healed split brain where the loser yields before the winner hears
+    /// it as MASTER: its first advert after the silence says BACKUP, and
+    /// the winner re-announces anyway; regular adverts announce nothing.
+    #[test]
+    fn a_peer_heard_again_after_a_silence_makes_a_master_re_announce() {
+        let mut m = machine(150, true, 0);
+        start(&mut m, true);
+        assert_eq!(m.state(), State::Master);
+        let backup = || Input::Advert {
+            from: B,
+            priority: 100,
+            state: WireState::Backup,
+            interval: 100 * MS,
+        };
+        let mut t = 10 * MS;
+        for _ in 0..5 {
+            assert!(!m.handle(t, backup()).contains(&Action::Announce));
+            t += 100 * MS;
+        }
+        // The link is cut for a second, then the peer is back, already BACKUP.
+        t += 1000 * MS;
+        let a = m.handle(t, backup());
+        assert_eq!(a.iter().filter(|x| **x == Action::Announce).count(), 1);
+        assert!(transitions(&a).is_empty());
+        assert!(!m.handle(t + 100 * MS, backup()).contains(&Action::Announce));
+        // Back as a lower MASTER: one announcement, not two.
+        let a = m.handle(
+            t + 1500 * MS,
+            Input::Advert {
+                from: B,
+                priority: 100,
+                state: WireState::Master,
+                interval: 100 * MS,
+            },
+        );
+        assert_eq!(a.iter().filter(|x| **x == Action::Announce).count(), 1);
     }
 
     #[test]
