@@ -30,10 +30,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    COOKIE_F_ON, COOKIE_F_PENDING, CachedHop, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FLOW_F_REPLIED,
-    FLOW_F_SYN, FlowKey, FlowValue, NatReverse, PROTO_TCP, Reason, SERVICE_F_ACL,
-    SERVICE_F_RATE_LIMIT, SERVICE_F_SYN_COOKIES, SYN_COOKIE_HOLD_NS, Scheduler, ServiceInfo,
-    TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN, csum,
+    COOKIE_F_ON, COOKIE_F_PENDING, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FLOW_F_REPLIED, FLOW_F_SYN,
+    FlowKey, FlowValue, NatReverse, PROTO_TCP, Reason, SERVICE_F_ACL, SERVICE_F_RATE_LIMIT,
+    SERVICE_F_SYN_COOKIES, SYN_COOKIE_HOLD_NS, Scheduler, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_RST,
+    TCP_FLAG_SYN, csum,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -238,26 +238,13 @@ fn open(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo) -> (u32, Reason) {
         seq_delta: cookie,
     };
     let _ = maps::EMBRYOS.insert(key, value, 0);
-    let reply = FlowKey {
-        src_be: backend.addr_be,
-        dst_be: pkt.src_be,
-        sport_be: backend.port_be,
-        dport_be: pkt.sport_be,
-        proto: PROTO_TCP,
-        _pad: [0; 3],
-    };
-    let rev = NatReverse {
-        vip_be: pkt.dst_be,
-        vport_be: pkt.dport_be,
-        service_flags: svc.flags,
-        cookie: COOKIE_F_ON | COOKIE_F_PENDING,
-        service_id: svc.id,
-        backend_id,
-        hop: CachedHop::default(),
-        seq_delta: cookie,
-    };
-    nat::forget_reply(reply);
-    let _ = maps::EMBRYO_REVERSE.insert(reply, rev, 0);
+    nat::write_reply(
+        pkt,
+        svc,
+        (backend_id, backend.addr_be, backend.port_be),
+        true,
+        (COOKIE_F_ON | COOKIE_F_PENDING, cookie),
+    );
     stats::count_cookie_connection(svc.id, backend_id);
     let mss = client_mss(pkt, isn, cookie);
     syn_to_backend(ctx, pkt, backend_id, isn.to_be(), mss)
@@ -364,22 +351,15 @@ fn answer_syn(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
     };
     // SAFETY: every pointer bounds-checked above.
     unsafe {
-        let (src, dst) = ((*ip).src_addr, (*ip).dst_addr);
-        (*ip).src_addr = dst;
-        (*ip).dst_addr = src;
-        (*ip).ttl = 64;
-        let t = &mut *tcp;
-        let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
-        let ports = [t[0], t[1], t[2], t[3]];
-        t[0..2].copy_from_slice(&ports[2..4]);
-        t[2..4].copy_from_slice(&ports[0..2]);
-        t[4..8].copy_from_slice(&cookie.to_be_bytes());
-        t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
-        t[12] = ((th_len / 4) as u8) << 4;
-        t[13] = TCP_FLAG_SYN | TCP_FLAG_ACK;
-        // No window scaling was offered: the window as it is.
-        t[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
-        t[18..20].copy_from_slice(&[0, 0]);
+        let seq = u32::from_be_bytes([(*tcp)[4], (*tcp)[5], (*tcp)[6], (*tcp)[7]]);
+        answer(
+            ip,
+            tcp,
+            cookie,
+            seq.wrapping_add(1),
+            th_len,
+            TCP_FLAG_SYN | TCP_FLAG_ACK,
+        );
         if let Some(m) = mss_at {
             (&mut *m)[20..24].copy_from_slice(&[2, 4, (OWN_MSS >> 8) as u8, OWN_MSS as u8]);
         }
@@ -547,20 +527,7 @@ fn ack_backend(ctx: &XdpContext, pkt: &Packet, seq: u32, ack: u32) -> Reason {
     // SAFETY: every pointer bounds-checked above.
     unsafe {
         swap_macs(eth);
-        let (src, dst) = ((*ip).src_addr, (*ip).dst_addr);
-        (*ip).src_addr = dst;
-        (*ip).dst_addr = src;
-        (*ip).ttl = 64;
-        let t = &mut *tcp;
-        let ports = [t[0], t[1], t[2], t[3]];
-        t[0..2].copy_from_slice(&ports[2..4]);
-        t[2..4].copy_from_slice(&ports[0..2]);
-        t[4..8].copy_from_slice(&ack.to_be_bytes());
-        t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
-        t[12] = ((TCP_LEN / 4) as u8) << 4;
-        t[13] = TCP_FLAG_ACK;
-        t[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
-        t[18..20].copy_from_slice(&[0, 0]);
+        answer(ip, tcp, ack, seq.wrapping_add(1), TCP_LEN, TCP_FLAG_ACK);
     }
     finish(ctx, eth, TCP_LEN, frame_len);
     Reason::TxCookieAck
@@ -574,6 +541,42 @@ fn sent_back(reason: Reason) -> (u32, Reason) {
     match reason {
         Reason::TxCookieAck => (xdp_action::XDP_TX, reason),
         _ => (xdp_action::XDP_DROP, reason),
+    }
+}
+
+/// Turn the packet's headers into the LB's answer to its sender:
+/// addresses and ports swapped, TTL 64, these sequence and acknowledgement
+/// numbers, header length and flags, the window at its unscaled most (no
+/// window scaling is negotiated), no urgent pointer. Checksums and length
+/// are `finish`'s.
+///
+/// # Safety
+/// `ip` and `tcp` must point at the frame's IPv4 and TCP headers.
+#[inline(always)]
+unsafe fn answer(
+    ip: *mut Ipv4Hdr,
+    tcp: *mut [u8; TCP_LEN],
+    seq: u32,
+    ack: u32,
+    th_len: usize,
+    flags: u8,
+) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        let (src, dst) = ((*ip).src_addr, (*ip).dst_addr);
+        (*ip).src_addr = dst;
+        (*ip).dst_addr = src;
+        (*ip).ttl = 64;
+        let t = &mut *tcp;
+        let ports = [t[0], t[1], t[2], t[3]];
+        t[0..2].copy_from_slice(&ports[2..4]);
+        t[2..4].copy_from_slice(&ports[0..2]);
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&ack.to_be_bytes());
+        t[12] = ((th_len / 4) as u8) << 4;
+        t[13] = flags;
+        t[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+        t[18..20].copy_from_slice(&[0, 0]);
     }
 }
 

@@ -121,10 +121,26 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo, c: &Choice) ->
 /// table, so established packets need not touch it.
 #[inline(always)]
 fn remember_reply(pkt: &Packet, svc: &ServiceInfo, c: &Choice) {
+    let backend = (c.backend_id, c.addr_be, c.port_be);
+    write_reply(pkt, svc, backend, c.embryo, (0, 0));
+}
+
+/// The reply entry of client packet `pkt`'s flow to `backend` (id, address,
+/// port), in the half-open table (`embryo`) or the established one, with
+/// the SYN-cookie state `cookie` (`COOKIE_F_*` bits, offset or cookie).
+#[inline(always)]
+pub fn write_reply(
+    pkt: &Packet,
+    svc: &ServiceInfo,
+    backend: (u32, u32, u16),
+    embryo: bool,
+    cookie: (u8, u32),
+) {
+    let (backend_id, addr_be, port_be) = backend;
     let reply = FlowKey {
-        src_be: c.addr_be,
+        src_be: addr_be,
         dst_be: pkt.src_be,
-        sport_be: c.port_be,
+        sport_be: port_be,
         dport_be: pkt.sport_be,
         proto: pkt.proto,
         _pad: [0; 3],
@@ -133,18 +149,18 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, c: &Choice) {
         vip_be: pkt.dst_be,
         vport_be: pkt.dport_be,
         service_flags: svc.flags,
-        cookie: 0,
+        cookie: cookie.0,
         service_id: svc.id,
-        backend_id: c.backend_id,
+        backend_id,
         hop: CachedHop::default(),
-        seq_delta: 0,
+        seq_delta: cookie.1,
     };
     // Written without looking first: the entry is new with its flow (an
     // overwritten one of a reused 4-tuple only loses its cached next hop).
     // On failure the reply passes untranslated to the kernel; nothing
     // better can be done without memory. A half-open connection's twin
     // goes where its flow went, so a SYN flood evicts no established reply.
-    let _ = if c.embryo {
+    let _ = if embryo {
         forget_reply(reply);
         EMBRYO_REVERSE.insert(reply, rev, 0)
     } else {
@@ -163,7 +179,7 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, c: &Choice) {
 /// address and port to the same backend, perhaps through another VIP) would
 /// be found first and translate this connection's replies as its own.
 #[inline(always)]
-pub fn forget_reply(reply: FlowKey) {
+fn forget_reply(reply: FlowKey) {
     // Looked up first: a lookup takes no lock, a delete does, and there is
     // usually nothing to delete.
     if NAT_REVERSE.get_ptr(reply).is_some() {
