@@ -791,23 +791,7 @@ impl Model {
                     // NAT: how replies are translated is stored with the
                     // flow entry, whether or not this packet can go on.
                     if svc.nat {
-                        let reply = Tuple {
-                            src: b.addr,
-                            dst: p.t.src,
-                            sport: b.port,
-                            dport: p.t.sport,
-                            proto: p.t.proto,
-                        };
-                        let rev = NatReply {
-                            vip: p.t.dst,
-                            vport: p.t.dport,
-                            redispatch: svc.redispatch,
-                            backend_id: bid,
-                            cookie: None,
-                        };
-                        if self.nat.insert(reply, rev).is_none() {
-                            self.nat_order.push(reply);
-                        }
+                        self.add_reply(p, svc, bid, b, None);
                     }
                     let connection = moving.is_none() && (syn || !p.tcp());
                     (bid, b, connection, false, p.tcp() && !syn)
@@ -855,6 +839,35 @@ impl Model {
             t.syn_retransmits += retry as u64;
         }
         e
+    }
+
+    /// The reply entry of client packet `p`'s flow to backend `bid` (the
+    /// newest under its key wins).
+    fn add_reply(
+        &mut self,
+        p: &Pkt,
+        svc: &Service,
+        bid: u32,
+        b: BackendEntry,
+        cookie: Option<Cookie>,
+    ) {
+        let reply = Tuple {
+            src: b.addr,
+            dst: p.t.src,
+            sport: b.port,
+            dport: p.t.sport,
+            proto: p.t.proto,
+        };
+        let rev = NatReply {
+            vip: p.t.dst,
+            vport: p.t.dport,
+            redispatch: svc.redispatch,
+            backend_id: bid,
+            cookie,
+        };
+        if self.nat.insert(reply, rev).is_none() {
+            self.nat_order.push(reply);
+        }
     }
 
     /// SYN cookies, client side (the main program's gate, then the cookie
@@ -959,23 +972,7 @@ impl Model {
                 cookie: Some(c),
             },
         );
-        let reply = Tuple {
-            src: b.addr,
-            dst: p.t.src,
-            sport: b.port,
-            dport: p.t.sport,
-            proto: p.t.proto,
-        };
-        let rev = NatReply {
-            vip: p.t.dst,
-            vport: p.t.dport,
-            redispatch: svc.redispatch,
-            backend_id: bid,
-            cookie: Some(c),
-        };
-        if self.nat.insert(reply, rev).is_none() {
-            self.nat_order.push(reply);
-        }
+        self.add_reply(p, svc, bid, b, Some(c));
         self.counts.services.entry(svc.id).or_default().connections += 1;
         self.counts.backends.entry(bid).or_default().connections += 1;
         self.syn_to_backend(f, p, bid, isn, mss)

@@ -66,18 +66,8 @@ fn repeated(
     repeat: u32,
 ) -> (f64, u32) {
     let p = bpf::xdp_program(ebpf, prog).unwrap();
-    let ctx = xdp_md(frame.len(), ingress);
-    let mut out = vec![0u8; frame.len() + 256];
-    let r = p
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..Default::default()
-        })
-        .unwrap();
-    (r.duration.as_nanos() as f64, r.return_value)
+    let (verdict, ns) = test_run(p, frame, ingress, repeat);
+    (ns as f64, verdict)
 }
 
 /// Mean kernel-measured ns over `n` single runs; `frame_for(i)` gives each
@@ -102,6 +92,12 @@ fn single(
 
 /// One run of `p` on `frame`: its verdict and the kernel-measured ns.
 fn run_once(p: &aya::programs::Xdp, frame: &[u8], ingress: u32) -> (u32, u128) {
+    test_run(p, frame, ingress, 1)
+}
+
+/// `repeat` runs of `p` on `frame` in one syscall: the verdict and the
+/// kernel-averaged ns per run.
+fn test_run(p: &aya::programs::Xdp, frame: &[u8], ingress: u32, repeat: u32) -> (u32, u128) {
     let ctx = xdp_md(frame.len(), ingress);
     let mut out = vec![0u8; frame.len() + 256];
     let r = p
@@ -109,7 +105,7 @@ fn run_once(p: &aya::programs::Xdp, frame: &[u8], ingress: u32) -> (u32, u128) {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: Some(&ctx),
-            repeat: 1,
+            repeat,
             ..Default::default()
         })
         .unwrap();
