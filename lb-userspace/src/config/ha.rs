@@ -54,10 +54,10 @@ pub struct HaConfig {
     #[serde(default = "default_garp_interval_ms")]
     pub garp_interval_ms: u32,
     /// One more round this long after they start, if still MASTER (0:
-    /// none). Linux ignores an update of a neighbour entry within its lock
-    /// time (1 s by default) of the last one, so a router that saw the
-    /// other node's announcements just before may ignore the first rounds
-    /// (keepalived's `garp_master_delay` answers the same).
+    /// none): a second chance for a neighbour that missed the first rounds
+    /// (a lost frame), as keepalived's `garp_master_delay`. (Linux takes a
+    /// gratuitous ARP even within its neighbour lock time: in the lab the
+    /// first rounds always fixed the router.)
     #[serde(default = "default_garp_master_delay_ms")]
     pub garp_master_delay_ms: u32,
     /// Command run on each state change with the new state as its argument

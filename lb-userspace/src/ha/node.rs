@@ -832,7 +832,7 @@ impl Node {
 
     /// Gratuitous ARPs for every owned address, `garp_repeat` rounds, and
     /// one more `garp_master_delay_ms` after the first if this node is still
-    /// MASTER then (past a router's neighbour lock time).
+    /// MASTER then (a second chance for neighbours that missed the first).
     fn announce(&self, owned: Vec<Owned>) {
         let (repeat, interval, late) = (
             self.h.garp_repeat.max(1),
