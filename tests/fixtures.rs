@@ -560,12 +560,17 @@ fn a_held_backend_keeps_established_flows_and_loses_handshakes() {
 /// on CPU 1 alternates between two plans as fast as it can: weights 1:1:1,
 /// then 3:1 with the third backend down. No new flow may be dropped (no slot
 /// ever names a backend that is out) and every one must be forwarded.
+///
+/// Driven by counts, not by how fast this machine is: traffic goes on until
+/// at least [`RING_CHANGES`] ring changes each saw frames go through while
+/// they were being applied, and at least [`RING_FRAMES`] frames were sent
+/// (bounded by [`RING_LIMIT`], after which the test fails saying so).
 #[test]
 fn no_new_flow_is_dropped_while_rings_change_under_traffic() {
     if !require_root("no_new_flow_is_dropped_while_rings_change_under_traffic") {
         return;
     }
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
     pin_to_cpu0();
     let ns = fib_lab("xdplb-fx");
     let _in = ns.enter();
@@ -593,9 +598,11 @@ fn no_new_flow_is_dropped_while_rings_change_under_traffic() {
     let third_down =
         Availability::down([BackendRef::new(key, [203, 0, 113, 13].into(), 443)].into());
     let done = AtomicBool::new(false);
-    let applies = AtomicUsize::new(0);
-    let frames = 200_000u32;
+    // Frames sent so far, and ring changes during which some were sent.
+    let sent = AtomicU32::new(0);
+    let (applies, under_traffic) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let mut verdicts = std::collections::BTreeMap::new();
+    let started = std::time::Instant::now();
     std::thread::scope(|s| {
         let writer = s.spawn(|| {
             xdplb_tests::pin_to_cpu(1);
@@ -603,14 +610,21 @@ fn no_new_flow_is_dropped_while_rings_change_under_traffic() {
             while !done.load(Ordering::Relaxed) {
                 for (c, a) in [(&reweighted, &third_down), (&config, &avail)] {
                     let plan = planner.plan(c, a).unwrap();
+                    let before = sent.load(Ordering::Relaxed);
                     programmer.apply(&mut dp, plan).unwrap();
                     applies.fetch_add(1, Ordering::Relaxed);
+                    if sent.load(Ordering::Relaxed) != before {
+                        under_traffic.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         });
         let prog = bpf::xdp_program(&mut ebpf, lb_common::names::PROGRAM).unwrap();
         let mut out = vec![0u8; 512];
-        for i in 0..frames {
+        let mut i = 0u32;
+        while (i < RING_FRAMES || under_traffic.load(Ordering::Relaxed) < RING_CHANGES)
+            && started.elapsed() < RING_LIMIT
+        {
             let client = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
             let mut f = frame(
                 CLIENT_MAC,
@@ -631,23 +645,37 @@ fn no_new_flow_is_dropped_while_rings_change_under_traffic() {
                 })
                 .unwrap();
             *verdicts.entry(r.return_value).or_insert(0u32) += 1;
+            i += 1;
+            sent.store(i, Ordering::Relaxed);
         }
         done.store(true, Ordering::Relaxed);
         writer.join().unwrap();
     });
+    let frames = sent.load(Ordering::Relaxed);
     let snap = counters.snapshot(&[], &[]).unwrap();
-    let applies = applies.load(Ordering::Relaxed);
+    let (applies, under_traffic) = (
+        applies.load(Ordering::Relaxed),
+        under_traffic.load(Ordering::Relaxed),
+    );
     eprintln!(
-        "{frames} new flows while the rings changed {applies} times: verdicts {verdicts:?}, drop_no_backend {}",
+        "{frames} new flows in {:.1?} while the rings changed {applies} times ({under_traffic} with frames going through): verdicts {verdicts:?}, drop_no_backend {}",
+        started.elapsed(),
         snap.reason(Reason::DropNoBackend)
     );
     assert!(
-        applies >= 20,
-        "only {applies} ring changes during the traffic"
+        under_traffic >= RING_CHANGES,
+        "only {under_traffic} ring changes under traffic within {RING_LIMIT:?}"
     );
     assert_eq!(snap.reason(Reason::DropNoBackend), 0, "new flows dropped");
     assert_eq!(verdicts.get(&XDP_REDIRECT), Some(&frames), "{verdicts:?}");
 }
+
+/// Ring changes the test above needs, each with frames going through it.
+const RING_CHANGES: usize = 30;
+/// New flows it sends at least.
+const RING_FRAMES: u32 = 200_000;
+/// Its bound in time (a 2-core machine here: about 5 s).
+const RING_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// A flood of SYNs from spoofed sources fills the embryonic table only:
 /// connections that completed their handshake keep their flow and

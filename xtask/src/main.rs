@@ -23,7 +23,8 @@ struct Cli {
 enum Task {
     /// Install or verify prerequisites only.
     Setup,
-    /// Build everything and run all tests (unit, packet fixtures, namespaces).
+    /// Build everything and run all tests (unit, packet fixtures, namespaces),
+    /// every test target even when one fails (`--no-fail-fast`).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -83,7 +84,14 @@ fn main() -> anyhow::Result<()> {
             say(
                 "running all tests (cargo test): unit, packet fixtures (BPF_PROG_TEST_RUN), network namespaces",
             );
-            run(cargo().arg("test").args(&args))
+            // Every test target runs even when one fails, so one red
+            // target does not hide the others' results.
+            let mut cmd = cargo();
+            cmd.arg("test");
+            if !args.iter().any(|a| a == "--no-fail-fast") {
+                cmd.arg("--no-fail-fast");
+            }
+            run(cmd.args(&args))
         }
         Task::Run {
             ifaces,
