@@ -157,12 +157,12 @@ fn handle(ctx: &XdpContext) -> (u32, Reason) {
         return (xdp_action::XDP_DROP, Reason::DropTruncated);
     }
     if pkt.maybe_vip
-        && let Some(svc) = maps::service(&pkt)
+        && let Some(svc) = maps::service(pkt.service_key())
         && svc.flags & SERVICE_F_SYN_COOKIES != 0
     {
         return from_client(ctx, &pkt, &svc);
     }
-    if let Some(rev) = maps::nat_reverse(&pkt) {
+    if let Some(rev) = maps::nat_reverse(pkt.flow_key(), pkt.is_tcp()) {
         return from_backend(ctx, &pkt, rev);
     }
     (xdp_action::XDP_DROP, Reason::DropCookiePending)
@@ -176,7 +176,7 @@ fn from_client(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo) -> (u32, Reaso
     if pkt.is_syn() {
         return answer_syn(ctx, pkt);
     }
-    if let Some(found) = maps::find_flow(pkt) {
+    if let Some(found) = maps::find_flow(pkt.flow_key(), pkt.is_tcp()) {
         // SAFETY: a map value pointer, read at once.
         let (isn_be, cookie, backend_id, flags) = unsafe {
             (
@@ -227,7 +227,7 @@ fn open(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo) -> (u32, Reason) {
     } else {
         0
     };
-    let key = maps::flow_key(pkt);
+    let key = pkt.flow_key();
     let value = FlowValue {
         backend_id,
         service_id: svc.id,

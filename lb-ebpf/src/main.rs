@@ -141,7 +141,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     if maybe_vip {
         // A known flow names its service by id: an array read instead of
         // the service hash lookup.
-        let found = maps::find_flow(&pkt);
+        let found = maps::find_flow(pkt.flow_key(), pkt.is_tcp());
         let flow = found.map(|f| f.value);
         // SAFETY: a map value pointer, read at once.
         let by_id = flow.and_then(|f| {
@@ -152,7 +152,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
                 pkt.proto,
             )
         });
-        if let Some(svc) = by_id.or_else(|| maps::service(&pkt)) {
+        if let Some(svc) = by_id.or_else(|| maps::service(pkt.service_key())) {
             if !pkt.ip_checksum_ok() {
                 return (xdp_action::XDP_DROP, Reason::DropBadIpChecksum);
             }
@@ -177,7 +177,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     // Not to a possible VIP means from a possible backend (the parser
     // passed the rest); to one, the backend set is asked only now.
     if (!pkt.maybe_vip || maps::may_be(FILTER_BACKENDS, pkt.src_be))
-        && let Some(rev_ptr) = maps::nat_reverse(&pkt)
+        && let Some(rev_ptr) = maps::nat_reverse(pkt.flow_key(), pkt.is_tcp())
     {
         // SAFETY: a map value pointer; copied out at once.
         let rev = unsafe { *rev_ptr };

@@ -13,8 +13,6 @@ use lb_common::{
     ServiceKey, ServiceSlot, Settings, SynCookieState, Traffic, VipInfo, addr_filter_bit,
 };
 
-use crate::parse::Packet;
-
 #[map]
 pub static SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
 #[map]
@@ -222,26 +220,9 @@ pub fn report_flow(key: &FlowKey, value: &FlowValue) {
     }
 }
 
+/// The service a packet addresses (`Packet::service_key`).
 #[inline(always)]
-pub fn flow_key(pkt: &Packet) -> FlowKey {
-    FlowKey {
-        src_be: pkt.src_be,
-        dst_be: pkt.dst_be,
-        sport_be: pkt.sport_be,
-        dport_be: pkt.dport_be,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    }
-}
-
-#[inline(always)]
-pub fn service(pkt: &Packet) -> Option<ServiceInfo> {
-    let key = ServiceKey {
-        vip_be: pkt.dst_be,
-        port_be: pkt.dport_be,
-        proto: pkt.proto,
-        _pad: 0,
-    };
+pub fn service(key: ServiceKey) -> Option<ServiceInfo> {
     // SAFETY: the value is copied out at once; userspace replaces whole entries.
     unsafe { SERVICES.get(key).copied() }
 }
@@ -258,15 +239,14 @@ pub struct Found {
 /// lookup costs only packets of no established flow: new connections,
 /// their retransmitted SYNs and the ACK that promotes them.
 #[inline(always)]
-pub fn find_flow(pkt: &Packet) -> Option<Found> {
-    let key = flow_key(pkt);
+pub fn find_flow(key: FlowKey, tcp: bool) -> Option<Found> {
     if let Some(value) = FLOWS.get_ptr_mut(key) {
         return Some(Found {
             value,
             embryo: false,
         });
     }
-    if !pkt.is_tcp() {
+    if !tcp {
         return None;
     }
     EMBRYOS.get_ptr_mut(key).map(|value| Found {
@@ -285,11 +265,8 @@ pub fn any_flow(key: FlowKey) -> Option<*mut FlowValue> {
 /// cache is written through the pointer): `NAT_REVERSE`, then for TCP the
 /// half-open connections' `EMBRYO_REVERSE`.
 #[inline(always)]
-pub fn nat_reverse(pkt: &Packet) -> Option<*mut NatReverse> {
-    let key = flow_key(pkt);
-    NAT_REVERSE.get_ptr_mut(key).or_else(|| {
-        pkt.is_tcp()
-            .then(|| EMBRYO_REVERSE.get_ptr_mut(key))
-            .flatten()
-    })
+pub fn nat_reverse(key: FlowKey, tcp: bool) -> Option<*mut NatReverse> {
+    NAT_REVERSE
+        .get_ptr_mut(key)
+        .or_else(|| tcp.then(|| EMBRYO_REVERSE.get_ptr_mut(key)).flatten())
 }

@@ -7,8 +7,8 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    FILTER_BACKENDS, FILTER_VIPS, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, TCP_FLAG_ACK,
-    TCP_FLAG_SYN, csum,
+    FILTER_BACKENDS, FILTER_VIPS, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Reason, ServiceKey,
+    TCP_FLAG_ACK, TCP_FLAG_SYN, csum,
 };
 
 use crate::maps;
@@ -68,6 +68,31 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// The flow table's key of this packet (as it came: client → VIP, or
+    /// backend → client for a reply).
+    #[inline(always)]
+    pub fn flow_key(&self) -> FlowKey {
+        FlowKey {
+            src_be: self.src_be,
+            dst_be: self.dst_be,
+            sport_be: self.sport_be,
+            dport_be: self.dport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The service map's key of the address and port it is sent to.
+    #[inline(always)]
+    pub fn service_key(&self) -> ServiceKey {
+        ServiceKey {
+            vip_be: self.dst_be,
+            port_be: self.dport_be,
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+
     pub fn is_tcp(&self) -> bool {
         self.proto == PROTO_TCP
     }

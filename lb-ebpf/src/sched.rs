@@ -18,7 +18,7 @@ use lb_common::{
 use crate::{
     maps::{
         self, BACKEND_RING, BACKENDS, EMBRYO_REVERSE, EMBRYOS, FLOWS, Found, NAT_REVERSE,
-        RR_CURSOR, flow_key, report_flow,
+        RR_CURSOR, report_flow,
     },
     parse::Packet,
 };
@@ -115,7 +115,7 @@ pub fn flow_backend(
     found: Option<Found>,
     acl_generation: u16,
 ) -> Result<Choice, Refusal> {
-    let key = flow_key(pkt);
+    let key = pkt.flow_key();
     let syn = pkt.is_syn();
     // A retried SYN of a connection that must go elsewhere keeps its ISN and
     // is not a new connection.
@@ -246,7 +246,7 @@ pub fn flow_backend(
 /// (a BPF subprogram): once per connection, its keys off the main stack.
 #[inline(never)]
 fn promote(pkt: &Packet, v: *mut FlowValue, nat: bool) {
-    let mut key = flow_key(pkt);
+    let mut key = pkt.flow_key();
     promote_key(&mut key, v, nat);
 }
 
