@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, os::unix::fs::PermissionsExt as _, path::PathBuf};
 
 use serde::Deserialize;
 
-use super::Config;
+use super::names::interface_name_ok;
 
 /// Shortest HMAC key accepted (bytes): 128 bits.
 pub const MIN_KEY_LEN: usize = 16;
@@ -157,7 +157,9 @@ impl HaConfig {
     }
 }
 
-pub(super) fn validate(config: &Config, h: &HaConfig) -> Result<(), (String, String)> {
+/// `[ha]`'s own rules; `services` names the config's services (for
+/// `track_service`).
+pub(super) fn validate(h: &HaConfig, services: &[&str]) -> Result<(), (String, String)> {
     let at = |k: &str| format!("ha.{k}");
     if h.group == 0 {
         return Err((at("group"), "must be 1..=255".into()));
@@ -169,7 +171,7 @@ pub(super) fn validate(config: &Config, h: &HaConfig) -> Result<(), (String, Str
         ("interface", &h.interface),
         ("vip_interface", &h.vip_interface),
     ] {
-        if !super::validate::interface_name_ok(name) {
+        if !interface_name_ok(name) {
             return Err((at(k), format!("{name:?} is not a valid interface name")));
         }
     }
@@ -230,12 +232,12 @@ pub(super) fn validate(config: &Config, h: &HaConfig) -> Result<(), (String, Str
         if !(1..=32).contains(&f.prefix_len) {
             return Err((fat("prefix_len"), "must be 1..=32".into()));
         }
-        if !super::validate::interface_name_ok(&f.interface) {
+        if !interface_name_ok(&f.interface) {
             return Err((fat("interface"), "not a valid interface name".into()));
         }
     }
     for (i, t) in h.track_interface.iter().enumerate() {
-        if !super::validate::interface_name_ok(&t.name) {
+        if !interface_name_ok(&t.name) {
             return Err((
                 at(&format!("track_interface[{i}].name")),
                 "not a valid interface name".into(),
@@ -249,7 +251,7 @@ pub(super) fn validate(config: &Config, h: &HaConfig) -> Result<(), (String, Str
         }
     }
     for (i, t) in h.track_service.iter().enumerate() {
-        if !config.services.iter().any(|s| s.name == t.name) {
+        if !services.contains(&t.name.as_str()) {
             return Err((
                 at(&format!("track_service[{i}].name")),
                 format!("no service named {:?}", t.name),
@@ -264,104 +266,4 @@ pub(super) fn validate(config: &Config, h: &HaConfig) -> Result<(), (String, Str
     }
     h.read_key().map_err(|e| (at("key_file"), e))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::{os::unix::fs::PermissionsExt as _, path::Path};
-
-    use crate::config::Config;
-
-    const SERVICE: &str = r#"[[service]]
-name = "www"
-vip = "192.0.2.10"
-port = 80
-protocol = "tcp"
-scheduler = "round_robin"
-forwarding = "nat"
-backend = [{ address = "203.0.113.11", port = 8080 }]
-"#;
-
-    /// A key file with `mode` and `len` bytes, unique to the test.
-    fn key_file(name: &str, mode: u32, len: usize) -> std::path::PathBuf {
-        let p = std::env::temp_dir().join(format!("xdplb-{}-{name}.key", std::process::id()));
-        std::fs::write(&p, vec![b'k'; len]).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-        p
-    }
-
-    fn ha(key: &Path, extra: &str) -> String {
-        format!(
-            "{SERVICE}\n[ha]\ngroup = 7\npriority = 150\ninterface = \"ha\"\npeers = [\"10.255.0.2\"]\nkey_file = \"{}\"\nvip_interface = \"eth0\"\n{extra}",
-            key.display()
-        )
-    }
-
-    fn error(text: &str) -> String {
-        Config::parse(Path::new("/etc/xdplb/lb.toml"), text)
-            .expect_err("config should be rejected")
-            .to_string()
-    }
-
-    #[test]
-    fn a_good_pair_config_has_the_documented_defaults() {
-        let key = key_file("good", 0o600, 32);
-        let c = Config::parse(Path::new("x.toml"), &ha(&key, "")).unwrap();
-        let h = c.ha.unwrap();
-        assert_eq!(h.advert_interval_ms, 100);
-        assert!(h.preempt && h.sync_flows);
-        assert_eq!((h.garp_repeat, h.garp_interval_ms, h.port), (3, 100, 5788));
-        assert_eq!(h.garp_master_delay_ms, 1200);
-        assert_eq!(h.read_key().unwrap().len(), 32);
-        let _ = std::fs::remove_file(key);
-    }
-
-    #[test]
-    fn key_file_missing_world_readable_or_short_is_a_config_error() {
-        let e = error(&ha(Path::new("/nonexistent/ha.key"), ""));
-        assert!(
-            e.contains("ha.key_file") && e.contains("/nonexistent/ha.key"),
-            "{e}"
-        );
-        let open = key_file("open", 0o644, 32);
-        let e = error(&ha(&open, ""));
-        assert!(e.contains("ha.key_file") && e.contains("chmod 600"), "{e}");
-        let short = key_file("short", 0o600, 8);
-        let e = error(&ha(&short, ""));
-        assert!(e.contains("ha.key_file") && e.contains("8 bytes"), "{e}");
-        for p in [open, short] {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-
-    #[test]
-    fn bad_values_name_file_line_and_key() {
-        let key = key_file("bad", 0o600, 32);
-        let text = ha(&key, "").replace("priority = 150", "priority = 255");
-        let e = error(&text);
-        // [ha] is on line 10, priority on line 12.
-        assert!(
-            e.starts_with("/etc/xdplb/lb.toml:12: ha.priority: must be 1..=254"),
-            "{e}"
-        );
-        for (extra, key_name) in [
-            ("advert_interval_ms = 5", "ha.advert_interval_ms"),
-            (
-                "track_service = [{ name = \"nope\" }]",
-                "ha.track_service[0].name",
-            ),
-            ("notify = \"relative.sh\"", "ha.notify"),
-            (
-                "floating = [{ address = \"0.0.0.0\", interface = \"eth1\" }]",
-                "ha.floating[0].address",
-            ),
-        ] {
-            let e = error(&ha(&key, extra));
-            assert!(e.contains(&format!(" {key_name}: ")), "{extra}: {e}");
-        }
-        let e =
-            error(&ha(&key, "").replace("[\"10.255.0.2\"]", "[\"10.255.0.2\", \"10.255.0.2\"]"));
-        assert!(e.contains("ha.peers[1]: 10.255.0.2 is listed twice"), "{e}");
-        let _ = std::fs::remove_file(key);
-    }
 }

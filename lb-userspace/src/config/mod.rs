@@ -4,6 +4,9 @@
 
 mod error;
 mod ha;
+#[cfg(test)]
+mod ha_tests;
+mod names;
 mod validate;
 
 pub use error::{ConfigError, LineSuffix};
@@ -14,7 +17,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use lb_common::{Forwarding, PROTO_TCP, PROTO_UDP, Scheduler};
+use lb_common::{Forwarding, PROTO_TCP, PROTO_UDP, Scheduler, ServiceKey};
 use serde::Deserialize;
 
 /// Largest backend weight; weights are relative, this bounds ring sizes.
@@ -450,15 +453,50 @@ pub enum Protocol {
     Udp,
 }
 
+/// A service's key in the data path's service map.
+pub fn service_key(vip: Ipv4Addr, port: u16, protocol: Protocol) -> ServiceKey {
+    ServiceKey {
+        vip_be: u32::from(vip).to_be(),
+        port_be: port.to_be(),
+        proto: protocol.number(),
+        _pad: 0,
+    }
+}
+
+/// One backend of one service. Ids, health and counters are per service, so
+/// the same server can be up for a reader VIP and down for a writer VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendRef {
+    pub service: ServiceKey,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+impl BackendRef {
+    pub fn new(service: ServiceKey, addr: Ipv4Addr, port: u16) -> Self {
+        Self {
+            service,
+            addr,
+            port,
+        }
+    }
+}
+
+impl std::fmt::Display for BackendRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.addr, self.port)
+    }
+}
+
 impl ServiceConfig {
     /// The service's key in the data path's service map.
-    pub fn key(&self) -> lb_common::ServiceKey {
-        crate::plan::service_key(self.vip, self.port, self.protocol)
+    pub fn key(&self) -> ServiceKey {
+        service_key(self.vip, self.port, self.protocol)
     }
 
     /// The identity of one of this service's backends.
-    pub fn backend_ref(&self, b: &BackendConfig) -> crate::plan::BackendRef {
-        crate::plan::BackendRef::new(self.key(), b.address, b.port)
+    pub fn backend_ref(&self, b: &BackendConfig) -> BackendRef {
+        BackendRef::new(self.key(), b.address, b.port)
     }
 
     /// The data path's `RATE_LIMITS` entry: the rate limits and the

@@ -5,12 +5,11 @@ use std::collections::HashSet;
 
 use lb_common::{MAX_BACKENDS, MAX_SERVICES};
 
+use super::names::interface_name_ok;
 use super::{
     CheckConfig, CheckKind, Config, ForwardingKind, MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT,
     MysqlRole, Protocol, SchedulerKind,
 };
-
-const IFNAMSIZ: usize = 16;
 
 impl Config {
     /// Checks serde cannot express. Returns (key, reason) of the first problem.
@@ -223,7 +222,8 @@ impl Config {
             }
         }
         if let Some(h) = &self.ha {
-            super::ha::validate(self, h)?;
+            let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+            super::ha::validate(h, &names)?;
         }
         if acl_entries > lb_common::MAX_ACL_SERVICE as usize {
             return Err((
@@ -254,11 +254,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// A name the kernel could give an interface.
-pub(super) fn interface_name_ok(name: &str) -> bool {
-    !name.is_empty() && name.len() < IFNAMSIZ && !name.contains(['/', ' ', ':'])
 }
 
 fn validate_check(c: &CheckConfig, at: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {

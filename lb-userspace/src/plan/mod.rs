@@ -20,7 +20,10 @@ pub mod acl;
 pub mod maglev;
 pub mod ring;
 
-use crate::config::{BackendConfig, Config, Protocol, SchedulerKind, UnservedVip, WhenEmpty};
+// A backend's identity and a service's key are the config's notions; the
+// planner hands them on.
+use crate::config::{BackendConfig, Config, SchedulerKind, UnservedVip, WhenEmpty};
+pub use crate::config::{BackendRef, service_key};
 use maglev::MaglevBackend;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,31 +114,6 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
     }
 }
 
-/// One backend of one service. Ids, health and counters are per service, so
-/// the same server can be up for a reader VIP and down for a writer VIP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BackendRef {
-    pub service: ServiceKey,
-    pub addr: Ipv4Addr,
-    pub port: u16,
-}
-
-impl BackendRef {
-    pub fn new(service: ServiceKey, addr: Ipv4Addr, port: u16) -> Self {
-        Self {
-            service,
-            addr,
-            port,
-        }
-    }
-}
-
-impl std::fmt::Display for BackendRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.addr, self.port)
-    }
-}
-
 /// Backends that are not fully up, and why.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Availability {
@@ -171,15 +149,6 @@ impl Default for Planner {
             backends: Ids::new(MAX_BACKENDS),
             runtime_deny: Vec::new(),
         }
-    }
-}
-
-pub fn service_key(vip: Ipv4Addr, port: u16, protocol: Protocol) -> ServiceKey {
-    ServiceKey {
-        vip_be: u32::from(vip).to_be(),
-        port_be: port.to_be(),
-        proto: protocol.number(),
-        _pad: 0,
     }
 }
 
@@ -427,7 +396,7 @@ pub fn vips(config: &Config) -> BTreeMap<u32, VipInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, Protocol};
     use std::path::Path;
 
     fn config(text: &str) -> Config {
