@@ -386,7 +386,7 @@ fn register_ha(r: &mut Registry, h: &HaView) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::status::tests::view;
+    use crate::api::view::samples::view;
 
     #[test]
     fn openmetrics_text_has_typed_labelled_samples() {
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn ha_metrics_are_exported() {
-        let text = openmetrics(&crate::api::status::tests::ha_view());
+        let text = openmetrics(&crate::api::view::samples::ha_view());
         for want in [
             "xdplb_ha_state{state=\"master\"} 1",
             "xdplb_ha_state{state=\"backup\"} 0",
@@ -431,7 +431,7 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
-        assert!(!openmetrics(&crate::api::status::tests::view()).contains("xdplb_ha_"));
+        assert!(!openmetrics(&view()).contains("xdplb_ha_"));
     }
 
     #[test]
@@ -454,5 +454,18 @@ mod tests {
             );
         }
         assert!(used >= 10, "dashboard queries only {used} metrics");
+    }
+
+    #[test]
+    fn a_weight_0_backend_is_draining() {
+        let mut v = view();
+        v.services[0].backends[0].weight = 0;
+        let m = openmetrics(&v);
+        assert!(
+            m.lines().any(|l| l.starts_with("xdplb_backend_draining{")
+                && l.contains("backend=\"203.0.113.11:80\"")
+                && l.ends_with(" 1.0")),
+            "{m}"
+        );
     }
 }

@@ -278,3 +278,79 @@ mod traffic_json {
         .serialize(s)
     }
 }
+
+/// Views for the renderers' tests (status table, JSON, OpenMetrics).
+#[cfg(test)]
+pub(crate) mod samples {
+    use std::time::Duration;
+
+    use lb_common::Traffic;
+
+    use super::{BackendView, HealthView, ServiceView, View};
+
+    pub(crate) fn view() -> View {
+        let b = |endpoint: &str, health, packets| BackendView {
+            endpoint: endpoint.into(),
+            weight: 1,
+            health,
+            traffic: Traffic {
+                packets,
+                bytes: packets * 100,
+                connections: 3,
+                ..Traffic::default()
+            },
+            conn_rate: 1.5,
+            flows: 3,
+            half_open: 0,
+            active_connections: None,
+            check_latency: Some(Duration::from_micros(1500)),
+            last_error: (health == HealthView::Down).then(|| "connect refused".into()),
+            checks: 10,
+            check_failures: 4,
+        };
+        View {
+            services: vec![ServiceView {
+                name: "w\"w".into(),
+                vip: "192.0.2.10:80".into(),
+                protocol: "tcp",
+                forwarding: "nat",
+                traffic: Traffic {
+                    packets: 30,
+                    connections: 6,
+                    no_backend: 2,
+                    ..Traffic::default()
+                },
+                conn_rate: 3.0,
+                backends: vec![
+                    b("203.0.113.11:80", HealthView::Up, 10),
+                    b("203.0.113.21:80", HealthView::Down, 20),
+                ],
+            }],
+            reasons: vec![("drop_no_backend", 2), ("fwd_nat", 30)],
+            ha: None,
+        }
+    }
+
+    /// The view of an HA MASTER with a BACKUP peer.
+    pub(crate) fn ha_view() -> View {
+        let mut s = crate::ha::HaStatus::new(7, 150);
+        s.state = crate::ha::State::Master;
+        s.address = Some([10, 255, 0, 1].into());
+        s.peer = Some(crate::ha::PeerStatus {
+            addr: [10, 255, 0, 2].into(),
+            state: crate::ha::wire::WireState::Backup,
+            priority: 100,
+            epoch: 1,
+            last_seen: Duration::from_millis(40),
+        });
+        s.transitions = 2;
+        s.last_cause = "no MASTER advert for 360 ms (master-down interval)".into();
+        s.flows_sent = 1234;
+        s.sync_lag = Some(Duration::from_micros(1500));
+        *s.rejected.get_mut("bad_tag").unwrap() = 3;
+        View {
+            ha: Some(super::HaView::from_status(&s)),
+            ..view()
+        }
+    }
+}

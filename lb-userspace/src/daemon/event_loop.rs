@@ -13,7 +13,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use super::{Options, host::Host};
+use super::{host::Host, options::Options};
 use crate::{
     api::{self, server::ViewRequest},
     config::Config,

@@ -5,7 +5,10 @@ use std::path::Path;
 
 use tracing::{error, info, warn};
 
-use super::{Overrides, event_loop::Daemon, log_services, read_config};
+use super::{
+    event_loop::Daemon,
+    options::{Overrides, log_services, read_config},
+};
 
 impl Daemon {
     pub async fn reload(&mut self, path: &Path, overrides: &Overrides) {

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Dataplane, DataplaneError};
+use super::contract::{Dataplane, DataplaneError};
 use lb_common::{Backend, Firewall, ServiceInfo, ServiceKey, VipInfo};
 
 use crate::plan::acl::AclEntry;

@@ -1,8 +1,9 @@
 //! Writing a [`Plan`] to a [`Dataplane`]: only what differs, in an order the
 //! data path never sees half-done.
 
-use super::{Backend, Dataplane, DataplaneError};
+use super::contract::{Dataplane, DataplaneError};
 use crate::plan::Plan;
+use lb_common::Backend;
 
 /// What one [`Programmer::apply`] wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

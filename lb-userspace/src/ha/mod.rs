@@ -19,71 +19,11 @@ pub mod node;
 pub mod notify;
 pub mod replay;
 pub mod state;
+mod status;
 pub mod sync;
 pub mod track;
 pub mod wire;
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
-
 pub use node::{Command, HaMaps, HaNode};
 pub use state::State;
-
-/// The peer as last heard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerStatus {
-    pub addr: Ipv4Addr,
-    pub state: wire::WireState,
-    pub priority: u8,
-    pub epoch: u64,
-    /// How long ago its last advert arrived.
-    pub last_seen: Duration,
-}
-
-/// What `xdplb status` and the metrics show of the pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HaStatus {
-    pub state: State,
-    pub priority: u8,
-    pub group: u8,
-    pub address: Option<Ipv4Addr>,
-    pub peer: Option<PeerStatus>,
-    pub transitions: u64,
-    pub last_cause: String,
-    pub adverts_sent: u64,
-    pub adverts_received: u64,
-    pub rejected: BTreeMap<&'static str, u64>,
-    pub flows_sent: u64,
-    pub flows_received: u64,
-    /// Received records this node had no service or backend for.
-    pub flows_unknown: u64,
-    /// Flow reports the data path had no ring-buffer room for.
-    pub events_lost: u64,
-    /// Flow reports dropped because the send queue was full.
-    pub queue_dropped: u64,
-    /// Last batch received: sender-side batching delay plus the time to
-    /// write it here (network transit not included).
-    pub sync_lag: Option<Duration>,
-}
-
-impl HaStatus {
-    pub fn new(group: u8, priority: u8) -> HaStatus {
-        HaStatus {
-            state: State::Init,
-            priority,
-            group,
-            address: None,
-            peer: None,
-            transitions: 0,
-            last_cause: String::new(),
-            adverts_sent: 0,
-            adverts_received: 0,
-            rejected: wire::Reject::ALL.iter().map(|r| (r.label(), 0)).collect(),
-            flows_sent: 0,
-            flows_received: 0,
-            flows_unknown: 0,
-            events_lost: 0,
-            queue_dropped: 0,
-            sync_lag: None,
-        }
-    }
-}
+pub use status::{HaStatus, PeerStatus};

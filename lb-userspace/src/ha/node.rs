@@ -23,9 +23,10 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
-    HaStatus, PeerStatus, garp, notify,
+    garp, notify,
     replay::{self, ReplayGuard},
     state::{Action, Input, Machine, Params, State},
+    status::{HaStatus, PeerStatus},
     sync::{self, FlowRecord, MAX_RECORDS, SyncIndex},
     track::{self, Tracked},
     wire::{Kind, Message, Reject, WireState},

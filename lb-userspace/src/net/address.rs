@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures_util::TryStreamExt as _;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 
-use super::{NetError, Netlink};
+use super::{client::Netlink, error::NetError};
 
 /// An address on an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

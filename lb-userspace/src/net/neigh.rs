@@ -21,7 +21,7 @@ use rtnetlink::packet_route::{
     route::RouteProtocol,
 };
 
-use super::{NetError, Netlink};
+use super::{client::Netlink, error::NetError};
 
 /// Protocol mark of the neighbour entries xdplb creates ('X').
 pub const NEIGH_PROTOCOL: u8 = 0x58;

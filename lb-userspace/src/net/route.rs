@@ -14,7 +14,7 @@ use rtnetlink::{
     },
 };
 
-use super::{NetError, Netlink};
+use super::{client::Netlink, error::NetError};
 
 /// Where the kernel sends packets for a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use rtnetlink::{
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::NetError;
+use super::error::NetError;
 
 /// Longest a cached next hop lives without an event.
 pub const REFRESH: Duration = Duration::from_secs(1);

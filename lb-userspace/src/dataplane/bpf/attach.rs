@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+        LinkOrder, TcAttachType, Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
         xdp::{XdpLink, XdpLinkId},
@@ -16,18 +16,11 @@ use aya::{
 use lb_common::names;
 use tracing::{info, warn};
 
-use super::{BpfError, error_chain, xdp_program};
+use super::{
+    error::{BpfError, error_chain},
+    handles::{neigh_program, xdp_program},
+};
 use crate::config::XdpMode;
-
-/// The tc program that sends packets with an unresolved next hop through
-/// the kernel's neighbour resolution (`lb-ebpf/src/neigh.rs`).
-pub fn neigh_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, BpfError> {
-    let name = names::NEIGH_PROGRAM;
-    ebpf.program_mut(name)
-        .ok_or(BpfError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| BpfError::Program { name, source })
-}
 
 /// One interface the program is attached to.
 #[derive(Debug)]

@@ -18,7 +18,7 @@ use std::os::fd::AsFd as _;
 use aya::Ebpf;
 use lb_common::{FLOW_F_CLOSING, FLOW_F_COUNTED, FlowKey, FlowValue, MAX_BACKENDS, names};
 
-use super::{BpfError, dup_fd, mapped::Mapped, walk};
+use super::{error::BpfError, handles::dup_fd, mapped::Mapped, walk};
 
 /// What the last walk found.
 #[derive(Debug, Clone, Default)]

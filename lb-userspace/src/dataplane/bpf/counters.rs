@@ -9,7 +9,7 @@ use aya::{
 };
 use lb_common::{Reason, Traffic, names};
 
-use super::{BpfError, take};
+use super::{error::BpfError, handles::take};
 
 /// The counter maps, owned.
 pub struct Counters {

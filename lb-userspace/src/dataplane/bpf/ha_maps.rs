@@ -7,7 +7,10 @@ use aya::{
 };
 use lb_common::{Settings, names};
 
-use super::{BpfError, again, dup_fd, take};
+use super::{
+    error::BpfError,
+    handles::{again, dup_fd, take},
+};
 use crate::ha::HaMaps;
 
 /// Handles for the HA node. Takes the flow-event ring buffer (one reader).

@@ -8,11 +8,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{Ebpf, EbpfLoader, programs::Xdp};
+use aya::{Ebpf, EbpfLoader};
 use lb_common::names;
 use tracing::warn;
 
-use super::{BpfError, neigh_program};
+use super::{
+    error::BpfError,
+    handles::{neigh_program, xdp_program},
+};
 
 /// The compiled `lb-ebpf` object, built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -220,14 +223,6 @@ fn install_cookie_program(ebpf: &mut Ebpf) -> Result<(), BpfError> {
         name: names::COOKIE_PROGRAM_ARRAY,
         source,
     })
-}
-
-/// A loaded XDP program of the object by name.
-pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, BpfError> {
-    ebpf.program_mut(name)
-        .ok_or(BpfError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| BpfError::Program { name, source })
 }
 
 #[cfg(test)]

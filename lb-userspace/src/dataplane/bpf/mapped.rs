@@ -7,7 +7,7 @@ use std::{
     sync::atomic::AtomicU64,
 };
 
-use super::BpfError;
+use super::error::BpfError;
 
 pub struct Mapped {
     ptr: *mut u64,

@@ -25,7 +25,11 @@ use lb_common::{
     ring_word,
 };
 
-use super::{BpfError, error_chain, mapped::Mapped, take};
+use super::{
+    error::{BpfError, error_chain},
+    handles::take,
+    mapped::Mapped,
+};
 use crate::{
     dataplane::{Dataplane, DataplaneError},
     plan::{Plan, PlannedService, acl::AclEntry},
