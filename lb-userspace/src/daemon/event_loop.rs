@@ -124,8 +124,9 @@ impl Daemon {
         if r.generation != self.probes.generation {
             return; // from probes of a previous configuration
         }
-        let detail = r.result.clone().err();
-        match self.control.record(&r.backend, r.result, r.latency) {
+        let result = r.result.map_err(|e| e.to_string());
+        let detail = result.clone().err();
+        match self.control.record(&r.backend, result, r.latency) {
             Transition::Unchanged => {}
             Transition::WentDown => {
                 warn!(service = %self.service_name(&r.backend), backend = %r.backend, reason = %detail.unwrap_or_default(), "backend DOWN: out of the scheduler, its flows re-schedule")

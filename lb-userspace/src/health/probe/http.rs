@@ -1,12 +1,42 @@
 //! The `http` check: GET a path, want a status in a range.
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::{io, net::SocketAddr};
 
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use super::check::Check;
 use crate::config::CheckConfig;
+
+/// How an HTTP answer fails the check.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("send: {0}")]
+    Send(#[source] io::Error),
+    #[error("read: {0}")]
+    Read(#[source] io::Error),
+    #[error("no HTTP status line")]
+    NoStatusLine,
+    #[error("HTTP status {code}, expected {}..={}", expected[0], expected[1])]
+    Status { code: u16, expected: [u16; 2] },
+}
+
+/// `kind = "http"`.
+pub struct HttpCheck(pub CheckConfig);
+
+impl Check for HttpCheck {
+    type Error = HttpError;
+
+    async fn run(&self, mut stream: TcpStream, _peer: SocketAddr) -> Result<(), HttpError> {
+        request(&mut stream, &self.0).await
+    }
+}
 
 /// GET the path; the status code must be in the configured range. Over any
 /// byte stream: a TCP connection (`http`) or a TLS session on it (`https`).
-pub async fn request<S>(stream: &mut S, spec: &CheckConfig) -> Result<(), String>
+pub async fn request<S>(stream: &mut S, spec: &CheckConfig) -> Result<(), HttpError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -22,25 +52,25 @@ where
     stream
         .write_all(req.as_bytes())
         .await
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(HttpError::Send)?;
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
     while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 1024 {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
+        let n = stream.read(&mut chunk).await.map_err(HttpError::Read)?;
         if n == 0 {
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let code = http_status(&buf).ok_or_else(|| "no HTTP status line".to_string())?;
+    let code = http_status(&buf).ok_or(HttpError::NoStatusLine)?;
     let [lo, hi] = spec.status;
     if (lo..=hi).contains(&code) {
         Ok(())
     } else {
-        Err(format!("HTTP status {code}, expected {lo}..={hi}"))
+        Err(HttpError::Status {
+            code,
+            expected: spec.status,
+        })
     }
 }
 

@@ -15,8 +15,52 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::http;
+use super::{
+    check::Check,
+    http::{self, HttpError},
+};
 use crate::config::CheckConfig;
+
+/// How a TLS check fails.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpsError {
+    /// The check's own TLS settings could not be made (a CA file that
+    /// cannot be read, no trusted roots): this host's fault.
+    #[error("{0}")]
+    Settings(String),
+    #[error("TLS name {name:?}: {reason}")]
+    Name { name: String, reason: String },
+    #[error("TLS: {0}")]
+    Handshake(#[source] std::io::Error),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+}
+
+/// `kind = "https"`: its TLS settings are built once per set of probes
+/// (reading the CA file or the system's roots), not per probe.
+pub struct HttpsCheck {
+    spec: CheckConfig,
+    tls: Result<Arc<ClientConfig>, String>,
+}
+
+impl HttpsCheck {
+    pub fn new(spec: CheckConfig) -> HttpsCheck {
+        let tls = client_config(&spec);
+        HttpsCheck { spec, tls }
+    }
+}
+
+impl Check for HttpsCheck {
+    type Error = HttpsError;
+
+    async fn run(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), HttpsError> {
+        let tls = self
+            .tls
+            .as_ref()
+            .map_err(|e| HttpsError::Settings(e.clone()))?;
+        request(stream, peer, &self.spec, tls).await
+    }
+}
 
 /// The TLS client settings of a check (built once per set of probes).
 pub fn client_config(spec: &CheckConfig) -> Result<Arc<ClientConfig>, String> {
@@ -64,16 +108,19 @@ pub async fn request(
     addr: SocketAddr,
     spec: &CheckConfig,
     tls: &Arc<ClientConfig>,
-) -> Result<(), String> {
+) -> Result<(), HttpsError> {
     let name = match &spec.host {
-        Some(h) => ServerName::try_from(h.clone()).map_err(|e| format!("TLS name {h:?}: {e}"))?,
+        Some(h) => ServerName::try_from(h.clone()).map_err(|e| HttpsError::Name {
+            name: h.clone(),
+            reason: e.to_string(),
+        })?,
         None => ServerName::IpAddress(addr.ip().into()),
     };
     let mut session = TlsConnector::from(tls.clone())
         .connect(name, stream)
         .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    http::request(&mut session, spec).await
+        .map_err(HttpsError::Handshake)?;
+    Ok(http::request(&mut session, spec).await?)
 }
 
 /// `tls_verify = false`: any certificate is accepted, but the handshake's
@@ -180,9 +227,11 @@ mod tests {
     }
 
     async fn probe(addr: SocketAddr, spec: &CheckConfig) -> Result<(), String> {
-        let tls = client_config(spec)?;
         let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        request(stream, addr, spec, &tls).await
+        HttpsCheck::new(spec.clone())
+            .run(stream, addr)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     #[test]

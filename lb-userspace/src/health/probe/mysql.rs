@@ -18,9 +18,53 @@ use mysql_common::{
     },
     proto::MySerialize,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::net::SocketAddr;
 
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use super::check::Check;
 use crate::config::{CheckConfig, MysqlRole};
+
+/// How a MySQL server fails the check.
+#[derive(Debug, thiserror::Error)]
+pub enum MysqlError {
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("packet of {0} bytes; not a MySQL server?")]
+    Oversize(usize),
+    /// It greeted with an error packet ("Too many connections", ...).
+    #[error("server refused: {0}")]
+    Refused(String),
+    #[error("greeting: {0}")]
+    Greeting(String),
+    #[error("login: {0}")]
+    Login(String),
+    #[error("query: {0}")]
+    Query(String),
+    #[error("@@global.read_only is {0:?}")]
+    ReadOnlyValue(String),
+    /// Up, but not in the role the service wants.
+    #[error("server is {0}")]
+    Role(&'static str),
+}
+
+/// `kind = "mysql"`.
+pub struct MysqlCheck(pub CheckConfig);
+
+impl Check for MysqlCheck {
+    type Error = MysqlError;
+
+    async fn run(&self, mut stream: TcpStream, _peer: SocketAddr) -> Result<(), MysqlError> {
+        check(&mut stream, &self.0).await
+    }
+}
 
 const COM_QUERY: u8 = 0x03;
 const COM_QUIT: u8 = 0x01;
@@ -41,26 +85,24 @@ struct Conn<'a, S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
-    async fn read(&mut self) -> Result<Vec<u8>, String> {
+    async fn read(&mut self) -> Result<Vec<u8>, MysqlError> {
+        let io = |source| MysqlError::Io {
+            what: "read",
+            source,
+        };
         let mut head = [0u8; 4];
-        self.stream
-            .read_exact(&mut head)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
+        self.stream.read_exact(&mut head).await.map_err(io)?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], 0]) as usize;
         if len > MAX_PACKET {
-            return Err(format!("packet of {len} bytes; not a MySQL server?"));
+            return Err(MysqlError::Oversize(len));
         }
         self.seq = head[3].wrapping_add(1);
         let mut body = vec![0u8; len];
-        self.stream
-            .read_exact(&mut body)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
+        self.stream.read_exact(&mut body).await.map_err(io)?;
         Ok(body)
     }
 
-    async fn write(&mut self, body: &[u8]) -> Result<(), String> {
+    async fn write(&mut self, body: &[u8]) -> Result<(), MysqlError> {
         let len = (body.len() as u32).to_le_bytes();
         let mut p = Vec::with_capacity(4 + body.len());
         p.extend_from_slice(&[len[0], len[1], len[2], self.seq]);
@@ -69,11 +111,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         self.stream
             .write_all(&p)
             .await
-            .map_err(|e| format!("send: {e}"))
+            .map_err(|source| MysqlError::Io {
+                what: "send",
+                source,
+            })
     }
 
     /// A command starts a new sequence.
-    async fn command(&mut self, body: &[u8]) -> Result<(), String> {
+    async fn command(&mut self, body: &[u8]) -> Result<(), MysqlError> {
         self.seq = 0;
         self.write(body).await
     }
@@ -115,28 +160,28 @@ fn plugin_step(
     auth: &Auth<'_>,
     challenge: &[u8],
     plugin: &AuthPlugin<'_>,
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<Option<Vec<u8>>, MysqlError> {
     match proc.run(auth, challenge) {
         Ok(Response::Next { packet } | Response::Last { packet }) => Ok(packet),
-        Err(e) => Err(format!(
+        Err(e) => Err(MysqlError::Login(format!(
             "{}: {e}",
             String::from_utf8_lossy(plugin.as_bytes())
-        )),
+        ))),
     }
 }
 
-pub async fn check<S>(stream: &mut S, spec: &CheckConfig) -> Result<(), String>
+pub async fn check<S>(stream: &mut S, spec: &CheckConfig) -> Result<(), MysqlError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut conn = Conn { stream, seq: 0 };
     let greeting = conn.read().await?;
     if greeting.first() == Some(&0xff) {
-        return Err(format!("server refused: {}", server_error(&greeting)));
+        return Err(MysqlError::Refused(server_error(&greeting)));
     }
     let hello: HandshakePacket<'_> = ParseBuf(&greeting)
         .parse(())
-        .map_err(|e| format!("greeting: {e}"))?;
+        .map_err(|e| MysqlError::Greeting(e.to_string()))?;
     if spec.mysql_role == MysqlRole::Any {
         return Ok(());
     }
@@ -148,11 +193,11 @@ where
     let is_ro = match read_only.as_str() {
         "0" | "OFF" => false,
         "1" | "ON" => true,
-        other => return Err(format!("@@global.read_only is {other:?}")),
+        other => return Err(MysqlError::ReadOnlyValue(other.into())),
     };
     match (spec.mysql_role, is_ro) {
-        (MysqlRole::ReadWrite, true) => Err("server is read-only (a replica)".into()),
-        (MysqlRole::ReadOnly, false) => Err("server is read-write (the primary)".into()),
+        (MysqlRole::ReadWrite, true) => Err(MysqlError::Role("read-only (a replica)")),
+        (MysqlRole::ReadOnly, false) => Err(MysqlError::Role("read-write (the primary)")),
         _ => Ok(()),
     }
 }
@@ -164,14 +209,15 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     hello: &HandshakePacket<'_>,
     user: &str,
     password: &str,
-) -> Result<(), String> {
+) -> Result<(), MysqlError> {
+    let login = |e: String| MysqlError::Login(e);
     let mut plugin = hello
         .auth_plugin()
         .map(|p| p.into_owned())
         .unwrap_or(AuthPlugin::MysqlNativePassword);
     let mut nonce = hello.nonce();
     nonce.truncate(20);
-    let mut proc = AuthProc::init(&plugin).map_err(|e| format!("login: {e}"))?;
+    let mut proc = AuthProc::init(&plugin).map_err(|e| login(e.to_string()))?;
     let first = {
         let auth = Auth {
             password: password.as_bytes(),
@@ -196,14 +242,14 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         let reply = conn.read().await?;
         match reply.first() {
             Some(0x00) => return Ok(()),
-            Some(0xff) => return Err(format!("login: {}", server_error(&reply))),
+            Some(0xff) => return Err(login(server_error(&reply))),
             Some(0xfe) => {
                 let switch: AuthSwitchRequest<'_> = ParseBuf(&reply)
                     .parse(())
-                    .map_err(|e| format!("login: auth switch: {e}"))?;
+                    .map_err(|e| login(format!("auth switch: {e}")))?;
                 plugin = switch.auth_plugin().into_owned();
                 nonce = switch.plugin_data().to_vec();
-                proc = AuthProc::init(&plugin).map_err(|e| format!("login: {e}"))?;
+                proc = AuthProc::init(&plugin).map_err(|e| login(e.to_string()))?;
                 let auth = Auth {
                     password: password.as_bytes(),
                     scramble: &nonce,
@@ -214,7 +260,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             Some(0x01) => {
                 let more: AuthMoreData<'_> = ParseBuf(&reply)
                     .parse(())
-                    .map_err(|e| format!("login: {e}"))?;
+                    .map_err(|e| login(e.to_string()))?;
                 let auth = Auth {
                     password: password.as_bytes(),
                     scramble: &nonce,
@@ -223,7 +269,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                     conn.write(&data).await?;
                 }
             }
-            _ => return Err("login: unexpected reply".into()),
+            _ => return Err(login("unexpected reply".into())),
         }
     }
 }
@@ -232,13 +278,13 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
 async fn select_one<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<'_, S>,
     query: &str,
-) -> Result<String, String> {
+) -> Result<String, MysqlError> {
     let mut q = vec![COM_QUERY];
     q.extend_from_slice(query.as_bytes());
     conn.command(&q).await?;
     let count = conn.read().await?;
     if count.first() == Some(&0xff) {
-        return Err(format!("query: {}", server_error(&count)));
+        return Err(MysqlError::Query(server_error(&count)));
     }
     let _column = conn.read().await?;
     let mut row = conn.read().await?;
@@ -247,7 +293,7 @@ async fn select_one<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let value: RawBytes<'_, LenEnc> = ParseBuf(&row)
         .parse(())
-        .map_err(|e| format!("query: row: {e}"))?;
+        .map_err(|e| MysqlError::Query(format!("row: {e}")))?;
     Ok(String::from_utf8_lossy(value.as_bytes()).to_string())
 }
 
@@ -417,7 +463,10 @@ mod tests {
             };
             let spec = role_check();
             let (r, ()) = tokio::join!(check(&mut client, &spec), fake);
-            assert_eq!(r, Err("server is read-write (the primary)".into()));
+            assert_eq!(
+                r.map_err(|e| e.to_string()),
+                Err("server is read-write (the primary)".into())
+            );
         });
     }
 
@@ -451,7 +500,10 @@ mod tests {
             e.extend_from_slice(&1040u16.to_le_bytes());
             e.extend_from_slice(b"#08004Too many connections");
             send(&mut server, 0, &e).await;
-            let err = check(&mut client, &role_check()).await.unwrap_err();
+            let err = check(&mut client, &role_check())
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains("1040") && err.contains("Too many connections"),
                 "{err}"
