@@ -167,7 +167,7 @@ fn lab_in_turn(mode: Mode, config_text: &str, turn: Turn) -> Lab {
     let peers = if mode == Mode::Native {
         std::iter::once(&client)
             .chain(&backends)
-            .map(pass_through_on_eth0)
+            .map(|ns| xdplb_tests::programs::pass_through_on(ns, "eth0"))
             .collect()
     } else {
         Vec::new()
@@ -201,22 +201,6 @@ fn lab_in_turn(mode: Mode, config_text: &str, turn: Turn) -> Lab {
         pid_file,
         _turn: turn,
     }
-}
-
-/// Frames the LB's program sends back out of the interface they came in on
-/// (`XDP_TX`: ping replies, ICMP errors) reached a veth peer here only when
-/// the peer ran an XDP program itself (without one, 0 of 5 pings were
-/// answered and "time exceeded" never arrived). So native labs run a
-/// pass-through program on the peers.
-fn pass_through_on_eth0(ns: &Netns) -> aya::Ebpf {
-    let mut ebpf = xdplb::dataplane::bpf::load_small().expect("load the object");
-    xdplb::dataplane::bpf::load_program(&mut ebpf, "pass_through").expect("load pass_through");
-    let _in = ns.enter();
-    xdplb::dataplane::bpf::xdp_program(&mut ebpf, "pass_through")
-        .unwrap()
-        .attach("eth0", aya::programs::XdpMode::Driver)
-        .expect("attach pass_through");
-    ebpf
 }
 
 impl Lab {

@@ -72,9 +72,6 @@ pub mod names {
     pub const ADDR_FILTER: &str = "ADDR_FILTER";
     pub const HOP_CACHE: &str = "HOP_CACHE";
     pub const HOP_GENERATION: &str = "HOP_GENERATION";
-    /// Tables of the benchmark's second baseline program (`baseline_lookup`).
-    pub const BASELINE_SERVICES: &str = "BASELINE_SERVICES";
-    pub const BASELINE_FLOWS: &str = "BASELINE_FLOWS";
     /// The XDP entry point in the object file.
     pub const PROGRAM: &str = "xdplb";
     /// The tc-ingress program that sends packets the XDP program could not
@@ -119,7 +116,7 @@ pub mod names {
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 13;
+pub const LAYOUT_VERSION: u32 = 14;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;

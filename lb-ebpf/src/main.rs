@@ -41,68 +41,6 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     action
 }
 
-/// Baseline for benchmarks: bounce every frame, doing nothing else.
-#[xdp]
-pub fn baseline_tx(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_TX
-}
-
-/// For test labs on veth: frames another program sent back (`XDP_TX`)
-/// reached a veth peer only when it ran an XDP program itself, so the
-/// namespace tests put this pass-through program on the peers.
-#[xdp]
-pub fn pass_through(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-/// Second benchmark baseline: the least any balancer does for a packet of
-/// an established flow. Read the addresses and ports, one hash lookup
-/// (service), one LRU lookup (flow), bounce the frame. No checks beyond
-/// the bounds the verifier demands, no counters, no rewrite.
-#[xdp]
-pub fn baseline_lookup(ctx: XdpContext) -> u32 {
-    use lb_common::{FlowKey, ServiceKey};
-    use network_types::ip::Ipv4Hdr;
-    let (Some(ip), Some(ports)) = (
-        parse::ptr_at::<Ipv4Hdr>(&ctx, parse::ETH_LEN),
-        parse::ptr_at::<[u16; 2]>(&ctx, parse::L4_OFF),
-    ) else {
-        return xdp_action::XDP_PASS;
-    };
-    // SAFETY: both bounds-checked just above.
-    let (src_be, dst_be, proto, [sport_be, dport_be]) = unsafe {
-        (
-            u32::from_ne_bytes((*ip).src_addr),
-            u32::from_ne_bytes((*ip).dst_addr),
-            (*ip).proto,
-            *ports,
-        )
-    };
-    let service = ServiceKey {
-        vip_be: dst_be,
-        port_be: dport_be,
-        proto,
-        _pad: 0,
-    };
-    let flow = FlowKey {
-        src_be,
-        dst_be,
-        sport_be,
-        dport_be,
-        proto,
-        _pad: [0; 3],
-    };
-    // SAFETY: only tested for presence.
-    let found = unsafe {
-        maps::BASELINE_SERVICES.get(service).is_some() && maps::BASELINE_FLOWS.get(flow).is_some()
-    };
-    if found {
-        xdp_action::XDP_TX
-    } else {
-        xdp_action::XDP_PASS
-    }
-}
-
 #[inline(always)]
 fn process(ctx: &XdpContext) -> (u32, Reason) {
     let pkt = match parse::parse(ctx) {

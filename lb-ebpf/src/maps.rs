@@ -113,14 +113,6 @@ pub fn service_acl(id: u32, src_be: u32) -> Option<u8> {
     ACL_SERVICE.get(LpmKey::new(64, key)).copied()
 }
 
-/// The benchmark's second baseline program's own tables (not pinned, never
-/// filled by the daemon).
-#[map]
-pub static BASELINE_SERVICES: HashMap<ServiceKey, ServiceInfo> =
-    HashMap::with_max_entries(MAX_SERVICES, 0);
-#[map]
-pub static BASELINE_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1024, 0);
-
 /// The service entries by id, with their keys (see `ServiceSlot`).
 #[map]
 pub static SERVICE_SLOTS: Array<ServiceSlot> = Array::with_max_entries(MAX_SERVICES, 0);

@@ -8,6 +8,7 @@ pub mod flood;
 pub mod frames;
 pub mod lab;
 pub mod model;
+pub mod programs;
 pub mod wire;
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];

@@ -28,6 +28,7 @@ use xdplb::{
 use xdplb_tests::{
     CLIENT, CLIENT_MAC, LB_CLIENT_MAC, cases, frames,
     lab::{Lab, verdict_name, xdp_md},
+    programs,
 };
 
 /// `XDP_REDIRECT`: the backends are on another interface than the clients.
@@ -207,13 +208,13 @@ fn clear_flow_tables(ebpf: &mut Ebpf) {
 /// The second baseline's tables, filled so its lookups hit for `frame`.
 fn fill_baseline_tables(ebpf: &mut Ebpf, frame: &[u8]) {
     use aya::maps::HashMap;
-    use lb_common::{FlowKey, FlowValue, ServiceInfo, ServiceKey, names};
+    use lb_common::{FlowKey, FlowValue, ServiceInfo, ServiceKey};
     let ip = &frame[14..34];
     let l4 = &frame[34..38];
     let addr = |b: &[u8]| u32::from_ne_bytes(b.try_into().unwrap());
     let port = |b: &[u8]| u16::from_ne_bytes(b.try_into().unwrap());
     let mut services: HashMap<_, ServiceKey, ServiceInfo> =
-        HashMap::try_from(ebpf.map_mut(names::BASELINE_SERVICES).unwrap()).unwrap();
+        HashMap::try_from(ebpf.map_mut(programs::BASELINE_SERVICES).unwrap()).unwrap();
     let key = ServiceKey {
         vip_be: addr(&ip[16..20]),
         port_be: port(&l4[2..4]),
@@ -222,7 +223,7 @@ fn fill_baseline_tables(ebpf: &mut Ebpf, frame: &[u8]) {
     };
     services.insert(key, ServiceInfo::default(), 0).unwrap();
     let mut flows: HashMap<_, FlowKey, FlowValue> =
-        HashMap::try_from(ebpf.map_mut(names::BASELINE_FLOWS).unwrap()).unwrap();
+        HashMap::try_from(ebpf.map_mut(programs::BASELINE_FLOWS).unwrap()).unwrap();
     let key = FlowKey {
         src_be: addr(&ip[12..16]),
         dst_be: addr(&ip[16..20]),
@@ -250,8 +251,8 @@ fn main() {
     let config = cases::CONFIG.replace(global_deny, "");
     let mut lab = Lab::new("xdplb-bench", &config, Some(1 << 20));
     let table = cases::table(&lab);
-    bpf::load_program(&mut lab.ebpf, "baseline_tx").unwrap();
-    bpf::load_program(&mut lab.ebpf, "baseline_lookup").unwrap();
+    // The baselines are the tests' own programs, beside xdplb's object.
+    let mut base = programs::load(&["baseline_tx", "baseline_lookup"]);
     let fxa = xdplb_tests::wire::ifindex("fxa");
     let probe = frames::tcp_frame(
         (CLIENT_MAC, LB_CLIENT_MAC),
@@ -262,23 +263,18 @@ fn main() {
         1,
         frames::ACK,
     );
-    fill_baseline_tables(&mut lab.ebpf, &probe);
+    fill_baseline_tables(&mut base, &probe);
     let tx = 3; // XDP_TX
-    let bare_rep = repeated(&mut lab.ebpf, "baseline_tx", &probe, fxa, REPEAT);
+    let bare_rep = repeated(&mut base, "baseline_tx", &probe, fxa, REPEAT);
     assert_eq!(bare_rep.1, tx);
-    let bare_single = single(&mut lab.ebpf, "baseline_tx", SINGLE_RUNS, fxa, tx, |_| {
+    let bare_single = single(&mut base, "baseline_tx", SINGLE_RUNS, fxa, tx, |_| {
         probe.clone()
     });
-    let look_rep = repeated(&mut lab.ebpf, "baseline_lookup", &probe, fxa, REPEAT);
+    let look_rep = repeated(&mut base, "baseline_lookup", &probe, fxa, REPEAT);
     assert_eq!(look_rep.1, tx, "the second baseline's lookups must hit");
-    let look_single = single(
-        &mut lab.ebpf,
-        "baseline_lookup",
-        SINGLE_RUNS,
-        fxa,
-        tx,
-        |_| probe.clone(),
-    );
+    let look_single = single(&mut base, "baseline_lookup", SINGLE_RUNS, fxa, tx, |_| {
+        probe.clone()
+    });
     let (bare_rep, look_rep) = (bare_rep.0, look_rep.0);
 
     let mut rows = Vec::new();

@@ -159,23 +159,6 @@ pub fn load_with(
     })
 }
 
-/// The object with its big tables shrunk to one entry, for a program other
-/// than the data path (the test labs' `pass_through`): nothing else of it
-/// is used.
-pub fn load_small() -> Result<Ebpf, BpfError> {
-    let mut loader = EbpfLoader::new();
-    for name in [
-        names::FLOWS,
-        names::NAT_REVERSE,
-        names::EMBRYOS,
-        names::EMBRYO_REVERSE,
-        names::BACKEND_RING,
-    ] {
-        loader.map_max_entries(name, 1);
-    }
-    Ok(loader.load(EBPF_OBJECT)?)
-}
-
 /// Remove every pin of this layout version (after a clean detach).
 pub fn unpin(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -191,9 +174,8 @@ pub fn unpin(dir: &Path) {
     }
 }
 
-/// Load one XDP program of the object into the kernel (the data path is
-/// loaded by [`load`]; the benchmark loads its `baseline_tx` with this).
-pub fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), BpfError> {
+/// Load one XDP program of the object into the kernel.
+fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), BpfError> {
     xdp_program(ebpf, name)?
         .load()
         .map_err(|source| BpfError::Program { name, source })

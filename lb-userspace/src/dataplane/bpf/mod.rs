@@ -20,8 +20,5 @@ pub use counters::{CounterSnapshot, Counters};
 pub use error::BpfError;
 pub use ha_maps::{clear_ha_settings, ha_maps};
 pub use handles::{hop_generation, neigh_program, xdp_program};
-pub use load::{
-    EBPF_OBJECT, Loaded, TableSizes, TestFault, load, load_program, load_small, load_with, pin_dir,
-    unpin,
-};
+pub use load::{EBPF_OBJECT, Loaded, TableSizes, TestFault, load, load_with, pin_dir, unpin};
 pub use maps::BpfDataplane;
