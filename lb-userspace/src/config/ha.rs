@@ -74,6 +74,15 @@ pub struct HaConfig {
     /// restarts (replay protection).
     #[serde(default = "default_state_file")]
     pub state_file: PathBuf,
+    /// `SCHED_FIFO` priority of the HA node's thread (1..=99; 0 leaves it
+    /// an ordinary thread). A load balancer's CPUs are busy with packets:
+    /// an ordinary thread's adverts were seen delayed past the peer's
+    /// master-down interval under CPU load (a false takeover), as
+    /// keepalived's `vrrp_rt_priority` prevents. The thread sleeps between
+    /// adverts and batches; the kernel keeps 5% of each second for
+    /// ordinary tasks (`sched_rt_runtime_us`).
+    #[serde(default = "default_realtime_priority")]
+    pub realtime_priority: u8,
 }
 
 /// An address the MASTER owns besides the VIPs.
@@ -117,6 +126,9 @@ fn default_garp_master_delay_ms() -> u32 {
 }
 fn default_notify_timeout_ms() -> u32 {
     5000
+}
+fn default_realtime_priority() -> u8 {
+    10
 }
 fn default_prefix_len() -> u8 {
     32
@@ -212,6 +224,12 @@ pub(super) fn validate(h: &HaConfig, services: &[&str]) -> Result<(), (String, S
     }
     if h.garp_master_delay_ms > 60_000 {
         return Err((at("garp_master_delay_ms"), "must be 0..=60000".into()));
+    }
+    if h.realtime_priority > 99 {
+        return Err((
+            at("realtime_priority"),
+            "must be 0..=99 (0: not realtime)".into(),
+        ));
     }
     if !(100..=600_000).contains(&h.notify_timeout_ms) {
         return Err((at("notify_timeout_ms"), "must be 100..=600000".into()));

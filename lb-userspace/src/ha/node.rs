@@ -37,6 +37,16 @@ use crate::{
     net::{IfAddress, Netlink, link},
 };
 
+/// Flows a bulk walk read, on their way to the node thread.
+struct BulkChunk {
+    events: Vec<FlowEvent>,
+    /// The walk's end.
+    last: bool,
+}
+
+/// Datagrams a timer that fires reads first, at most (see the loop).
+const LATE_READS: usize = 64;
+
 /// Flow reports waiting to be sent, at most.
 const QUEUE_LIMIT: usize = 65_536;
 /// A flow report waits at most this long for a fuller datagram.
@@ -133,6 +143,7 @@ impl HaNode {
         let thread = std::thread::Builder::new()
             .name("xdplb-ha".into())
             .spawn(move || {
+                realtime(h.realtime_priority);
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -227,8 +238,15 @@ struct Node {
     flush_at: Option<Instant>,
     /// Peer epochs the whole flow table was sent to.
     bulk_synced: std::collections::HashMap<Ipv4Addr, u64>,
-    bulk_tx: mpsc::Sender<Vec<FlowEvent>>,
-    bulk_rx: Option<mpsc::Receiver<Vec<FlowEvent>>>,
+    bulk_tx: mpsc::Sender<BulkChunk>,
+    bulk_rx: Option<mpsc::Receiver<BulkChunk>>,
+    /// Bulk walks under way, and the flows reported live meanwhile: a walk
+    /// reads an entry some time before its chunk is sent, so a flow that
+    /// changed since (a new connection on a reused 4-tuple) would reach the
+    /// peer after its newer live record and overwrite it there. Those are
+    /// left out of the walk's chunks.
+    bulk_walks: usize,
+    live_during_bulk: std::collections::HashSet<FlowKey>,
     peer_seen: Option<(PeerStatus, Instant)>,
     status: Arc<Mutex<HaStatus>>,
 }
@@ -315,6 +333,8 @@ impl Node {
             bulk_synced: Default::default(),
             bulk_tx,
             bulk_rx: Some(bulk_rx),
+            bulk_walks: 0,
+            live_during_bulk: Default::default(),
             peer_seen: None,
             status,
             key,
@@ -428,6 +448,18 @@ impl Node {
                     }
                 },
                 _ = tokio::time::sleep_until(deadline) => {
+                    // A thread woken late (a busy CPU) first reads what
+                    // arrived meanwhile, so it does not take over from a
+                    // peer whose adverts wait in its socket. Bounded, so a
+                    // flood at the port cannot hold off this node's own
+                    // adverts; the timer acts only if still due.
+                    for _ in 0..LATE_READS {
+                        let Some((n, from)) = recv_now(&self.socket, &mut buf) else {
+                            break;
+                        };
+                        let data = buf[..n].to_vec();
+                        self.receive(&data, from).await;
+                    }
                     let now = self.now();
                     let actions = self.machine.handle(now, Input::Timer);
                     self.act(actions).await;
@@ -452,6 +484,9 @@ impl Node {
                             if item.len() >= std::mem::size_of::<FlowEvent>() {
                                 // SAFETY: the data path writes whole FlowEvents.
                                 let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) };
+                                if self.bulk_walks > 0 {
+                                    self.live_during_bulk.insert(ev.key);
+                                }
                                 self.queue_event(ev, now);
                             }
                         }
@@ -464,8 +499,16 @@ impl Node {
                 chunk = bulk_rx.recv() => {
                     if let Some(chunk) = chunk {
                         let now = Instant::now();
-                        for ev in chunk {
-                            self.queue_event(ev, now);
+                        for ev in chunk.events {
+                            if !self.live_during_bulk.contains(&ev.key) {
+                                self.queue_event(ev, now);
+                            }
+                        }
+                        if chunk.last {
+                            self.bulk_walks = self.bulk_walks.saturating_sub(1);
+                            if self.bulk_walks == 0 {
+                                self.live_during_bulk.clear();
+                            }
                         }
                         self.flush().await;
                     }
@@ -694,6 +737,7 @@ impl Node {
             }
         };
         let tx = self.bulk_tx.clone();
+        self.bulk_walks += 1;
         info!(%peer, "sending the whole flow table to the peer (bulk sync)");
         std::thread::spawn(move || {
             let mut chunk = Vec::with_capacity(MAX_RECORDS * 8);
@@ -707,7 +751,14 @@ impl Node {
                     chunk.push(FlowEvent { key, value });
                     if chunk.len() == chunk.capacity() {
                         sent += chunk.len();
-                        if tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                        let events = std::mem::take(&mut chunk);
+                        if tx
+                            .blocking_send(BulkChunk {
+                                events,
+                                last: false,
+                            })
+                            .is_err()
+                        {
                             return false; // the node stopped
                         }
                         chunk.reserve(MAX_RECORDS * 8);
@@ -721,7 +772,10 @@ impl Node {
                 warn!(error = %e, "bulk flow sync walk");
             }
             sent += chunk.len();
-            let _ = tx.blocking_send(chunk);
+            let _ = tx.blocking_send(BulkChunk {
+                events: chunk,
+                last: true,
+            });
             info!(flows = sent, "bulk flow sync done");
         });
     }
@@ -886,5 +940,54 @@ impl Node {
                 warn!(addr = %o.addr, iface = %o.iface, error = %e, "dropping the address failed");
             }
         }
+    }
+}
+
+/// One datagram already in `socket`'s queue, read with a syscall now:
+/// tokio's `try_recv_from` answers from the readiness it last saw, which a
+/// thread woken late has not polled yet (it said "would block" with
+/// adverts waiting).
+fn recv_now(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, std::net::SocketAddr)> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: zeroed sockaddr_in is valid; the kernel fills it.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `buf` and `addr` are valid for the lengths given.
+    let n = unsafe {
+        libc::recvfrom(
+            socket.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if n < 0 || addr.sin_family != libc::AF_INET as libc::sa_family_t {
+        return None;
+    }
+    let ip = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+    let port = u16::from_be(addr.sin_port);
+    Some((n as usize, std::net::SocketAddr::from((ip, port))))
+}
+
+/// Make the calling thread `SCHED_FIFO` at `priority` (0: leave it as it
+/// is); a refusal (no `CAP_SYS_NICE`) is logged and the node runs anyway.
+fn realtime(priority: u8) {
+    if priority == 0 {
+        return;
+    }
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        warn!(
+            priority,
+            error = %std::io::Error::last_os_error(),
+            "the HA thread stays an ordinary thread: under CPU load its adverts may be late"
+        );
+    } else {
+        info!(priority, "HA thread runs SCHED_FIFO");
     }
 }
