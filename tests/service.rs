@@ -6,29 +6,10 @@
 
 use std::{path::PathBuf, process::Command};
 
-use xdplb_tests::target_bin;
+use xdplb_tests::{require_tool, target_bin};
 
 fn config_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config")
-}
-
-/// Whether `tool` is installed; without it a CI run fails, a developer's
-/// run skips with the reason.
-fn require_tool(test: &str, tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !ci,
-        "{test}: {tool} is not installed (cargo xtask setup installs it)"
-    );
-    eprintln!("SKIP {test}: {tool} is not installed (cargo xtask setup installs it)");
-    false
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {

@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{SocketAddr, TcpStream, UdpSocket},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -358,15 +358,43 @@ pub(crate) type Outcome = (Instant, Result<String, String>);
 /// New HTTP connections from the client namespace until `stop` is set,
 /// bounded by 4000 requests and 60 s.
 pub(crate) fn background_load(client: &Netns, vip: SocketAddr, stop: &AtomicBool) -> Vec<Outcome> {
+    background_load_counted(client, vip, stop, &AtomicUsize::new(0))
+}
+
+/// [`background_load`], counting the requests that succeeded in `ok` as
+/// they do (for a test that waits for so many, not for so long).
+pub(crate) fn background_load_counted(
+    client: &Netns,
+    vip: SocketAddr,
+    stop: &AtomicBool,
+    ok: &AtomicUsize,
+) -> Vec<Outcome> {
     let _in = client.enter();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut out = Vec::new();
     while !stop.load(Ordering::Relaxed) && out.len() < 4000 && Instant::now() < deadline {
         let start = Instant::now();
-        out.push((start, http_get(vip)));
+        let r = http_get(vip);
+        if r.is_ok() {
+            ok.fetch_add(1, Ordering::Relaxed);
+        }
+        out.push((start, r));
         std::thread::sleep(Duration::from_millis(5));
     }
     out
+}
+
+/// Wait until `counter` reaches `n`; fail after `limit` saying `what`.
+pub(crate) fn wait_count(counter: &AtomicUsize, n: usize, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    while counter.load(Ordering::Relaxed) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {n} within {limit:?}",
+            counter.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// GET /metrics from the daemon (it listens on the LB namespace's loopback).

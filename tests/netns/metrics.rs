@@ -34,17 +34,7 @@ fn a_real_prometheus_scrapes_the_endpoint_and_loads_the_rules() {
     if !require_root(test) {
         return;
     }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    if std::process::Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            !ci,
-            "{test}: prometheus is not installed (cargo xtask setup installs it)"
-        );
-        eprintln!("SKIP {test}: prometheus is not installed");
+    if !xdplb_tests::require_tool(test, "prometheus") {
         return;
     }
     let lab = lab_with(Mode::Native, &service_config("nat", ""));

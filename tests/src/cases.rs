@@ -1097,6 +1097,24 @@ pub fn table(lab: &Lab) -> Vec<Case> {
         .output(Output::Frame(want))
         .counts(Reason::FwdIcmpToBackend),
     );
+    // The same error arriving with TTL 1: NAT routes, but no ICMP is sent
+    // about an ICMP error; it is dropped, as a router drops it.
+    let input = ip_fixed(&frag_needed_about(NAT_MAGLEV_VIP, 80, 50063), |f| {
+        f[wire::IP_OFF + 8] = 1;
+    });
+    rows.push(
+        Case::new(
+            "NAT: an ICMP error about a flow whose TTL runs out here is dropped",
+            fxa,
+            input,
+            XDP_DROP,
+        )
+        .before(forwarded(
+            from_client(NAT_MAGLEV_VIP, 50063, 80, L4::TcpSyn),
+            fxa,
+        ))
+        .counts(Reason::DropTtlExceeded),
+    );
     let b = maglev("dsr-maglev", CLIENT, DSR_VIP, 50061, 443);
     let input = frag_needed_about(DSR_VIP, 443, 50061);
     rows.push(

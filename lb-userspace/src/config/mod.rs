@@ -160,6 +160,13 @@ pub struct DataplaneConfig {
     /// fragments, IP options; ICMP excepted).
     #[serde(default)]
     pub unserved_vip: UnservedVip,
+    /// Cached next hops are dropped on every routing or neighbour event the
+    /// kernel reports, and at least this often in case an event was lost
+    /// (a full netlink socket buffer): how long a stale next hop can
+    /// outlive a lost event. Each refresh costs every CPU one FIB lookup
+    /// per backend. Read when the daemon starts.
+    #[serde(default = "default_next_hop_refresh_ms")]
+    pub next_hop_refresh_ms: u64,
 }
 
 /// What the data path does with traffic to a VIP no service forwards.
@@ -188,6 +195,7 @@ impl Default for DataplaneConfig {
             manage_neighbours: true,
             pin_path: default_pin_path(),
             unserved_vip: UnservedVip::default(),
+            next_hop_refresh_ms: default_next_hop_refresh_ms(),
         }
     }
 }
@@ -197,6 +205,9 @@ fn default_flow_table_size() -> u32 {
 }
 fn default_embryonic_table_size() -> u32 {
     lb_common::MAX_EMBRYOS
+}
+fn default_next_hop_refresh_ms() -> u64 {
+    1000
 }
 fn default_true() -> bool {
     true

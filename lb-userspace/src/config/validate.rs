@@ -35,6 +35,12 @@ impl Config {
                 format!("{} is outside 1024..=16777216", dp.embryonic_table_size),
             ));
         }
+        if !(100..=3_600_000).contains(&dp.next_hop_refresh_ms) {
+            return Err((
+                "dataplane.next_hop_refresh_ms".into(),
+                format!("{} is outside 100..=3600000", dp.next_hop_refresh_ms),
+            ));
+        }
         if self.services.is_empty() {
             return Err((
                 "service".into(),

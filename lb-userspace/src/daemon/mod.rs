@@ -86,8 +86,11 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
     let counters = Counters::new(&mut ebpf)?;
     let census = FlowCensus::start(&mut ebpf, Duration::from_secs(1))?;
     // Cached next hops follow the kernel's routes and neighbours.
-    let _hops = crate::net::HopInvalidator::start(bpf::hop_generation(&ebpf)?)
-        .context("watching routes and neighbours")?;
+    let _hops = crate::net::HopInvalidator::start(
+        bpf::hop_generation(&ebpf)?,
+        Duration::from_millis(config.dataplane.next_hop_refresh_ms),
+    )
+    .context("watching routes and neighbours")?;
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let mut control = Control::new(config.clone());
     let deny = crate::firewall::load(&config.firewall.deny_file)

@@ -18,4 +18,4 @@ pub use client::Netlink;
 pub use error::NetError;
 pub use neigh::{Ensured, NEIGH_PROTOCOL};
 pub use route::{PolicyRoute, Route};
-pub use watch::{HopInvalidator, REFRESH as HOP_REFRESH};
+pub use watch::HopInvalidator;

@@ -6,8 +6,9 @@
 //! Coarse on purpose: a generation bump costs each CPU one FIB lookup per
 //! backend (and per NAT flow that sends a reply), so telling which change
 //! touches which hop is not worth the code. Events can be lost (a full
-//! netlink socket buffer), so the generation is also bumped every
-//! [`REFRESH`]: a stale next hop can outlive a lost event by that much.
+//! netlink socket buffer), so the generation is also bumped periodically
+//! (`dataplane.next_hop_refresh_ms`): a stale next hop can outlive a lost
+//! event by that much.
 
 use std::time::Duration;
 
@@ -24,9 +25,6 @@ use tracing::{debug, warn};
 
 use super::error::NetError;
 
-/// Longest a cached next hop lives without an event.
-pub const REFRESH: Duration = Duration::from_secs(1);
-
 /// The netlink groups whose messages change where a packet goes.
 const GROUPS: u32 =
     RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE;
@@ -39,8 +37,9 @@ pub struct HopInvalidator {
 
 impl HopInvalidator {
     /// Subscribe and start (inside a tokio runtime). `map`: the data path's
-    /// one-entry generation array.
-    pub fn start(mut map: Array<MapData, u32>) -> Result<Self, NetError> {
+    /// one-entry generation array; `refresh`: the longest a cached next hop
+    /// lives without an event.
+    pub fn start(mut map: Array<MapData, u32>, refresh: Duration) -> Result<Self, NetError> {
         let (mut connection, _handle, mut messages) =
             rtnetlink::new_connection().map_err(NetError::Socket)?;
         connection
@@ -51,13 +50,14 @@ impl HopInvalidator {
         let connection = tokio::spawn(connection);
         let mut generation = map.get(&0, 0).unwrap_or(0);
         let task = tokio::spawn(async move {
-            let mut refresh = tokio::time::interval(REFRESH);
+            let mut refresh =
+                tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
             refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     m = messages.next() => {
                         if m.is_none() {
-                            warn!("the netlink event stream ended; next hops refresh every {REFRESH:?} only");
+                            warn!("the netlink event stream ended; next hops refresh on the timer only");
                             std::future::pending::<()>().await;
                         }
                         // One bump for a burst: take what is already queued.

@@ -14,6 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Whether this is a CI run (`CI` set to `true` or `1`, as CI systems
+/// set it): a test that cannot run there fails instead of skipping.
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
 /// Whether this test can run. Without root it fails under `CI=true`, and
 /// otherwise skips with a printed reason (a developer's non-root run).
 pub fn require_root(test: &str) -> bool {
@@ -21,16 +27,32 @@ pub fn require_root(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    let ci = std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false);
     assert!(
-        !ci,
+        !is_ci(),
         "{test}: needs root (BPF and network namespaces) and CI=true forbids skipping"
     );
     eprintln!(
         "SKIP {test}: needs root for BPF and network namespaces (run `cargo xtask test` as root)"
     );
+    false
+}
+
+/// Whether `tool` is on the PATH; without it a CI run fails, a developer's
+/// run skips with the reason (`cargo xtask setup` installs every tool the
+/// tests use).
+pub fn require_tool(test: &str, tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return true;
+    }
+    assert!(
+        !is_ci(),
+        "{test}: {tool} is not installed (cargo xtask setup installs it)"
+    );
+    eprintln!("SKIP {test}: {tool} is not installed (cargo xtask setup installs it)");
     false
 }
 
