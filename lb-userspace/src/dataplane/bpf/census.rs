@@ -1,8 +1,12 @@
 //! The flow-table census: entries per backend, counted off the hot path,
 //! and least_conn's drift correction: each backend's active-connection
 //! estimate (`BACKEND_CONNS`, kept by the data path from SYNs, FINs and
-//! RSTs) is reset to the open counted connections the walk found, since
-//! flows evicted from the table or silently dead never close.
+//! RSTs) is brought to the open counted connections the walks find, since
+//! flows evicted from the table or silently dead never close. A walk is
+//! not an instant: a connection opened or closed while it walks can be
+//! seen on the wrong side of it, so one walk's difference may be noise. Only
+//! the part two walks in a row agree on is corrected (a real drift stays;
+//! a race does not repeat), so a drift is gone within two periods.
 
 use std::{
     collections::BTreeMap,
@@ -61,15 +65,33 @@ fn estimates(conns: &Mapped) -> BTreeMap<u32, u64> {
         .collect()
 }
 
-/// Set each estimate to the open counted connections the walk found plus
-/// what the data path added while it walked (`before`: the estimates when
-/// the walk began), by atomic adds, so no concurrent update is lost.
-fn correct(conns: &Mapped, before: &[u64], open: &BTreeMap<u32, u64>) {
+/// What to correct now, and what to remember for the next walk, from this
+/// walk's difference (`found - estimate`) and the part of the last walk's
+/// difference that was not corrected: the overlap of the two, if they
+/// point the same way.
+fn agreed(now: i64, last: i64) -> (i64, i64) {
+    let apply = if now > 0 && last > 0 {
+        now.min(last)
+    } else if now < 0 && last < 0 {
+        now.max(last)
+    } else {
+        0
+    };
+    (apply, now - apply)
+}
+
+/// Correct each estimate by what this walk and the last agree it is off
+/// (`before`: the estimates when this walk began; `open`: the open counted
+/// connections it found; `last`: the uncorrected differences of the last
+/// walk, updated), by atomic adds, so no concurrent update is lost.
+fn correct(conns: &Mapped, before: &[u64], open: &BTreeMap<u32, u64>, last: &mut [i64]) {
     for (i, b) in before.iter().enumerate() {
         let found = open.get(&(i as u32)).copied().unwrap_or(0);
         let Some(a) = conns.atomic(i) else { break };
-        if *b != found {
-            a.fetch_add(found.wrapping_sub(*b), Ordering::Relaxed);
+        let (apply, rest) = agreed(found.wrapping_sub(*b) as i64, last[i]);
+        last[i] = rest;
+        if apply != 0 {
+            a.fetch_add(apply as u64, Ordering::Relaxed);
         }
     }
 }
@@ -89,6 +111,7 @@ impl FlowCensus {
         std::thread::Builder::new()
             .name("flow-census".into())
             .spawn(move || {
+                let mut last = vec![0i64; mapped.len()];
                 while !s.load(Ordering::Relaxed) {
                     let began = std::time::Instant::now();
                     let before: Vec<u64> = (0..mapped.len())
@@ -115,7 +138,7 @@ impl FlowCensus {
                         walked = walked.and(w);
                     }
                     match walked {
-                        Ok(_) => correct(&mapped, &before, &open),
+                        Ok(_) => correct(&mapped, &before, &open, &mut last),
                         // A failed walk corrects nothing.
                         Err(e) => tracing::warn!(error = %e, "flow census walk"),
                     }
@@ -154,5 +177,40 @@ impl FlowCensus {
 impl Drop for FlowCensus {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agreed;
+
+    /// A drift (estimate 3 too high: evicted flows that never closed) is
+    /// corrected once two walks saw it; a race seen by one walk only (a
+    /// connection opened while the walk passed) is not; a drift found while
+    /// some of it was noise is corrected by what repeats.
+    #[test]
+    fn only_what_two_walks_agree_on_is_corrected() {
+        let walks = |diffs: &[i64]| {
+            let mut last = 0;
+            diffs
+                .iter()
+                .map(|d| {
+                    let (apply, rest) = agreed(*d, last);
+                    last = rest;
+                    apply
+                })
+                .collect::<Vec<_>>()
+        };
+        // The estimate is 3 too high: walk 1 sees it, walk 2 corrects it,
+        // walk 3 finds nothing left.
+        assert_eq!(walks(&[-3, -3, 0]), [0, -3, 0]);
+        // One walk raced a new connection: nothing is corrected.
+        assert_eq!(walks(&[1, 0, 0]), [0, 0, 0]);
+        assert_eq!(walks(&[0, -1, 0, 1, 0]), [0, 0, 0, 0, 0]);
+        // Opposite signs never agree.
+        assert_eq!(walks(&[2, -2, 2, -2]), [0, 0, 0, 0]);
+        // 2 too low for good, plus a race of 1 in the first walk: 2 now,
+        // the race's 1 not.
+        assert_eq!(walks(&[3, 2, 0]), [0, 2, 0]);
     }
 }
