@@ -141,6 +141,24 @@ forwarding = "dsr"
 backend = [{ address = "203.0.113.11", port = 8000 }, { address = "203.0.113.12", port = 8000, weight = 3 }]
 
 [[service]]
+name = "nat-lc-tcp"
+vip = "192.0.2.20"
+port = 8081
+protocol = "tcp"
+scheduler = "least_conn"
+forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080, weight = 2 }, { address = "203.0.113.13", port = 8080 }]
+
+[[service]]
+name = "dsr-lc-tcp"
+vip = "192.0.2.10"
+port = 8081
+protocol = "tcp"
+scheduler = "least_conn"
+forwarding = "dsr"
+backend = [{ address = "203.0.113.11", port = 8081, weight = 3 }, { address = "203.0.113.13", port = 8081 }]
+
+[[service]]
 name = "nat-source-udp"
 vip = "192.0.2.20"
 port = 5000
@@ -269,6 +287,8 @@ const TARGETS: &[([u8; 4], u16, u8)] = &[
     ([192, 0, 2, 20], 514, 17),
     ([192, 0, 2, 10], 8000, 6),
     ([192, 0, 2, 20], 5000, 17),
+    ([192, 0, 2, 20], 8081, 6),
+    ([192, 0, 2, 10], 8081, 6),
     ([192, 0, 2, 40], 80, 6),
     ([192, 0, 2, 30], 80, 6),
     ([192, 0, 2, 31], 80, 6),
@@ -285,6 +305,8 @@ const TCP_FLAGS: &[u8] = &[0x02, 0x10, 0x18, 0x11, 0x04, 0x14, 0x12, 0x01];
 
 struct Gen {
     rng: Rng,
+    /// Client ports drawn from (few: flows repeat; many: tables overflow).
+    ports: u16,
 }
 
 impl Gen {
@@ -359,7 +381,7 @@ impl Gen {
         } else {
             *self.rng.pick(&CLIENTS)
         };
-        let sport = 20000 + self.rng.below(CLIENT_PORTS as u64) as u16;
+        let sport = 20000 + self.rng.below(self.ports as u64) as u16;
         (client, sport, target)
     }
 
@@ -407,7 +429,7 @@ impl Gen {
                 src: [203, 0, 113, 11 + self.rng.below(4) as u8],
                 dst: *self.rng.pick(&CLIENTS),
                 sport: *self.rng.pick(&[8080u16, 8443, 5353, 5514]),
-                dport: 20000 + self.rng.below(CLIENT_PORTS as u64) as u16,
+                dport: 20000 + self.rng.below(self.ports as u64) as u16,
                 proto: *self.rng.pick(&[6u8, 17]),
             }
         };
@@ -647,11 +669,18 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(fault: TestFault) -> Harness {
+    fn new(fault: TestFault, tables: Tables) -> Harness {
         pin_to_cpu0();
         let ns = fib_lab("xdplb-fuzz");
         let entered = ns.enter();
-        let config = Config::parse(Path::new("fuzz.toml"), CONFIG).expect("fuzz config");
+        let text = match tables {
+            Tables::Roomy => CONFIG.to_string(),
+            Tables::Overflowing => CONFIG.replace(
+                "flow_table_size = 1048576",
+                "flow_table_size = 1024\nembryonic_table_size = 1024",
+            ),
+        };
+        let config = Config::parse(Path::new("fuzz.toml"), &text).expect("fuzz config");
         let mut ebpf = bpf::load_with(bpf::TableSizes::of(&config.dataplane), None, fault)
             .expect("load XDP program")
             .ebpf;
@@ -670,8 +699,9 @@ impl Harness {
     }
 
     /// Program the maps with `avail`'s backends down or held (the two
-    /// "empty" services always have their only backend down).
-    fn program(&mut self, mut avail: Availability) -> Plan {
+    /// "empty" services always have their only backend down); the plan
+    /// and the availability it was made for.
+    fn program(&mut self, mut avail: Availability) -> (Plan, Availability) {
         let down = &mut avail.down;
         for (vip, addr, port) in [
             ([192, 0, 2, 50], [203, 0, 113, 11], 8080),
@@ -684,7 +714,7 @@ impl Harness {
         self.programmer
             .apply(&mut self.dp, plan)
             .expect("program maps");
-        self.programmer.applied().clone()
+        (self.programmer.applied().clone(), avail)
     }
 
     /// HA switches for churn step `step`, written to the maps and the model:
@@ -720,6 +750,33 @@ impl Harness {
             aya::maps::Array::try_from(map).expect("SETTINGS is an array");
         a.set(0, settings, 0).expect("write settings");
         model.set_settings(settings);
+    }
+
+    /// Whether the program's tables hold `t`'s entry: a flow (`FLOWS` or
+    /// `EMBRYOS`) or a reply entry (`NAT_REVERSE` or `EMBRYO_REVERSE`).
+    fn holds(&self, t: &Tuple, flow: bool) -> bool {
+        use lb_common::{FlowKey, names};
+        let key = FlowKey {
+            src_be: u32::from_ne_bytes(t.src),
+            dst_be: u32::from_ne_bytes(t.dst),
+            sport_be: t.sport.to_be(),
+            dport_be: t.dport.to_be(),
+            proto: t.proto,
+            _pad: [0; 3],
+        };
+        fn held<V: aya::Pod>(ebpf: &Ebpf, name: &str, key: &FlowKey) -> bool {
+            let map = ebpf.map(name).expect("table");
+            let m: aya::maps::HashMap<_, FlowKey, V> =
+                aya::maps::HashMap::try_from(map).expect("a hash map of this value");
+            m.get(key, 0).is_ok()
+        }
+        if flow {
+            held::<lb_common::FlowValue>(&self.ebpf, names::FLOWS, &key)
+                || held::<lb_common::FlowValue>(&self.ebpf, names::EMBRYOS, &key)
+        } else {
+            held::<lb_common::NatReverse>(&self.ebpf, names::NAT_REVERSE, &key)
+                || held::<lb_common::NatReverse>(&self.ebpf, names::EMBRYO_REVERSE, &key)
+        }
     }
 
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -780,27 +837,72 @@ fn churn(step: u64) -> Availability {
     }
 }
 
+/// How big the program's flow tables are for a run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tables {
+    /// Far larger than the flows a run makes: nothing is evicted, every
+    /// entry is the model's to predict.
+    Roomy,
+    /// 1024 entries each, far fewer than the flows a run makes: the kernel's
+    /// LRU evicts, which no model predicts; before each frame the model
+    /// forgets what the program's tables no longer hold of what the frame
+    /// consults, and predicts the rest (mid-connection pickups, reply
+    /// entries gone, counts of evicted connections left standing).
+    Overflowing,
+}
+
+/// Frames run on one CPU before the next frames move to the other (round
+/// robin's cursor and the counters are per CPU).
+const CPU_TURN: u64 = 25_000;
+
 /// Run `frames` frames from `seed`. Returns the verdict tally, or the first
 /// broken invariant with everything needed to replay it.
-fn fuzz(seed: u64, frames: u64, fault: TestFault) -> Result<BTreeMap<&'static str, u64>, String> {
-    let mut h = Harness::new(fault);
-    let plan = h.program(Availability::default());
+fn fuzz(
+    seed: u64,
+    frames: u64,
+    fault: TestFault,
+    tables: Tables,
+) -> Result<BTreeMap<&'static str, u64>, String> {
+    let mut h = Harness::new(fault, tables);
+    let (plan, avail) = h.program(Availability::default());
     let links = LabLinks {
         fxa: wire::ifindex("fxa"),
         fxc: wire::ifindex("fxc"),
     };
-    let mut model = Model::new(&plan, links);
+    let mut model = Model::new(&plan, &h.config, &avail, links);
+    same_rings(&plan, &model)?;
     h.ha_step(0, &mut model);
     let service_ids: Vec<u32> = plan.services.iter().map(|s| s.info.id).collect();
     let backend_ids: Vec<u32> = plan.backends.keys().copied().collect();
-    let mut generator = Gen { rng: Rng(seed) };
+    let cpus = online_cpus().min(2);
+    let mut generator = Gen {
+        rng: Rng(seed),
+        ports: match tables {
+            Tables::Roomy => CLIENT_PORTS,
+            Tables::Overflowing => 8 * 1024,
+        },
+    };
+    let mut evictions = 0u64;
     for i in 0..frames {
         if i > 0 && i % REPLAN_EVERY == 0 {
-            let plan = h.program(churn(i / REPLAN_EVERY));
-            model.program(&plan);
+            let (plan, avail) = h.program(churn(i / REPLAN_EVERY));
+            model.program(&plan, &h.config, &avail);
+            same_rings(&plan, &model)?;
             h.ha_step(i / REPLAN_EVERY, &mut model);
         }
+        if i % CPU_TURN == 0 {
+            model.cpu = (i / CPU_TURN) as usize % cpus;
+            xdplb_tests::pin_to_cpu(model.cpu);
+        }
         let frame = generator.next(&model);
+        if tables == Tables::Overflowing {
+            for (t, flow) in model.consulted(&frame) {
+                if model.holds(&t, flow) && !h.holds(&t, flow) {
+                    model.evicted(&t, flow);
+                    evictions += 1;
+                }
+            }
+        }
         let want = model.predict(&frame);
         let (code, out) = h.run(&frame);
         let fail = |why: String| {
@@ -848,6 +950,11 @@ fn fuzz(seed: u64, frames: u64, fault: TestFault) -> Result<BTreeMap<&'static st
         }
     }
     let mut tally = model.counts.reasons.clone();
+    tally.insert("(evictions)", evictions);
+    tally.insert("(least_conn_second)", model.counts.least_conn_second);
+    // The CPUs that forwarded (each keeps its own cursor and counters).
+    let per_cpu = h.counters.reason_by_cpu(Reason::FwdNat).unwrap();
+    tally.insert("(cpus)", per_cpu.iter().filter(|n| **n > 0).count() as u64);
     // The connection signals the counters carry, summed over backends.
     let sum = |f: fn(&lb_common::Traffic) -> u64| model.counts.backends.values().map(f).sum();
     tally.insert("(connections)", sum(|t| t.connections));
@@ -856,6 +963,32 @@ fn fuzz(seed: u64, frames: u64, fault: TestFault) -> Result<BTreeMap<&'static st
     tally.insert("(redispatched)", sum(|t| t.redispatched));
     tally.insert("(midstream)", sum(|t| t.midstream));
     Ok(tally)
+}
+
+/// CPUs online (not this thread's affinity: the harness pins it).
+fn online_cpus() -> usize {
+    // SAFETY: no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize
+}
+
+/// The planner's rings are the oracle's (the model schedules with the
+/// oracle's).
+fn same_rings(plan: &Plan, model: &Model) -> Result<(), String> {
+    let rings = model.rings();
+    for s in &plan.services {
+        if rings.get(&s.info.id) != Some(&s.ring) {
+            let differ = rings
+                .get(&s.info.id)
+                .map(|r| (0..r.len().max(s.ring.len())).find(|i| r.get(*i) != s.ring.get(*i)));
+            return Err(format!(
+                "service {}: the planner's ring ({} slots) is not the oracle's ({:?} slots), first difference at slot {differ:?}",
+                s.name,
+                s.ring.len(),
+                rings.get(&s.info.id).map(Vec::len)
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -883,14 +1016,22 @@ fn fuzz_data_path_against_the_model() {
         "fuzz: seed {seed:#x}, {frames} frames (replay: XDPLB_FUZZ_SEED={seed:#x} cargo xtask test -- --test fuzz)"
     );
     let began = Instant::now();
-    let tally = fuzz(seed, frames, TestFault::None).unwrap_or_else(|e| panic!("{e}"));
+    let tally =
+        fuzz(seed, frames, TestFault::None, Tables::Roomy).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "fuzz: {frames} frames in {:.1?}, all as the model predicted: {tally:?}",
         began.elapsed()
     );
+    let cpus = online_cpus().min(2) as u64;
+    assert!(
+        tally["(cpus)"] == cpus || frames < 2 * CPU_TURN,
+        "frames ran on {} of {cpus} CPUs",
+        tally["(cpus)"]
+    );
     // The generator reached every verdict the program has, and every
     // connection signal.
     let signals = [
+        "(least_conn_second)",
         "(connections)",
         "(syn_retransmits)",
         "(refused)",
@@ -922,7 +1063,7 @@ fn fuzz_catches_a_planted_checksum_bug() {
     if !require_root("fuzz_catches_a_planted_checksum_bug") {
         return;
     }
-    let err = fuzz(0x5eed, 50_000, TestFault::NatPortChecksum)
+    let err = fuzz(0x5eed, 50_000, TestFault::NatPortChecksum, Tables::Roomy)
         .expect_err("a program that skips part of the NAT checksum update passed the fuzz test");
     eprintln!(
         "fuzz (planted bug): caught as expected: {}",
@@ -930,3 +1071,39 @@ fn fuzz_catches_a_planted_checksum_bug() {
     );
     assert!(err.contains("L4 checksum residual"), "{err}");
 }
+
+/// Tables far smaller than the flows a run makes: the kernel evicts, the
+/// model forgets what was evicted (read from the maps) and predicts the
+/// rest exactly; evictions must have happened, and the verdicts of a full
+/// table (mid-connection pickups, replies with no entry) with them.
+#[test]
+fn fuzz_with_overflowing_tables() {
+    if !require_root("fuzz_with_overflowing_tables") {
+        return;
+    }
+    let seed = env_u64("XDPLB_FUZZ_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
+    let frames = env_u64("XDPLB_FUZZ_FRAMES").map_or(OVERFLOW_FRAMES, |f| f.min(OVERFLOW_FRAMES));
+    eprintln!(
+        "fuzz (overflowing tables): seed {seed:#x}, {frames} frames (replay: XDPLB_FUZZ_SEED={seed:#x} cargo xtask test -- --test fuzz fuzz_with_overflowing_tables)"
+    );
+    let tally =
+        fuzz(seed, frames, TestFault::None, Tables::Overflowing).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("fuzz (overflowing tables): all as the model predicted: {tally:?}");
+    assert!(
+        tally.get("(evictions)").copied().unwrap_or(0) > 100,
+        "the tables never overflowed: {tally:?}"
+    );
+    assert!(
+        tally.get("(midstream)").copied().unwrap_or(0) > 0,
+        "{tally:?}"
+    );
+}
+
+/// Frames of the overflowing-tables run (it reads the maps for every
+/// frame, so it is shorter).
+const OVERFLOW_FRAMES: u64 = 200_000;

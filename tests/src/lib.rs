@@ -8,6 +8,7 @@ pub mod flood;
 pub mod frames;
 pub mod lab;
 pub mod model;
+pub mod oracle;
 pub mod programs;
 pub mod wire;
 

@@ -3,26 +3,30 @@
 //! cursors), the verdict, the counted reason, and the frame it must emit.
 //!
 //! It is written from the README's verdict list and the RFCs, in plain Rust
-//! over byte slices, sharing nothing with `lb-ebpf` but the map *contents*
-//! the daemon's planner computed (rings, backends) and the flow hash (the
-//! Maglev contract between daemon and data path). The FIB is the lab's
-//! ([`crate::fib_lab`]), written down here.
+//! over byte slices, sharing nothing with `lb-ebpf`, the planner or
+//! `lb-common`'s hashes: the rings, hashes and firewall lists are the
+//! oracles' ([`crate::oracle`], built from the config), only backend and
+//! service ids and the backends' map entries come from the plan. The FIB is
+//! the lab's ([`crate::fib_lab`]), written down here.
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
     rc::Rc,
 };
-use xdplb::plan::acl::AclEntry;
 
 use lb_common::{
-    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Forwarding, RING_SIZE, Reason,
-    SERVICE_F_PASS_WHEN_EMPTY, SERVICE_F_REDISPATCH, SETTINGS_F_HA, Scheduler, Settings, Traffic,
-    VIP_F_DROP_UNSERVED, VIP_F_HA,
-    hash::{flow_hash, source_hash},
+    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, RING_SIZE, Reason, SETTINGS_F_HA, Settings,
+    Traffic, VIP_F_DROP_UNSERVED, VIP_F_HA,
 };
-use xdplb::plan::Plan;
+use xdplb::{
+    config::{Config, ForwardingKind, SchedulerKind, ServiceConfig, WhenEmpty},
+    plan::{Availability, BackendRef, Plan},
+};
 
-use crate::{CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, SMALL_MTU, backend_mac, wire};
+use crate::{
+    CLIENT, CLIENT_MAC, LB_BACKEND_MAC, LB_CLIENT_MAC, SMALL_MTU, backend_mac, oracle, wire,
+};
 
 /// XDP verdicts as the kernel numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,13 +106,15 @@ struct Service {
     nat: bool,
     /// SYN cookies always on (the fuzz config's threshold is 0).
     cookies: bool,
-    /// `Scheduler` as the service entry holds it.
-    scheduler: u8,
+    scheduler: SchedulerKind,
     pass_when_empty: bool,
     redispatch: bool,
+    /// Its configuration (its lists, for the firewall oracle).
+    config: Rc<ServiceConfig>,
     /// It has allow/deny entries; with an allow list, unlisted is refused.
     acl: bool,
     allow_only: bool,
+    /// Backend ids per slot, as the oracle builds the ring.
     ring: Rc<Vec<u32>>,
 }
 
@@ -116,6 +122,7 @@ struct Service {
 struct BackendEntry {
     addr: [u8; 4],
     port: u16,
+    weight: u16,
     /// Its pinned flows stay.
     active: bool,
     /// It takes new connections.
@@ -156,6 +163,8 @@ struct Flow {
     closing: bool,
     refused: bool,
     redispatched: bool,
+    /// least_conn counts it (its SYN opened it) until it closes.
+    counted: bool,
     cookie: Option<Cookie>,
 }
 
@@ -232,6 +241,9 @@ fn fib(links: LabLinks, dst: [u8; 4], tot_len: u16) -> Hop {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counts {
     pub reasons: BTreeMap<&'static str, u64>,
+    /// least_conn connections that went to their second candidate (it had
+    /// fewer connections per weight): the counts decided.
+    pub least_conn_second: u64,
     pub services: BTreeMap<u32, Traffic>,
     pub backends: BTreeMap<u32, Traffic>,
 }
@@ -244,10 +256,16 @@ pub struct Model {
     /// NAT reply tuples in the order they were first stored (deterministic,
     /// unlike the map's iteration order), for the generator.
     nat_order: Vec<Tuple>,
-    rr_cursor: HashMap<u32, u32>,
+    /// Round robin's cursors, one per (CPU, service).
+    rr_cursor: HashMap<(usize, u32), u32>,
+    /// least_conn's connection counts by backend id (`BACKEND_CONNS`).
+    conns: HashMap<u32, u64>,
+    /// The CPU the next frame runs on (round robin keeps a cursor per CPU).
+    pub cpu: usize,
     /// Address -> `VIP_F_*`, as the `VIPS` map holds them.
     vips: HashMap<[u8; 4], u32>,
-    acl: xdplb::plan::acl::AclSet,
+    /// The configuration, for the firewall oracle's global list.
+    config: Rc<Config>,
     /// The `SETTINGS` the harness wrote (HA flag and lease).
     settings: Settings,
     links: LabLinks,
@@ -298,9 +316,10 @@ fn be16(b: &[u8], at: usize) -> u16 {
 }
 
 impl Model {
-    /// A model of a freshly loaded program serving `plan` in the lab whose
+    /// A model of a freshly loaded program serving `config` with the
+    /// backends of `avail` out, whose maps hold `plan`, in the lab whose
     /// links are `links`.
-    pub fn new(plan: &Plan, links: LabLinks) -> Model {
+    pub fn new(plan: &Plan, config: &Config, avail: &Availability, links: LabLinks) -> Model {
         let mut m = Model {
             services: HashMap::new(),
             backends: BTreeMap::new(),
@@ -308,8 +327,10 @@ impl Model {
             nat: HashMap::new(),
             nat_order: Vec::new(),
             rr_cursor: HashMap::new(),
+            conns: HashMap::new(),
+            cpu: 0,
             vips: HashMap::new(),
-            acl: Default::default(),
+            config: Rc::new(config.clone()),
             settings: Settings::default(),
             links,
             counts: Counts::default(),
@@ -317,33 +338,65 @@ impl Model {
             cookie_order: Vec::new(),
             sent_syn_ack: None,
         };
-        m.program(plan);
+        m.program(plan, config, avail);
         m
     }
 
-    /// New map contents (a re-plan); flows, NAT state and cursors stay.
-    pub fn program(&mut self, plan: &Plan) {
-        self.services = plan
+    /// New map contents (a re-plan of `config` with `avail`'s backends
+    /// out); flows, NAT state, cursors and counts stay. Services and rings
+    /// come from the config through the oracles; the plan gives ids.
+    pub fn program(&mut self, plan: &Plan, config: &Config, avail: &Availability) {
+        self.config = Rc::new(config.clone());
+        self.services = config
             .services
             .iter()
-            .map(|s| {
-                let key = (
-                    u32::from_be(s.key.vip_be).to_be_bytes(),
-                    u16::from_be(s.key.port_be),
-                    s.key.proto,
+            .map(|c| {
+                let key = c.key();
+                let id = plan
+                    .services
+                    .iter()
+                    .find(|s| s.key == key)
+                    .map(|s| s.info.id)
+                    .expect("every configured service is planned");
+                let out = |a: Ipv4Addr, p: u16| {
+                    let r = BackendRef::new(key, a, p);
+                    avail.down.contains(&r) || avail.held.contains(&r)
+                };
+                let ring: Vec<u32> = oracle::ring(c, out, RING_SIZE)
+                    .into_iter()
+                    .map(|i| {
+                        let b = &c.backends[i as usize];
+                        plan.backend_id(&BackendRef::new(key, b.address, b.port))
+                            .expect("every configured backend has an id")
+                    })
+                    .collect();
+                let nat = c.forwarding == ForwardingKind::Nat;
+                let tcp = c.protocol == xdplb::config::Protocol::Tcp;
+                // Cookies under a threshold depend on the clock, which the
+                // model does not have: only "always" (0) is modelled.
+                assert!(
+                    c.syn_cookie_threshold.is_none_or(|t| t == 0),
+                    "{}: the model knows only syn_cookie_threshold = 0",
+                    c.name
+                );
+                assert!(
+                    c.rate_limit.is_none(),
+                    "{}: rate limits depend on the clock, which the model does not have",
+                    c.name
                 );
                 let svc = Service {
-                    id: s.info.id,
-                    nat: s.info.forwarding == Forwarding::Nat as u8,
-                    cookies: s.info.flags & lb_common::SERVICE_F_SYN_COOKIES != 0,
-                    scheduler: s.info.scheduler,
-                    pass_when_empty: s.info.flags & SERVICE_F_PASS_WHEN_EMPTY != 0,
-                    redispatch: s.info.flags & SERVICE_F_REDISPATCH != 0,
-                    acl: s.info.flags & lb_common::SERVICE_F_ACL != 0,
-                    allow_only: s.info.flags & lb_common::SERVICE_F_ALLOW_ONLY != 0,
-                    ring: Rc::new(s.ring.clone()),
+                    id,
+                    nat,
+                    cookies: nat && tcp && c.syn_cookie_threshold.is_some(),
+                    scheduler: c.scheduler,
+                    pass_when_empty: c.when_empty == WhenEmpty::Pass,
+                    redispatch: nat && tcp && c.redispatches(),
+                    config: Rc::new(c.clone()),
+                    acl: !c.allow.is_empty() || !c.deny.is_empty(),
+                    allow_only: !c.allow.is_empty(),
+                    ring: Rc::new(ring),
                 };
-                (key, svc)
+                ((c.vip.octets(), c.port, c.protocol.number()), svc)
             })
             .collect();
         self.backends = plan
@@ -355,6 +408,7 @@ impl Model {
                     BackendEntry {
                         addr: u32::from_be(b.addr_be).to_be_bytes(),
                         port: u16::from_be(b.port_be),
+                        weight: b.weight,
                         active: b.flags & BACKEND_F_ACTIVE != 0,
                         new: b.flags & BACKEND_F_NEW_CONNECTIONS != 0,
                     },
@@ -366,26 +420,21 @@ impl Model {
             .iter()
             .map(|(a, v)| (u32::from_be(*a).to_be_bytes(), v.flags))
             .collect();
-        self.acl = plan.acl.clone();
     }
 
-    /// The most specific list entry covering `src`: the global list (any
-    /// entry), or service `id`'s (its action).
-    fn acl_match(&self, service: Option<u32>, src: [u8; 4]) -> Option<u8> {
-        let a = std::net::Ipv4Addr::from(src);
-        self.acl
-            .iter()
-            .filter_map(|(e, action)| match (e, service) {
-                (AclEntry::Global(net), None) if net.contains(&a) => {
-                    Some((net.prefix_len(), *action))
-                }
-                (AclEntry::Service { id, net }, Some(s)) if *id == s && net.contains(&a) => {
-                    Some((net.prefix_len(), *action))
-                }
-                _ => None,
-            })
-            .max_by_key(|(len, _)| *len)
-            .map(|(_, action)| action)
+    /// The rings the model schedules with (the oracle's), by service id,
+    /// for the harness to compare with the planner's.
+    pub fn rings(&self) -> BTreeMap<u32, Vec<u32>> {
+        self.services
+            .values()
+            .map(|s| (s.id, s.ring.to_vec()))
+            .collect()
+    }
+
+    /// The firewall's verdict for `src`: the global list (`service` None),
+    /// or the service's lists (the oracle's reading of the config).
+    fn acl_match(&self, service: Option<&Service>, src: [u8; 4]) -> Option<u8> {
+        oracle::acl(&self.config, service.map(|s| &*s.config), src)
     }
 
     /// An address's `VIP_F_*` flags, as the harness overwrote them after a
@@ -404,6 +453,71 @@ impl Model {
     /// the generator re-sends it to exercise retransmissions.
     pub fn syn_seq(&self, t: &Tuple) -> Option<u32> {
         self.flows.get(t).filter(|f| f.syn).map(|f| f.syn_seq)
+    }
+
+    /// Entries `frame` may consult, as (tuple, is a flow entry): its own
+    /// 5-tuple as a flow and as a reply, the client flow of the reply entry
+    /// it finds, and the flow an ICMP error quotes. Read at fixed offsets,
+    /// whatever the frame's damage: a tuple named needlessly costs a lookup.
+    pub fn consulted(&self, frame: &[u8]) -> Vec<(Tuple, bool)> {
+        let mut out = Vec::new();
+        let at = |off: usize| -> Option<Tuple> {
+            let ip = frame.get(off..off + 20)?;
+            let l4 = frame.get(off + 20..off + 24)?;
+            Some(Tuple {
+                src: ip[12..16].try_into().ok()?,
+                dst: ip[16..20].try_into().ok()?,
+                sport: be16(l4, 0),
+                dport: be16(l4, 2),
+                proto: ip[9],
+            })
+        };
+        if let Some(t) = at(wire::IP_OFF) {
+            out.push((t, true));
+            out.push((t, false));
+            if let Some(rev) = self.nat.get(&t) {
+                let client = Tuple {
+                    src: t.dst,
+                    dst: rev.vip,
+                    sport: t.dport,
+                    dport: rev.vport,
+                    proto: t.proto,
+                };
+                out.push((client, true));
+            }
+        }
+        // An ICMP error's quote (from the VIP to the client), reversed.
+        if let Some(q) = at(wire::L4_OFF + 8) {
+            let key = Tuple {
+                src: q.dst,
+                dst: q.src,
+                sport: q.dport,
+                dport: q.sport,
+                proto: q.proto,
+            };
+            out.push((key, true));
+        }
+        out
+    }
+
+    /// The table evicted `t`'s entry (a flow, or a reply entry): forget it
+    /// as the program has. An evicted flow never closes, so it stays in
+    /// least_conn's count, as in the program's.
+    pub fn evicted(&mut self, t: &Tuple, flow: bool) {
+        if flow {
+            self.flows.remove(t);
+        } else {
+            self.nat.remove(t);
+        }
+    }
+
+    /// Whether the model holds an entry for `t` (a flow, or a reply entry).
+    pub fn holds(&self, t: &Tuple, flow: bool) -> bool {
+        if flow {
+            self.flows.contains_key(t)
+        } else {
+            self.nat.contains_key(t)
+        }
     }
 
     /// Reply tuples of NAT flows, oldest first (a reply to one of them is
@@ -542,7 +656,7 @@ impl Model {
                 return Expect::same(Drop, Reason::DropBadIpChecksum);
             }
             if svc.acl {
-                match self.acl_match(Some(svc.id), p.t.src) {
+                match self.acl_match(Some(&svc), p.t.src) {
                     Some(lb_common::ACL_DENY) => return Expect::same(Drop, Reason::DropDenied),
                     None if svc.allow_only => return Expect::same(Drop, Reason::DropNotAllowed),
                     _ => {}
@@ -690,33 +804,40 @@ impl Model {
             dport: rev.vport,
             proto: p.t.proto,
         };
-        let Some(fl) = self.flows.get_mut(&client) else {
+        let Some(fl) = self.flows.get(&client).copied() else {
             return false;
         };
         if fl.backend_id != rev.backend_id {
             return false;
         }
+        let mut next = fl;
+        let mut withheld = false;
         if p.tcp_flags & TCP_RST != 0 {
             let in_handshake = fl.syn && !fl.replied && !fl.established && !fl.closing;
             if in_handshake {
                 let redispatch = rev.redispatch && !fl.redispatched;
                 if redispatch {
-                    fl.refused = true;
+                    next.refused = true;
                 } else {
-                    fl.closing = true;
+                    next.closing = true;
                 }
                 let t = self.counts.backends.entry(rev.backend_id).or_default();
                 t.refused += 1;
                 t.redispatched += redispatch as u64;
-                return redispatch;
+                withheld = redispatch;
+            } else {
+                next.closing = true;
             }
-            fl.closing = true;
         } else if p.tcp_flags & TCP_FIN != 0 {
-            fl.closing = true;
+            next.closing = true;
         } else {
-            fl.replied = true;
+            next.replied = true;
         }
-        false
+        if next.closing {
+            self.uncount(&fl);
+        }
+        self.flows.insert(client, next);
+        withheld
     }
 
     fn client_packet(&mut self, f: &[u8], p: &Pkt, svc: &Service) -> Expect {
@@ -737,6 +858,9 @@ impl Model {
             if !syn {
                 if b.active {
                     let (est, closing) = p.client_bits();
+                    if closing {
+                        self.uncount(&fl);
+                    }
                     let e = self.flows.get_mut(&p.t).unwrap();
                     e.established |= est;
                     e.closing |= closing;
@@ -760,8 +884,13 @@ impl Model {
             Some((bid, b, retry)) => (bid, b, false, retry, false),
             None => match self.schedule(p, svc, exclude) {
                 Some((bid, b)) => {
+                    // The entry this one replaces (closed, moved, or of
+                    // another service) leaves its backend's count.
+                    if let Some(old) = self.flows.get(&p.t).copied() {
+                        self.uncount(&old);
+                    }
                     let (est, closing) = p.client_bits();
-                    let flow = match moving {
+                    let mut flow = match moving {
                         Some(old) => Flow {
                             service_id: svc.id,
                             backend_id: bid,
@@ -772,6 +901,7 @@ impl Model {
                             closing: false,
                             refused: false,
                             redispatched: old.refused || old.redispatched,
+                            counted: false,
                             cookie: None,
                         },
                         None => Flow {
@@ -784,9 +914,17 @@ impl Model {
                             closing: !syn && closing,
                             refused: false,
                             redispatched: false,
+                            counted: false,
                             cookie: None,
                         },
                     };
+                    // least_conn counts TCP connections from their SYN until
+                    // a FIN or RST either side sends.
+                    if svc.scheduler == SchedulerKind::LeastConn && syn {
+                        flow.counted = true;
+                        let c = self.conns.entry(bid).or_insert(0);
+                        *c = c.wrapping_add(1);
+                    }
                     self.flows.insert(p.t, flow);
                     // NAT: how replies are translated is stored with the
                     // flow entry, whether or not this packet can go on.
@@ -969,6 +1107,7 @@ impl Model {
                 closing: false,
                 refused: false,
                 redispatched: false,
+                counted: false,
                 cookie: Some(c),
             },
         );
@@ -1169,24 +1308,23 @@ impl Model {
         if len == 0 {
             return None;
         }
-        let slot = if svc.scheduler == Scheduler::SourceHash as u8 {
-            assert_eq!(len, RING_SIZE, "Maglev rings are full size");
-            source_hash(u32::from_ne_bytes(p.t.src)) % len
-        } else if svc.scheduler == Scheduler::Maglev as u8 {
-            let h = flow_hash(
-                u32::from_ne_bytes(p.t.src),
-                u32::from_ne_bytes(p.t.dst),
-                p.t.sport.to_be(),
-                p.t.dport.to_be(),
-                p.t.proto,
-            );
-            assert_eq!(len, RING_SIZE, "Maglev rings are full size");
-            h % len
-        } else {
-            let c = self.rr_cursor.entry(svc.id).or_insert(0);
-            let slot = *c % len;
-            *c = if slot + 1 >= len { 0 } else { slot + 1 };
-            slot
+        let t = &p.t;
+        let slot = match svc.scheduler {
+            SchedulerKind::Maglev => {
+                assert_eq!(len, RING_SIZE, "Maglev rings are full size");
+                oracle::flow_hash(t.src, t.dst, t.sport, t.dport, t.proto) % len
+            }
+            SchedulerKind::SourceHash => {
+                assert_eq!(len, RING_SIZE, "Maglev rings are full size");
+                oracle::source_hash(t.src) % len
+            }
+            SchedulerKind::RoundRobin => {
+                let c = self.rr_cursor.entry((self.cpu, svc.id)).or_insert(0);
+                let slot = *c % len;
+                *c = if slot + 1 >= len { 0 } else { slot + 1 };
+                slot
+            }
+            SchedulerKind::LeastConn => self.least_conn_slot(p, svc),
         };
         let first = svc.ring[slot as usize];
         if Some(first) == exclude {
@@ -1201,6 +1339,48 @@ impl Model {
             }
         }
         Some((first, self.active(first)?))
+    }
+
+    /// least_conn's two choices (README): the first candidate is the ring
+    /// slot of the flow hash, the second the slot of a second hash or one
+    /// of the 3 after it, the first that names another backend; the one
+    /// with fewer connections per weight wins, a tie (or a candidate not
+    /// active) keeps the first.
+    fn least_conn_slot(&mut self, p: &Pkt, svc: &Service) -> u32 {
+        let len = svc.ring.len() as u32;
+        let t = &p.t;
+        let h = oracle::flow_hash(t.src, t.dst, t.sport, t.dport, t.proto);
+        let first = h % len;
+        let a = svc.ring[first as usize];
+        let start = oracle::second_hash(h) % len;
+        for i in 0..4 {
+            let second = (start + i) % len;
+            let b = svc.ring[second as usize];
+            if b == a {
+                continue;
+            }
+            let (Some(ba), Some(bb)) = (self.active(a), self.active(b)) else {
+                return first;
+            };
+            let conns = |id: u32| self.conns.get(&id).copied().unwrap_or(0);
+            let load_a = conns(a).wrapping_mul(bb.weight as u64);
+            let load_b = conns(b).wrapping_mul(ba.weight as u64);
+            if load_b < load_a {
+                self.counts.least_conn_second += 1;
+                return second;
+            }
+            return first;
+        }
+        first
+    }
+
+    /// A flow entry leaves its backend's least_conn count (it closed, moved
+    /// or was replaced): only one counted and not yet closing did count.
+    fn uncount(&mut self, fl: &Flow) {
+        if fl.counted && !fl.closing {
+            let c = self.conns.entry(fl.backend_id).or_insert(0);
+            *c = c.wrapping_sub(1);
+        }
     }
 
     fn reverse(&mut self, f: &[u8], p: &Pkt, rev: NatReply) -> Expect {
@@ -1268,47 +1448,61 @@ impl Model {
     }
 }
 
-/// NAT's translation of a relayed ICMP error (the program's updates, as
-/// RFC 1624 has them): outer destination and TTL (the outer checksum is
-/// checked by residual), quoted source address and port with the quoted
-/// IPv4, UDP and (if quoted) TCP checksums exact (the ICMP checksum by
-/// residual).
+/// NAT's translation of a relayed ICMP error, from scratch: outer
+/// destination and TTL (the outer IPv4 and the ICMP checksums are checked
+/// by residual over the whole header and message), the quoted source
+/// address and port. The quoted IPv4 checksum is computed over the whole
+/// quoted header, keeping the residual the sender's header had (a damaged
+/// quote stays exactly as damaged); the quoted TCP/UDP checksum (its
+/// segment is not all quoted) moves by the sum of the words that changed.
 fn relay_translate(out: &mut [u8], b: &BackendEntry) {
     let ip = wire::IP_OFF;
     out[ip + 16..ip + 20].copy_from_slice(&b.addr);
     out[ip + 8] -= 1;
     let q = wire::L4_OFF + 8;
-    let old_src: [u8; 4] = out[q + 12..q + 16].try_into().unwrap();
+    let before: Vec<u8> = out[q..q + 20].to_vec();
+    let old_port = [out[q + 20], out[q + 21]];
     out[q + 12..q + 16].copy_from_slice(&b.addr);
-    let qcheck = wire::csum_replace(
-        be16(out, q + 10),
-        &wire::addr_words(&old_src),
-        &wire::addr_words(&b.addr),
-    );
-    out[q + 10..q + 12].copy_from_slice(&qcheck.to_be_bytes());
-    let old_port = be16(out, q + 20);
     out[q + 20..q + 22].copy_from_slice(&b.port.to_be_bytes());
-    // The quoted TCP checksum, when the quote reaches it.
+    // The quoted IPv4 header: the checksum that gives the new header the
+    // old one's residual (0xffff when it was right).
+    let residual = wire::ones_sum(&before, 0);
+    out[q + 10..q + 12].copy_from_slice(&[0, 0]);
+    let rest = wire::ones_sum(&out[q..q + 20], 0);
+    let check = ones_add(residual, !rest);
+    out[q + 10..q + 12].copy_from_slice(&check.to_be_bytes());
+    // The quoted L4 checksum covers the pseudo-header's source address and
+    // the source port: ~check moves by what they add now less what they
+    // added before.
+    let moved_from: Vec<u8> = [&before[12..16], &old_port[..]].concat();
+    let moved_to: Vec<u8> = [&b.addr[..], &b.port.to_be_bytes()[..]].concat();
     let tot_len = be16(out, ip + 2) as usize;
-    if out[q + 9] == wire::PROTO_TCP && tot_len >= 20 + 8 + 20 + 18 {
-        let old = be16(out, q + 20 + 16);
-        let mut c =
-            wire::csum_replace(old, &wire::addr_words(&old_src), &wire::addr_words(&b.addr));
-        c = wire::csum_replace(c, &[old_port], &[b.port]);
-        out[q + 36..q + 38].copy_from_slice(&c.to_be_bytes());
+    let at = match out[q + 9] {
+        wire::PROTO_TCP if tot_len >= 20 + 8 + 20 + 18 => Some(q + 36),
+        wire::PROTO_UDP => Some(q + 26),
+        _ => None,
+    };
+    if let Some(at) = at {
+        let old = be16(out, at);
+        if out[q + 9] == wire::PROTO_UDP && old == 0 {
+            return; // no checksum stays none
+        }
+        let sum = ones_add(
+            ones_add(!old, wire::ones_sum(&moved_to, 0)),
+            !wire::ones_sum(&moved_from, 0),
+        );
+        let mut new = !sum;
+        if out[q + 9] == wire::PROTO_UDP && new == 0 {
+            new = 0xffff;
+        }
+        out[at..at + 2].copy_from_slice(&new.to_be_bytes());
     }
-    if out[q + 9] == wire::PROTO_UDP {
-        let old = be16(out, q + 26);
-        let mut u =
-            wire::csum_replace(old, &wire::addr_words(&old_src), &wire::addr_words(&b.addr));
-        u = wire::csum_replace(u, &[old_port], &[b.port]);
-        let u = match (old, u) {
-            (0, _) => 0,
-            (_, 0) => 0xffff,
-            (_, u) => u,
-        };
-        out[q + 26..q + 28].copy_from_slice(&u.to_be_bytes());
-    }
+}
+
+/// One's-complement addition of two 16-bit words.
+fn ones_add(a: u16, b: u16) -> u16 {
+    let s = a as u32 + b as u32;
+    ((s & 0xffff) + (s >> 16)) as u16
 }
 
 /// ICMP "time exceeded" back to the sender, quoting the frame as sent.
@@ -1424,7 +1618,24 @@ fn check_rewritten(input: &[u8], want: &[u8], got: &[u8]) -> Option<String> {
         wire::PROTO_ICMP => wire::L4_OFF + 2,
         _ => wire::L4_OFF + 6,
     };
-    let checksum_byte = |i: usize| (24..26).contains(&i) || (l4_check..l4_check + 2).contains(&i);
+    // A relayed ICMP error's quoted IPv4 and TCP/UDP checksums are
+    // compared as checksums (0x0000 and 0xffff are one value), not bytes.
+    let q = wire::L4_OFF + 8;
+    let quoted: Vec<usize> = if proto == wire::PROTO_ICMP && want.len() >= q + 20 {
+        let l4 = match want[q + 9] {
+            wire::PROTO_TCP => q + 36,
+            _ => q + 26,
+        };
+        [q + 10, l4]
+            .into_iter()
+            .filter(|at| at + 2 <= want.len())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let in_quoted = |i: usize| quoted.iter().any(|at| (*at..*at + 2).contains(&i));
+    let checksum_byte =
+        |i: usize| (24..26).contains(&i) || (l4_check..l4_check + 2).contains(&i) || in_quoted(i);
     if let Some(i) = (0..got.len()).find(|&i| !checksum_byte(i) && got[i] != want[i]) {
         return Some(format!(
             "byte {i} is {:#04x}, want {:#04x} (only what the mode rewrites may change)",
@@ -1432,6 +1643,15 @@ fn check_rewritten(input: &[u8], want: &[u8], got: &[u8]) -> Option<String> {
         ));
     }
     let norm = |r: u16| if r == 0 { 0xffff } else { r };
+    for at in &quoted {
+        let (g, w) = (be16(got, *at), be16(want, *at));
+        let udp_zero = *at != q + 10 && want[q + 9] == wire::PROTO_UDP && (g == 0 || w == 0);
+        if (udp_zero && g != w) || (!udp_zero && norm(g) != norm(w)) {
+            return Some(format!(
+                "quoted checksum at byte {at} is {g:#06x}, want {w:#06x}"
+            ));
+        }
+    }
     let (ip_in, ip_out) = (wire::ipv4_residual(input), wire::ipv4_residual(got));
     if norm(ip_in) != norm(ip_out) {
         return Some(format!(

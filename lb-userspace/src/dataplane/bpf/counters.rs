@@ -61,6 +61,18 @@ impl Counters {
         })
     }
 
+    /// One reason's count on each CPU (which CPUs did that work).
+    pub fn reason_by_cpu(&self, r: Reason) -> Result<Vec<u64>, BpfError> {
+        let values = self
+            .reasons
+            .get(&(r as u32), 0)
+            .map_err(|source| BpfError::Map {
+                name: names::REASONS,
+                source,
+            })?;
+        Ok(values.iter().copied().collect())
+    }
+
     /// Sum the per-CPU counters of the given service and backend ids.
     pub fn snapshot(
         &self,
