@@ -2,7 +2,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -44,6 +44,7 @@ fn health_check(test: &str, forwarding: &str) {
     std::thread::sleep(Duration::from_millis(CHECK_INTERVAL_MS * 2));
     let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
     let stop = AtomicBool::new(false);
+    let ok = AtomicUsize::new(0);
     // Worst case from the break to the backend being out: the first failing
     // probe starts up to one interval later, `fall` probes in all, the last
     // one taking up to its timeout. The margin covers probe scheduling and
@@ -52,7 +53,7 @@ fn health_check(test: &str, forwarding: &str) {
     let margin = Duration::from_millis(500);
     let (outcomes, broke, went_down, restored, went_up, down_metrics, down_status) =
         std::thread::scope(|s| {
-            let load = s.spawn(|| background_load(&lab.client, vip, &stop));
+            let load = s.spawn(|| background_load_counted(&lab.client, vip, &stop, &ok));
             std::thread::sleep(Duration::from_secs(1));
             let broke = Instant::now();
             let broke_wall = std::time::SystemTime::now();
@@ -80,7 +81,9 @@ fn health_check(test: &str, forwarding: &str) {
             }
             lab.daemon.wait_for("backend UP", Duration::from_secs(10));
             let went_up = Instant::now();
-            std::thread::sleep(Duration::from_secs(1));
+            // Enough requests after UP for round robin to give b1 some.
+            let after_up = ok.load(Ordering::Relaxed) + 20;
+            wait_count(&ok, after_up, Duration::from_secs(20), "requests after UP");
             stop.store(true, Ordering::Relaxed);
             (
                 load.join().unwrap(),

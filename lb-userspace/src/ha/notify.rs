@@ -83,15 +83,12 @@ mod tests {
         let h = spawn(fails.clone(), "backup", Duration::from_secs(5));
         assert_eq!(h.await.unwrap(), Outcome::Failed);
 
-        // A hanging command: spawn returns at once; killed at the deadline
-        // (200 ms; the bound below adds 2 s for a loaded machine).
+        // A hanging command: spawn returns while it runs; killed at the
+        // deadline (200 ms; the bound below adds 2 s for a loaded machine).
         let hangs = script("hangs", "sleep 30");
         let t0 = std::time::Instant::now();
         let h = spawn(hangs.clone(), "fault", Duration::from_millis(200));
-        assert!(
-            t0.elapsed() < Duration::from_millis(100),
-            "spawn does not wait"
-        );
+        assert!(!h.is_finished(), "spawn does not wait for the command");
         assert_eq!(h.await.unwrap(), Outcome::Killed);
         let took = t0.elapsed();
         assert!(
