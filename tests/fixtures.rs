@@ -513,8 +513,24 @@ fn refused_connections_are_redispatched_once() {
     let (xid, yid) = (fx.backend_id("nat-tcp", x), fx.backend_id("nat-tcp", y));
     let (action, out) = fx.run(&client_tcp(vip, 46100, 500, SYN));
     assert_eq!((action, dst_of(&out)), (XDP_REDIRECT, x));
-    // x refuses (RST to the SYN, no SYN-ACK before): the RST is withheld.
-    let rst = backend_tcp(x, 46100, RST | ACK);
+    // A RST that does not acknowledge the SYN (ISN 500: not ack 501) is no
+    // refusal: passed on, nothing counted, nothing marked (the client drops
+    // it, RFC 793); the client's SYN again is a retransmission to x.
+    let stray = refusal(x, 46100, 777);
+    let (action, out) = fx.run(&stray);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_frame(
+        &out,
+        &routed(refusal_to_client(vip, 46100, 777)),
+        "an unacceptable RST, passed on translated",
+    );
+    assert_eq!(fx.backend_traffic(xid).refused, 0);
+    assert_eq!(fx.reason(Reason::DropRstRedispatch), 0);
+    let (action, out) = fx.run(&client_tcp(vip, 46100, 500, SYN));
+    assert_eq!((action, dst_of(&out)), (XDP_REDIRECT, x), "still x");
+    assert_eq!(fx.backend_traffic(xid).syn_retransmits, 1);
+    // x refuses (RST acknowledging the SYN, no SYN-ACK before): withheld.
+    let rst = refusal(x, 46100, 501);
     let (action, out) = fx.run(&rst);
     assert_eq!((action, &out), (XDP_DROP, &rst), "RST withheld, untouched");
     assert_eq!(fx.reason(Reason::DropRstRedispatch), 1);
@@ -525,13 +541,13 @@ fn refused_connections_are_redispatched_once() {
     let (action, out) = fx.run(&client_tcp(vip, 46100, 500, SYN));
     assert_eq!((action, dst_of(&out)), (XDP_REDIRECT, y), "redispatched");
     assert_eq!(fx.service_traffic("nat-tcp").connections, 1);
-    assert_eq!(fx.backend_traffic(xid).syn_retransmits, 0);
+    assert_eq!(fx.backend_traffic(xid).syn_retransmits, 1);
     // y refuses too: redispatch happens once, so this RST reaches the client.
-    let (action, out) = fx.run(&backend_tcp(y, 46100, RST | ACK));
+    let (action, out) = fx.run(&refusal(y, 46100, 501));
     assert_eq!(action, XDP_REDIRECT);
     assert_frame(
         &out,
-        &to_client(vip, 46100, 0, RST | ACK),
+        &routed(refusal_to_client(vip, 46100, 501)),
         "the second refusal's RST translated to the client",
     );
     let t = fx.backend_traffic(yid);
@@ -544,11 +560,11 @@ fn refused_connections_are_redispatched_once() {
     assert_eq!(action, XDP_REDIRECT);
     let b = dst_of(&out);
     let bid = fx.backend_id("nat-noredispatch", b);
-    let (action, out) = fx.run(&backend_tcp(b, 46200, RST | ACK));
+    let (action, out) = fx.run(&refusal(b, 46200, 901));
     assert_eq!(action, XDP_REDIRECT);
     assert_frame(
         &out,
-        &to_client(off, 46200, 0, RST | ACK),
+        &routed(refusal_to_client(off, 46200, 901)),
         "without redispatch the refusal reaches the client",
     );
     let t = fx.backend_traffic(bid);
@@ -560,8 +576,39 @@ fn refused_connections_are_redispatched_once() {
     let bid = fx.backend_id("nat-tcp", b);
     let before = fx.backend_traffic(bid).refused;
     assert_eq!(fx.run(&backend_tcp(b, 46300, SYN | ACK)).0, XDP_REDIRECT);
-    assert_eq!(fx.run(&backend_tcp(b, 46300, RST | ACK)).0, XDP_REDIRECT);
+    assert_eq!(fx.run(&refusal(b, 46300, 78)).0, XDP_REDIRECT);
     assert_eq!(fx.backend_traffic(bid).refused, before);
+}
+
+/// A backend's RST|ACK to client port `port`, acknowledging `ack`.
+fn refusal(backend: [u8; 4], port: u16, ack: u32) -> Vec<u8> {
+    tcp_with(
+        (backend_mac(backend[3]), LB_BACKEND_MAC),
+        backend,
+        CLIENT,
+        (8080, port),
+        0,
+        ack,
+        RST | ACK,
+        None,
+        b"",
+    )
+}
+
+/// [`refusal`] as the client must get it from `vip`:80 (before the hop's
+/// TTL decrement: see [`routed`]).
+fn refusal_to_client(vip: [u8; 4], port: u16, ack: u32) -> Vec<u8> {
+    tcp_with(
+        (LB_CLIENT_MAC, CLIENT_MAC),
+        vip,
+        CLIENT,
+        (80, port),
+        0,
+        ack,
+        RST | ACK,
+        None,
+        b"",
+    )
 }
 
 #[test]
@@ -1192,4 +1239,38 @@ fn assert_frame(got: &[u8], want: &[u8], what: &str) {
         want.len(),
         first_difference(got, want)
     );
+}
+
+/// The global deny list never cuts the LB off its own backends: a denied
+/// range that covers them still lets their replies through (each backend
+/// address has an allow entry the longest-prefix match finds first), while
+/// any other source in it is dropped first thing.
+#[test]
+fn a_denied_range_never_covers_the_backends() {
+    if !require_root("a_denied_range_never_covers_the_backends") {
+        return;
+    }
+    let mut fx = lab();
+    let wide = CONFIG.replace(
+        "deny = [\"100.64.0.0/10\"]",
+        "deny = [\"100.64.0.0/10\", \"203.0.113.0/24\"]",
+    );
+    assert_ne!(wide, CONFIG);
+    fx.replan(&wide, &[]);
+    let vip = [192, 0, 2, 22];
+    let (action, out) = fx.run(&client_tcp(vip, 44000, 100, SYN));
+    assert_eq!(action, XDP_REDIRECT, "the client is not denied");
+    let b = dst_of(&out);
+    let denied = fx.reason(Reason::DropDeniedGlobal);
+    let (action, out) = fx.run(&backend_tcp(b, 44000, SYN | ACK));
+    assert_eq!(action, XDP_REDIRECT, "the backend's reply gets through");
+    assert_frame(
+        &out,
+        &to_client(vip, 44000, 0, SYN | ACK),
+        "the backend's SYN-ACK, translated",
+    );
+    // Another address of the denied range is dropped.
+    let stranger = with_src(&from_client(vip, 44001, 80, L4::TcpSyn), [203, 0, 113, 77]);
+    assert_eq!(fx.run(&stranger).0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::DropDeniedGlobal), denied + 1);
 }

@@ -434,7 +434,7 @@ impl Gen {
             }
         };
         let flags = *self.rng.pick(TCP_FLAGS);
-        self.frame(
+        let mut v = self.frame(
             (backend_mac(t.src[3]), LB_BACKEND_MAC),
             t.src,
             t.dst,
@@ -443,7 +443,17 @@ impl Gen {
             t.proto,
             flags,
             None,
-        )
+        );
+        // A refusal acknowledging the client's SYN, as a backend's stack
+        // sends it (else the ACK number is random: not a refusal).
+        if flags & 0x14 == 0x14
+            && let Some(ack) = model.refusal_ack(&t).filter(|_| self.rng.chance(70))
+        {
+            let at = wire::L4_OFF + 8;
+            v[at..at + 4].copy_from_slice(&ack.to_be_bytes());
+            xdplb_tests::frames::fix_l4_checksum(&mut v);
+        }
+        v
     }
 
     /// An ICMP error (unreachable, fragmentation needed, time exceeded) a
@@ -779,13 +789,15 @@ impl Harness {
         }
     }
 
-    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+    fn run(&mut self, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
         let prog = bpf::xdp_program(&mut self.ebpf, lb_common::names::PROGRAM).unwrap();
         let mut out = vec![0u8; frame.len() + 256];
+        let ctx = xdplb_tests::lab::xdp_md(frame.len(), ingress);
         let r = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
                 ..Default::default()
             })
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()));
@@ -903,8 +915,17 @@ fn fuzz(
                 }
             }
         }
-        let want = model.predict(&frame);
-        let (code, out) = h.run(&frame);
+        // Frames come in where their senders are (a backend's MAC on the
+        // backends' link), now and then on the other link (a forged reply).
+        let from_backend = frame.len() >= 12 && frame[6..11] == backend_mac(0)[..5];
+        let wrong_link = generator.rng.chance(3);
+        let ingress = if from_backend != wrong_link {
+            links.fxc
+        } else {
+            links.fxa
+        };
+        let want = model.predict(&frame, ingress);
+        let (code, out) = h.run(&frame, ingress);
         let fail = |why: String| {
             Err(format!(
                 "frame {i} (seed {seed:#x}): {why}\n  input  {}\n  output {}\n  expected {want:?}",

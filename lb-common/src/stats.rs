@@ -116,6 +116,12 @@ reasons! {
     /// SYN cookies: a backend packet other than SYN-ACK or RST for a
     /// connection whose backend side is still opening.
     DropCookiePending = "drop_cookie_pending",
+    /// A packet with a NAT flow's reply tuple (a backend's address and port
+    /// as source) that did not come the way the LB sends to that backend:
+    /// in on another interface, or from another MAC than its next hop's. A
+    /// forged reply (a RST "refusing" a connection, say) from the client
+    /// side: dropped before it changes anything.
+    DropSpoofedReply = "drop_spoofed_reply",
 }
 
 /// Number of reasons; the size of the `REASONS` map.

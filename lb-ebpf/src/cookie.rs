@@ -472,7 +472,7 @@ fn from_backend(ctx: &XdpContext, pkt: &Packet, rev: *mut NatReverse) -> (u32, R
     }
     // The backend refused: the client, whose side is open, gets the RST at
     // the sequence number after the cookie (`nat::reverse` sets it).
-    let _ = nat::track_reply(pkt, &unsafe { *rev });
+    let _ = nat::track_reply(ctx, pkt, &unsafe { *rev });
     // SAFETY: the entry's own next-hop field.
     let hop = unsafe { core::ptr::addr_of_mut!((*rev).hop) };
     nat::reverse_as::<true>(ctx, pkt, &unsafe { *rev }, hop)

@@ -147,6 +147,53 @@ pub fn next_hop_via(
     hop
 }
 
+/// Whether a packet carrying a NAT reply tuple came from where its backend
+/// is: in on the interface the LB sends to that backend out of, from the
+/// MAC of its next hop (the backend's own on a link, its router's behind
+/// one). The answer cached for packets to the backend (this CPU's, of the
+/// current generation) is compared; without one, the FIB is asked here
+/// (its own lookup: a call into [`next_hop`] from here would stack two
+/// subprograms on the main program's frame). Out of line (a BPF
+/// subprogram): it keeps its lookup struct off the main program's stack.
+#[inline(never)]
+pub fn from_backend(ctx: &XdpContext, pkt: &Packet, backend_id: u32) -> bool {
+    let in_ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the parser bounds-checked the Ethernet header.
+    let src_mac = unsafe { (*pkt.eth).src_addr };
+    let generation = maps::hop_generation();
+    if let Some(c) = maps::HOP_CACHE.get_ptr(backend_id) {
+        // SAFETY: a map value pointer (per-CPU); fields read one by one.
+        unsafe {
+            if (*c).generation == generation && (*c).mtu != 0 {
+                return (*c).ifindex == in_ifindex && (*c).dmac == src_mac;
+            }
+        }
+    }
+    // SAFETY: plain-old-data struct; all-zero is a valid starting point.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = pkt.proto;
+    // The way to the backend from its client (no length: no MTU check).
+    p.__bindgen_anon_3.ipv4_src = pkt.dst_be;
+    p.__bindgen_anon_4.ipv4_dst = pkt.src_be;
+    p.ifindex = in_ifindex;
+    // SAFETY: `p` is a valid, correctly sized lookup struct on our stack.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => p.ifindex == in_ifindex && p.dmac == src_mac,
+        // A next hop the kernel has not resolved: the interface must match.
+        BPF_FIB_LKUP_RET_NO_NEIGH => p.ifindex == in_ifindex,
+        _ => false,
+    }
+}
+
 /// Rewrite the Ethernet addresses (`eth`: the frame's header, bounds-checked)
 /// and send out of `ifindex`.
 #[inline(always)]

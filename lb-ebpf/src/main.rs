@@ -119,6 +119,11 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     {
         // SAFETY: a map value pointer; copied out at once.
         let rev = unsafe { *rev_ptr };
+        // Only from where the backend is: a forged reply (a RST "refusing"
+        // a connection from the client side) changes nothing.
+        if !forward::from_backend(ctx, &pkt, rev.backend_id) {
+            return (xdp_action::XDP_DROP, Reason::DropSpoofedReply);
+        }
         if !pkt.ip_checksum_ok() {
             return (xdp_action::XDP_DROP, Reason::DropBadIpChecksum);
         }
@@ -134,7 +139,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             cookie::tail(ctx);
             return (xdp_action::XDP_DROP, Reason::DropCookiePending);
         }
-        if let nat::Reply::Refused { redispatch } = nat::track_reply(&pkt, &rev) {
+        if let nat::Reply::Refused { redispatch } = nat::track_reply(ctx, &pkt, &rev) {
             stats::count_refused(rev.backend_id, redispatch);
             if redispatch {
                 return (xdp_action::XDP_DROP, Reason::DropRstRedispatch);

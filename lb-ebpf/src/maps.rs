@@ -6,11 +6,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
 };
 use lb_common::{
-    ADDR_FILTER_ENTRIES, AclServiceKey, BPF_F_MMAPABLE, Backend, CachedHop, ClientRateKey,
-    FLOW_EVENTS_BYTES, Firewall, FlowEvent, FlowKey, FlowValue, MAX_ACL_GLOBAL, MAX_ACL_SERVICE,
-    MAX_BACKENDS, MAX_CLIENT_RATES, MAX_EMBRYOS, MAX_FLOWS, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS,
-    NatReverse, REASON_COUNT, RING_ENTRIES, RateLimit, SETTINGS_F_SYNC_FLOWS, ServiceInfo,
-    ServiceKey, ServiceSlot, Settings, SynCookieState, Traffic, VipInfo, addr_filter_bit,
+    ACL_DENY, ADDR_FILTER_ENTRIES, AclServiceKey, BPF_F_MMAPABLE, Backend, CachedHop,
+    ClientRateKey, FLOW_EVENTS_BYTES, Firewall, FlowEvent, FlowKey, FlowValue, MAX_ACL_GLOBAL,
+    MAX_ACL_SERVICE, MAX_BACKENDS, MAX_CLIENT_RATES, MAX_EMBRYOS, MAX_FLOWS, MAX_NAT_FLOWS,
+    MAX_SERVICES, MAX_VIPS, NatReverse, REASON_COUNT, RING_ENTRIES, RateLimit,
+    SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, ServiceSlot, Settings, SynCookieState, Traffic,
+    VipInfo, addr_filter_bit,
 };
 
 #[map]
@@ -97,10 +98,13 @@ pub fn firewall() -> Firewall {
     FIREWALL.get(0).copied().unwrap_or_default()
 }
 
-/// Whether `src_be` is in the global deny list.
+/// Whether `src_be` is in the global deny list: its most specific entry
+/// denies (configured backends have allow entries of their own).
 #[inline(always)]
 pub fn globally_denied(src_be: u32) -> bool {
-    ACL_GLOBAL.get(LpmKey::new(32, src_be)).is_some()
+    ACL_GLOBAL
+        .get(LpmKey::new(32, src_be))
+        .is_some_and(|a| *a == ACL_DENY)
 }
 
 /// The most specific allow/deny entry of service `id` covering `src_be`.

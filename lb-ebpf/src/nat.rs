@@ -187,6 +187,21 @@ fn forget_reply(reply: FlowKey) {
     }
 }
 
+/// Whether a backend's RST acknowledges the client's SYN (`isn_be`, as on
+/// the wire): ACK set, acknowledgement number ISN + 1.
+#[inline(always)]
+fn acknowledges_syn(ctx: &XdpContext, flags: u8, isn_be: u32) -> bool {
+    if flags & TCP_FLAG_ACK == 0 {
+        return false;
+    }
+    let Some(ack) = ptr_at::<[u8; 4]>(ctx, L4_OFF + 8) else {
+        return false;
+    };
+    // SAFETY: bounds-checked just above.
+    let ack = u32::from_be_bytes(unsafe { *ack });
+    ack == u32::from_be(isn_be).wrapping_add(1)
+}
+
 /// What a backend's TCP reply says about its connection.
 pub enum Reply {
     /// Nothing the flow needs to know, or no flow.
@@ -200,9 +215,11 @@ pub enum Reply {
 /// Follow the backend's side of a NAT connection in the client's flow entry:
 /// SYN-ACK (answered), FIN/RST (closing), RST to the SYN (refused). Only
 /// replies carrying SYN, FIN or RST are looked at, so ordinary data costs
-/// nothing extra.
+/// nothing extra. A RST to the SYN counts (and closes) only if it
+/// acknowledges the SYN (ACK, ISN + 1), as RFC 793 has the client accept
+/// it (RFC 5961's spirit): one that does not is passed on, changing nothing.
 #[inline(always)]
-pub fn track_reply(pkt: &Packet, rev: &NatReverse) -> Reply {
+pub fn track_reply(ctx: &XdpContext, pkt: &Packet, rev: &NatReverse) -> Reply {
     let f = pkt.tcp_flags;
     if !pkt.is_tcp() || f & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST) == 0 {
         return Reply::Plain;
@@ -229,6 +246,9 @@ pub fn track_reply(pkt: &Packet, rev: &NatReverse) -> Reply {
     if f & TCP_FLAG_RST != 0 {
         let handshake = FLOW_F_SYN | FLOW_F_REPLIED | FLOW_F_ESTABLISHED | FLOW_F_CLOSING;
         if flags & handshake == FLOW_F_SYN {
+            if !acknowledges_syn(ctx, f, flow.syn_seq_be) {
+                return Reply::Plain;
+            }
             let redispatch =
                 rev.service_flags & SERVICE_F_REDISPATCH != 0 && flags & FLOW_F_REDISPATCHED == 0;
             flags |= if redispatch {

@@ -93,8 +93,15 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum DenyOp {
-    /// Deny a source prefix ("a.b.c.d/n" or an address).
-    Add { prefix: String },
+    /// Deny a source prefix ("a.b.c.d/n" or an address). One that covers a
+    /// configured backend, or a /0 to /7, is refused unless forced.
+    Add {
+        prefix: String,
+        /// Deny it although it covers a backend or a large part of the
+        /// Internet (backends' replies and checks still get through).
+        #[arg(long)]
+        force: bool,
+    },
     /// Take a prefix off the run-time list.
     Del { prefix: String },
     /// Print the list (config entries marked).
@@ -122,7 +129,9 @@ fn main() -> ExitCode {
         Cmd::Status { socket } => status(&socket),
         Cmd::Deny { op, socket } => {
             let line = match op {
-                DenyOp::Add { prefix } => format!("deny add {prefix}"),
+                DenyOp::Add { prefix, force } => {
+                    format!("deny add {prefix}{}", if force { " force" } else { "" })
+                }
                 DenyOp::Del { prefix } => format!("deny del {prefix}"),
                 DenyOp::List => "deny list".to_string(),
             };

@@ -26,7 +26,9 @@ fn load_config(passive: &str) -> String {
     )
 }
 
-/// The shipped config's passive thresholds (config/www.foobar.com.toml).
+/// The shipped config's passive threshold (config/www.foobar.com.toml:
+/// refusals), and the client-side signal beside it at the same level, so
+/// heavy load is shown to raise neither.
 const SHIPPED_PASSIVE: &str =
     "[service.passive]\nsyn_retransmits = 20\nrefused = 20\nwindow_ms = 1000\n";
 /// Its refusal threshold.

@@ -14,6 +14,7 @@
 //!
 //! One module per concern; `lab` is the shared lab.
 
+mod control;
 mod firewall;
 mod flood;
 mod forwarding;

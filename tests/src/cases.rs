@@ -543,6 +543,43 @@ pub fn table(lab: &Lab) -> Vec<Case> {
         .routed()
         .counts(Reason::FwdReverseNat),
     );
+    // A reply tuple is taken only from where its backend is: the same RST
+    // from the client's side (the client forging its backend's address to
+    // "refuse" connections), or on the backends' link from another MAC than
+    // the backend's, changes nothing and goes nowhere.
+    for (sport, ingress, src_mac, name) in [
+        (
+            50016,
+            fxa,
+            CLIENT_MAC,
+            "NAT: a backend's RST arriving from the client side is dropped as spoofed",
+        ),
+        (
+            50017,
+            fxc,
+            [0x02, 0, 0, 0, 0xee, 0xee],
+            "NAT: a backend's RST from another MAC than the backend's is dropped as spoofed",
+        ),
+    ] {
+        let b = maglev("nat-maglev", CLIENT, NAT_MAGLEV_VIP, sport, 80);
+        let input = tcp_frame(
+            (src_mac, LB_BACKEND_MAC),
+            b,
+            CLIENT,
+            8080,
+            sport,
+            0,
+            crate::frames::RST | ACK,
+        );
+        rows.push(
+            Case::new(name, ingress, input, XDP_DROP)
+                .before(forwarded(
+                    from_client(NAT_MAGLEV_VIP, sport, 80, L4::TcpSyn),
+                    fxa,
+                ))
+                .counts(Reason::DropSpoofedReply),
+        );
+    }
     // TTL: NAT routes, so a packet whose TTL would reach 0 here is answered
     // with "time exceeded" (quoting it as sent), without a flow; DSR does
     // not decrement (the backend answers the client directly, as the VIP).

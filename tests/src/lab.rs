@@ -249,10 +249,14 @@ impl Lab {
         a.get(&id, 0).expect("read BACKEND_CONNS")
     }
 
-    /// Run the program once on `frame`, as if it arrived on the loopback
-    /// device (BPF_PROG_TEST_RUN's default).
+    /// Run the program once on `frame`, arriving where its sender is: from
+    /// a backend's MAC on the backends' link (`fxc`), from anything else on
+    /// the clients' (`fxa`). (The data path takes a NAT reply only from
+    /// where its backend is.)
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        self.run_on(frame, None)
+        let from_backend = frame.len() >= 12 && frame[6..11] == crate::backend_mac(0)[..5];
+        let ingress = crate::wire::ifindex(if from_backend { "fxc" } else { "fxa" });
+        self.run_on(frame, Some(ingress))
     }
 
     /// Run the program once on `frame` arriving on interface `ingress`.

@@ -172,6 +172,7 @@ struct Flow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hop {
     Found {
+        ifindex: u32,
         smac: [u8; 6],
         dmac: [u8; 6],
     },
@@ -229,7 +230,11 @@ fn fib(links: LabLinks, dst: [u8; 4], tot_len: u16) -> Hop {
         return Hop::FragNeeded(mtu);
     }
     match neighbour {
-        Some(dmac) => Hop::Found { smac: lb_mac, dmac },
+        Some(dmac) => Hop::Found {
+            ifindex,
+            smac: lb_mac,
+            dmac,
+        },
         None => Hop::NoNeighbour {
             ifindex,
             next_hop: dst,
@@ -262,6 +267,8 @@ pub struct Model {
     conns: HashMap<u32, u64>,
     /// The CPU the next frame runs on (round robin keeps a cursor per CPU).
     pub cpu: usize,
+    /// The interface the frame being predicted arrived on.
+    ingress: u32,
     /// Address -> `VIP_F_*`, as the `VIPS` map holds them.
     vips: HashMap<[u8; 4], u32>,
     /// The configuration, for the firewall oracle's global list.
@@ -329,6 +336,7 @@ impl Model {
             rr_cursor: HashMap::new(),
             conns: HashMap::new(),
             cpu: 0,
+            ingress: 0,
             vips: HashMap::new(),
             config: Rc::new(config.clone()),
             settings: Settings::default(),
@@ -528,7 +536,10 @@ impl Model {
 
     /// The verdict for `frame`, updating the model's state and counters as
     /// the program would.
-    pub fn predict(&mut self, frame: &[u8]) -> Expect {
+    /// The verdict for `frame` arriving on interface `ingress`, updating
+    /// the model's state and counters as the program would.
+    pub fn predict(&mut self, frame: &[u8], ingress: u32) -> Expect {
+        self.ingress = ingress;
         let e = self.decide(frame);
         *self.counts.reasons.entry(e.reason.label()).or_insert(0) += 1;
         e
@@ -675,6 +686,11 @@ impl Model {
             return self.client_packet(f, &p, &svc);
         }
         if let Some(rev) = self.nat.get(&p.t).copied() {
+            // A reply is taken only from where its backend is: in on the
+            // interface the way to it goes out of, from its next hop's MAC.
+            if !self.came_from_backend(f, p.t.src) {
+                return Expect::same(Drop, Reason::DropSpoofedReply);
+            }
             if !ip_ok {
                 return Expect::same(Drop, Reason::DropBadIpChecksum);
             }
@@ -686,7 +702,7 @@ impl Model {
             {
                 return self.cookie_backend(f, &p, rev, c);
             }
-            if self.track_reply(&p, &rev) {
+            if self.track_reply(f, &p, &rev) {
                 return Expect::same(Drop, Reason::DropRstRedispatch);
             }
             return self.reverse(f, &p, rev);
@@ -780,6 +796,42 @@ impl Model {
         Expect::same(Action::Pass, Reason::PassNotIpv4)
     }
 
+    /// Out of `ifindex`: back out of the link it came in on (`XDP_TX`), or
+    /// to another (`XDP_REDIRECT`).
+    fn out_of(&self, ifindex: u32) -> Action {
+        if ifindex == self.ingress {
+            Action::Tx
+        } else {
+            Action::Redirect
+        }
+    }
+
+    /// Whether `frame` (from `backend`) came where the way to that backend
+    /// goes: the lab FIB's interface, and its next hop's MAC if resolved.
+    fn came_from_backend(&self, f: &[u8], backend: [u8; 4]) -> bool {
+        let src_mac: [u8; 6] = f[6..12].try_into().unwrap();
+        match fib(self.links, backend, 0) {
+            Hop::Found { ifindex, dmac, .. } => self.ingress == ifindex && src_mac == dmac,
+            Hop::NoNeighbour { ifindex, .. } => self.ingress == ifindex,
+            _ => false,
+        }
+    }
+
+    /// The client ISN + 1 a refusal of the connection whose reply tuple is
+    /// `t` acknowledges, if the model knows it (for the generator).
+    pub fn refusal_ack(&self, t: &Tuple) -> Option<u32> {
+        let rev = self.nat.get(t)?;
+        let client = Tuple {
+            src: t.dst,
+            dst: rev.vip,
+            sport: t.dport,
+            dport: rev.vport,
+            proto: t.proto,
+        };
+        let fl = self.flows.get(&client).filter(|f| f.syn)?;
+        Some(u32::from_be(fl.syn_seq).wrapping_add(1))
+    }
+
     /// A backend table slot as the program reads it: retired or never used
     /// slots are all zero (inactive).
     fn slot(&self, id: u32) -> BackendEntry {
@@ -793,7 +845,7 @@ impl Model {
     /// A backend's TCP reply seen on a NAT flow: SYN-ACK answers the client's
     /// flow, FIN/RST close it, RST to a bare SYN is a refusal. Returns true
     /// when the RST is withheld for a redispatch.
-    fn track_reply(&mut self, p: &Pkt, rev: &NatReply) -> bool {
+    fn track_reply(&mut self, f: &[u8], p: &Pkt, rev: &NatReply) -> bool {
         if !p.tcp() || p.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
             return false;
         }
@@ -814,6 +866,14 @@ impl Model {
         let mut withheld = false;
         if p.tcp_flags & TCP_RST != 0 {
             let in_handshake = fl.syn && !fl.replied && !fl.established && !fl.closing;
+            // RFC 793's acceptable RST in SYN-SENT: it acknowledges the SYN.
+            let ack =
+                u32::from_be_bytes(f[wire::L4_OFF + 8..wire::L4_OFF + 12].try_into().unwrap());
+            let acknowledges =
+                p.tcp_flags & TCP_ACK != 0 && ack == u32::from_be(fl.syn_seq).wrapping_add(1);
+            if in_handshake && !acknowledges {
+                return false;
+            }
             if in_handshake {
                 let redispatch = rev.redispatch && !fl.redispatched;
                 if redispatch {
@@ -1222,7 +1282,7 @@ impl Model {
         // The refusal: translated as any reply (decided first, so one that
         // goes no further is left as it came), at the sequence number after
         // the cookie.
-        self.track_reply(p, &rev);
+        self.track_reply(f, p, &rev);
         let e = self.reverse(f, p, rev);
         let at_cookie = |o: Output| match o {
             Output::Rewritten(mut v) => {
@@ -1252,11 +1312,15 @@ impl Model {
         wrap: impl FnOnce(Vec<u8>) -> Output,
     ) -> Expect {
         match hop {
-            Hop::Found { smac, dmac } => {
+            Hop::Found {
+                ifindex,
+                smac,
+                dmac,
+            } => {
                 out[0..6].copy_from_slice(&dmac);
                 out[6..12].copy_from_slice(&smac);
                 Expect {
-                    action: Action::Redirect,
+                    action: self.out_of(ifindex),
                     reason: ok,
                     output: wrap(out),
                 }
@@ -1414,12 +1478,16 @@ impl Model {
     ) -> Expect {
         let mut out = f.to_vec();
         match hop {
-            Hop::Found { smac, dmac } => {
+            Hop::Found {
+                ifindex,
+                smac,
+                dmac,
+            } => {
                 rewrite(self, &mut out);
                 out[0..6].copy_from_slice(&dmac);
                 out[6..12].copy_from_slice(&smac);
                 Expect {
-                    action: Action::Redirect,
+                    action: self.out_of(ifindex),
                     reason: ok,
                     output: Output::Rewritten(out),
                 }

@@ -183,17 +183,20 @@ pub fn ring(s: &ServiceConfig, out: impl Fn(Ipv4Addr, u16) -> bool, m: u32) -> V
 }
 
 /// The firewall's verdict for `src` as the config states it: the global
-/// deny list (`service` None: any covering prefix denies), or a service's
+/// deny list (`service` None: any covering prefix denies, but never a
+/// configured backend's address), or a service's
 /// lists (the longest covering prefix decides; deny wins a tie). `None`:
 /// no entry covers it.
 pub fn acl(config: &Config, service: Option<&ServiceConfig>, src: [u8; 4]) -> Option<u8> {
     let a = Ipv4Addr::from(src);
     let Some(s) = service else {
-        return config
-            .firewall
-            .deny
+        // A configured backend is never globally denied (its replies and
+        // checks' answers get through).
+        let backend = config
+            .services
             .iter()
-            .any(|p| p.0.contains(&a))
+            .any(|s| s.backends.iter().any(|b| b.address == a));
+        return (!backend && config.firewall.deny.iter().any(|p| p.0.contains(&a)))
             .then_some(lb_common::ACL_DENY);
     };
     let allow = s.allow.iter().map(|p| (p.0, lb_common::ACL_ALLOW));

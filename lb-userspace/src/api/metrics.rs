@@ -287,6 +287,22 @@ pub fn openmetrics(v: &View) -> String {
     if let Some(h) = &v.ha {
         register_ha(&mut r, h);
     }
+    for (name, help, n) in [
+        (
+            "xdplb_checks_not_run",
+            "Health probes not run for a fault of this host (no descriptors, no probe slot); never a backend failure",
+            v.daemon.checks_not_run,
+        ),
+        (
+            "xdplb_status_socket_refused",
+            "Status-socket connections refused for their peer's credentials",
+            v.daemon.status_refused,
+        ),
+    ] {
+        let c = Counter::<u64>::default();
+        c.inc_by(n);
+        r.register(name, help, c);
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);
@@ -404,10 +420,12 @@ mod tests {
             t.contains("xdplb_packets_total{reason=\"drop_no_backend\"} 2\n"),
             "{t}"
         );
+        assert!(t.contains("xdplb_checks_not_run_total 3\n"), "{t}");
+        assert!(t.contains("xdplb_status_socket_refused_total 1\n"), "{t}");
         assert!(t.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
         // Every sample line belongs to a declared family.
         for line in t.lines().filter(|l| !l.starts_with('#')) {
-            let name = line.split('{').next().unwrap();
+            let name = line.split(['{', ' ']).next().unwrap();
             let family = name.strip_suffix("_total").unwrap_or(name);
             assert!(
                 t.contains(&format!("# TYPE {family} ")),

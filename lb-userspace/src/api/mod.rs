@@ -8,4 +8,4 @@ pub mod server;
 pub mod status;
 pub mod view;
 
-pub use view::{Readings, View, build};
+pub use view::{DaemonView, Readings, View, build};

@@ -94,6 +94,18 @@ pub struct View {
     pub reasons: Vec<(&'static str, u64)>,
     /// The HA pair, with `[ha]`.
     pub ha: Option<HaView>,
+    /// The daemon's own faults and refusals.
+    pub daemon: DaemonView,
+}
+
+/// What the daemon counts of itself.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DaemonView {
+    /// Health probes not run for a reason of this host's (no descriptors,
+    /// no probe slot): never counted against a backend.
+    pub checks_not_run: u64,
+    /// Status-socket connections refused for their peer's credentials.
+    pub status_refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -171,6 +183,7 @@ pub struct Readings<'a> {
     /// least_conn active-connection estimates by backend id (non-zero ones).
     pub active: &'a BTreeMap<u32, u64>,
     pub ha: Option<&'a crate::ha::HaStatus>,
+    pub daemon: DaemonView,
 }
 
 /// Assemble the view of what `control` serves.
@@ -235,6 +248,7 @@ pub fn build(control: &Control, r: &Readings<'_>) -> View {
         services,
         reasons: r.reasons.iter().map(|(k, v)| (*k, *v)).collect(),
         ha: r.ha.map(HaView::from_status),
+        daemon: r.daemon.clone(),
     }
 }
 
@@ -328,6 +342,10 @@ pub(crate) mod samples {
             }],
             reasons: vec![("drop_no_backend", 2), ("fwd_nat", 30)],
             ha: None,
+            daemon: super::DaemonView {
+                checks_not_run: 3,
+                status_refused: 1,
+            },
         }
     }
 

@@ -1,11 +1,11 @@
 //! `[ha]`: the active-passive pair. Model and its validation (the rest of
 //! the config's validation is in `validate.rs`).
 
-use std::{net::Ipv4Addr, os::unix::fs::PermissionsExt as _, path::PathBuf};
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use serde::Deserialize;
 
-use super::names::interface_name_ok;
+use super::{files, names::interface_name_ok};
 
 /// Shortest HMAC key accepted (bytes): 128 bits.
 pub const MIN_KEY_LEN: usize = 16;
@@ -139,21 +139,11 @@ fn default_state_file() -> PathBuf {
 
 impl HaConfig {
     /// The HMAC key: the file's bytes, a trailing newline removed. A
-    /// missing, unreadable, short or world-accessible file is an error.
+    /// missing, unreadable or short file, one accessible by group or others
+    /// or owned by another user than root is an error.
     pub fn read_key(&self) -> Result<Vec<u8>, String> {
         let path = &self.key_file;
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if !meta.is_file() {
-            return Err(format!("{} is not a file", path.display()));
-        }
-        let mode = meta.permissions().mode();
-        if mode & 0o007 != 0 {
-            return Err(format!(
-                "{} is accessible by others (mode {:o}); chmod 600 it",
-                path.display(),
-                mode & 0o777
-            ));
-        }
+        files::private(path)?;
         let mut key = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             key.pop();
@@ -234,13 +224,14 @@ pub(super) fn validate(h: &HaConfig, services: &[&str]) -> Result<(), (String, S
     if !(100..=600_000).contains(&h.notify_timeout_ms) {
         return Err((at("notify_timeout_ms"), "must be 100..=600000".into()));
     }
-    if let Some(n) = &h.notify
-        && !n.is_absolute()
-    {
-        return Err((
-            at("notify"),
-            format!("{} must be an absolute path", n.display()),
-        ));
+    if let Some(n) = &h.notify {
+        if !n.is_absolute() {
+            return Err((
+                at("notify"),
+                format!("{} must be an absolute path", n.display()),
+            ));
+        }
+        files::trusted_program(n).map_err(|e| (at("notify"), e))?;
     }
     for (i, f) in h.floating.iter().enumerate() {
         let fat = |k: &str| at(&format!("floating[{i}].{k}"));

@@ -59,12 +59,53 @@ fn key_file_missing_world_readable_or_short_is_a_config_error() {
     let open = key_file("open", 0o644, 32);
     let e = error(&ha(&open, ""));
     assert!(e.contains("ha.key_file") && e.contains("chmod 600"), "{e}");
+    let group = key_file("group", 0o640, 32);
+    let e = error(&ha(&group, ""));
+    assert!(
+        e.contains("group or others") && e.contains("chmod 600"),
+        "{e}"
+    );
     let short = key_file("short", 0o600, 8);
     let e = error(&ha(&short, ""));
     assert!(e.contains("ha.key_file") && e.contains("8 bytes"), "{e}");
-    for p in [open, short] {
+    for p in [open, group, short] {
         let _ = std::fs::remove_file(p);
     }
+}
+
+/// The notify command runs as root: it, and every directory above it,
+/// must be changeable by root only (keepalived's script security).
+#[test]
+fn a_notify_command_others_could_change_is_a_config_error() {
+    let key = key_file("notify", 0o600, 32);
+    let dir = std::env::temp_dir().join(format!("xdplb-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = dir.join("notify.sh");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let with = |p: &Path| ha(&key, &format!("notify = \"{}\"\n", p.display()));
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Config::parse(Path::new("lb.toml"), &with(&script)).expect("a root-only script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let e = error(&with(&script));
+    assert!(
+        e.contains("ha.notify") && e.contains("writable by group or others"),
+        "{e}"
+    );
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = error(&with(&script));
+    assert!(
+        e.contains(&dir.display().to_string()),
+        "a writable directory above it: {e}"
+    );
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = error(&with(&script));
+    assert!(e.contains("not an executable file"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(key);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! names the file, the line where known, the key and the reason.
 
 mod error;
+mod files;
 mod ha;
 #[cfg(test)]
 mod ha_tests;
@@ -113,9 +114,23 @@ pub struct ControlConfig {
     /// Address of the Prometheus `/metrics` endpoint; none when unset.
     #[serde(default)]
     pub metrics_address: Option<SocketAddr>,
-    /// Unix socket `xdplb status` reads the daemon's state from.
+    /// Unix socket `xdplb status` (and `deny`) talk to the daemon on. It
+    /// is created 0600: root and the daemon's user only.
     #[serde(default = "default_status_socket")]
     pub status_socket: PathBuf,
+    /// A group whose members may use the status socket too (it becomes
+    /// 0660 and that group's); every peer's credentials are checked.
+    #[serde(default)]
+    pub status_socket_group: Option<String>,
+    /// Health probes under way at once, at most (each holds a socket). A
+    /// probe that finds none free within its timeout is "not run", never a
+    /// failure. Read when the daemon starts.
+    #[serde(default = "default_max_concurrent_checks")]
+    pub max_concurrent_checks: u32,
+}
+
+fn default_max_concurrent_checks() -> u32 {
+    512
 }
 
 impl Default for ControlConfig {
@@ -123,6 +138,8 @@ impl Default for ControlConfig {
         Self {
             metrics_address: None,
             status_socket: default_status_socket(),
+            status_socket_group: None,
+            max_concurrent_checks: default_max_concurrent_checks(),
         }
     }
 }
@@ -418,12 +435,15 @@ fn default_http_status() -> [u16; 2] {
 #[serde(deny_unknown_fields)]
 pub struct PassiveConfig {
     /// Client SYNs retransmitted (same ISN) on connections pinned to the
-    /// backend.
+    /// backend. The only passive signal DSR has, but it is the clients':
+    /// anyone who can send SYNs to the VIP can raise it (the damage bounded
+    /// by `max_out_percent`), so it is off unless set.
     #[serde(default)]
     pub syn_retransmits: u64,
-    /// Connections the backend refused: RST answering the SYN, before any
-    /// SYN-ACK (NAT only; DSR replies bypass the LB). The ordinary resets of
-    /// a server closing connections do not count.
+    /// Connections the backend refused: RST acknowledging the SYN, before
+    /// any SYN-ACK, from where the backend is (NAT only; DSR replies bypass
+    /// the LB). The ordinary resets of a server closing connections do not
+    /// count; neither does a RST forged from the client's side.
     #[serde(default)]
     pub refused: u64,
     #[serde(default = "default_window_ms")]

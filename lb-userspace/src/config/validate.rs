@@ -35,6 +35,15 @@ impl Config {
                 format!("{} is outside 1024..=16777216", dp.embryonic_table_size),
             ));
         }
+        if !(1..=65_536).contains(&self.control.max_concurrent_checks) {
+            return Err((
+                "control.max_concurrent_checks".into(),
+                format!(
+                    "{} is outside 1..=65536",
+                    self.control.max_concurrent_checks
+                ),
+            ));
+        }
         if !(100..=3_600_000).contains(&dp.next_hop_refresh_ms) {
             return Err((
                 "dataplane.next_hop_refresh_ms".into(),
@@ -61,6 +70,7 @@ impl Config {
         // Backend ids are per service, so every listed backend takes one.
         let mut all_backends = 0usize;
         let mut acl_entries = 0usize;
+        let vips: HashSet<std::net::Ipv4Addr> = self.services.iter().map(|s| s.vip).collect();
         for (i, s) in self.services.iter().enumerate() {
             let at = |k: &str| format!("service[{i}].{k}");
             if s.name.trim().is_empty() {
@@ -110,6 +120,15 @@ impl Config {
                     || b.address.is_broadcast()
                 {
                     return Err((bat("address"), format!("{} cannot be a backend", b.address)));
+                }
+                if vips.contains(&b.address) {
+                    return Err((
+                        bat("address"),
+                        format!(
+                            "{} is a VIP: the load balancer would send its traffic to itself (a backend is a server's own address)",
+                            b.address
+                        ),
+                    ));
                 }
                 if b.port == 0 {
                     return Err((bat("port"), "must be 1..=65535".into()));

@@ -3,7 +3,7 @@
 //! the status socket. Every error after start-up is logged and survived.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -13,7 +13,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use super::{host::Host, options::Options};
+use super::{host::Host, options::Options, throttle::Throttled};
 use crate::{
     api::{self, server::ViewRequest},
     config::Config,
@@ -21,7 +21,7 @@ use crate::{
     dataplane::bpf::{BpfDataplane, CounterSnapshot, Counters, FlowCensus},
     health::{
         Transition, passive,
-        probe::{Probes, Report},
+        probe::{Outcome, Probes, Report},
     },
     plan::BackendRef,
 };
@@ -73,6 +73,13 @@ pub struct Daemon {
     pub ha: Option<crate::ha::HaNode>,
     /// What the HA node was last told of its tracked services.
     pub ha_services: Vec<bool>,
+    /// Probes not run for a reason of this host's (never a backend's
+    /// failure).
+    pub not_run: Throttled,
+    /// Status-socket peers refused for their credentials.
+    pub status_refused: Throttled,
+    /// Status-socket accepts that failed (no descriptors, say).
+    pub accept_failed: Throttled,
 }
 
 /// What the event loop listens to besides signals and timers.
@@ -80,6 +87,8 @@ pub struct Inputs {
     pub reports: mpsc::UnboundedReceiver<Report>,
     pub views: mpsc::Receiver<ViewRequest>,
     pub status: tokio::net::UnixListener,
+    /// Who may use the status socket.
+    pub access: super::access::Policy,
 }
 
 /// How the loop ended.
@@ -104,9 +113,26 @@ impl Daemon {
         );
         self.host.sync_neighbours(self.control.config()).await;
         let targets = self.host.probe_targets(self.control.check_targets()).await;
-        info!(probes = targets.len(), "health checks running");
-        self.probes.restart(targets, &self.reports);
-        self.passive.clear();
+        let total = targets.len();
+        let u = self.probes.update(targets, &self.reports);
+        info!(
+            probes = total,
+            kept = u.kept,
+            started = u.started,
+            stopped = u.stopped,
+            "health checks running"
+        );
+        // Passive windows of backends still configured with passive health
+        // go on; the others are dropped.
+        let passive: HashSet<BackendRef> = self
+            .control
+            .config()
+            .services
+            .iter()
+            .filter(|s| s.passive.is_some())
+            .flat_map(|s| s.backends.iter().map(move |b| s.backend_ref(b)))
+            .collect();
+        self.passive.retain(|b, _| passive.contains(b));
         Ok(())
     }
 
@@ -121,10 +147,19 @@ impl Daemon {
     }
 
     fn on_report(&mut self, r: Report) {
-        if r.generation != self.probes.generation {
-            return; // from probes of a previous configuration
+        if !self.probes.current(&r.backend, r.task) {
+            return; // from a probe a reload replaced
         }
-        let result = r.result.map_err(|e| e.to_string());
+        let result = match r.outcome {
+            Outcome::Passed => Ok(()),
+            Outcome::Failed(e) => Err(e.to_string()),
+            Outcome::NotRun(why) => {
+                if let Some(n) = self.not_run.note() {
+                    warn!(backend = %r.backend, reason = why, not_run = n, "health probes not run (a fault of this host, not of the backends): their backends keep their state");
+                }
+                return;
+            }
+        };
         let detail = result.clone().err();
         match self.control.record(&r.backend, result, r.latency) {
             Transition::Unchanged => {}
@@ -237,6 +272,10 @@ impl Daemon {
                 half_open: &census.half_open,
                 active: &census.active,
                 ha: ha.as_ref(),
+                daemon: api::DaemonView {
+                    checks_not_run: self.not_run.total,
+                    status_refused: self.status_refused.total,
+                },
             },
         )
     }
@@ -259,7 +298,11 @@ impl Daemon {
                 }
                 out
             }
-            ["deny", op @ ("add" | "del"), prefix] => match self.change_deny(op, prefix) {
+            ["deny", "add", prefix, "force"] => match self.change_deny("add", prefix, true) {
+                Ok(msg) => msg,
+                Err(e) => format!("error: {e}\n"),
+            },
+            ["deny", op @ ("add" | "del"), prefix] => match self.change_deny(op, prefix, false) {
                 Ok(msg) => msg,
                 Err(e) => format!("error: {e}\n"),
             },
@@ -269,8 +312,28 @@ impl Daemon {
         }
     }
 
-    fn change_deny(&mut self, op: &str, prefix: &str) -> Result<String, String> {
+    fn change_deny(&mut self, op: &str, prefix: &str, force: bool) -> Result<String, String> {
         let net = prefix.parse::<crate::config::Prefix>()?.0;
+        if op == "add" && !force {
+            let backend = self
+                .control
+                .config()
+                .services
+                .iter()
+                .flat_map(|s| s.backends.iter())
+                .find(|b| net.contains(&b.address));
+            if let Some(b) = backend {
+                return Err(format!(
+                    "{net} covers backend {}: its replies and checks are never denied, but this looks like a mistake; add --force to deny it anyway",
+                    b.address
+                ));
+            }
+            if net.prefix_len() < 8 {
+                return Err(format!(
+                    "{net} covers a large part of the Internet (shorter than /8); add --force to deny it anyway"
+                ));
+            }
+        }
         let mut list = self.control.runtime_deny().to_vec();
         let present = list.contains(&net);
         match (op, present) {
@@ -323,7 +386,9 @@ impl Daemon {
             mut reports,
             mut views,
             status,
+            access,
         } = inputs;
+
         let (config_path, overrides) = (&o.config, &o.overrides);
         let (stats_interval, keep_running) = (o.stats_interval, o.keep_running);
         use tokio::signal::unix::{SignalKind, signal};
@@ -341,6 +406,7 @@ impl Daemon {
         }
         // Requests on the status socket: read off the loop, answered in it.
         let (requests_tx, mut requests) = mpsc::channel::<(String, tokio::net::UnixStream)>(16);
+        let mut accept_paused: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(Exit::Stop { keep_running }); }
@@ -360,8 +426,23 @@ impl Daemon {
                 _ = stats_tick.tick(), if stats_interval > 0 => {
                     if let Some(s) = self.snapshot() { info!(counters = %s, "counters"); }
                 }
-                c = status.accept() => match c {
+                _ = tokio::time::sleep_until(accept_paused.unwrap_or_else(tokio::time::Instant::now)), if accept_paused.is_some() => {
+                    accept_paused = None;
+                }
+                c = status.accept(), if accept_paused.is_none() => match c {
                     Ok((stream, _)) => {
+                        let cred = stream.peer_cred().ok();
+                        let (uid, gid, pid) = cred.map_or((u32::MAX, u32::MAX, None), |c| (c.uid(), c.gid(), c.pid()));
+                        if !super::access::allowed(access, uid, gid, pid) {
+                            if let Some(n) = self.status_refused.note() {
+                                warn!(uid, pid = pid.unwrap_or(0), refused = n, "status socket: a peer that is not root, the daemon's user or in control.status_socket_group was refused");
+                            }
+                            tokio::spawn(async move {
+                                let mut stream = stream;
+                                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(b"error: not permitted: root, the daemon's user or control.status_socket_group only\n")).await;
+                            });
+                            continue;
+                        }
                         let tx = requests_tx.clone();
                         tokio::spawn(async move {
                             if let Some(r) = read_request(stream).await {
@@ -369,7 +450,14 @@ impl Daemon {
                             }
                         });
                     }
-                    Err(e) => warn!(error = %e, "status accept failed"),
+                    Err(e) => {
+                        // The connection stays queued (no descriptor for it,
+                        // say): pause accepting, or this spins.
+                        accept_paused = Some(tokio::time::Instant::now() + Duration::from_millis(100));
+                        if let Some(n) = self.accept_failed.note() {
+                            warn!(error = %e, failed = n, "status socket: accept failed; pausing 100 ms");
+                        }
+                    }
                 },
                 Some((line, mut stream)) = requests.recv() => {
                     let reply = self.control_request(line.trim());

@@ -7,11 +7,14 @@
 //! data path, programming it, neighbours and probes, and only then attaching.
 //! Shutdown undoes it in reverse, or leaves forwarding in place when asked.
 
+mod access;
 mod event_loop;
 mod host;
+mod instance;
 mod options;
 mod pair;
 mod reload;
+mod throttle;
 
 use std::{
     collections::HashMap,
@@ -48,8 +51,21 @@ impl Drop for RemoveOnDrop {
 }
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
+    instance::private_umask();
     // Everything is checked before anything on the host is touched.
     let config = read_config(&o.config, &o.overrides)?;
+    let nofile = instance::raise_descriptor_limit();
+    // Probes hold a socket each; the daemon's own needs are a few hundred.
+    let wanted = u64::from(config.control.max_concurrent_checks) + 256;
+    if nofile < wanted {
+        warn!(
+            limit = nofile,
+            wanted,
+            "the open-descriptor limit is low for control.max_concurrent_checks: probes beyond it are reported as not run (raise LimitNOFILE)"
+        );
+    } else {
+        info!(limit = nofile, "open-descriptor limit");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -59,6 +75,14 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
     let pin_root = (!config.dataplane.pin_path.as_os_str().is_empty())
         .then(|| config.dataplane.pin_path.clone());
+    // One daemon per data path and PID file, before anything else.
+    let mut instance = instance::claim(pin_root.as_deref(), &o.pid_file)?;
+    let access = access::Policy {
+        group: match &config.control.status_socket_group {
+            Some(name) => Some(access::group_id(name)?),
+            None => None,
+        },
+    };
     let metrics = match config.control.metrics_address {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)
@@ -68,7 +92,7 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let sock_path = config.control.status_socket.clone();
-    let _ = std::fs::remove_file(&sock_path);
+    instance::free_socket_path(&sock_path)?;
     let status = tokio::net::UnixListener::bind(&sock_path).with_context(|| {
         format!(
             "control.status_socket: cannot listen on {}",
@@ -77,6 +101,7 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
     })?;
     // Removed however start-up or the daemon ends.
     let _socket_file = RemoveOnDrop(sock_path.clone());
+    access::protect_socket(&sock_path, access)?;
 
     let loaded = bpf::load(bpf::TableSizes::of(&config.dataplane), pin_root.as_deref())
         .context("loading the XDP program")?;
@@ -115,7 +140,10 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         counters,
         census,
         host: Host::open().context("opening netlink")?,
-        probes: Probes::default(),
+        probes: Probes::new(config.control.max_concurrent_checks as usize),
+        not_run: Default::default(),
+        status_refused: Default::default(),
+        accept_failed: Default::default(),
         reports: reports_tx,
         passive: HashMap::new(),
         started: Instant::now(),
@@ -164,8 +192,8 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
             return Err(e.context("starting the HA node"));
         }
     }
-    if let Err(e) = std::fs::write(&o.pid_file, format!("{}\n", std::process::id())) {
-        warn!(path = %o.pid_file.display(), error = %e, "cannot write PID file; `xdplb reload` will not find this daemon");
+    if let Err(e) = instance.write_pid() {
+        warn!(path = %instance.pid_path().display(), error = %e, "cannot write PID file; `xdplb reload` will not find this daemon");
     }
     let (views_tx, views) = mpsc::channel(16);
     let endpoint = metrics.map(|l| tokio::spawn(api::server::serve(l, views_tx)));
@@ -176,6 +204,7 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         reports,
         views,
         status,
+        access,
     };
     let exit = daemon.run(inputs, o).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -38,6 +38,15 @@ pub fn build(
     {
         set.insert(AclEntry::Global(net), ACL_DENY);
     }
+    // A configured backend's address is never globally denied: its replies
+    // and the answers to health checks must get through whatever the list
+    // covers (an exception the longest-prefix match finds first).
+    if !set.is_empty() {
+        for b in config.services.iter().flat_map(|s| s.backends.iter()) {
+            let host = Ipv4Net::new(b.address, 32).expect("a /32");
+            set.insert(AclEntry::Global(host), ACL_ALLOW);
+        }
+    }
     for s in &config.services {
         let Some(id) = id_of(&s.key()) else { continue };
         for p in &s.allow {
@@ -50,10 +59,11 @@ pub fn build(
     set
 }
 
-/// Entries in the global list.
+/// Deny entries in the global list (the data path looks the list up only
+/// while there are some).
 pub fn global_entries(set: &AclSet) -> u32 {
-    set.keys()
-        .filter(|e| matches!(e, AclEntry::Global(_)))
+    set.iter()
+        .filter(|(e, a)| matches!(e, AclEntry::Global(_)) && **a == ACL_DENY)
         .count() as u32
 }
 

@@ -1,7 +1,8 @@
 //! Test backend: answers HTTP over TCP and datagrams over UDP with its own
 //! name, so a client can tell which backend served it.
 //!
-//! `xdplb-testsrv NAME --tcp ADDR:PORT... --udp ADDR:PORT...`
+//! `xdplb-testsrv NAME [--slow-ms N] --tcp ADDR:PORT... --udp ADDR:PORT...`
+//! (`--slow-ms`: wait that long before answering an HTTP request).
 
 use std::{
     io::{Read, Write},
@@ -20,6 +21,12 @@ fn main() {
     let mut handles = Vec::new();
     for a in &args[1..] {
         match a.as_str() {
+            "--slow-ms" => kind = "slow",
+            ms if kind == "slow" => {
+                let ms: u64 = ms.parse().expect("--slow-ms N");
+                SLOW_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+                kind = "";
+            }
             "--tcp" | "--udp" => kind = if a == "--tcp" { "tcp" } else { "udp" },
             addr if kind == "tcp" => {
                 let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
@@ -39,6 +46,9 @@ fn main() {
         let _ = h.join();
     }
 }
+
+/// How long to wait before answering an HTTP request (`--slow-ms`).
+static SLOW_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Threads accepting on one listener: short requests are answered inline,
 /// so thousands of connections per second cost no thread each; a "HOLD"
@@ -111,6 +121,10 @@ fn serve_conn(mut c: std::net::TcpStream, name: &str) {
     } else {
         String::new()
     };
+    let slow = SLOW_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if slow > 0 {
+        thread::sleep(Duration::from_millis(slow));
+    }
     let body = format!("backend={name}\nrequest_bytes={}\n{pad}", req.len());
     let resp = format!(
         "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -144,6 +144,15 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     b.sh(&["ip", "link", "set", b_if, "up"]);
 }
 
+/// How to start a child besides its command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChildSetup {
+    /// Its umask (the test process's when unset).
+    pub umask: Option<libc::mode_t>,
+    /// Its open-descriptor limit, soft and hard (inherited when unset).
+    pub nofile: Option<libc::rlim_t>,
+}
+
 /// A child process stopped by PID on drop: SIGTERM, then SIGKILL after 5 s.
 pub struct ProcessGuard {
     pub child: Child,
@@ -165,17 +174,40 @@ impl ProcessGuard {
     /// host's /sys/fs/bpf; a daemon whose pins must outlive it (and be found
     /// by the next one) needs the real bpffs.
     pub fn spawn_in_netns(name: &str, ns: &str, args: &[String]) -> ProcessGuard {
+        Self::spawn_in_netns_as(name, ns, args, ChildSetup::default())
+    }
+
+    /// [`spawn_in_netns`](Self::spawn_in_netns) with the process's umask
+    /// and descriptor limit set as `child` says.
+    pub fn spawn_in_netns_as(
+        name: &str,
+        ns: &str,
+        args: &[String],
+        child: ChildSetup,
+    ) -> ProcessGuard {
         use std::os::unix::process::CommandExt as _;
         let netns = File::open(format!("/run/netns/{ns}")).expect("open netns");
         let fd = netns.as_raw_fd();
         let mut cmd = Command::new(&args[0]);
         cmd.args(&args[1..]);
-        // SAFETY: setns is async-signal-safe; the fd stays open in the parent
-        // until spawn returns.
+        // SAFETY: setns, umask and setrlimit are async-signal-safe; the fd
+        // stays open in the parent until spawn returns.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(mask) = child.umask {
+                    libc::umask(mask);
+                }
+                if let Some(n) = child.nofile {
+                    let r = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });

@@ -32,6 +32,16 @@ pub enum BpfError {
     Mmap(std::io::Error),
     #[error(transparent)]
     Write(#[from] crate::dataplane::DataplaneError),
+    #[error(
+        "{key} is {want}, but the running data path pinned at {} was made with {have} entries; a table keeps its size, so this takes a fresh data path: `xdplb stop` (forwarding stops, its flows are lost) and start again, or set {key} = {have}",
+        dir.display()
+    )]
+    Resize {
+        key: &'static str,
+        want: u32,
+        have: u32,
+        dir: PathBuf,
+    },
 }
 
 /// An error and its causes on one line.

@@ -131,6 +131,9 @@ pub fn load_with(
         check_pin_root(d)?;
         std::fs::create_dir_all(d).map_err(|e| BpfError::Pin(d.clone(), e.to_string()))?;
         adopted = map_paths.iter().any(|(_, p)| p.exists());
+        if adopted {
+            check_pinned_sizes(d, sizes)?;
+        }
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -172,6 +175,35 @@ pub fn unpin(dir: &Path) {
     if let Some(root) = dir.parent() {
         let _ = std::fs::remove_dir(root); // only if empty
     }
+}
+
+/// A pinned table keeps the size it was created with: a running data path
+/// adopted with other sizes configured would silently keep the old ones.
+/// Refused instead, saying what to do.
+fn check_pinned_sizes(dir: &Path, sizes: TableSizes) -> Result<(), BpfError> {
+    for (name, key, want) in [
+        (names::FLOWS, "dataplane.flow_table_size", sizes.flows),
+        (
+            names::EMBRYOS,
+            "dataplane.embryonic_table_size",
+            sizes.embryos,
+        ),
+    ] {
+        let path = dir.join(name);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+            continue; // not pinned: created at the configured size
+        };
+        let have = info.max_entries();
+        if have != want {
+            return Err(BpfError::Resize {
+                key,
+                want,
+                have,
+                dir: dir.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Load one XDP program of the object into the kernel.

@@ -21,5 +21,5 @@ pub use error::ProbeError;
 pub use http::{HttpError, http_status};
 pub use https::HttpsError;
 pub use mysql::MysqlError;
-pub use tasks::{Probes, Report, Target};
+pub use tasks::{Outcome, Probes, Report, Target, Updated};
 pub use tcp::ConnectError;

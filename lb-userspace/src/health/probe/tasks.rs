@@ -1,12 +1,26 @@
 //! The probe tasks: one per (service, backend), each probing on its own
 //! interval and bounded by its own timeout, reporting every result.
+//!
+//! A reload keeps the task of every target it leaves unchanged (same
+//! backend, address, mark and check): its rhythm goes on, and so do the
+//! rise/fall counts its reports feed. Only changed or new targets start
+//! afresh; removed ones stop. At most `control.max_concurrent_checks` probes
+//! are under way at once (each holds a socket); a probe that finds no free
+//! slot within its timeout, or whose socket this host cannot make (no
+//! descriptors, no memory), is reported as not run: that says nothing about
+//! the backend.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinHandle,
+};
 
 use super::{
     check::Check, error::ProbeError, http::HttpCheck, https::HttpsCheck, mysql::MysqlCheck, tcp,
@@ -18,7 +32,7 @@ use crate::{
 };
 
 /// One backend to probe.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub backend: BackendRef,
     /// Where to connect: the backend (NAT) or the VIP (DSR).
@@ -29,53 +43,112 @@ pub struct Target {
     pub spec: CheckConfig,
 }
 
+/// What one probe found.
+#[derive(Debug)]
+pub enum Outcome {
+    Passed,
+    Failed(ProbeError),
+    /// Not run, for a reason of this host's: never a backend failure.
+    NotRun(String),
+}
+
 /// One probe's outcome, sent to the control loop.
 #[derive(Debug)]
 pub struct Report {
     pub backend: BackendRef,
-    /// Which set of probe tasks sent it; older generations are ignored.
-    pub generation: u64,
-    pub result: Result<(), ProbeError>,
+    /// The task that sent it: a report of a task a reload replaced is
+    /// ignored (see [`Probes::current`]).
+    pub task: u64,
+    pub outcome: Outcome,
     pub latency: Duration,
 }
 
-/// The running probe tasks; dropping them stops them.
-#[derive(Default)]
+/// What [`Probes::update`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Updated {
+    pub kept: usize,
+    pub started: usize,
+    pub stopped: usize,
+}
+
+/// The running probe tasks, by backend; dropping them stops them.
 pub struct Probes {
-    tasks: Vec<JoinHandle<()>>,
-    pub generation: u64,
+    tasks: HashMap<BackendRef, (Target, u64, JoinHandle<()>)>,
+    next_task: u64,
+    slots: Arc<Semaphore>,
 }
 
 impl Probes {
-    /// Stop the current probes and start one task per target.
-    pub fn restart(&mut self, targets: Vec<Target>, tx: &mpsc::UnboundedSender<Report>) {
-        self.stop();
-        self.generation += 1;
-        let generation = self.generation;
+    /// No probes yet; at most `max_concurrent` under way at once.
+    pub fn new(max_concurrent: usize) -> Probes {
+        Probes {
+            tasks: HashMap::new(),
+            next_task: 0,
+            slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+        }
+    }
+
+    /// Make the running probes these targets: unchanged ones keep running,
+    /// changed and new ones start, the rest stop.
+    pub fn update(&mut self, targets: Vec<Target>, tx: &mpsc::UnboundedSender<Report>) -> Updated {
+        let mut done = Updated::default();
+        let mut next: HashMap<BackendRef, (Target, u64, JoinHandle<()>)> = HashMap::new();
         for t in targets {
-            let tx = tx.clone();
-            let task = match t.spec.kind {
-                CheckKind::Tcp => tokio::spawn(run(t, TcpCheck, generation, tx)),
-                CheckKind::Http => {
-                    let check = HttpCheck(t.spec.clone());
-                    tokio::spawn(run(t, check, generation, tx))
+            match self.tasks.remove(&t.backend) {
+                Some((old, id, task)) if old == t => {
+                    done.kept += 1;
+                    next.insert(t.backend, (old, id, task));
                 }
-                CheckKind::Https => {
-                    let check = HttpsCheck::new(t.spec.clone());
-                    tokio::spawn(run(t, check, generation, tx))
+                other => {
+                    if let Some((_, _, task)) = other {
+                        task.abort();
+                        done.stopped += 1;
+                    }
+                    self.next_task += 1;
+                    let id = self.next_task;
+                    let task = self.spawn(t.clone(), id, tx.clone());
+                    next.insert(t.backend, (t, id, task));
+                    done.started += 1;
                 }
-                CheckKind::Mysql => {
-                    let check = MysqlCheck(t.spec.clone());
-                    tokio::spawn(run(t, check, generation, tx))
-                }
-            };
-            self.tasks.push(task);
+            }
+        }
+        for (_, _, task) in std::mem::take(&mut self.tasks).into_values() {
+            task.abort();
+            done.stopped += 1;
+        }
+        self.tasks = next;
+        done
+    }
+
+    /// Whether `task` is the running probe of `backend` (its reports count).
+    pub fn current(&self, backend: &BackendRef, task: u64) -> bool {
+        self.tasks
+            .get(backend)
+            .is_some_and(|(_, id, _)| *id == task)
+    }
+
+    fn spawn(&self, t: Target, id: u64, tx: mpsc::UnboundedSender<Report>) -> JoinHandle<()> {
+        let slots = self.slots.clone();
+        match t.spec.kind {
+            CheckKind::Tcp => tokio::spawn(run(t, TcpCheck, id, slots, tx)),
+            CheckKind::Http => {
+                let check = HttpCheck(t.spec.clone());
+                tokio::spawn(run(t, check, id, slots, tx))
+            }
+            CheckKind::Https => {
+                let check = HttpsCheck::new(t.spec.clone());
+                tokio::spawn(run(t, check, id, slots, tx))
+            }
+            CheckKind::Mysql => {
+                let check = MysqlCheck(t.spec.clone());
+                tokio::spawn(run(t, check, id, slots, tx))
+            }
         }
     }
 
     pub fn stop(&mut self) {
-        for t in self.tasks.drain(..) {
-            t.abort();
+        for (_, _, task) in std::mem::take(&mut self.tasks).into_values() {
+            task.abort();
         }
     }
 }
@@ -93,8 +166,13 @@ fn spread(t: &Target, interval: Duration) -> Duration {
 }
 
 /// Probe `t` with `check` every interval until the receiver is gone.
-async fn run<C: Check>(t: Target, check: C, generation: u64, tx: mpsc::UnboundedSender<Report>)
-where
+async fn run<C: Check>(
+    t: Target,
+    check: C,
+    task: u64,
+    slots: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Report>,
+) where
     ProbeError: From<C::Error>,
 {
     let interval = Duration::from_millis(t.spec.interval_ms);
@@ -105,11 +183,11 @@ where
     loop {
         tick.tick().await;
         let start = Instant::now();
-        let result = probe(&t, &check).await;
+        let outcome = probe(&t, &check, &slots).await;
         let report = Report {
             backend: t.backend,
-            generation,
-            result,
+            task,
+            outcome,
             latency: start.elapsed(),
         };
         if tx.send(report).is_err() {
@@ -118,19 +196,29 @@ where
     }
 }
 
-/// Connect and run the check once, within the target's timeout.
-async fn probe<C: Check>(t: &Target, check: &C) -> Result<(), ProbeError>
+/// Take a probe slot, connect and run the check once, all within the
+/// target's timeout.
+async fn probe<C: Check>(t: &Target, check: &C, slots: &Semaphore) -> Outcome
 where
     ProbeError: From<C::Error>,
 {
     let timeout = Duration::from_millis(t.spec.timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, slots.acquire()).await else {
+        return Outcome::NotRun(format!(
+            "no probe slot free within {} ms (control.max_concurrent_checks under way)",
+            t.spec.timeout_ms
+        ));
+    };
     let once = async {
         let stream = tcp::connect(t.connect, t.mark).await?;
-        Ok(check.run(stream, t.connect).await?)
+        Ok::<(), ProbeError>(check.run(stream, t.connect).await?)
     };
-    match tokio::time::timeout(timeout, once).await {
-        Ok(r) => r,
-        Err(_) => Err(ProbeError::Timeout(t.spec.timeout_ms)),
+    match tokio::time::timeout_at(deadline, once).await {
+        Ok(Ok(())) => Outcome::Passed,
+        Ok(Err(e)) if e.is_local() => Outcome::NotRun(e.to_string()),
+        Ok(Err(e)) => Outcome::Failed(e),
+        Err(_) => Outcome::Failed(ProbeError::Timeout(t.spec.timeout_ms)),
     }
 }
 
@@ -182,8 +270,8 @@ mod tests {
                 spec: spec.clone(),
             };
             let (tx, mut rx) = mpsc::unbounded_channel();
-            let mut probes = Probes::default();
-            probes.restart(vec![target(hang_addr, 1), target(good_addr, 2)], &tx);
+            let mut probes = Probes::new(16);
+            probes.update(vec![target(hang_addr, 1), target(good_addr, 2)], &tx);
             let mut ok_before_hung = 0;
             // Bounded: the hung one reports within its timeout (3 s) + 20 s.
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(23);
@@ -192,11 +280,14 @@ mod tests {
                     .await
                     .expect("the hung target reports by its timeout")
                     .unwrap();
-                assert_eq!(r.generation, probes.generation);
+                assert!(probes.current(&r.backend, r.task));
                 if r.backend.port == 1 {
-                    break r.result.unwrap_err().to_string();
+                    match r.outcome {
+                        Outcome::Failed(e) => break e.to_string(),
+                        o => panic!("the hung target: {o:?}"),
+                    }
                 }
-                r.result.expect("the good target passes");
+                assert!(matches!(r.outcome, Outcome::Passed), "{:?}", r.outcome);
                 ok_before_hung += 1;
             };
             assert!(
