@@ -14,6 +14,7 @@
 //!
 //! One module per concern; `lab` is the shared lab.
 
+mod attack;
 mod control;
 mod firewall;
 mod flood;

@@ -6,6 +6,7 @@ pub use xdplb_testsupport::*;
 pub mod cases;
 pub mod flood;
 pub mod frames;
+pub mod inject;
 pub mod lab;
 pub mod model;
 pub mod oracle;
