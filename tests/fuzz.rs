@@ -495,6 +495,58 @@ impl Gen {
         v
     }
 
+    /// An ICMP error a router between the LB and a backend sends about a
+    /// packet of a NAT flow (client -> backend): mostly from the backend's
+    /// side (its next hop's MAC), sometimes from the client side, mostly to
+    /// the flow's client.
+    fn icmp_error_backend_side(&mut self, model: &Model) -> Vec<u8> {
+        let all = model.nat_replies();
+        let known: Vec<Tuple> = all[all.len().saturating_sub(512)..].to_vec();
+        let t = if !known.is_empty() && self.rng.chance(85) {
+            *self.rng.pick(&known)
+        } else {
+            Tuple {
+                src: [203, 0, 113, 11 + self.rng.below(4) as u8],
+                dst: *self.rng.pick(&CLIENTS),
+                sport: *self.rng.pick(&[8080u16, 8443, 5353]),
+                dport: 20000 + self.rng.below(self.ports as u64) as u16,
+                proto: *self.rng.pick(&[6u8, 17]),
+            }
+        };
+        let flags = *self.rng.pick(TCP_FLAGS);
+        let sent = self.frame(
+            (LB_BACKEND_MAC, backend_mac(t.src[3])),
+            t.dst,
+            t.src,
+            t.dport,
+            t.sport,
+            t.proto,
+            flags,
+            None,
+        );
+        let ip = &sent[wire::IP_OFF..];
+        let quote = &ip[..ip.len().min(28 + self.rng.below(80) as usize)];
+        let (ty, code, rest) =
+            *self
+                .rng
+                .pick(&[(3u8, 4u8, 1280u32), (3, 1, 0), (3, 3, 0), (11, 0, 0)]);
+        let src = *self.rng.pick(&[[203, 0, 113, 254], t.src, [10, 9, 9, 9]]);
+        let dst = if self.rng.chance(90) {
+            t.dst
+        } else {
+            *self.rng.pick(&CLIENTS)
+        };
+        let macs = if self.rng.chance(90) {
+            (backend_mac(t.src[3]), LB_BACKEND_MAC)
+        } else {
+            (CLIENT_MAC, LB_CLIENT_MAC)
+        };
+        let mut v = wire::icmp_error_frame(macs, src, dst, ty, code, rest, quote);
+        v[wire::IP_OFF + 8] = 1 + self.rng.byte() % 64;
+        wire::fix_ipv4_checksum(&mut v);
+        v
+    }
+
     /// Traffic for the LB host itself or elsewhere: other addresses, ICMP.
     fn other_frame(&mut self) -> Vec<u8> {
         if self.rng.chance(15) {
@@ -642,14 +694,16 @@ impl Gen {
             0..36 => self.client_frame(model),
             36..40 => self.cookie_ack(model),
             40..55 => self.reply_frame(model),
-            55..58 => self.other_frame(),
-            58..60 => self.icmp_error(),
+            55..57 => self.other_frame(),
+            57..59 => self.icmp_error(),
+            59..60 => self.icmp_error_backend_side(model),
             60..90 => {
-                let base = match self.rng.below(5) {
+                let base = match self.rng.below(6) {
                     0 => self.client_frame(model),
                     1 => self.reply_frame(model),
                     2 => self.icmp_error(),
                     3 => self.cookie_ack(model),
+                    4 => self.icmp_error_backend_side(model),
                     _ => self.other_frame(),
                 };
                 self.mutate(base)

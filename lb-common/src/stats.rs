@@ -122,6 +122,11 @@ reasons! {
     /// forged reply (a RST "refusing" a connection, say) from the client
     /// side: dropped before it changes anything.
     DropSpoofedReply = "drop_spoofed_reply",
+    /// An ICMP error from the backend side (a router between the LB and a
+    /// backend) about a NAT flow, relayed to its client with the quoted
+    /// destination translated back to the VIP (path-MTU discovery through
+    /// the LB).
+    FwdIcmpToClient = "fwd_icmp_to_client",
 }
 
 /// Number of reasons; the size of the `REASONS` map.

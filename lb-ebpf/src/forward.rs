@@ -147,8 +147,8 @@ pub fn next_hop_via(
     hop
 }
 
-/// Whether a packet carrying a NAT reply tuple came from where its backend
-/// is: in on the interface the LB sends to that backend out of, from the
+/// Whether a packet carrying a NAT reply tuple (or an ICMP error about
+/// one, from a router on the way) came from where its backend is: in on the interface the LB sends to that backend out of, from the
 /// MAC of its next hop (the backend's own on a link, its router's behind
 /// one). The answer cached for packets to the backend (this CPU's, of the
 /// current generation) is compared; without one, the FIB is asked here
@@ -156,7 +156,7 @@ pub fn next_hop_via(
 /// subprograms on the main program's frame). Out of line (a BPF
 /// subprogram): it keeps its lookup struct off the main program's stack.
 #[inline(never)]
-pub fn from_backend(ctx: &XdpContext, pkt: &Packet, backend_id: u32) -> bool {
+pub fn from_backend(ctx: &XdpContext, pkt: &Packet, backend_id: u32, backend_be: u32) -> bool {
     let in_ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the parser bounds-checked the Ethernet header.
     let src_mac = unsafe { (*pkt.eth).src_addr };
@@ -175,7 +175,7 @@ pub fn from_backend(ctx: &XdpContext, pkt: &Packet, backend_id: u32) -> bool {
     p.l4_protocol = pkt.proto;
     // The way to the backend from its client (no length: no MTU check).
     p.__bindgen_anon_3.ipv4_src = pkt.dst_be;
-    p.__bindgen_anon_4.ipv4_dst = pkt.src_be;
+    p.__bindgen_anon_4.ipv4_dst = backend_be;
     p.ifindex = in_ifindex;
     // SAFETY: `p` is a valid, correctly sized lookup struct on our stack.
     let rc = unsafe {

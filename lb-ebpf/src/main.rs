@@ -58,6 +58,9 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             {
                 return v;
             }
+            if let Some(v) = relay::to_client(ctx, &pkt, icmp, inner) {
+                return v;
+            }
             return to_host(Reason::PassNotService, pkt.dst_be, PROTO_ICMP);
         }
         Parsed::EchoRequest {
@@ -121,7 +124,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         let rev = unsafe { *rev_ptr };
         // Only from where the backend is: a forged reply (a RST "refusing"
         // a connection from the client side) changes nothing.
-        if !forward::from_backend(ctx, &pkt, rev.backend_id) {
+        if !forward::from_backend(ctx, &pkt, rev.backend_id, pkt.src_be) {
             return (xdp_action::XDP_DROP, Reason::DropSpoofedReply);
         }
         if !pkt.ip_checksum_ok() {
@@ -297,8 +300,13 @@ fn to_backend(
     } else {
         forward::dsr(ctx, pkt, c.backend_id, c.addr_be)
     };
+    // A packet the kernel forwards once it has resolved the next hop went
+    // towards the backend too (its bytes are not counted here); one dropped
+    // (no route, too big) opened nothing.
     let sent = matches!(reason, Reason::FwdNat | Reason::FwdDsr);
-    stats::count_traffic(svc.id, c.backend_id, sent.then_some(pkt.frame_len), &c);
+    if sent || reason == Reason::PassNoNeighbour {
+        stats::count_traffic(svc.id, c.backend_id, sent.then_some(pkt.frame_len), &c);
+    }
     (action, reason)
 }
 

@@ -160,6 +160,31 @@ fn verdict(action: u32, reason: Reason) -> Parsed {
     Parsed::Verdict(action, reason)
 }
 
+/// An ICMP error (unreachable, time exceeded) whose quoted packet went to
+/// a possible backend: a router between the LB and a backend answering a
+/// NAT flow's packet. Only ICMP pays for this look (two reads and a filter
+/// bit); `tot_len`: the datagram's length, already checked against the
+/// frame.
+#[inline(always)]
+fn quotes_a_backend(ctx: &XdpContext, tot_len: u16) -> bool {
+    if (tot_len as usize) < IPV4_LEN + ICMP_HEADER_LEN + QUOTE_LEN {
+        return false;
+    }
+    let (Some(h), Some(q)) = (
+        ptr_at::<[u8; 4]>(ctx, L4_OFF),
+        ptr_at::<[u8; QUOTE_LEN]>(ctx, L4_OFF + ICMP_HEADER_LEN),
+    ) else {
+        return false;
+    };
+    // SAFETY: both bounds-checked just above.
+    let (t, q) = unsafe { ((*h)[0], &*q) };
+    (t == ICMP_DEST_UNREACH || t == ICMP_TIME_EXCEEDED)
+        && maps::may_be(
+            FILTER_BACKENDS,
+            u32::from_ne_bytes([q[16], q[17], q[18], q[19]]),
+        )
+}
+
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Parsed {
     use xdp_action::{XDP_DROP, XDP_PASS};
@@ -226,7 +251,10 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     // traffic, left to the kernel without looking further (two array reads
     // of the address filter; its L4 header is the kernel's to judge).
     let maybe_vip = maps::may_be(FILTER_VIPS, dst_be);
-    if !maybe_vip && !maps::may_be(FILTER_BACKENDS, src_be) {
+    if !maybe_vip
+        && !maps::may_be(FILTER_BACKENDS, src_be)
+        && !(proto == PROTO_ICMP && quotes_a_backend(ctx, tot_len))
+    {
         return verdict(XDP_PASS, Reason::PassNotService);
     }
     // Bytes of the datagram after the IPv4 header; the L4 header must fit in

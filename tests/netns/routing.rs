@@ -7,7 +7,7 @@ use std::{
 };
 
 use lb_common::Reason;
-use xdplb_tests::{Netns, require_root};
+use xdplb_tests::{BACKEND_LINKS, Netns, require_root};
 
 use crate::lab::*;
 
@@ -525,4 +525,184 @@ fn path_mtu_discovery_works_for_a_router_beyond_the_lb() {
         "{test}: the whole response arrived"
     );
     assert!(relayed >= 1, "{test}: fwd_icmp_to_backend counted");
+}
+
+/// The `ip -d neigh` line of `addr` on `dev` in `ns`, if any.
+fn neighbour_line(ns: &Netns, dev: &str, addr: &str) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "-d", "neigh", "show", addr, "dev", dev])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(&format!("{addr} ")))
+        .map(str::to_string)
+}
+
+/// Issue 20: a link going down flushes every neighbour entry on it, the
+/// managed ones xdplb keeps for backends too, and traffic then makes a
+/// learned one in its place. The daemon makes its managed entry again
+/// (looking every second) and traffic keeps flowing. Before, the entry was
+/// lost for good.
+#[test]
+fn a_backend_link_flap_gets_its_managed_neighbour_back() {
+    let test = "a_backend_link_flap_gets_its_managed_neighbour_back";
+    if !require_root(test) {
+        return;
+    }
+    let lab = lab(Mode::Generic, "nat", "round_robin");
+    let link = &BACKEND_LINKS[0];
+    let ours = |l: &Option<String>| {
+        l.as_deref()
+            .is_some_and(|l| l.contains("managed") && l.contains("proto 88"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ours(&neighbour_line(&lab.lb, link.lb_if, link.addr)) {
+        assert!(
+            Instant::now() < deadline,
+            "{test}: no managed entry at start: {:?}",
+            neighbour_line(&lab.lb, link.lb_if, link.addr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The backend's side loses carrier and gets it back, as a cable pulled
+    // and pushed in again.
+    lab.backends[0].sh(&["ip", "link", "set", "eth0", "down"]);
+    let flushed = neighbour_line(&lab.lb, link.lb_if, link.addr);
+    lab.backends[0].sh(&["ip", "link", "set", "eth0", "up"]);
+    // (Setting its own side down took the backend's routes; a pulled cable
+    // would not have.)
+    lab.backends[0].sh(&["ip", "route", "replace", "default", "via", link.gateway]);
+    assert!(
+        !ours(&flushed),
+        "{test}: the flap did not flush the entry (the kernel keeps managed entries now?): {flushed:?}"
+    );
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    // Traffic through the kernel's own resolution makes a learned entry.
+    {
+        let _in = lab.client.enter();
+        let _ = load(10, || http_get(vip));
+    }
+    // Bound: the daemon looks every second; 2 s of margin for a loaded
+    // machine.
+    let bound = Duration::from_secs(3);
+    let t0 = Instant::now();
+    while !ours(&neighbour_line(&lab.lb, link.lb_if, link.addr)) {
+        assert!(
+            t0.elapsed() < bound,
+            "{test}: managed entry not made again within {bound:?}: {:?}\n{}",
+            neighbour_line(&lab.lb, link.lb_if, link.addr),
+            lab.daemon.log().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (spread, errors) = {
+        let _in = lab.client.enter();
+        load(20, || http_get(vip))
+    };
+    assert!(errors.is_empty(), "{test}: after the flap: {errors:?}");
+    assert_eq!(spread.len(), 2, "{test}: both backends serve: {spread:?}");
+}
+
+/// Issue 20: path-MTU discovery through a NAT VIP when the small link is
+/// beyond the LB on the backends' side. Backend 1's namespace becomes a
+/// router to a far backend over a link whose router side has MTU 1280 (the
+/// far backend still advertises a 1460-byte MSS). The client's full-size
+/// segments (translated to the far backend) reach that router, which
+/// answers "fragmentation needed" to the client; the data path relays it
+/// with the quoted destination translated back to the VIP, the client's
+/// kernel lowers its path MTU to the VIP and the 6 kB request arrives
+/// whole. Without the relay the ICMP reaches the client quoting an address
+/// it never talked to, is ignored, and the request stalls.
+#[test]
+fn path_mtu_discovery_works_for_a_router_behind_the_lb() {
+    let test = "path_mtu_discovery_works_for_a_router_behind_the_lb";
+    if !require_root(test) {
+        return;
+    }
+    let config = format!(
+        "[dataplane]\nflow_table_size = 65536\n[[service]]\nname = \"www\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"round_robin\"\nforwarding = \"nat\"\nbackend = [{{ address = \"10.78.0.2\", port = 8080 }}]\n"
+    );
+    // The far backend and its router exist before the daemon starts, so
+    // its first reply already finds a route.
+    let lab = lab_with(Mode::Native, &nat_config(&[("203.0.113.11", 1)], ""));
+    let router = &lab.backends[0];
+    let far = Netns::new("xdplb-farb");
+    xdplb_tests::veth(router, "farb", &far, "eth0");
+    router.sh(&["ip", "addr", "add", "10.78.0.1/24", "dev", "farb"]);
+    router.sh(&["ip", "link", "set", "farb", "mtu", "1280"]);
+    router.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    far.sh(&["ip", "addr", "add", "10.78.0.2/24", "dev", "eth0"]);
+    far.sh(&["ip", "route", "add", "default", "via", "10.78.0.1"]);
+    // Full checksums from the far backend: native XDP on the LB sees its
+    // packets as the router forwards them.
+    far.sh(&["ethtool", "-K", "eth0", "tx", "off"]);
+    let srv = xdplb_tests::target_bin("xdplb-testsrv")
+        .display()
+        .to_string();
+    let args: Vec<String> = [srv.as_str(), "far", "--tcp", "0.0.0.0:8080"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut server = xdplb_tests::ProcessGuard::spawn("far", &far.name, &args);
+    server.wait_for("listening", Duration::from_secs(10));
+    lab.lb.sh(&[
+        "ip",
+        "route",
+        "add",
+        "10.78.0.0/24",
+        "via",
+        BACKEND_LINKS[0].addr,
+        "dev",
+        BACKEND_LINKS[0].lb_if,
+    ]);
+    let mut lab = lab;
+    lab.reload(&config, 1);
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let pad = "x".repeat(6000);
+    let request = format!("GET / HTTP/1.0\r\nHost: www\r\nX-Pad: {pad}\r\n\r\n");
+    let started = Instant::now();
+    let result = {
+        let _in = lab.client.enter();
+        (|| -> Result<String, String> {
+            let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+                .map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(request.as_bytes())
+                .map_err(|e| format!("write: {e}"))?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp)
+                .map_err(|e| format!("read: {e}"))?;
+            Ok(resp)
+        })()
+    };
+    let took = started.elapsed();
+    let route = std::process::Command::new("ip")
+        .args(["-n", &lab.client.name, "route", "get", VIP])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    let relayed = cpus_that_counted(&lab, Reason::FwdIcmpToClient);
+    eprintln!(
+        "{test}: request took {took:?}; relayed ICMP counted on {relayed} CPU(s); client route: {}",
+        route.trim()
+    );
+    let resp = result.unwrap_or_else(|e| {
+        panic!(
+            "{test}: large request through the VIP failed after {took:?}: {e}\nclient route: {route}\n{}",
+            lab.daemon.log().join("\n")
+        )
+    });
+    assert!(
+        resp.contains("backend=far")
+            && resp.contains(&format!("request_bytes={}\n", request.len())),
+        "{test}: the far backend did not receive the whole {}-byte request: {resp:?}",
+        request.len()
+    );
+    assert!(relayed >= 1, "{test}: fwd_icmp_to_client counted");
+    assert!(
+        route.contains("mtu 1280"),
+        "{test}: the client did not learn the path MTU from the relayed ICMP: {route}"
+    );
+    drop(server);
 }

@@ -494,7 +494,8 @@ impl Model {
                 out.push((client, true));
             }
         }
-        // An ICMP error's quote (from the VIP to the client), reversed.
+        // An ICMP error's quote (from the VIP to the client), reversed: the
+        // client's flow ...
         if let Some(q) = at(wire::L4_OFF + 8) {
             let key = Tuple {
                 src: q.dst,
@@ -504,6 +505,8 @@ impl Model {
                 proto: q.proto,
             };
             out.push((key, true));
+            // ... or (from the client to a backend) the reply entry it names.
+            out.push((key, false));
         }
         out
     }
@@ -588,6 +591,7 @@ impl Model {
         let ip_src: [u8; 4] = ip[12..16].try_into().unwrap();
         if !self.may_be(lb_common::FILTER_VIPS, ip_dst)
             && !self.may_be(lb_common::FILTER_BACKENDS, ip_src)
+            && !self.quotes_a_backend(f, tot_len)
         {
             return Expect::same(Pass, Reason::PassNotService);
         }
@@ -631,6 +635,9 @@ impl Model {
                 && (l4[17] == 6 || l4[17] == 17) =>
             {
                 if let Some(e) = self.relay(f, ip_dst, tot_len, frag & 0x4000 != 0) {
+                    return e;
+                }
+                if let Some(e) = self.relay_to_client(f, ip_dst, tot_len, frag & 0x4000 != 0) {
                     return e;
                 }
                 return self.host(Reason::PassNotService, ip_dst, proto);
@@ -755,6 +762,66 @@ impl Model {
                 }
             }),
         )
+    }
+
+    /// Whether `f` (an IPv4 frame of `tot_len`) is an ICMP error quoting a
+    /// packet to a possible backend: the address filter lets it in.
+    fn quotes_a_backend(&self, f: &[u8], tot_len: u16) -> bool {
+        let l4 = &f[wire::L4_OFF..];
+        f[wire::IP_OFF + 9] == 1
+            && tot_len as usize >= 20 + 8 + 28
+            && (l4[0] == 3 || l4[0] == 11)
+            && self.may_be(
+                lb_common::FILTER_BACKENDS,
+                l4[8 + 16..8 + 20].try_into().unwrap(),
+            )
+    }
+
+    /// An ICMP error `f` to `dst` from the backend side about a NAT flow
+    /// (its quote: client -> backend): relayed to the client with the quote
+    /// translated back to the VIP, or `None` (the kernel's).
+    fn relay_to_client(
+        &mut self,
+        f: &[u8],
+        dst: [u8; 4],
+        tot_len: u16,
+        df: bool,
+    ) -> Option<Expect> {
+        let q = &f[wire::L4_OFF + 8..];
+        let key = Tuple {
+            src: q[16..20].try_into().unwrap(),
+            dst: q[12..16].try_into().unwrap(),
+            sport: be16(q, 22),
+            dport: be16(q, 20),
+            proto: q[9],
+        };
+        if key.dst != dst {
+            return None;
+        }
+        let rev = *self.nat.get(&key)?;
+        if !self.came_from_backend(f, key.src) {
+            return Some(Expect::same(Action::Drop, Reason::DropSpoofedReply));
+        }
+        if wire::ipv4_residual(f) != 0xffff {
+            return Some(Expect::same(Action::Drop, Reason::DropBadIpChecksum));
+        }
+        if f[wire::IP_OFF + 8] <= 1 {
+            return Some(Expect::same(Action::Drop, Reason::DropTtlExceeded));
+        }
+        let p = Pkt {
+            t: key,
+            tcp_flags: 0,
+            seq: 0,
+            df,
+            tot_len,
+        };
+        let hop = fib(self.links, dst, tot_len);
+        if let Hop::FragNeeded(_) = hop {
+            return Some(Expect::same(Action::Drop, Reason::DropTooBig));
+        }
+        Some(self.deliver(f, &p, hop, Reason::FwdIcmpToClient, |_, out| {
+            relay_to_client_translate(out, rev.vip, rev.vport);
+        }))
     }
 
     /// Whether `addr`'s bit is set in the address filter's `set`, as the
@@ -1024,6 +1091,11 @@ impl Model {
             }
         });
         let sent = e.reason == ok;
+        // Counted only when the packet went towards the backend (sent, or
+        // left to the kernel to resolve the next hop).
+        if !sent && e.reason != Reason::PassNoNeighbour {
+            return e;
+        }
         for (t, retry) in [
             (self.counts.services.entry(svc.id).or_default(), false),
             (self.counts.backends.entry(bid).or_default(), syn_retransmit),
@@ -1527,11 +1599,26 @@ fn relay_translate(out: &mut [u8], b: &BackendEntry) {
     let ip = wire::IP_OFF;
     out[ip + 16..ip + 20].copy_from_slice(&b.addr);
     out[ip + 8] -= 1;
+    translate_quote(out, 12, 20, b.addr, b.port);
+}
+
+/// An ICMP error from the backend side relayed to the client: TTL down by
+/// one, the quoted destination and its port back to the VIP's.
+fn relay_to_client_translate(out: &mut [u8], vip: [u8; 4], vport: u16) {
+    out[wire::IP_OFF + 8] -= 1;
+    translate_quote(out, 16, 22, vip, vport);
+}
+
+/// Rewrite the quoted packet's address at `addr_at` (12: source, 16:
+/// destination, in its IPv4 header) and port at `port_at` (20: source, 22:
+/// destination), with its IPv4 and L4 checksums.
+fn translate_quote(out: &mut [u8], addr_at: usize, port_at: usize, addr: [u8; 4], port: u16) {
+    let ip = wire::IP_OFF;
     let q = wire::L4_OFF + 8;
     let before: Vec<u8> = out[q..q + 20].to_vec();
-    let old_port = [out[q + 20], out[q + 21]];
-    out[q + 12..q + 16].copy_from_slice(&b.addr);
-    out[q + 20..q + 22].copy_from_slice(&b.port.to_be_bytes());
+    let old_port = [out[q + port_at], out[q + port_at + 1]];
+    out[q + addr_at..q + addr_at + 4].copy_from_slice(&addr);
+    out[q + port_at..q + port_at + 2].copy_from_slice(&port.to_be_bytes());
     // The quoted IPv4 header: the checksum that gives the new header the
     // old one's residual (0xffff when it was right).
     let residual = wire::ones_sum(&before, 0);
@@ -1539,11 +1626,10 @@ fn relay_translate(out: &mut [u8], b: &BackendEntry) {
     let rest = wire::ones_sum(&out[q..q + 20], 0);
     let check = ones_add(residual, !rest);
     out[q + 10..q + 12].copy_from_slice(&check.to_be_bytes());
-    // The quoted L4 checksum covers the pseudo-header's source address and
-    // the source port: ~check moves by what they add now less what they
-    // added before.
-    let moved_from: Vec<u8> = [&before[12..16], &old_port[..]].concat();
-    let moved_to: Vec<u8> = [&b.addr[..], &b.port.to_be_bytes()[..]].concat();
+    // The quoted L4 checksum covers the pseudo-header's addresses and the
+    // ports: ~check moves by what they add now less what they added before.
+    let moved_from: Vec<u8> = [&before[addr_at..addr_at + 4], &old_port[..]].concat();
+    let moved_to: Vec<u8> = [&addr[..], &port.to_be_bytes()[..]].concat();
     let tot_len = be16(out, ip + 2) as usize;
     let at = match out[q + 9] {
         wire::PROTO_TCP if tot_len >= 20 + 8 + 20 + 18 => Some(q + 36),

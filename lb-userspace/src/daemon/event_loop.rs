@@ -422,6 +422,8 @@ impl Daemon {
                 _ = rate_tick.tick() => {
                     if let Some(s) = self.snapshot() { self.rates.update(Instant::now(), s); }
                     self.sync(); // retries a failed health write
+                    // A link flap flushes managed neighbour entries.
+                    self.host.keep_neighbours().await;
                 }
                 _ = stats_tick.tick(), if stats_interval > 0 => {
                     if let Some(s) = self.snapshot() { info!(counters = %s, "counters"); }

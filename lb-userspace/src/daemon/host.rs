@@ -87,7 +87,7 @@ impl Host {
                 Err(e) => Err(e),
             };
             match result {
-                Ok((route, Ensured::Created | Ensured::Ours)) => {
+                Ok((route, Ensured::Created | Ensured::Replaced | Ensured::Ours)) => {
                     info!(backend = %addr, next_hop = %route.next_hop, ifindex = route.ifindex, "managed neighbour entry in place");
                     self.managed.push(Managed {
                         backend: addr,
@@ -116,6 +116,52 @@ impl Host {
         for m in gone {
             if m.ours && !self.managed.iter().any(|k| k.route == m.route) {
                 self.release(m.route).await;
+            }
+        }
+    }
+
+    /// Re-make the managed entries the kernel dropped since (a link going
+    /// down flushes them all, a flap of the backend's link included) or that
+    /// a learned entry took the place of; take over entries someone else
+    /// had when they become learned ones. Called every second: one dump of
+    /// the neighbour table, and netlink requests only for what is missing.
+    pub async fn keep_neighbours(&mut self) {
+        if self.managed.is_empty() {
+            return;
+        }
+        let table = match self.nl.neighbour_table().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(error = %e, "neighbour table");
+                return;
+            }
+        };
+        for m in self.managed.iter_mut() {
+            let fine = match table.get(&(m.route.ifindex, m.route.next_hop)) {
+                Some(n) => n.is_ours() || (!m.ours && !n.is_learned()),
+                None => false,
+            };
+            if fine {
+                continue;
+            }
+            // The route may have changed with the link: look it up again.
+            let route = match self.nl.route_to(m.backend).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(backend = %m.backend, error = %e, "no route to the backend (yet)");
+                    continue;
+                }
+            };
+            match self.nl.ensure_managed(route.ifindex, route.next_hop).await {
+                Ok(Ensured::Theirs(_)) => {}
+                Ok(e) => {
+                    info!(backend = %m.backend, next_hop = %route.next_hop, ifindex = route.ifindex, how = ?e, "managed neighbour entry made again (the kernel had dropped or replaced it)");
+                    m.route = route;
+                    m.ours = true;
+                }
+                Err(e) => {
+                    warn!(backend = %m.backend, error = %e, "cannot make the backend's neighbour entry again")
+                }
             }
         }
     }

@@ -4,10 +4,13 @@
 //! program's `redirect_neigh`; managed entries keep it off that slow path.)
 //!
 //! Host safety: an entry xdplb creates carries [`NEIGH_PROTOCOL`] as its
-//! protocol. Only such entries are ever changed or deleted; an entry that
-//! was there before (a gateway's, a static one, a dynamic one) is left
-//! exactly as it is. A daemon restarted after a crash recognises the
-//! entries its predecessor made by the same mark.
+//! protocol. Only such entries, and entries the kernel learned from traffic
+//! (no mark, not static, not managed: a cache, nobody's configuration), are
+//! ever changed or deleted; a static entry, someone else's managed one or
+//! one marked by another program is left exactly as it is. A daemon
+//! restarted after a crash recognises the entries its predecessor made by
+//! the same mark. A link going down flushes every entry on it, managed ones
+//! too, so the daemon looks again every second (`Host::keep_neighbours`).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -31,6 +34,10 @@ pub const NEIGH_PROTOCOL: u8 = 0x58;
 pub enum Ensured {
     /// Created now, managed and marked as ours.
     Created,
+    /// A learned entry (the kernel's cache, nobody's configuration) made
+    /// managed and ours: after a link flap flushed ours, traffic makes one
+    /// of these before we look again.
+    Replaced,
     /// Ours already (an earlier daemon made it).
     Ours,
     /// Someone else's entry (described): left untouched.
@@ -38,18 +45,50 @@ pub enum Ensured {
 }
 
 /// An entry found in the kernel's table.
-struct Found {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
     ours: bool,
+    protocol: Option<RouteProtocol>,
     state: NeighbourState,
     managed: bool,
 }
 
+impl Neighbour {
+    /// Ours (made by xdplb).
+    pub fn is_ours(&self) -> bool {
+        self.ours
+    }
+
+    /// Learned by the kernel from traffic: no protocol mark, not static,
+    /// not managed. Replacing it changes nobody's configuration.
+    pub fn is_learned(&self) -> bool {
+        self.protocol.is_none()
+            && !self.managed
+            && !matches!(
+                self.state,
+                NeighbourState::Permanent | NeighbourState::Noarp
+            )
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{:?}{}{}",
+            self.state,
+            if self.managed { ", managed" } else { "" },
+            match self.protocol {
+                Some(p) => format!(", protocol {}", u8::from(p)),
+                None => String::new(),
+            }
+        )
+    }
+}
+
 impl Netlink {
-    async fn find_neighbour(
+    /// The kernel's IPv4 neighbour table, by (interface, address).
+    pub async fn neighbour_table(
         &self,
-        ifindex: u32,
-        addr: Ipv4Addr,
-    ) -> Result<Option<Found>, NetError> {
+    ) -> Result<std::collections::HashMap<(u32, Ipv4Addr), Neighbour>, NetError> {
+        let mut out = std::collections::HashMap::new();
         let mut dump = self
             .handle
             .neighbours()
@@ -61,9 +100,6 @@ impl Netlink {
             .await
             .map_err(Self::request_error("list neighbours"))?
         {
-            if m.header.ifindex != ifindex {
-                continue;
-            }
             let mut dst = None;
             let mut protocol = None;
             let mut ext = NeighbourExtFlags::empty();
@@ -75,32 +111,43 @@ impl Netlink {
                     _ => {}
                 }
             }
-            if dst == Some(addr) {
-                return Ok(Some(Found {
-                    ours: protocol == Some(RouteProtocol::Other(NEIGH_PROTOCOL)),
-                    state: m.header.state,
-                    managed: ext.contains(NeighbourExtFlags::Managed),
-                }));
+            if let Some(d) = dst {
+                out.insert(
+                    (m.header.ifindex, d),
+                    Neighbour {
+                        ours: protocol == Some(RouteProtocol::Other(NEIGH_PROTOCOL)),
+                        protocol,
+                        state: m.header.state,
+                        managed: ext.contains(NeighbourExtFlags::Managed),
+                    },
+                );
             }
         }
-        Ok(None)
+        Ok(out)
+    }
+
+    async fn find_neighbour(
+        &self,
+        ifindex: u32,
+        addr: Ipv4Addr,
+    ) -> Result<Option<Neighbour>, NetError> {
+        Ok(self.neighbour_table().await?.remove(&(ifindex, addr)))
     }
 
     /// Make sure `addr` on `ifindex` has a managed entry: create one (marked
-    /// ours) if there is none; never change an entry someone else made.
+    /// ours) if there is none, make a learned one ours; never change an
+    /// entry someone configured (static, managed or marked by another).
     pub async fn ensure_managed(&self, ifindex: u32, addr: Ipv4Addr) -> Result<Ensured, NetError> {
-        match self.find_neighbour(ifindex, addr).await? {
+        let replace = match self.find_neighbour(ifindex, addr).await? {
             Some(f) if f.ours => return Ok(Ensured::Ours),
-            Some(f) => {
-                return Ok(Ensured::Theirs(format!(
-                    "{:?}{}",
-                    f.state,
-                    if f.managed { ", managed" } else { "" }
-                )));
-            }
-            None => {}
-        }
+            Some(f) if f.is_learned() => true,
+            Some(f) => return Ok(Ensured::Theirs(f.describe())),
+            None => false,
+        };
         let mut add = self.handle.neighbours().add(ifindex, IpAddr::V4(addr));
+        if replace {
+            add = add.replace();
+        }
         {
             let m = add.message_mut();
             m.header.state = NeighbourState::None;
@@ -111,8 +158,10 @@ impl Netlink {
                     NEIGH_PROTOCOL,
                 )));
         }
-        // Without NLM_F_REPLACE: an entry that appeared meanwhile is kept.
+        // A new entry without NLM_F_REPLACE: one that appeared meanwhile is
+        // kept (and looked at again next time).
         match add.execute().await {
+            Ok(()) if replace => Ok(Ensured::Replaced),
             Ok(()) => Ok(Ensured::Created),
             Err(e) => {
                 let e = Self::request_error(format!("managed neighbour {addr}"))(e);
