@@ -95,6 +95,10 @@ fn packet_fixture_table() {
             Reason::DropArpNotMaster,
             "arp_for_ha_addresses_follows_the_lease",
         ),
+        (
+            Reason::PassOtherHost,
+            "frames_for_another_host_are_not_forwarded_unless_accepted",
+        ),
     ];
     let uncovered: Vec<&str> = Reason::ALL
         .iter()
@@ -174,8 +178,8 @@ fn arp_for_ha_addresses_follows_the_lease() {
     fx.set_vip(vip, lb_common::VIP_F_DROP_UNSERVED | lb_common::VIP_F_HA);
     let ha = |lease_until_ns| lb_common::Settings {
         flags: lb_common::SETTINGS_F_HA,
-        _pad: 0,
         lease_until_ns,
+        ..Default::default()
     };
     fx.set_settings(ha(now_ns() + 10_000_000_000));
     assert_eq!(fx.run(&arp), (XDP_PASS, arp.clone()), "lease running");
@@ -186,6 +190,60 @@ fn arp_for_ha_addresses_follows_the_lease() {
     // Other addresses' ARP is never touched.
     let other = cases::arp_request([192, 0, 2, 99]);
     assert_eq!(fx.run(&other), (XDP_PASS, other.clone()));
+}
+
+/// Issue 20: a unicast frame addressed to another host (a switch floods
+/// unknown unicast to every port; an HA BACKUP used to forward the
+/// MASTER's) is the kernel's, not forwarded; the frames of a peer the HA
+/// node declared dead (`Settings::accept_macs`) are forwarded on purpose;
+/// broadcast is everyone's. Without the interface's MAC set the check is
+/// off (a lab, or an interface past `MAX_IFINDEX`).
+#[test]
+fn frames_for_another_host_are_not_forwarded_unless_accepted() {
+    if !require_root("frames_for_another_host_are_not_forwarded_unless_accepted") {
+        return;
+    }
+    let mut fx = lab();
+    let vip = [192, 0, 2, 10];
+    let dead_master = [0x02, 0, 0, 0, 0x0d, 0xad];
+    let fxa = xdplb_tests::wire::ifindex("fxa");
+    fx.set_iface_mac(fxa, LB_CLIENT_MAC);
+    let to = |dst: [u8; 6], sport: u16| {
+        with_macs(&from_client(vip, sport, 80, L4::TcpSyn), CLIENT_MAC, dst)
+    };
+    let input = to(dead_master, 41000);
+    assert_eq!(
+        fx.run(&input),
+        (XDP_PASS, input.clone()),
+        "another host's frame"
+    );
+    assert_eq!(fx.reason(Reason::PassOtherHost), 1);
+    assert_eq!(fx.reason(Reason::FwdDsr), 0);
+    assert_eq!(fx.run(&to(LB_CLIENT_MAC, 41001)).0, XDP_REDIRECT, "our own");
+    assert_eq!(fx.run(&to([0xff; 6], 41002)).0, XDP_REDIRECT, "broadcast");
+    let mut accept_macs = [[0u8; 6]; lb_common::MAX_ACCEPT_MACS];
+    accept_macs[1] = dead_master;
+    fx.set_settings(lb_common::Settings {
+        flags: lb_common::SETTINGS_F_HA,
+        accept_macs,
+        accept_count: 2,
+        ..Default::default()
+    });
+    assert_eq!(
+        fx.run(&to(dead_master, 41003)).0,
+        XDP_REDIRECT,
+        "a dead peer's"
+    );
+    // Only the first `accept_count` count.
+    fx.set_settings(lb_common::Settings {
+        flags: lb_common::SETTINGS_F_HA,
+        accept_macs,
+        accept_count: 1,
+        ..Default::default()
+    });
+    assert_eq!(fx.run(&to(dead_master, 41004)).0, XDP_PASS);
+    assert_eq!(fx.reason(Reason::PassOtherHost), 2);
+    assert_eq!(fx.reason(Reason::FwdDsr), 3);
 }
 
 #[test]

@@ -303,6 +303,10 @@ const TARGETS: &[([u8; 4], u16, u8)] = &[
 ];
 const TCP_FLAGS: &[u8] = &[0x02, 0x10, 0x18, 0x11, 0x04, 0x14, 0x12, 0x01];
 
+/// The MAC of an HA peer the node declares dead every fourth churn step
+/// (frames to it are forwarded then, and passed otherwise).
+const DEAD_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0d, 0xad];
+
 struct Gen {
     rng: Rng,
     /// Client ports drawn from (few: flows repeat; many: tables overflow).
@@ -690,6 +694,20 @@ impl Gen {
     }
 
     fn next(&mut self, model: &Model) -> Vec<u8> {
+        let mut v = self.next_frame(model);
+        // Now and then to another host: a dead peer, or anyone.
+        if v.len() >= 6 && self.rng.chance(3) {
+            let other = if self.rng.chance(50) {
+                DEAD_PEER_MAC
+            } else {
+                [0x02, 0, 0, 0, self.rng.byte(), self.rng.byte()]
+            };
+            v[0..6].copy_from_slice(&other);
+        }
+        v
+    }
+
+    fn next_frame(&mut self, model: &Model) -> Vec<u8> {
         match self.rng.below(100) {
             0..36 => self.client_frame(model),
             36..40 => self.cookie_ack(model),
@@ -803,8 +821,11 @@ impl Harness {
             } else {
                 0
             },
-            _pad: 0,
             lease_until_ns: if step % 3 == 1 { 0 } else { u64::MAX },
+            // A declared-dead peer's MAC accepted every fourth step.
+            accept_macs: [DEAD_PEER_MAC; lb_common::MAX_ACCEPT_MACS],
+            accept_count: u32::from(step % 4 == 3),
+            ..Default::default()
         };
         let map = self
             .ebpf
@@ -935,6 +956,22 @@ fn fuzz(
         fxa: wire::ifindex("fxa"),
         fxc: wire::ifindex("fxc"),
     };
+    // The lab interfaces' MACs, as the daemon sets them for its own: the
+    // program then leaves other hosts' frames to the kernel.
+    for (ifindex, mac) in [(links.fxa, LB_CLIENT_MAC), (links.fxc, LB_BACKEND_MAC)] {
+        let map = h
+            .ebpf
+            .map_mut(lb_common::names::IFACE_MACS)
+            .expect("IFACE_MACS map");
+        let mut a: aya::maps::Array<&mut aya::maps::MapData, lb_common::IfaceMac> =
+            aya::maps::Array::try_from(map).expect("IFACE_MACS is an array");
+        let v = lb_common::IfaceMac {
+            mac,
+            set: 1,
+            _pad: 0,
+        };
+        a.set(ifindex, v, 0).expect("write IFACE_MACS");
+    }
     let mut model = Model::new(&plan, &h.config, &avail, links);
     same_rings(&plan, &model)?;
     h.ha_step(0, &mut model);
@@ -978,6 +1015,19 @@ fn fuzz(
         } else {
             links.fxa
         };
+        // A forger on the other link addresses the LB's MAC there.
+        let mut frame = frame;
+        if wrong_link
+            && frame.len() >= 6
+            && [LB_CLIENT_MAC, LB_BACKEND_MAC].contains(&frame[0..6].try_into().unwrap())
+        {
+            let own = if ingress == links.fxc {
+                LB_BACKEND_MAC
+            } else {
+                LB_CLIENT_MAC
+            };
+            frame[0..6].copy_from_slice(&own);
+        }
         let want = model.predict(&frame, ingress);
         let (code, out) = h.run(&frame, ingress);
         let fail = |why: String| {

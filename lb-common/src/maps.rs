@@ -72,6 +72,7 @@ pub mod names {
     pub const ADDR_FILTER: &str = "ADDR_FILTER";
     pub const HOP_CACHE: &str = "HOP_CACHE";
     pub const HOP_GENERATION: &str = "HOP_GENERATION";
+    pub const IFACE_MACS: &str = "IFACE_MACS";
     /// The XDP entry point in the object file.
     pub const PROGRAM: &str = "xdplb";
     /// The tc-ingress program that sends packets the XDP program could not
@@ -110,13 +111,14 @@ pub mod names {
         ADDR_FILTER,
         HOP_CACHE,
         HOP_GENERATION,
+        IFACE_MACS,
     ];
 }
 
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 15;
+pub const LAYOUT_VERSION: u32 = 16;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -562,8 +564,35 @@ pub struct Settings {
     /// may answer ARP for `VIP_F_HA` addresses. The MASTER's daemon extends
     /// it with every advert it sends, by the master-down interval.
     pub lease_until_ns: u64,
+    /// HA: MACs frames may be addressed to besides the ingress interface's
+    /// own: the peer's, once it is declared dead, so frames a switch floods
+    /// for it (its port went down) or neighbours still send it are
+    /// forwarded here at once. The first `accept_count` are used.
+    pub accept_macs: [[u8; 6]; MAX_ACCEPT_MACS],
+    pub accept_count: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+const _: () = assert!(core::mem::size_of::<Settings>() == 72);
+
+/// Most MACs `Settings::accept_macs` holds.
+pub const MAX_ACCEPT_MACS: usize = 8;
+
+/// Slots of `IFACE_MACS`: an interface with a larger index is not checked
+/// (the daemon warns).
+pub const MAX_IFINDEX: u32 = 4096;
+
+/// `IFACE_MACS` entry: the MAC of an interface the program is attached to,
+/// indexed by its ifindex. A unicast frame to another MAC is not this
+/// host's to forward (a switch floods unknown unicast to every port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfaceMac {
+    pub mac: [u8; 6],
+    /// 1: the check is on for this interface.
+    pub set: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<IfaceMac>() == 8);
 
 /// Report every new or moved flow in `FLOW_EVENTS` (HA flow sync).
 pub const SETTINGS_F_SYNC_FLOWS: u32 = 1;
@@ -597,6 +626,7 @@ mod pod {
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for VipInfo {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for IfaceMac {}
     unsafe impl aya::Pod for FlowEvent {}
     unsafe impl aya::Pod for CachedHop {}
     unsafe impl aya::Pod for AclServiceKey {}

@@ -127,6 +127,11 @@ reasons! {
     /// destination translated back to the VIP (path-MTU discovery through
     /// the LB).
     FwdIcmpToClient = "fwd_icmp_to_client",
+    /// A unicast frame addressed to another host (a switch flooding unknown
+    /// unicast, or a neighbour with a stale cache): the kernel's, which
+    /// drops it. Forwarding it would duplicate what its addressee forwards
+    /// (an HA BACKUP must not act on the MASTER's frames).
+    PassOtherHost = "pass_other_host",
 }
 
 /// Number of reasons; the size of the `REASONS` map.

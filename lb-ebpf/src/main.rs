@@ -15,6 +15,7 @@ mod cookie;
 mod fault;
 mod forward;
 mod icmp;
+mod l2;
 mod maps;
 mod nat;
 mod neigh;
@@ -43,6 +44,9 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn process(ctx: &XdpContext) -> (u32, Reason) {
+    if !l2::addressed_here(ctx) {
+        return (xdp_action::XDP_PASS, Reason::PassOtherHost);
+    }
     let pkt = match parse::parse(ctx) {
         Parsed::Packet(p) => p,
         Parsed::Verdict(action, reason) => return (action, reason),
@@ -262,10 +266,9 @@ fn arp_request(target_be: u32) -> (u32, Reason) {
         && let Some(v) = maps::vip(target_be)
         && v.flags & VIP_F_HA != 0
     {
-        let s = maps::settings();
         // SAFETY: helper without arguments.
         let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-        if s.flags & SETTINGS_F_HA != 0 && now >= s.lease_until_ns {
+        if maps::settings_flags() & SETTINGS_F_HA != 0 && now >= maps::lease_until_ns() {
             return (xdp_action::XDP_DROP, Reason::DropArpNotMaster);
         }
     }

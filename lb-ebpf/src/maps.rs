@@ -7,11 +7,11 @@ use aya_ebpf::{
 };
 use lb_common::{
     ACL_DENY, ADDR_FILTER_ENTRIES, AclServiceKey, BPF_F_MMAPABLE, Backend, CachedHop,
-    ClientRateKey, FLOW_EVENTS_BYTES, Firewall, FlowEvent, FlowKey, FlowValue, MAX_ACL_GLOBAL,
-    MAX_ACL_SERVICE, MAX_BACKENDS, MAX_CLIENT_RATES, MAX_EMBRYOS, MAX_FLOWS, MAX_NAT_FLOWS,
-    MAX_SERVICES, MAX_VIPS, NatReverse, REASON_COUNT, RING_ENTRIES, RateLimit,
-    SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, ServiceSlot, Settings, SynCookieState, Traffic,
-    VipInfo, addr_filter_bit,
+    ClientRateKey, FLOW_EVENTS_BYTES, Firewall, FlowEvent, FlowKey, FlowValue, IfaceMac,
+    MAX_ACCEPT_MACS, MAX_ACL_GLOBAL, MAX_ACL_SERVICE, MAX_BACKENDS, MAX_CLIENT_RATES, MAX_EMBRYOS,
+    MAX_FLOWS, MAX_IFINDEX, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS, NatReverse, REASON_COUNT,
+    RING_ENTRIES, RateLimit, SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, ServiceSlot, Settings,
+    SynCookieState, Traffic, VipInfo, addr_filter_bit,
 };
 
 #[map]
@@ -131,6 +131,9 @@ pub static HOP_CACHE: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(MAX
 /// One entry: the generation cached next hops must carry to be used.
 #[map]
 pub static HOP_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+/// The attached interfaces' MACs, by ifindex (see `l2.rs`).
+#[map]
+pub static IFACE_MACS: Array<IfaceMac> = Array::with_max_entries(MAX_IFINDEX, 0);
 
 /// Whether `addr_be` may be in filter set `set` (false: certainly not).
 /// An array read the verifier inlines: no helper call.
@@ -179,8 +182,46 @@ pub fn hop_generation() -> u32 {
 }
 
 #[inline(always)]
-pub fn settings() -> Settings {
-    SETTINGS.get(0).copied().unwrap_or_default()
+pub fn settings_flags() -> u32 {
+    SETTINGS.get(0).map_or(0, |s| s.flags)
+}
+
+/// The HA lease (`Settings::lease_until_ns`).
+#[inline(always)]
+pub fn lease_until_ns() -> u64 {
+    SETTINGS.get(0).map_or(0, |s| s.lease_until_ns)
+}
+
+/// Whether `mac` is one the HA node accepts besides the interfaces' own
+/// (read in place: the struct is too large to copy onto the stack).
+#[inline(always)]
+pub fn accepted_mac(mac: &[u8; 6]) -> bool {
+    let Some(s) = SETTINGS.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: a map value pointer; fields read in place.
+    let n = unsafe { (*s).accept_count } as usize;
+    let mut i = 0;
+    while i < MAX_ACCEPT_MACS {
+        if i >= n {
+            return false;
+        }
+        // SAFETY: as above; `i` is below the array's length.
+        if unsafe { (*s).accept_macs[i] } == *mac {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The MAC of interface `ifindex`, if the daemon set it.
+#[inline(always)]
+pub fn iface_mac(ifindex: u32) -> Option<[u8; 6]> {
+    IFACE_MACS
+        .get(ifindex)
+        .filter(|m| m.set != 0)
+        .map(|m| m.mac)
 }
 
 #[inline(always)]
@@ -193,7 +234,7 @@ pub fn vip(addr_be: u32) -> Option<VipInfo> {
 /// Never waits: without room the event is counted as lost.
 #[inline(always)]
 pub fn report_flow(key: &FlowKey, value: &FlowValue) {
-    if settings().flags & SETTINGS_F_SYNC_FLOWS == 0 {
+    if settings_flags() & SETTINGS_F_SYNC_FLOWS == 0 {
         return;
     }
     // Reserved and written in place: no 32-byte event on the stack.

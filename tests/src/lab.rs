@@ -201,6 +201,23 @@ impl Lab {
         a.set(0, settings, 0).expect("write settings");
     }
 
+    /// Set interface `ifindex`'s MAC in `IFACE_MACS`, as the daemon does for
+    /// the interfaces it attaches to (the lab leaves the check off).
+    pub fn set_iface_mac(&mut self, ifindex: u32, mac: [u8; 6]) {
+        let map = self
+            .ebpf
+            .map_mut(names::IFACE_MACS)
+            .expect("IFACE_MACS map");
+        let mut a: aya::maps::Array<&mut MapData, lb_common::IfaceMac> =
+            aya::maps::Array::try_from(map).expect("IFACE_MACS is an array");
+        let v = lb_common::IfaceMac {
+            mac,
+            set: 1,
+            _pad: 0,
+        };
+        a.set(ifindex, v, 0).expect("write IFACE_MACS");
+    }
+
     /// Set an address's `VIP_F_*` flags, as a plan would.
     pub fn set_vip(&mut self, addr: [u8; 4], flags: u32) {
         use xdplb::dataplane::Dataplane as _;

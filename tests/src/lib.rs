@@ -3,6 +3,7 @@
 
 pub use xdplb_testsupport::*;
 
+pub mod capture;
 pub mod cases;
 pub mod flood;
 pub mod frames;

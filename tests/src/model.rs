@@ -553,6 +553,19 @@ impl Model {
         if f.len() < 14 {
             return Expect::same(Drop, Reason::DropTruncated);
         }
+        // Another host's unicast frame is the kernel's (the harness set
+        // the lab interfaces' MACs), unless the HA node accepts its MAC.
+        let dst: [u8; 6] = f[0..6].try_into().unwrap();
+        let own = if self.ingress == self.links.fxc {
+            LB_BACKEND_MAC
+        } else {
+            LB_CLIENT_MAC
+        };
+        let accepted = &self.settings.accept_macs
+            [..(self.settings.accept_count as usize).min(lb_common::MAX_ACCEPT_MACS)];
+        if dst[0] & 1 == 0 && dst != own && !accepted.contains(&dst) {
+            return Expect::same(Pass, Reason::PassOtherHost);
+        }
         if be16(f, 12) == 0x0806 && f.len() >= 14 + 28 && f[14..22] == [0, 1, 8, 0, 6, 4, 0, 1] {
             return self.arp_request(f[38..42].try_into().unwrap());
         }

@@ -396,7 +396,19 @@ fn register_ha(r: &mut Registry, h: &HaView) {
             "Seconds since the peer's last advert",
             p.last_seen,
         );
+        gauge(
+            r,
+            "xdplb_ha_peer_up",
+            "1 while the peer is heard, 0 once it has been silent for a master-down interval",
+            if p.lost { 0.0 } else { 1.0 },
+        );
     }
+    counter(
+        r,
+        "xdplb_ha_challenges_sent",
+        "Challenges sent to a peer whose epoch this node had not verified (it restarted, or this node did)",
+        h.challenges_sent,
+    );
 }
 
 #[cfg(test)]

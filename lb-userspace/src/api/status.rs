@@ -13,16 +13,31 @@ pub fn json(v: &View) -> String {
 /// The HA line(s) above the table.
 fn ha_lines(h: &super::view::HaView) -> String {
     let mut out = format!(
-        "HA: {} (priority {}, group {}{})",
+        "HA: {} (priority {}, group {}{}{})",
         h.state.to_uppercase(),
         h.priority,
         h.group,
         h.address
             .as_deref()
             .map(|a| format!(", {a}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if h.ready {
+            ""
+        } else {
+            ", not ready to forward"
+        }
     );
     match &h.peer {
+        Some(p) if p.lost => {
+            let _ = write!(
+                out,
+                "; peer {} LOST (silent for {:.1} s; it last said {}, priority {})",
+                p.address,
+                p.last_seen,
+                p.state.to_uppercase(),
+                p.priority,
+            );
+        }
         Some(p) => {
             let _ = write!(
                 out,
@@ -179,6 +194,17 @@ mod tests {
         );
         assert!(lines[2].starts_with("HA last change: no MASTER advert"));
         assert!(lines[4].starts_with("SERVICE"));
+        // A peer silent for a master-down interval is shown lost, and a
+        // node that could not forward says so.
+        let mut v = ha_view();
+        let h = v.ha.as_mut().unwrap();
+        h.ready = false;
+        let p = h.peer.as_mut().unwrap();
+        (p.lost, p.last_seen, p.state) = (true, 24.1, "master");
+        assert_eq!(
+            table(&v).lines().next().unwrap(),
+            "HA: MASTER (priority 150, group 7, 10.255.0.1, not ready to forward); peer 10.255.0.2 LOST (silent for 24.1 s; it last said MASTER, priority 100)"
+        );
         let j: serde_json::Value = serde_json::from_str(&json(&ha_view())).unwrap();
         assert_eq!(j["ha"]["state"], "master");
         assert_eq!(j["ha"]["peer"]["state"], "backup");

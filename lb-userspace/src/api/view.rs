@@ -115,6 +115,8 @@ pub struct PeerView {
     pub priority: u8,
     /// Seconds since its last advert.
     pub last_seen: f64,
+    /// Not heard for a master-down interval (`state` is what it last said).
+    pub lost: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,6 +132,9 @@ pub struct HaView {
     pub adverts_received: u64,
     /// Heartbeat-channel datagrams refused, by reason.
     pub rejected: BTreeMap<&'static str, u64>,
+    pub challenges_sent: u64,
+    /// Could forward now, were it MASTER (it preempts only then).
+    pub ready: bool,
     pub flows_sent: u64,
     pub flows_received: u64,
     pub flows_unknown: u64,
@@ -151,12 +156,15 @@ impl HaView {
                 state: crate::ha::State::from_wire(p.state).label(),
                 priority: p.priority,
                 last_seen: p.last_seen.as_secs_f64(),
+                lost: p.lost,
             }),
             transitions: s.transitions,
             last_cause: s.last_cause.clone(),
             adverts_sent: s.adverts_sent,
             adverts_received: s.adverts_received,
             rejected: s.rejected.clone(),
+            challenges_sent: s.challenges_sent,
+            ready: s.ready,
             flows_sent: s.flows_sent,
             flows_received: s.flows_received,
             flows_unknown: s.flows_unknown,
@@ -360,7 +368,9 @@ pub(crate) mod samples {
             priority: 100,
             epoch: 1,
             last_seen: Duration::from_millis(40),
+            lost: false,
         });
+        s.ready = true;
         s.transitions = 2;
         s.last_cause = "no MASTER advert for 360 ms (master-down interval)".into();
         s.flows_sent = 1234;

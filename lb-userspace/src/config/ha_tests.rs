@@ -41,7 +41,7 @@ fn a_good_pair_config_has_the_documented_defaults() {
     let key = key_file("good", 0o600, 32);
     let c = Config::parse(Path::new("x.toml"), &ha(&key, "")).unwrap();
     let h = c.ha.unwrap();
-    assert_eq!(h.advert_interval_ms, 100);
+    assert_eq!((h.advert_interval_ms, h.preempt_delay_ms), (30, 2000));
     assert!(h.preempt && h.sync_flows);
     assert_eq!((h.garp_repeat, h.garp_interval_ms, h.port), (3, 100, 5788));
     assert_eq!(h.garp_master_delay_ms, 1200);

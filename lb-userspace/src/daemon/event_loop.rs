@@ -80,6 +80,11 @@ pub struct Daemon {
     pub status_refused: Throttled,
     /// Status-socket accepts that failed (no descriptors, say).
     pub accept_failed: Throttled,
+    /// The attached interfaces' MACs for the data path, and the interfaces.
+    pub iface_macs: crate::dataplane::bpf::IfaceMacs,
+    pub interfaces: Vec<String>,
+    /// Whether this node could forward (for HA preemption).
+    pub readiness: super::ready::Readiness,
 }
 
 /// What the event loop listens to besides signals and timers.
@@ -160,6 +165,7 @@ impl Daemon {
                 return;
             }
         };
+        self.readiness.reported.insert(r.backend);
         let detail = result.clone().err();
         match self.control.record(&r.backend, result, r.latency) {
             Transition::Unchanged => {}
@@ -418,12 +424,21 @@ impl Daemon {
                 }
                 Some(r) = reports.recv() => self.on_report(r),
                 Some(reply) = views.recv() => { let _ = reply.send(self.view()); }
-                _ = passive_tick.tick() => self.passive_tick(),
+                _ = passive_tick.tick() => {
+                    self.passive_tick();
+                    // Until ready, readiness is looked at often: a node
+                    // back after a failover preempts soon after it is.
+                    if self.ha.is_some() && self.readiness.told != Some(true) {
+                        self.tell_readiness(false).await;
+                    }
+                }
                 _ = rate_tick.tick() => {
                     if let Some(s) = self.snapshot() { self.rates.update(Instant::now(), s); }
                     self.sync(); // retries a failed health write
                     // A link flap flushes managed neighbour entries.
                     self.host.keep_neighbours().await;
+                    self.iface_macs.sync(&self.interfaces);
+                    self.tell_readiness(true).await;
                 }
                 _ = stats_tick.tick(), if stats_interval > 0 => {
                     if let Some(s) = self.snapshot() { info!(counters = %s, "counters"); }

@@ -60,6 +60,11 @@ impl Host {
         })
     }
 
+    /// The host's netlink client (for read-only questions).
+    pub fn netlink(&self) -> &Netlink {
+        &self.nl
+    }
+
     /// Keep every backend's next hop resolved (when the config asks for it):
     /// a managed entry for each new one, entries of backends that left
     /// released (ours only, and only if no other backend still uses them).

@@ -13,6 +13,7 @@ mod host;
 mod instance;
 mod options;
 mod pair;
+mod ready;
 mod reload;
 mod throttle;
 
@@ -144,6 +145,9 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         not_run: Default::default(),
         status_refused: Default::default(),
         accept_failed: Default::default(),
+        iface_macs: bpf::IfaceMacs::new(&ebpf)?,
+        interfaces: config.dataplane.interfaces.clone(),
+        readiness: Default::default(),
         reports: reports_tx,
         passive: HashMap::new(),
         started: Instant::now(),
@@ -173,6 +177,7 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
+    daemon.iface_macs.sync(&ifaces);
     log_services(daemon.control.config());
     // Attached and programmed: only now may this node take the addresses.
     match pair::start(daemon.control.config(), &mut ebpf, &daemon) {

@@ -23,49 +23,72 @@ pub fn frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; 42] {
     f
 }
 
-/// Send one gratuitous ARP for `addr` out of `iface`.
-pub fn send(iface: &str, addr: Ipv4Addr) -> std::io::Result<()> {
-    let err = || {
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("no interface {iface}"),
-        )
-    };
-    let ifindex = link::ifindex(iface).ok_or_else(err)?;
-    let mac = link::mac(iface).ok_or_else(err)?;
-    let f = frame(mac, addr);
-    // SAFETY: a packet socket, closed below; the address struct is filled
-    // for AF_PACKET as sendto expects.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            (ETH_P_ARP).to_be() as i32,
-        );
+/// Sends gratuitous ARPs through one packet socket, kept open for the
+/// node's life: closing a packet socket waits for an RCU grace period,
+/// which on a busy host took the HA thread off its adverts for tens of
+/// milliseconds per frame (issue 20).
+#[derive(Clone)]
+pub struct Sender {
+    fd: std::sync::Arc<std::os::fd::OwnedFd>,
+}
+
+impl Sender {
+    pub fn open() -> std::io::Result<Sender> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: a plain socket call; the descriptor is owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                // No protocol: it receives nothing, only sends.
+                0,
+            )
+        };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let mut sa: libc::sockaddr_ll = std::mem::zeroed();
+        Ok(Sender {
+            // SAFETY: a fresh descriptor of our own.
+            fd: std::sync::Arc::new(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+        })
+    }
+
+    /// Send one gratuitous ARP for `addr` out of `iface`.
+    pub fn send(&self, iface: &str, addr: Ipv4Addr) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        let err = || {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no interface {iface}"),
+            )
+        };
+        let ifindex = link::ifindex(iface).ok_or_else(err)?;
+        let mac = link::mac(iface).ok_or_else(err)?;
+        let f = frame(mac, addr);
+        // SAFETY: all-zero sockaddr_ll is valid; the fields sendto needs
+        // are set.
+        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sa.sll_family = libc::AF_PACKET as u16;
         sa.sll_protocol = ETH_P_ARP.to_be();
         sa.sll_ifindex = ifindex as i32;
         sa.sll_halen = 6;
         sa.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-        let rc = libc::sendto(
-            fd,
-            f.as_ptr().cast(),
-            f.len(),
-            0,
-            (&sa as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        );
-        let e = std::io::Error::last_os_error();
-        libc::close(fd);
+        // SAFETY: `f` and `sa` are valid for the lengths given.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&sa as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
         if rc < 0 {
-            return Err(e);
+            return Err(std::io::Error::last_os_error());
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

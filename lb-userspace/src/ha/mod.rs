@@ -14,6 +14,7 @@
 //! new flow through a ring buffer, and the node streams them to the peer,
 //! which writes them into its own maps.
 
+mod addresses;
 pub mod garp;
 pub mod node;
 pub mod notify;

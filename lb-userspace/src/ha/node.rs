@@ -12,7 +12,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use lb_common::{
-    FlowEvent, FlowKey, FlowValue, NatReverse, SETTINGS_F_HA, SETTINGS_F_SYNC_FLOWS, Settings,
+    FlowEvent, FlowKey, FlowValue, MAX_ACCEPT_MACS, NatReverse, SETTINGS_F_HA,
+    SETTINGS_F_SYNC_FLOWS, Settings,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -23,18 +24,19 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
+    addresses::AddressWorker,
     garp, notify,
     replay::{self, ReplayGuard},
     state::{Action, Input, Machine, Params, State},
     status::{HaStatus, PeerStatus},
     sync::{self, FlowRecord, MAX_RECORDS, SyncIndex},
     track::{self, Tracked},
-    wire::{Kind, Message, Reject, WireState},
+    wire::{self, Kind, Message, NONCE_LEN, Reject, WireState},
 };
 use crate::{
     config::{Config, HaConfig},
     dataplane::bpf::walk,
-    net::{IfAddress, Netlink, link},
+    net::{Netlink, link},
 };
 
 /// Flows a bulk walk read, on their way to the node thread.
@@ -53,6 +55,11 @@ const QUEUE_LIMIT: usize = 65_536;
 const BATCH_DELAY: Duration = Duration::from_millis(2);
 /// Tracked interfaces are looked at this often.
 const POLL: Duration = Duration::from_millis(10);
+/// A challenge's answer is taken this long after it was sent.
+const CHALLENGE_TTL: Duration = Duration::from_secs(1);
+/// A peer's challenges are answered at most this often (a replayed one
+/// makes this node send no faster).
+const ANSWER_GAP: Duration = Duration::from_millis(5);
 
 /// The maps the node needs: its own handles (duplicated file descriptors),
 /// so the daemon keeps its own.
@@ -75,6 +82,9 @@ pub enum Command {
     /// The addresses a MASTER owns changed (a reload added or removed a
     /// service VIP): a MASTER takes the new ones at once and drops the old.
     Addresses(Vec<Owned>),
+    /// Whether this node could forward now, were it MASTER (preemption
+    /// waits for it).
+    Ready(bool),
     /// Stop. `resign`: a clean stop (MASTER hands over at once and drops its
     /// addresses); otherwise forwarding and addresses stay for a restart
     /// (the lease lets the next daemon resume, or the peer take over).
@@ -95,10 +105,21 @@ pub struct Owned {
     pub prefix_len: u8,
 }
 
-/// The addresses a MASTER of `config` owns: every service VIP (on
-/// `vip_interface`) and the floating addresses.
+/// The addresses a MASTER of `config` owns: the floating addresses (the
+/// backends' way back) first, then every service VIP (on `vip_interface`):
+/// gratuitous ARPs go in this order, so the return path has moved when
+/// the first packets come in through the new MASTER (issue 20: a SYN let in
+/// by the new MASTER had its SYN-ACK sent to the dead one).
 pub fn owned_addresses(config: &Config, h: &HaConfig) -> Vec<Owned> {
-    let mut out: Vec<Owned> = Vec::new();
+    let mut out: Vec<Owned> = h
+        .floating
+        .iter()
+        .map(|f| Owned {
+            iface: f.interface.clone(),
+            addr: f.address,
+            prefix_len: f.prefix_len,
+        })
+        .collect();
     for s in &config.services {
         if !out.iter().any(|o| o.addr == s.vip) {
             out.push(Owned {
@@ -107,13 +128,6 @@ pub fn owned_addresses(config: &Config, h: &HaConfig) -> Vec<Owned> {
                 prefix_len: 32,
             });
         }
-    }
-    for f in &h.floating {
-        out.push(Owned {
-            iface: f.interface.clone(),
-            addr: f.address,
-            prefix_len: f.prefix_len,
-        });
     }
     out
 }
@@ -137,6 +151,7 @@ impl HaNode {
     ) -> std::io::Result<HaNode> {
         let h = config.ha.clone().expect("[ha]");
         let owned = owned_addresses(config, &h);
+        let interfaces = config.dataplane.interfaces.clone();
         let status = Arc::new(Mutex::new(HaStatus::new(h.group, h.priority)));
         let (tx, rx) = mpsc::unbounded_channel();
         let st = status.clone();
@@ -170,7 +185,7 @@ impl HaNode {
                         lost,
                         flows_fd,
                     };
-                    match Node::new(h, key, owned, maps, index, services_ok, st).await {
+                    match Node::new(h, key, owned, interfaces, maps, index, services_ok, st).await {
                         Ok(node) => node.run(rx, events).await,
                         Err(e) => {
                             warn!(error = %e, "HA node did not start: this node takes no addresses")
@@ -218,7 +233,10 @@ struct Node {
     h: HaConfig,
     key: Vec<u8>,
     owned: Vec<Owned>,
-    nl: Netlink,
+    /// Adds and removes the addresses (RTNL) off this thread.
+    addresses: AddressWorker,
+    /// Sends the gratuitous ARPs (one packet socket for the node's life).
+    garp: garp::Sender,
     socket: UdpSocket,
     address: Ipv4Addr,
     machine: Machine,
@@ -226,7 +244,6 @@ struct Node {
     epoch: u64,
     seq: u64,
     replay: ReplayGuard,
-    replay_dirty: bool,
     settings: Array<MapData, Settings>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     nat: HashMap<MapData, FlowKey, NatReverse>,
@@ -248,14 +265,40 @@ struct Node {
     bulk_walks: usize,
     live_during_bulk: std::collections::HashSet<FlowKey>,
     peer_seen: Option<(PeerStatus, Instant)>,
+    /// What the daemon reads (`HaNode::status`). This thread never waits
+    /// for its lock: it keeps its own copy (`local`) and publishes it when
+    /// the lock is free. A daemon thread descheduled while holding the
+    /// lock (a busy CPU, an ordinary thread) held this SCHED_FIFO thread
+    /// off for hundreds of milliseconds: the peer took over (issue 20).
     status: Arc<Mutex<HaStatus>>,
+    local: std::cell::RefCell<HaStatus>,
+    unpublished: std::cell::Cell<bool>,
+    /// Whether this node is MASTER, for the gratuitous-ARP rounds' task.
+    master: Arc<std::sync::atomic::AtomicBool>,
+    /// Outstanding challenges: the nonce sent to each peer, and when.
+    challenges: std::collections::HashMap<Ipv4Addr, ([u8; NONCE_LEN], Instant)>,
+    /// When each peer's challenge was last answered.
+    answered: std::collections::HashMap<Ipv4Addr, Instant>,
+    /// This node's data-path MACs, sent in its adverts.
+    own_macs: Vec<[u8; 6]>,
+    /// Each peer's data-path MACs, from its adverts.
+    peer_macs: std::collections::HashMap<Ipv4Addr, Vec<[u8; 6]>>,
+    /// When each peer's last accepted message came, and whether it said
+    /// the peer is out (priority 0: resigning, or in FAULT).
+    peer_last: std::collections::HashMap<Ipv4Addr, (Instant, bool)>,
+    /// The MACs the data path accepts now besides its own (dead peers').
+    accepting: Vec<[u8; 6]>,
+    /// The lease last written.
+    lease_until_ns: u64,
 }
 
 impl Node {
+    #[allow(clippy::too_many_arguments)]
     async fn new(
         h: HaConfig,
         key: Vec<u8>,
         owned: Vec<Owned>,
+        data_path_interfaces: Vec<String>,
         maps: NodeMaps,
         index: SyncIndex,
         services_ok: Vec<bool>,
@@ -275,15 +318,33 @@ impl Node {
         let std_socket = std::net::UdpSocket::bind(SocketAddrV4::new(address, h.port))?;
         std_socket.set_nonblocking(true)?;
         let socket = UdpSocket::from_std(std_socket)?;
-        let state_text = std::fs::read_to_string(&h.state_file).unwrap_or_default();
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let epoch = replay::next_epoch(&state_text, now_us);
-        let replay = ReplayGuard::from_text(&state_text);
+        let text = match std::fs::read(&h.state_file) {
+            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                info!(file = %h.state_file.display(), "no HA state file: a first start (peers are verified by a handshake either way)");
+                None
+            }
+            Err(e) => {
+                warn!(file = %h.state_file.display(), error = %e, "HA state file unreadable: replaced");
+                None
+            }
+        };
+        let loaded = replay::load(text.as_deref(), now_us);
+        for problem in &loaded.problems {
+            warn!(file = %h.state_file.display(), %problem, "HA state file is not as xdplb wrote it: replaced");
+        }
+        let epoch = loaded.epoch;
+        let replay = ReplayGuard::default();
         if let Err(e) = replay::save(&h.state_file, epoch, &replay) {
             warn!(file = %h.state_file.display(), error = %e, "HA state file not written");
         }
+        let own_macs: Vec<[u8; 6]> = data_path_interfaces
+            .iter()
+            .filter_map(|i| link::mac(i))
+            .collect();
         let tracked = Tracked {
             interfaces: h
                 .track_interface
@@ -312,7 +373,8 @@ impl Node {
         }
         Ok(Node {
             owned,
-            nl,
+            addresses: AddressWorker::start()?,
+            garp: garp::Sender::open()?,
             socket,
             address,
             machine,
@@ -320,7 +382,6 @@ impl Node {
             epoch,
             seq: 0,
             replay,
-            replay_dirty: false,
             settings: maps.settings,
             flows: maps.flows,
             nat: maps.nat,
@@ -336,9 +397,21 @@ impl Node {
             bulk_walks: 0,
             live_during_bulk: Default::default(),
             peer_seen: None,
+            local: std::cell::RefCell::new(
+                status.lock().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone()),
+            ),
+            unpublished: std::cell::Cell::new(false),
+            master: Default::default(),
             status,
             key,
             h,
+            challenges: Default::default(),
+            answered: Default::default(),
+            own_macs,
+            peer_macs: Default::default(),
+            peer_last: Default::default(),
+            accepting: Vec::new(),
+            lease_until_ns: 0,
         })
     }
 
@@ -347,8 +420,20 @@ impl Node {
     }
 
     fn status(&self, f: impl FnOnce(&mut HaStatus)) {
-        if let Ok(mut s) = self.status.lock() {
-            f(&mut s);
+        f(&mut self.local.borrow_mut());
+        self.unpublished.set(true);
+        self.publish();
+    }
+
+    /// Copy the local status out if the daemon is not reading it now (the
+    /// loop tries again every turn).
+    fn publish(&self) {
+        if !self.unpublished.get() {
+            return;
+        }
+        if let Ok(mut shared) = self.status.try_lock() {
+            shared.clone_from(&self.local.borrow());
+            self.unpublished.set(false);
         }
     }
 
@@ -357,19 +442,51 @@ impl Node {
     }
 
     fn write_settings(&mut self, lease_until_ns: u64) {
+        self.lease_until_ns = lease_until_ns;
         let flags = SETTINGS_F_HA
             | if self.h.sync_flows {
                 SETTINGS_F_SYNC_FLOWS
             } else {
                 0
             };
+        let mut accept_macs = [[0u8; 6]; MAX_ACCEPT_MACS];
+        let n = self.accepting.len().min(MAX_ACCEPT_MACS);
+        accept_macs[..n].copy_from_slice(&self.accepting[..n]);
         let s = Settings {
             flags,
             _pad: 0,
             lease_until_ns,
+            accept_macs,
+            accept_count: n as u32,
+            _pad2: 0,
         };
         if let Err(e) = self.settings.set(0, s, 0) {
             warn!(error = %e, "writing the HA lease");
+        }
+    }
+
+    /// The MACs of the peers declared dead: each peer whose last message
+    /// said it is out (priority 0: resigning or in FAULT), or that has
+    /// not been heard for a master-down interval. Their frames are
+    /// forwarded here (a switch floods them once their port is down, and
+    /// neighbours send to them until the gratuitous ARPs arrive); a peer
+    /// heard alive again takes its MACs back, so no frame is forwarded
+    /// twice.
+    fn update_accepting(&mut self) {
+        let down = self.machine.master_down_interval();
+        let mut macs: Vec<[u8; 6]> = Vec::new();
+        for (peer, (at, out)) in &self.peer_last {
+            if *out || at.elapsed() > down {
+                macs.extend(self.peer_macs.get(peer).into_iter().flatten());
+            }
+        }
+        macs.sort();
+        macs.dedup();
+        if macs != self.accepting {
+            info!(macs = ?macs.iter().map(format_mac).collect::<Vec<_>>(), "frames addressed to these peer MACs are forwarded here (empty: none)");
+            self.accepting = macs;
+            let lease = self.lease_until_ns;
+            self.write_settings(lease);
         }
     }
 
@@ -390,6 +507,7 @@ impl Node {
         } else {
             self.write_settings(0);
             self.release().await;
+            self.addresses.flush();
         }
         let now = self.now();
         let actions = self.machine.handle(
@@ -416,6 +534,7 @@ impl Node {
         let mut last_save = Instant::now();
         let mut buf = vec![0u8; 2048];
         loop {
+            self.publish();
             let deadline = self
                 .machine
                 .next_deadline()
@@ -431,16 +550,23 @@ impl Node {
                         let now = self.now();
                         let actions = self.machine.handle(now, Input::Shutdown);
                         self.act(actions).await;
+                        self.addresses.flush();
                         self.write_settings(0);
-                        self.save_state();
+                        self.save_state(true);
                         return;
                     }
                     Some(Command::Stop { resign: false }) => {
-                        self.save_state();
+                        self.save_state(true);
                         info!("HA node stopped without resigning: addresses and lease stay for the next daemon");
                         return;
                     }
                     Some(Command::Index(i)) => self.index = i,
+                    Some(Command::Ready(ready)) => {
+                        let now = self.now();
+                        let actions = self.machine.handle(now, Input::Ready(ready));
+                        self.act(actions).await;
+                        self.status(|s| s.ready = ready);
+                    }
                     Some(Command::Addresses(owned)) => self.readdress(owned).await,
                     Some(Command::Services(ok)) => {
                         self.tracked.services = ok;
@@ -448,6 +574,10 @@ impl Node {
                     }
                 },
                 _ = tokio::time::sleep_until(deadline) => {
+                    let late = deadline.elapsed();
+                    if late > self.interval() {
+                        warn!(late_ms = late.as_millis() as u64, "HA timer fired late: this node's thread was held off the CPU");
+                    }
                     // A thread woken late (a busy CPU) first reads what
                     // arrived meanwhile, so it does not take over from a
                     // peer whose adverts wait in its socket. Bounded, so a
@@ -515,6 +645,7 @@ impl Node {
                 }
                 _ = tokio::time::sleep_until(flush_at) => self.flush().await,
                 _ = poll.tick() => {
+                    self.update_accepting();
                     let up: Vec<bool> = self.h.track_interface.iter().map(|t| link::is_up(&t.name)).collect();
                     if up != self.tracked.interfaces {
                         self.tracked.interfaces = up;
@@ -522,15 +653,14 @@ impl Node {
                     }
                     if last_save.elapsed() >= Duration::from_secs(1) {
                         last_save = Instant::now();
-                        if self.replay_dirty {
-                            self.save_state();
-                        }
                         let lost: u64 = self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
                         let seen = self.peer_seen.as_ref().map(|(p, at)| (p.clone(), at.elapsed()));
+                        let down = self.machine.master_down_interval();
                         self.status(|s| {
                             s.events_lost = lost;
                             if let Some((mut p, ago)) = seen {
                                 p.last_seen = ago;
+                                p.lost = ago > down;
                                 s.peer = Some(p);
                             }
                         });
@@ -540,11 +670,29 @@ impl Node {
         }
     }
 
-    fn save_state(&mut self) {
-        if let Err(e) = replay::save(&self.h.state_file, self.epoch, &self.replay) {
-            warn!(file = %self.h.state_file.display(), error = %e, "HA state file not written");
+    /// Write the state file (own epoch; the peers' verified epochs for the
+    /// record). Off this thread unless stopping: a file write can wait on
+    /// the disk for a long time, and this thread's adverts must not (a
+    /// MASTER's timers fired 100-600 ms late under load while it wrote the
+    /// file every second). Written at start, when a peer's epoch is
+    /// verified, and at a stop.
+    fn save_state(&mut self, stopping: bool) {
+        let (path, epoch, replay) = (self.h.state_file.clone(), self.epoch, self.replay.clone());
+        let write = move || {
+            // One writer at a time.
+            static WRITING: Mutex<()> = Mutex::new(());
+            let _one = WRITING.lock();
+            if let Err(e) = replay::save(&path, epoch, &replay) {
+                warn!(file = %path.display(), error = %e, "HA state file not written");
+            }
+        };
+        if stopping {
+            write();
+        } else {
+            let _ = std::thread::Builder::new()
+                .name("xdplb-ha-state".into())
+                .spawn(write);
         }
-        self.replay_dirty = false;
     }
 
     async fn retrack(&mut self) {
@@ -619,6 +767,16 @@ impl Node {
         .encode(&self.key)
     }
 
+    async fn send_to(&self, peer: Ipv4Addr, datagram: &[u8]) {
+        if let Err(e) = self
+            .socket
+            .send_to(datagram, SocketAddrV4::new(peer, self.h.port))
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "HA send");
+        }
+    }
+
     async fn send(&self, datagram: &[u8]) {
         for p in &self.h.peers {
             if let Err(e) = self
@@ -632,80 +790,116 @@ impl Node {
         }
     }
 
+    fn reject(&self, r: Reject) {
+        self.status(|s| *s.rejected.entry(r.label()).or_insert(0) += 1);
+    }
+
     async fn receive(&mut self, data: &[u8], from: std::net::SocketAddr) {
-        let msg = match self.accept(data, from) {
+        let msg = match self.authenticate(data, from) {
             Ok(m) => m,
-            Err(r) => {
-                self.status(|s| *s.rejected.entry(r.label()).or_insert(0) += 1);
-                return;
-            }
+            Err(r) => return self.reject(r),
         };
         match msg.kind {
-            Kind::Advert => {
-                let peer = PeerStatus {
-                    addr: msg.sender,
-                    state: msg.state,
-                    priority: msg.priority,
-                    epoch: msg.epoch,
-                    last_seen: Duration::ZERO,
-                };
-                self.status(|s| {
-                    s.adverts_received += 1;
-                    s.peer = Some(peer.clone());
-                });
-                self.peer_seen = Some((peer, Instant::now()));
-                let now = self.now();
-                let actions = self.machine.handle(
-                    now,
-                    Input::Advert {
-                        from: msg.sender,
-                        priority: msg.priority,
-                        state: msg.state,
-                        interval: Duration::from_millis(msg.advert_interval_ms as u64),
-                    },
-                );
-                self.act(actions).await;
-                self.maybe_bulk_sync(msg.sender, msg.epoch, msg.state);
-            }
-            Kind::Flows => {
-                let received = Instant::now();
-                let Ok(records) = sync::decode(&msg.payload) else {
-                    self.status(|s| *s.rejected.entry(Reject::Malformed.label()).or_insert(0) += 1);
-                    return;
-                };
-                if self.machine.state() == State::Master {
-                    return; // a MASTER keeps its own decisions
+            Kind::Challenge => return self.answer(&msg).await,
+            Kind::Response => {
+                if self.verified(&msg) {
+                    // Fresh beyond doubt: as good as an advert.
+                    self.advert(&msg, false).await;
                 }
-                let (mut unknown, mut oldest) = (0u64, 0u32);
-                for r in &records {
-                    oldest = oldest.max(r.age_us);
-                    match self.index.entries(r) {
-                        Some(e) => {
-                            if let Some((rk, rv)) = e.reverse
-                                && let Err(e) = self.nat.insert(rk, rv, 0)
-                            {
-                                warn!(error = %e, "writing a synced reverse-NAT entry");
-                            }
-                            if let Err(err) = self.flows.insert(e.key, e.value, 0) {
-                                warn!(error = %err, "writing a synced flow");
-                            }
-                        }
-                        None => unknown += 1,
-                    }
-                }
-                let lag = Duration::from_micros(oldest as u64) + received.elapsed();
-                let n = records.len() as u64;
-                self.status(|s| {
-                    s.flows_received += n;
-                    s.flows_unknown += unknown;
-                    s.sync_lag = Some(lag);
-                });
+                return;
             }
+            Kind::Advert | Kind::Flows => {}
+        }
+        if let Err(r) = self.replay.check(msg.sender, msg.epoch, msg.seq) {
+            self.reject(r);
+            if matches!(r, Reject::UnverifiedEpoch | Reject::StaleEpoch) {
+                self.challenge(msg.sender).await;
+            }
+            return;
+        }
+        match msg.kind {
+            Kind::Advert => self.advert(&msg, true).await,
+            Kind::Flows => self.flows(&msg),
+            Kind::Challenge | Kind::Response => {}
         }
     }
 
-    /// Authenticate, check the sender and freshness.
-    fn accept(&mut self, data: &[u8], from: std::net::SocketAddr) -> Result<Message, Reject> {
+    /// An accepted advert (or verified response: `with_macs` false, its
+    /// payload is the nonce).
+    async fn advert(&mut self, msg: &Message, with_macs: bool) {
+        let peer = PeerStatus {
+            addr: msg.sender,
+            state: msg.state,
+            priority: msg.priority,
+            epoch: msg.epoch,
+            last_seen: Duration::ZERO,
+            lost: false,
+        };
+        self.status(|s| {
+            s.adverts_received += 1;
+            s.peer = Some(peer.clone());
+        });
+        self.peer_seen = Some((peer, Instant::now()));
+        if with_macs {
+            let macs = wire::payload_macs(&msg.payload);
+            if !macs.is_empty() {
+                self.peer_macs.insert(msg.sender, macs);
+            }
+        }
+        self.peer_last
+            .insert(msg.sender, (Instant::now(), msg.priority == 0));
+        let now = self.now();
+        let actions = self.machine.handle(
+            now,
+            Input::Advert {
+                from: msg.sender,
+                priority: msg.priority,
+                state: msg.state,
+                interval: Duration::from_millis(msg.advert_interval_ms as u64),
+            },
+        );
+        self.act(actions).await;
+        self.update_accepting();
+        self.maybe_bulk_sync(msg.sender, msg.epoch, msg.state);
+    }
+
+    fn flows(&mut self, msg: &Message) {
+        let received = Instant::now();
+        let Ok(records) = sync::decode(&msg.payload) else {
+            return self.reject(Reject::Malformed);
+        };
+        if self.machine.state() == State::Master {
+            return; // a MASTER keeps its own decisions
+        }
+        let (mut unknown, mut oldest) = (0u64, 0u32);
+        for r in &records {
+            oldest = oldest.max(r.age_us);
+            match self.index.entries(r) {
+                Some(e) => {
+                    if let Some((rk, rv)) = e.reverse
+                        && let Err(e) = self.nat.insert(rk, rv, 0)
+                    {
+                        warn!(error = %e, "writing a synced reverse-NAT entry");
+                    }
+                    if let Err(err) = self.flows.insert(e.key, e.value, 0) {
+                        warn!(error = %err, "writing a synced flow");
+                    }
+                }
+                None => unknown += 1,
+            }
+        }
+        let lag = Duration::from_micros(oldest as u64) + received.elapsed();
+        let n = records.len() as u64;
+        self.status(|s| {
+            s.flows_received += n;
+            s.flows_unknown += unknown;
+            s.sync_lag = Some(lag);
+        });
+    }
+
+    /// Decode and authenticate, and check the sender is a configured peer
+    /// sending from its own address. Freshness is the caller's.
+    fn authenticate(&self, data: &[u8], from: std::net::SocketAddr) -> Result<Message, Reject> {
         let msg = Message::decode(data, self.h.group, &self.key)?;
         let std::net::SocketAddr::V4(src) = from else {
             return Err(Reject::UnknownPeer);
@@ -713,9 +907,79 @@ impl Node {
         if *src.ip() != msg.sender || !self.h.peers.contains(&msg.sender) {
             return Err(Reject::UnknownPeer);
         }
-        self.replay.check(msg.sender, msg.epoch, msg.seq)?;
-        self.replay_dirty = true;
         Ok(msg)
+    }
+
+    /// Ask `peer` to prove its epoch: a fresh nonce it must answer. At most
+    /// one outstanding per peer, sent again after an advert interval.
+    async fn challenge(&mut self, peer: Ipv4Addr) {
+        let now = Instant::now();
+        if self
+            .challenges
+            .get(&peer)
+            .is_some_and(|(_, sent)| now < *sent + self.interval())
+        {
+            return;
+        }
+        let nonce = nonce();
+        self.challenges.insert(peer, (nonce, now));
+        let msg = self.message(
+            Kind::Challenge,
+            self.machine.priority(),
+            self.machine.state().wire(),
+            nonce.to_vec(),
+        );
+        self.send_to(peer, &msg).await;
+        self.status(|s| s.challenges_sent += 1);
+    }
+
+    /// Answer an authenticated challenge from this node's current epoch.
+    async fn answer(&mut self, msg: &Message) {
+        if msg.payload.len() != NONCE_LEN {
+            return self.reject(Reject::Malformed);
+        }
+        let now = Instant::now();
+        if self
+            .answered
+            .get(&msg.sender)
+            .is_some_and(|t| now < *t + ANSWER_GAP)
+        {
+            return;
+        }
+        self.answered.insert(msg.sender, now);
+        let state = self.machine.state();
+        let priority = if state == State::Fault {
+            0
+        } else {
+            self.machine.priority()
+        };
+        let reply = self.message(Kind::Response, priority, state.wire(), msg.payload.clone());
+        self.send_to(msg.sender, &reply).await;
+    }
+
+    /// A response: if it answers this node's outstanding challenge, its
+    /// epoch is the peer's verified one from now on.
+    fn verified(&mut self, msg: &Message) -> bool {
+        let fresh = self
+            .challenges
+            .get(&msg.sender)
+            .is_some_and(|(nonce, sent)| {
+                msg.payload.as_slice() == nonce.as_slice() && sent.elapsed() < CHALLENGE_TTL
+            });
+        if !fresh {
+            self.reject(Reject::UnsolicitedResponse);
+            return false;
+        }
+        self.challenges.remove(&msg.sender);
+        let before = self.replay.epoch(msg.sender);
+        self.replay.verify(msg.sender, msg.epoch, msg.seq);
+        self.save_state(false);
+        info!(peer = %msg.sender, epoch = msg.epoch, previous = ?before, "peer's epoch verified (it answered this node's challenge)");
+        true
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.h.advert_interval_ms as u64)
     }
 
     /// A MASTER sends its whole flow table to a peer it has not synced in
@@ -788,12 +1052,14 @@ impl Node {
                         self.extend_lease();
                     }
                     let state = self.machine.state().wire();
-                    let msg = self.message(Kind::Advert, priority, state, Vec::new());
+                    let macs = wire::macs_payload(&self.own_macs);
+                    let msg = self.message(Kind::Advert, priority, state, macs);
                     self.send(&msg).await;
                     self.status(|s| s.adverts_sent += 1);
                 }
                 Action::Resign => {
-                    let msg = self.message(Kind::Advert, 0, WireState::Master, Vec::new());
+                    let macs = wire::macs_payload(&self.own_macs);
+                    let msg = self.message(Kind::Advert, 0, WireState::Master, macs);
                     self.send(&msg).await;
                     self.status(|s| s.adverts_sent += 1);
                 }
@@ -814,6 +1080,8 @@ impl Node {
                         %cause,
                         "HA state change"
                     );
+                    self.master
+                        .store(to == State::Master, std::sync::atomic::Ordering::Relaxed);
                     self.status(|s| {
                         s.state = to;
                         s.transitions += 1;
@@ -834,27 +1102,18 @@ impl Node {
         }
     }
 
+    /// Become the owner: gratuitous ARPs first (the neighbours move now;
+    /// the data path forwards without the addresses on the host), then the
+    /// addresses, then the remaining rounds.
     async fn acquire(&mut self) {
         let owned = self.owned.clone();
-        self.add_addresses(&owned).await;
-        self.announce(owned);
+        garp_round(&self.garp, &owned);
+        self.add_addresses(&owned);
+        self.announce_after_first(owned);
     }
 
-    async fn add_addresses(&self, owned: &[Owned]) {
-        for o in owned {
-            let Some(ifindex) = link::ifindex(&o.iface) else {
-                warn!(iface = %o.iface, addr = %o.addr, "cannot take the address: no such interface");
-                continue;
-            };
-            let a = IfAddress {
-                ifindex,
-                addr: o.addr,
-                prefix_len: o.prefix_len,
-            };
-            if let Err(e) = self.nl.add_address(a).await {
-                warn!(addr = %o.addr, iface = %o.iface, error = %e, "taking the address failed");
-            }
-        }
+    fn add_addresses(&self, owned: &[Owned]) {
+        self.addresses.add(owned.to_vec());
     }
 
     /// A reload changed the owned addresses.
@@ -876,70 +1135,63 @@ impl Node {
         info!(added = ?new.iter().map(|o| o.addr).collect::<Vec<_>>(), removed = ?gone.iter().map(|o| o.addr).collect::<Vec<_>>(), "HA addresses changed");
         self.owned = owned;
         if self.machine.state() == State::Master {
-            self.remove_addresses(&gone).await;
-            self.add_addresses(&new).await;
+            self.remove_addresses(&gone);
+            self.add_addresses(&new);
             self.announce(new);
         } else {
             // Not ours to hold; a node that is not MASTER holds none.
-            self.remove_addresses(&gone).await;
+            self.remove_addresses(&gone);
         }
     }
 
     /// Gratuitous ARPs for every owned address, `garp_repeat` rounds, and
-    /// one more `garp_master_delay_ms` after the first if this node is still
-    /// MASTER then (a second chance for neighbours that missed the first).
+    /// one more `garp_master_delay_ms` after the first. Every round only
+    /// while this node is still MASTER: a node that yields must not send
+    /// the neighbours back to itself (issue 20: on failback the yielding
+    /// node's later rounds did).
     fn announce(&self, owned: Vec<Owned>) {
+        if self.machine.state() == State::Master {
+            garp_round(&self.garp, &owned);
+        }
+        self.announce_after_first(owned);
+    }
+
+    /// The rounds after the first (see [`Node::announce`]).
+    fn announce_after_first(&self, owned: Vec<Owned>) {
         let (repeat, interval, late) = (
             self.h.garp_repeat.max(1),
             Duration::from_millis(self.h.garp_interval_ms as u64),
             Duration::from_millis(self.h.garp_master_delay_ms as u64),
         );
-        let status = self.status.clone();
+        let flag = self.master.clone();
+        let sender = self.garp.clone();
         tokio::spawn(async move {
             let began = tokio::time::Instant::now();
-            let round = |owned: &[Owned]| {
-                for o in owned {
-                    if let Err(e) = garp::send(&o.iface, o.addr) {
-                        warn!(addr = %o.addr, iface = %o.iface, error = %e, "gratuitous ARP");
-                    }
+            let master = || flag.load(std::sync::atomic::Ordering::Relaxed);
+            for _ in 1..repeat {
+                tokio::time::sleep(interval).await;
+                if !master() {
+                    return;
                 }
-            };
-            for i in 0..repeat {
-                if i > 0 {
-                    tokio::time::sleep(interval).await;
-                }
-                round(&owned);
+                garp_round(&sender, &owned);
             }
             if late.is_zero() {
                 return;
             }
             tokio::time::sleep_until(began + late).await;
-            let master = status.lock().is_ok_and(|s| s.state == State::Master);
-            if master {
-                round(&owned);
+            if master() {
+                garp_round(&sender, &owned);
             }
         });
     }
 
     async fn release(&mut self) {
         let owned = self.owned.clone();
-        self.remove_addresses(&owned).await;
+        self.remove_addresses(&owned);
     }
 
-    async fn remove_addresses(&self, owned: &[Owned]) {
-        for o in owned {
-            let Some(ifindex) = link::ifindex(&o.iface) else {
-                continue;
-            };
-            let a = IfAddress {
-                ifindex,
-                addr: o.addr,
-                prefix_len: o.prefix_len,
-            };
-            if let Err(e) = self.nl.remove_address(a).await {
-                warn!(addr = %o.addr, iface = %o.iface, error = %e, "dropping the address failed");
-            }
-        }
+    fn remove_addresses(&self, owned: &[Owned]) {
+        self.addresses.remove(owned.to_vec());
     }
 }
 
@@ -989,5 +1241,35 @@ fn realtime(priority: u8) {
         );
     } else {
         info!(priority, "HA thread runs SCHED_FIFO");
+    }
+}
+
+/// A fresh random nonce (the kernel's generator).
+fn nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    let mut filled = 0;
+    while filled < NONCE_LEN {
+        // SAFETY: writes at most the buffer's remaining length.
+        let rc = unsafe { libc::getrandom(n[filled..].as_mut_ptr().cast(), NONCE_LEN - filled, 0) };
+        if rc > 0 {
+            filled += rc as usize;
+        }
+    }
+    n
+}
+
+fn format_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// One gratuitous ARP per owned address, in order.
+fn garp_round(sender: &garp::Sender, owned: &[Owned]) {
+    for o in owned {
+        if let Err(e) = sender.send(&o.iface, o.addr) {
+            warn!(addr = %o.addr, iface = %o.iface, error = %e, "gratuitous ARP");
+        }
     }
 }

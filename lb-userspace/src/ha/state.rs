@@ -12,7 +12,10 @@
 //!   one from a higher address (split brain healing: the loser yields at the
 //!   first advert it hears; the winner re-announces its addresses).
 //! - Preemption: a BACKUP with preempt ignores a lower MASTER's adverts
-//!   (after `preempt_delay`) and so takes over when the interval runs out.
+//!   (after `preempt_delay`, counted from when this node is *ready*: it
+//!   could forward, were it MASTER) and so takes over when the interval
+//!   runs out. A node that is not ready never preempts (issue 20: a node
+//!   back without its default route took MASTER and dropped traffic).
 //! - FAULT while a weight-0 tracked interface or service fails; a MASTER
 //!   entering it resigns (priority 0) and releases its addresses.
 //!
@@ -85,6 +88,9 @@ pub enum Input {
     /// Tracked interfaces and services changed the effective priority, or
     /// put the node in (or out of) FAULT.
     Track { priority: u8, fault: bool },
+    /// Whether this node could forward now, were it MASTER (routes,
+    /// neighbours, first health results): preemption waits for it.
+    Ready(bool),
     /// Clean stop.
     Shutdown,
 }
@@ -125,6 +131,8 @@ pub struct Machine {
     master_interval: Duration,
     /// When the peer's last advert (any state) arrived.
     peer_heard: Option<Duration>,
+    /// See [`Input::Ready`].
+    ready: bool,
 }
 
 impl Machine {
@@ -140,7 +148,12 @@ impl Machine {
             lower_master_since: None,
             master_interval,
             peer_heard: None,
+            ready: false,
         }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready
     }
 
     pub fn state(&self) -> State {
@@ -227,6 +240,13 @@ impl Machine {
                 interval,
             } => self.advert(now, from, priority, state, interval, &mut out),
             Input::Track { priority, fault } => self.track(now, priority, fault, &mut out),
+            Input::Ready(ready) => {
+                if ready != self.ready {
+                    // The preempt delay counts from readiness.
+                    self.lower_master_since = None;
+                }
+                self.ready = ready;
+            }
             Input::Shutdown => {
                 if self.state == State::Master {
                     out.push(Action::Resign);
@@ -243,8 +263,11 @@ impl Machine {
     fn timer(&mut self, now: Duration, out: &mut Vec<Action>) {
         if self.state == State::Backup && self.master_down_at.is_some_and(|t| now >= t) {
             let cause = format!(
-                "no MASTER advert for {} ms (master-down interval)",
-                self.master_down_interval().as_millis()
+                "no MASTER advert for {} ms (master-down interval){}",
+                self.master_down_interval().as_millis(),
+                self.peer_heard
+                    .map(|t| format!("; the peer was last heard {} ms ago", (now - t).as_millis()))
+                    .unwrap_or_default()
             );
             self.become_master(now, cause, out);
             return;
@@ -302,13 +325,14 @@ impl Machine {
                     return;
                 }
                 let lower = priority < self.priority;
-                if !self.p.preempt || !lower {
+                if !self.p.preempt || !lower || !self.ready {
                     self.lower_master_since = None;
                     self.master_down_at = Some(now + self.master_down_interval());
                     return;
                 }
-                // A lower MASTER and we preempt: after the delay, stop
-                // listening to it (the master-down timer then runs out).
+                // A lower MASTER, and we are ready and preempt: after the
+                // delay, stop listening to it (the master-down timer then
+                // runs out).
                 let since = *self.lower_master_since.get_or_insert(now);
                 if now < since + self.p.preempt_delay {
                     self.master_down_at = Some(now + self.master_down_interval());
@@ -393,9 +417,11 @@ mod tests {
         )
     }
 
-    /// Start `m` at time zero (resuming MASTER or not).
+    /// Start `m` at time zero (resuming MASTER or not), ready.
     fn start(m: &mut Machine, resume_master: bool) -> Vec<Action> {
-        m.handle(Duration::ZERO, Input::Start { resume_master })
+        let out = m.handle(Duration::ZERO, Input::Start { resume_master });
+        m.handle(Duration::ZERO, Input::Ready(true));
+        out
     }
 
     fn master_advert(priority: u8) -> Input {
@@ -568,6 +594,23 @@ mod tests {
         }
         let (at, _) = took.unwrap();
         assert!(at >= 1000 * MS && at < 1400 * MS, "preempted at {at:?}");
+        // Not ready (no default route, say): never preempts; ready at
+        // 1.5 s, the 1 s delay counts from then.
+        let mut m = machine(200, true, 1000);
+        start(&mut m, false);
+        m.handle(Duration::ZERO, Input::Ready(false));
+        let mut t = Duration::ZERO;
+        let mut took = None;
+        while t < 4000 * MS && took.is_none() {
+            if t == 1500 * MS {
+                m.handle(t, Input::Ready(true));
+            }
+            m.handle(t, master_advert(100));
+            took = run(&mut m, t, t + 99 * MS);
+            t += 100 * MS;
+        }
+        let (at, _) = took.unwrap();
+        assert!(at >= 2500 * MS && at < 2900 * MS, "preempted at {at:?}");
         // preempt off: never while the lower MASTER advertises.
         let mut m = machine(200, false, 0);
         start(&mut m, false);

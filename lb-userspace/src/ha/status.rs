@@ -14,6 +14,9 @@ pub struct PeerStatus {
     pub epoch: u64,
     /// How long ago its last advert arrived.
     pub last_seen: Duration,
+    /// Not heard for a master-down interval: the state is what it last
+    /// said, not what it is.
+    pub lost: bool,
 }
 
 /// What `xdplb status` and the metrics show of the pair.
@@ -29,6 +32,10 @@ pub struct HaStatus {
     pub adverts_sent: u64,
     pub adverts_received: u64,
     pub rejected: BTreeMap<&'static str, u64>,
+    /// Challenges sent to peers whose epoch was not verified.
+    pub challenges_sent: u64,
+    /// This node could forward now, were it MASTER (it preempts only then).
+    pub ready: bool,
     pub flows_sent: u64,
     pub flows_received: u64,
     /// Received records this node had no service or backend for.
@@ -55,6 +62,8 @@ impl HaStatus {
             adverts_sent: 0,
             adverts_received: 0,
             rejected: wire::Reject::ALL.iter().map(|r| (r.label(), 0)).collect(),
+            challenges_sent: 0,
+            ready: false,
             flows_sent: 0,
             flows_received: 0,
             flows_unknown: 0,

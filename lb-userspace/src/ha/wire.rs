@@ -1,5 +1,6 @@
-//! The HA pair's messages on the wire (UDP): adverts and flow-sync batches,
-//! each authenticated with HMAC-SHA256 over every byte before the tag.
+//! The HA pair's messages on the wire (UDP): adverts, flow-sync batches and
+//! the challenge and response that prove a peer's epoch is live, each
+//! authenticated with HMAC-SHA256 over every byte before the tag.
 //! `docs/ha.md` has the field table.
 
 use std::net::Ipv4Addr;
@@ -9,7 +10,10 @@ use sha2::Sha256;
 
 /// "XLHA".
 pub const MAGIC: [u8; 4] = *b"XLHA";
-pub const VERSION: u8 = 2;
+/// 3: challenge and response (issue 20), the sender's MACs in adverts.
+/// Nodes of different versions do not talk (`wrong_version`): upgrade a
+/// pair one node at a time only with the old one stopped.
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 36;
 pub const TAG_LEN: usize = 32;
 /// Largest payload: keeps a datagram under 1400 bytes on any usual MTU.
@@ -22,6 +26,34 @@ pub enum Kind {
     Advert = 1,
     /// Flows the sender's data path created (payload: flow records).
     Flows = 2,
+    /// Prove your epoch: answer this nonce (payload: 16 bytes) from it.
+    Challenge = 3,
+    /// The answer (payload: the challenge's nonce), from the sender's
+    /// current epoch and sequence.
+    Response = 4,
+}
+
+/// Bytes of a challenge's nonce.
+pub const NONCE_LEN: usize = 16;
+
+/// Most MACs an advert carries (the sender's data-path interfaces).
+pub const MAX_MACS: usize = 8;
+
+/// An advert's payload: the sender's data-path MACs, 6 bytes each, so the
+/// peer may accept frames sent to them once the sender is declared dead.
+pub fn macs_payload(macs: &[[u8; 6]]) -> Vec<u8> {
+    macs.iter().take(MAX_MACS).flatten().copied().collect()
+}
+
+/// The MACs an advert's payload names (a malformed payload names none).
+pub fn payload_macs(payload: &[u8]) -> Vec<[u8; 6]> {
+    if !payload.len().is_multiple_of(6) || payload.len() > 6 * MAX_MACS {
+        return Vec::new();
+    }
+    payload
+        .chunks(6)
+        .map(|c| c.try_into().expect("6 bytes"))
+        .collect()
 }
 
 /// A node's state as adverts carry it.
@@ -80,10 +112,17 @@ pub enum Reject {
     StaleEpoch,
     #[error("replay")]
     Replay,
+    /// From an epoch this node has not verified (the peer restarted, or
+    /// this node did): not acted on; the node challenges the peer.
+    #[error("unverified_epoch")]
+    UnverifiedEpoch,
+    /// A response to no challenge of ours (or to an old one).
+    #[error("unsolicited_response")]
+    UnsolicitedResponse,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 7] = [
+    pub const ALL: [Reject; 9] = [
         Reject::Malformed,
         Reject::WrongVersion,
         Reject::WrongGroup,
@@ -91,6 +130,8 @@ impl Reject {
         Reject::UnknownPeer,
         Reject::StaleEpoch,
         Reject::Replay,
+        Reject::UnverifiedEpoch,
+        Reject::UnsolicitedResponse,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -101,6 +142,8 @@ impl Reject {
             Reject::UnknownPeer => "unknown_peer",
             Reject::StaleEpoch => "stale_epoch",
             Reject::Replay => "replay",
+            Reject::UnverifiedEpoch => "unverified_epoch",
+            Reject::UnsolicitedResponse => "unsolicited_response",
         }
     }
 }
@@ -159,6 +202,8 @@ impl Message {
         let kind = match bytes[5] {
             1 => Kind::Advert,
             2 => Kind::Flows,
+            3 => Kind::Challenge,
+            4 => Kind::Response,
             _ => return Err(Reject::Malformed),
         };
         let state = WireState::from_u8(bytes[8]).ok_or(Reject::Malformed)?;
@@ -207,7 +252,23 @@ mod tests {
         flows.kind = Kind::Flows;
         flows.payload = vec![9; 64];
         let bytes = flows.encode(KEY);
-        assert_eq!(Message::decode(&bytes, 7, KEY), Ok(flows));
+        assert_eq!(Message::decode(&bytes, 7, KEY), Ok(flows.clone()));
+        for kind in [Kind::Challenge, Kind::Response] {
+            let mut m = flows.clone();
+            m.kind = kind;
+            m.payload = vec![7; NONCE_LEN];
+            assert_eq!(Message::decode(&m.encode(KEY), 7, KEY), Ok(m));
+        }
+    }
+
+    #[test]
+    fn adverts_carry_the_senders_macs() {
+        let macs = [[2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]];
+        assert_eq!(payload_macs(&macs_payload(&macs)), macs.to_vec());
+        assert_eq!(payload_macs(&[1, 2, 3]), Vec::<[u8; 6]>::new());
+        assert_eq!(payload_macs(&[]), Vec::<[u8; 6]>::new());
+        let many = [[2, 0, 0, 0, 0, 9]; 12];
+        assert_eq!(payload_macs(&macs_payload(&many)).len(), MAX_MACS);
     }
 
     #[test]

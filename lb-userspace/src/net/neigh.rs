@@ -70,6 +70,19 @@ impl Neighbour {
             )
     }
 
+    /// Has a link-layer address the data path can use.
+    pub fn is_resolved(&self) -> bool {
+        matches!(
+            self.state,
+            NeighbourState::Reachable
+                | NeighbourState::Stale
+                | NeighbourState::Delay
+                | NeighbourState::Probe
+                | NeighbourState::Permanent
+                | NeighbourState::Noarp
+        )
+    }
+
     fn describe(&self) -> String {
         format!(
             "{:?}{}{}",

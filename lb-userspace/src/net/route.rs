@@ -92,6 +92,30 @@ impl Netlink {
         Err(NetError::NoRoute(dst))
     }
 
+    /// Whether the main table has an IPv4 default route.
+    pub async fn has_default_route(&self) -> Result<bool, NetError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut dump = self.handle.route().get(query).execute();
+        while let Some(r) = dump
+            .try_next()
+            .await
+            .map_err(Self::request_error("list routes"))?
+        {
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            if r.header.destination_prefix_length == 0 && table == 254 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Install (or refresh) a policy route.
     pub async fn add_policy_route(&self, r: &PolicyRoute) -> Result<(), NetError> {
         let mut rule = self.handle.rule().add();
