@@ -99,6 +99,10 @@ fn packet_fixture_table() {
             Reason::PassOtherHost,
             "frames_for_another_host_are_not_forwarded_unless_accepted",
         ),
+        (
+            Reason::DropPickupRefused,
+            "a_connection_picked_up_mid_stream_is_proven_by_its_backend",
+        ),
     ];
     let uncovered: Vec<&str> = Reason::ALL
         .iter()
@@ -639,6 +643,111 @@ fn refused_connections_are_redispatched_once() {
 }
 
 /// A backend's RST|ACK to client port `port`, acknowledging `ack`.
+/// Issue 20: a NAT connection this node did not see open (its first packet
+/// here carries no SYN: at a failover its SYN went through the peer) goes
+/// to a guessed backend, and the guess must be proven by that backend's
+/// first reply: a sequence number at or just past what the client
+/// acknowledged. A reply of another connection (a TIME_WAIT socket of the
+/// same 4-tuple answers with its own numbers) or a RST without ACK (no such
+/// connection) is withheld, not counted against the backend, and the
+/// client's next packet (its retransmission) goes to the other backend.
+/// Once proven, the flow is like any other.
+#[test]
+fn a_connection_picked_up_mid_stream_is_proven_by_its_backend() {
+    if !require_root("a_connection_picked_up_mid_stream_is_proven_by_its_backend") {
+        return;
+    }
+    let mut fx = lab();
+    let vip = [192, 0, 2, 20];
+    let (x, y) = (fx.ring_backend("nat-tcp", 0), fx.ring_backend("nat-tcp", 1));
+    let client_ack = 900_000u32;
+    let request = |port: u16| {
+        tcp_with(
+            (CLIENT_MAC, LB_CLIENT_MAC),
+            CLIENT,
+            vip,
+            (port, 80),
+            5000,
+            client_ack,
+            ACK | PSH,
+            None,
+            b"GET /",
+        )
+    };
+    let reply = |b: [u8; 4], port: u16, seq: u32, flags: u8| {
+        tcp_with(
+            (backend_mac(b[3]), LB_BACKEND_MAC),
+            b,
+            CLIENT,
+            (8080, port),
+            seq,
+            5005,
+            flags,
+            None,
+            b"",
+        )
+    };
+    // 1. Picked up: round robin's first slot, x.
+    let (action, out) = fx.run(&request(47000));
+    assert_eq!((action, dst_of(&out)), (XDP_REDIRECT, x));
+    // x holds an older connection of this 4-tuple (TIME_WAIT): it answers
+    // with that one's numbers. Withheld.
+    let stale = reply(x, 47000, 123, ACK);
+    assert_eq!(fx.run(&stale), (XDP_DROP, stale.clone()));
+    assert_eq!(fx.reason(Reason::DropPickupRefused), 1);
+    assert_eq!(
+        fx.backend_traffic(fx.backend_id("nat-tcp", x)).refused,
+        0,
+        "no health signal"
+    );
+    // The client's retransmission goes to y, which has the connection: its
+    // answer (at the acknowledged number) reaches the client.
+    let (action, out) = fx.run(&request(47000));
+    assert_eq!(
+        (action, dst_of(&out)),
+        (XDP_REDIRECT, y),
+        "the other backend"
+    );
+    let (action, _) = fx.run(&reply(y, 47000, client_ack, ACK));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(fx.reason(Reason::FwdReverseNat), 1);
+    // Proven: later replies pass whatever their numbers, and the flow stays
+    // on y.
+    assert_eq!(
+        fx.run(&reply(y, 47000, client_ack + (1 << 25), ACK)).0,
+        XDP_REDIRECT
+    );
+    let (action, out) = fx.run(&request(47000));
+    assert_eq!((action, dst_of(&out)), (XDP_REDIRECT, y));
+    assert_eq!(fx.reason(Reason::DropPickupRefused), 1);
+
+    // 2. A RST without ACK from the guess (no such connection there):
+    // withheld, and the retransmission goes to the other backend. (Round
+    // robin's cursor is at y now.)
+    let (action, out) = fx.run(&request(47001));
+    assert_eq!(action, XDP_REDIRECT);
+    let guess = dst_of(&out);
+    let other = if guess == x { y } else { x };
+    let rst = reply(guess, 47001, client_ack, RST);
+    assert_eq!(fx.run(&rst), (XDP_DROP, rst.clone()));
+    assert_eq!(fx.reason(Reason::DropPickupRefused), 2);
+    let (action, out) = fx.run(&request(47001));
+    assert_eq!((action, dst_of(&out)), (XDP_REDIRECT, other));
+    // Data from the right backend, a little past the acknowledgement (its
+    // own data in flight), proves it.
+    assert_eq!(
+        fx.run(&reply(other, 47001, client_ack + 1400, ACK | PSH)).0,
+        XDP_REDIRECT
+    );
+
+    // 3. A connection this node saw open (SYN) is never questioned.
+    let (_, out) = fx.run(&client_tcp(vip, 47002, 10, SYN));
+    let b = dst_of(&out);
+    assert_eq!(fx.run(&reply(b, 47002, 77, SYN | ACK)).0, XDP_REDIRECT);
+    assert_eq!(fx.run(&reply(b, 47002, 5, ACK)).0, XDP_REDIRECT);
+    assert_eq!(fx.reason(Reason::DropPickupRefused), 2);
+}
+
 fn refusal(backend: [u8; 4], port: u16, ack: u32) -> Vec<u8> {
     tcp_with(
         (backend_mac(backend[3]), LB_BACKEND_MAC),

@@ -448,6 +448,13 @@ impl Gen {
             flags,
             None,
         );
+        // A picked-up flow's backend answering at (or a little past) the
+        // client's acknowledgement: it proves the flow.
+        if let Some(ack) = model.pickup_ack(&t).filter(|_| self.rng.chance(40)) {
+            let seq = ack.wrapping_add(self.rng.below(3000) as u32);
+            v[wire::L4_OFF + 4..wire::L4_OFF + 8].copy_from_slice(&seq.to_be_bytes());
+            xdplb_tests::frames::fix_l4_checksum(&mut v);
+        }
         // A refusal acknowledging the client's SYN, as a backend's stack
         // sends it (else the ACK number is random: not a refusal).
         if flags & 0x14 == 0x14

@@ -1083,9 +1083,9 @@ fn failover_cycles(test: &str, fwd: Forwarding, cycles: usize) {
             let phase = random_phase();
             let cap = xdplb_tests::capture::Capture::start(&pair.sw, 0x0806);
             // XDPLB_HA_DEBUG=1: what the client saw, to explain a failure.
-            let debug = std::env::var_os("XDPLB_HA_DEBUG")
-                .is_some()
-                .then(|| xdplb_tests::capture::Capture::start_keeping(&pair.client, 0x0800, 4_000_000));
+            let debug = std::env::var_os("XDPLB_HA_DEBUG").is_some().then(|| {
+                xdplb_tests::capture::Capture::start_keeping(&pair.client, 0x0800, 4_000_000)
+            });
             let pid = pair.lbs[0]
                 .as_ref()
                 .map_or(0, |l| l.process.child.id() as i32);

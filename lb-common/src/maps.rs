@@ -352,6 +352,26 @@ pub const FLOW_F_REDISPATCHED: u8 = 32;
 /// least_conn: this connection is counted in its backend's
 /// `BACKEND_CONNS` entry (until it closes, moves or is replaced).
 pub const FLOW_F_COUNTED: u8 = 64;
+/// NAT: this node did not see the connection open (its first packet here
+/// was mid-stream, or the entry came from the HA peer), so its backend is
+/// a guess until the backend's first reply proves it (issue 20: at a
+/// failover a connection's SYN went through one node and its ACK through
+/// the other, which sent it to another backend). While set (and the flow
+/// has no SYN cookie), `seq_delta` holds the client's acknowledgement
+/// number as on the wire (0: not seen yet), and `FLOW_F_REFUSED` means the
+/// guessed backend disowned the connection: the next client packet goes
+/// to another.
+pub const FLOW_F_UNVERIFIED: u8 = 128;
+
+/// `NatReverse::cookie` bit: the flow is `FLOW_F_UNVERIFIED` (its replies
+/// are checked against it until one proves the backend).
+pub const REPLY_F_UNVERIFIED: u8 = 4;
+
+/// A reply proves an unverified flow's backend if its sequence number is
+/// at most this far past the client's acknowledgement (the backend's data
+/// in flight); a stray backend's (a closed connection on the same 4-tuple)
+/// falls in it with a chance of 1 in 256.
+pub const PICKUP_WINDOW: u32 = 1 << 24;
 
 /// Value of the reverse-NAT table: the address the client talked to, and
 /// the next hop towards the client (filled by the data path itself).
@@ -362,7 +382,7 @@ pub struct NatReverse {
     pub vport_be: u16,
     /// `SERVICE_F_*` bits of the service, as the reply path needs them.
     pub service_flags: u8,
-    /// `COOKIE_F_*` bits, as in the flow entry.
+    /// `COOKIE_F_*` bits, as in the flow entry, and `REPLY_F_UNVERIFIED`.
     pub cookie: u8,
     pub service_id: u32,
     pub backend_id: u32,

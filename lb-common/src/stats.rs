@@ -132,6 +132,11 @@ reasons! {
     /// drops it. Forwarding it would duplicate what its addressee forwards
     /// (an HA BACKUP must not act on the MASTER's frames).
     PassOtherHost = "pass_other_host",
+    /// NAT: the first reply to a connection this node did not see open
+    /// came from a backend that does not have it (a RST without ACK, or a
+    /// sequence number of another connection): withheld, and the client's
+    /// next packet goes to another backend. Not a health signal.
+    DropPickupRefused = "drop_pickup_refused",
 }
 
 /// Number of reasons; the size of the `REASONS` map.

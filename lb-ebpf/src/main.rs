@@ -28,9 +28,9 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     ACL_DENY, COOKIE_F_ON, COOKIE_F_PENDING, FILTER_BACKENDS, FILTER_VIPS, FlowValue, Forwarding,
-    PROTO_ICMP, Reason, SERVICE_F_ACL, SERVICE_F_ALLOW_ONLY, SERVICE_F_PASS_WHEN_EMPTY,
-    SERVICE_F_SYN_COOKIES, SETTINGS_F_HA, TCP_FLAG_ACK, TCP_FLAG_RST, TCP_FLAG_SYN,
-    VIP_F_DROP_UNSERVED, VIP_F_HA,
+    PROTO_ICMP, REPLY_F_UNVERIFIED, Reason, SERVICE_F_ACL, SERVICE_F_ALLOW_ONLY,
+    SERVICE_F_PASS_WHEN_EMPTY, SERVICE_F_SYN_COOKIES, SETTINGS_F_HA, TCP_FLAG_ACK, TCP_FLAG_RST,
+    TCP_FLAG_SYN, VIP_F_DROP_UNSERVED, VIP_F_HA,
 };
 
 use crate::parse::{Packet, Parsed};
@@ -136,6 +136,13 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         }
         if pkt.ttl <= 1 {
             return icmp::time_exceeded(ctx);
+        }
+        // A connection this node did not see open: its first reply proves
+        // (or disowns) the backend it was given.
+        if rev.cookie & REPLY_F_UNVERIFIED != 0
+            && let nat::Pickup::Disowned = nat::verify_pickup(&pkt, rev_ptr)
+        {
+            return (xdp_action::XDP_DROP, Reason::DropPickupRefused);
         }
         // A SYN-cookie connection's backend side still opening, or its
         // SYN-ACK again: the cookie program answers (established ones are
@@ -283,7 +290,7 @@ fn to_backend(
     found: Option<maps::Found>,
     acl_generation: u16,
 ) -> (u32, Reason) {
-    let c = match sched::flow_backend(pkt, svc, found, acl_generation) {
+    let c = match sched::flow_backend(ctx, pkt, svc, found, acl_generation) {
         Ok(c) => c,
         Err(sched::Refusal::Limited(reason)) => {
             stats::count_rate_limited(svc.id);

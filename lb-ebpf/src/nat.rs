@@ -4,9 +4,9 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     COOKIE_F_ON, COOKIE_F_PENDING, CachedHop, FLOW_F_CLOSING, FLOW_F_ESTABLISHED,
-    FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_REPLIED, FLOW_F_SYN, FlowKey, NatReverse,
-    PROTO_TCP, Reason, SERVICE_F_REDISPATCH, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST,
-    TCP_FLAG_SYN, csum,
+    FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_REPLIED, FLOW_F_SYN, FLOW_F_UNVERIFIED, FlowKey,
+    NatReverse, PICKUP_WINDOW, PROTO_TCP, REPLY_F_UNVERIFIED, Reason, SERVICE_F_REDISPATCH,
+    ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN, csum,
 };
 use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
@@ -122,7 +122,10 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo, c: &Choice) ->
 #[inline(always)]
 fn remember_reply(pkt: &Packet, svc: &ServiceInfo, c: &Choice) {
     let backend = (c.backend_id, c.addr_be, c.port_be);
-    write_reply(pkt, svc, backend, c.embryo, (0, 0));
+    // A new entry made by a TCP packet without SYN (`FLOW_F_UNVERIFIED`):
+    // the reply entry says so too.
+    let bits = if c.midstream { REPLY_F_UNVERIFIED } else { 0 };
+    write_reply(pkt, svc, backend, c.embryo, (bits, 0));
 }
 
 /// The reply entry of client packet `pkt`'s flow to `backend` (id, address,
@@ -200,6 +203,76 @@ fn acknowledges_syn(ctx: &XdpContext, flags: u8, isn_be: u32) -> bool {
     // SAFETY: bounds-checked just above.
     let ack = u32::from_be_bytes(unsafe { *ack });
     ack == u32::from_be(isn_be).wrapping_add(1)
+}
+
+/// What the first reply of an unverified flow says about its backend.
+pub enum Pickup {
+    /// The backend has this connection: the flow is verified now.
+    Proven,
+    /// It does not (a RST without ACK: no such connection; or a sequence
+    /// number far from what the client acknowledged: another connection on
+    /// the same 4-tuple): the reply is withheld, the client's next packet
+    /// goes to another backend.
+    Disowned,
+    /// Nothing to decide (no flow, moved on, a SYN-ACK, or no
+    /// acknowledgement of the client's seen yet).
+    Open,
+}
+
+/// Judge a backend's reply to a flow this node did not see open
+/// (`REPLY_F_UNVERIFIED`, issue 20). A backend that has the connection
+/// answers with its next sequence number, at or after what the client
+/// acknowledged; one that has not answers an ACK with a RST carrying no
+/// ACK (RFC 793), or, holding an older connection of the 4-tuple in
+/// TIME_WAIT, with an ACK of that one's numbers. Out of line (a BPF
+/// subprogram): a few packets per failover take this path.
+#[inline(never)]
+pub fn verify_pickup(pkt: &Packet, rev: *mut NatReverse) -> Pickup {
+    if !pkt.is_tcp() || pkt.tcp_flags & TCP_FLAG_SYN != 0 {
+        return Pickup::Open;
+    }
+    // SAFETY: a map value pointer; fields read at once.
+    let (vip_be, vport_be, backend_id) =
+        unsafe { ((*rev).vip_be, (*rev).vport_be, (*rev).backend_id) };
+    let client = FlowKey {
+        src_be: pkt.dst_be,
+        dst_be: vip_be,
+        sport_be: pkt.dport_be,
+        dport_be: vport_be,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    let Some(v) = crate::maps::any_flow(client) else {
+        return Pickup::Open;
+    };
+    // SAFETY: a pointer into the map value, read at once; a concurrent
+    // update on another CPU can at worst be lost.
+    let (flow_backend, flags, cookie, ack_be) =
+        unsafe { ((*v).backend_id, (*v).flags, (*v).cookie, (*v).seq_delta) };
+    let unverified = flags & FLOW_F_UNVERIFIED != 0 && cookie == 0;
+    if flow_backend != backend_id || !unverified {
+        // SAFETY: as above, the reply entry's own byte.
+        unsafe { (*rev).cookie &= !REPLY_F_UNVERIFIED };
+        return Pickup::Open;
+    }
+    let bare_rst = pkt.tcp_flags & (TCP_FLAG_RST | TCP_FLAG_ACK) == TCP_FLAG_RST;
+    let far =
+        ack_be != 0 && u32::from_be(pkt.seq_be).wrapping_sub(u32::from_be(ack_be)) >= PICKUP_WINDOW;
+    if bare_rst || far {
+        // SAFETY: as above.
+        unsafe { (*v).flags = flags | FLOW_F_REFUSED };
+        return Pickup::Disowned;
+    }
+    if ack_be == 0 && pkt.tcp_flags & TCP_FLAG_RST != 0 {
+        return Pickup::Open; // nothing to judge it by yet
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*v).flags = flags & !FLOW_F_UNVERIFIED;
+        (*v).seq_delta = 0;
+        (*rev).cookie &= !REPLY_F_UNVERIFIED;
+    }
+    Pickup::Proven
 }
 
 /// What a backend's TCP reply says about its connection.

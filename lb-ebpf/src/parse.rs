@@ -160,6 +160,17 @@ fn verdict(action: u32, reason: Reason) -> Parsed {
     Parsed::Verdict(action, reason)
 }
 
+/// The TCP acknowledgement number as on the wire (the parser checked the
+/// header is in the frame); 0 if it is not there.
+#[inline(always)]
+pub fn tcp_ack_be(ctx: &XdpContext) -> u32 {
+    match ptr_at::<[u8; 4]>(ctx, L4_OFF + 8) {
+        // SAFETY: bounds-checked by `ptr_at`.
+        Some(a) => u32::from_ne_bytes(unsafe { *a }),
+        None => 0,
+    }
+}
+
 /// An ICMP error (unreachable, time exceeded) whose quoted packet went to
 /// a possible backend: a router between the LB and a backend answering a
 /// NAT flow's packet. Only ICMP pays for this look (two reads and a filter

@@ -8,9 +8,10 @@
 
 use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, COOKIE_F_ON, FLOW_F_CLOSING,
-    FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN, FlowKey,
-    FlowValue, Forwarding, MAX_BACKENDS, MAX_SERVICES, RING_SIZE, SERVICE_F_RATE_LIMIT, Scheduler,
-    ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN,
+    FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN,
+    FLOW_F_UNVERIFIED, FlowKey, FlowValue, Forwarding, MAX_BACKENDS, MAX_SERVICES, RING_SIZE,
+    SERVICE_F_RATE_LIMIT, Scheduler, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST,
+    TCP_FLAG_SYN,
     hash::{flow_hash, fmix32, source_hash},
     ring_word,
 };
@@ -110,6 +111,7 @@ fn client_flags(pkt: &Packet) -> u8 {
 /// it: spoofed SYNs, which never get that far, evict only each other.
 #[inline(always)]
 pub fn flow_backend(
+    ctx: &aya_ebpf::programs::XdpContext,
     pkt: &Packet,
     svc: &ServiceInfo,
     found: Option<Found>,
@@ -117,6 +119,7 @@ pub fn flow_backend(
 ) -> Result<Choice, Refusal> {
     let key = pkt.flow_key();
     let syn = pkt.is_syn();
+    let nat = svc.forwarding == Forwarding::Nat as u8;
     // A retried SYN of a connection that must go elsewhere keeps its ISN and
     // is not a new connection.
     let mut moving: Option<FlowValue> = None;
@@ -129,8 +132,19 @@ pub fn flow_backend(
             && let Some(b) = backend(f.backend_id)
         {
             let active = b.flags & BACKEND_F_ACTIVE != 0;
-            if !syn {
+            let disowned = f.flags & (FLOW_F_UNVERIFIED | FLOW_F_REFUSED)
+                == FLOW_F_UNVERIFIED | FLOW_F_REFUSED;
+            if !syn && disowned {
+                // The guessed backend does not have this connection: try
+                // another (`exclude`), below.
+                exclude = f.backend_id;
+            } else if !syn {
                 if active {
+                    // An unverified flow learns the client's acknowledgement
+                    // (its backend's next sequence number) once.
+                    if f.flags & FLOW_F_UNVERIFIED != 0 && f.cookie == 0 && f.seq_delta == 0 {
+                        learn_ack(ctx, pkt.tcp_flags, v);
+                    }
                     let flags = f.flags | client_flags(pkt);
                     if flags != f.flags {
                         if flags & FLOW_F_CLOSING != 0 {
@@ -196,12 +210,23 @@ pub fn flow_backend(
             backend_id: id,
             service_id: svc.id,
             syn_seq_be: if syn { pkt.seq_be } else { 0 },
-            flags: if syn { FLOW_F_SYN } else { client_flags(pkt) },
+            // NAT, a TCP packet without SYN opening an entry: this node
+            // did not see the connection open.
+            flags: if syn {
+                FLOW_F_SYN
+            } else if nat && pkt.is_tcp() {
+                client_flags(pkt) | FLOW_F_UNVERIFIED
+            } else {
+                client_flags(pkt)
+            },
             cookie: 0,
             acl_generation,
             seq_delta: 0,
         },
     };
+    if value.flags & FLOW_F_UNVERIFIED != 0 {
+        value.seq_delta = client_ack(ctx, pkt.tcp_flags);
+    }
     // least_conn counts TCP connections from their SYN until a FIN or RST.
     if svc.scheduler == Scheduler::LeastConn as u8 && syn {
         value.flags |= FLOW_F_COUNTED;
@@ -236,6 +261,26 @@ pub fn flow_backend(
         cookie: false,
         seq_delta: 0,
     })
+}
+
+/// The client's acknowledgement number as on the wire (0: the packet has
+/// no ACK). Out of line: for the rare unverified flow, off the main
+/// program's stack.
+#[inline(never)]
+fn client_ack(ctx: &aya_ebpf::programs::XdpContext, tcp_flags: u8) -> u32 {
+    if tcp_flags & TCP_FLAG_ACK == 0 {
+        return 0;
+    }
+    crate::parse::tcp_ack_be(ctx)
+}
+
+/// An unverified flow's first acknowledgement from the client, kept in its
+/// entry (`FLOW_F_UNVERIFIED`).
+#[inline(never)]
+fn learn_ack(ctx: &aya_ebpf::programs::XdpContext, tcp_flags: u8, v: *mut FlowValue) {
+    let ack = client_ack(ctx, tcp_flags);
+    // SAFETY: a map value pointer; a lost race only means another try.
+    unsafe { (*v).seq_delta = ack };
 }
 
 /// The client's ACK completed the handshake: move the flow (already

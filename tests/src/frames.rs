@@ -47,6 +47,7 @@ pub fn frame(
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
+pub const PSH: u8 = 0x08;
 pub const ACK: u8 = 0x10;
 
 /// A TCP frame with this sequence number and these flags (ACK acknowledges 1).
@@ -268,6 +269,9 @@ pub fn tcp_with(
     }
     if flags & FIN != 0 {
         t = t.fin();
+    }
+    if flags & PSH != 0 {
+        t = t.psh();
     }
     if flags & ACK != 0 {
         t = t.ack(ack);

@@ -136,6 +136,8 @@ struct NatReply {
     redispatch: bool,
     backend_id: u32,
     cookie: Option<Cookie>,
+    /// Its flow was picked up mid-stream: replies prove or disown it.
+    unverified: bool,
 }
 
 /// A connection opened by a SYN cookie.
@@ -166,6 +168,10 @@ struct Flow {
     /// least_conn counts it (its SYN opened it) until it closes.
     counted: bool,
     cookie: Option<Cookie>,
+    /// NAT: picked up mid-stream, not yet proven by a reply; with the
+    /// client's acknowledgement number (host order; 0: none seen).
+    unverified: bool,
+    pickup_ack: u32,
 }
 
 /// The lab FIB's answer for a destination.
@@ -717,6 +723,9 @@ impl Model {
             if ip[8] <= 1 {
                 return time_exceeded(f);
             }
+            if rev.unverified && self.pickup_disowned(f, &p, &rev) {
+                return Expect::same(Drop, Reason::DropPickupRefused);
+            }
             if let Some(c) = rev.cookie
                 && (c.pending || p.tcp_flags & TCP_SYN != 0)
             {
@@ -728,6 +737,46 @@ impl Model {
             return self.reverse(f, &p, rev);
         }
         self.host(Reason::PassNotService, p.t.dst, proto)
+    }
+
+    /// A reply `p` (frame `f`) to a flow picked up mid-stream: whether its
+    /// backend disowns the flow (a RST without ACK, or a sequence number
+    /// outside the window after the client's acknowledgement); a reply that
+    /// proves it clears the marks.
+    fn pickup_disowned(&mut self, f: &[u8], p: &Pkt, rev: &NatReply) -> bool {
+        if !p.tcp() || p.tcp_flags & TCP_SYN != 0 {
+            return false;
+        }
+        let client = Tuple {
+            src: p.t.dst,
+            dst: rev.vip,
+            sport: p.t.dport,
+            dport: rev.vport,
+            proto: p.t.proto,
+        };
+        let Some(fl) = self.flows.get(&client).copied() else {
+            return false;
+        };
+        if fl.backend_id != rev.backend_id || !(fl.unverified && fl.cookie.is_none()) {
+            self.nat.get_mut(&p.t).unwrap().unverified = false;
+            return false;
+        }
+        let bare_rst = p.tcp_flags & (TCP_RST | TCP_ACK) == TCP_RST;
+        let seq = u32::from_be_bytes(f[38..42].try_into().unwrap());
+        let far =
+            fl.pickup_ack != 0 && seq.wrapping_sub(fl.pickup_ack) >= lb_common::PICKUP_WINDOW;
+        if bare_rst || far {
+            self.flows.get_mut(&client).unwrap().refused = true;
+            return true;
+        }
+        if fl.pickup_ack == 0 && p.tcp_flags & TCP_RST != 0 {
+            return false;
+        }
+        let e = self.flows.get_mut(&client).unwrap();
+        e.unverified = false;
+        e.pickup_ack = 0;
+        self.nat.get_mut(&p.t).unwrap().unverified = false;
+        false
     }
 
     /// An ICMP error `f` to `dst` about the flow its quote names: relayed
@@ -897,6 +946,24 @@ impl Model {
         }
     }
 
+    /// The client's acknowledgement a picked-up flow (by its reply tuple
+    /// `t`) waits for its backend to answer at, if it waits (for the
+    /// generator: replies that prove it).
+    pub fn pickup_ack(&self, t: &Tuple) -> Option<u32> {
+        let rev = self.nat.get(t)?;
+        let client = Tuple {
+            src: t.dst,
+            dst: rev.vip,
+            sport: t.dport,
+            dport: rev.vport,
+            proto: t.proto,
+        };
+        self.flows
+            .get(&client)
+            .filter(|f| f.unverified && f.pickup_ack != 0)
+            .map(|f| f.pickup_ack)
+    }
+
     /// The client ISN + 1 a refusal of the connection whose reply tuple is
     /// `t` acknowledges, if the model knows it (for the generator).
     pub fn refusal_ack(&self, t: &Tuple) -> Option<u32> {
@@ -995,7 +1062,10 @@ impl Model {
             .filter(|fl| fl.service_id == svc.id)
         {
             let b = self.slot(fl.backend_id);
-            if !syn {
+            if !syn && fl.unverified && fl.refused {
+                // The guessed backend disowned it: another one.
+                exclude = Some(fl.backend_id);
+            } else if !syn {
                 if b.active {
                     let (est, closing) = p.client_bits();
                     if closing {
@@ -1004,6 +1074,9 @@ impl Model {
                     let e = self.flows.get_mut(&p.t).unwrap();
                     e.established |= est;
                     e.closing |= closing;
+                    if e.unverified && e.cookie.is_none() && e.pickup_ack == 0 {
+                        e.pickup_ack = client_ack(f, p);
+                    }
                     stay = Some((fl.backend_id, b, false));
                     shift = fl.cookie.filter(|c| !c.pending).map(|c| c.value);
                 }
@@ -1043,6 +1116,8 @@ impl Model {
                             redispatched: old.refused || old.redispatched,
                             counted: false,
                             cookie: None,
+                            unverified: false,
+                            pickup_ack: 0,
                         },
                         None => Flow {
                             service_id: svc.id,
@@ -1056,6 +1131,14 @@ impl Model {
                             redispatched: false,
                             counted: false,
                             cookie: None,
+                            // NAT, a TCP packet without SYN opening an
+                            // entry: not seen open here.
+                            unverified: svc.nat && p.tcp() && !syn,
+                            pickup_ack: if svc.nat && p.tcp() && !syn {
+                                client_ack(f, p)
+                            } else {
+                                0
+                            },
                         },
                     };
                     // least_conn counts TCP connections from their SYN until
@@ -1147,6 +1230,7 @@ impl Model {
             redispatch: svc.redispatch,
             backend_id: bid,
             cookie,
+            unverified: p.tcp() && !p.syn() && cookie.is_none(),
         };
         if self.nat.insert(reply, rev).is_none() {
             self.nat_order.push(reply);
@@ -1254,6 +1338,8 @@ impl Model {
                 redispatched: false,
                 counted: false,
                 cookie: Some(c),
+                unverified: false,
+                pickup_ack: 0,
             },
         );
         self.add_reply(p, svc, bid, b, Some(c));
@@ -1664,6 +1750,15 @@ fn translate_quote(out: &mut [u8], addr_at: usize, port_at: usize, addr: [u8; 4]
         }
         out[at..at + 2].copy_from_slice(&new.to_be_bytes());
     }
+}
+
+/// The acknowledgement number of client TCP frame `f` (host order), or 0
+/// without ACK.
+fn client_ack(f: &[u8], p: &Pkt) -> u32 {
+    if p.tcp_flags & TCP_ACK == 0 {
+        return 0;
+    }
+    u32::from_be_bytes(f[42..46].try_into().unwrap())
 }
 
 /// One's-complement addition of two 16-bit words.

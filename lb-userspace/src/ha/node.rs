@@ -398,7 +398,10 @@ impl Node {
             live_during_bulk: Default::default(),
             peer_seen: None,
             local: std::cell::RefCell::new(
-                status.lock().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone()),
+                status
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_else(|p| p.into_inner().clone()),
             ),
             unpublished: std::cell::Cell::new(false),
             master: Default::default(),

@@ -6,7 +6,10 @@
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
-use lb_common::{FlowEvent, FlowKey, FlowValue, Forwarding, NatReverse, ServiceKey};
+use lb_common::{
+    FLOW_F_UNVERIFIED, FlowEvent, FlowKey, FlowValue, Forwarding, NatReverse, PROTO_TCP,
+    REPLY_F_UNVERIFIED, ServiceKey,
+};
 
 use super::wire::{MAX_PAYLOAD, Reject};
 use crate::plan::{BackendRef, Plan};
@@ -160,16 +163,23 @@ impl SyncIndex {
         let backend_id = *self
             .ids
             .get(&BackendRef::new(skey, r.backend, r.backend_port))?;
+        // A NAT connection this node did not see open: its first reply here
+        // must prove the backend (a 4-tuple reused through the peer since
+        // this record was sent would otherwise follow a stale entry).
+        // Cookie connections keep their offset in `seq_delta` and are not
+        // checked.
+        let nat = svc.forwarding == Forwarding::Nat as u8;
+        let unverified = nat && r.key.proto == PROTO_TCP && r.cookie == 0;
         let value = FlowValue {
             backend_id,
             service_id: svc.id,
             syn_seq_be: r.syn_seq_be,
-            flags: r.flags,
+            flags: r.flags | if unverified { FLOW_F_UNVERIFIED } else { 0 },
             cookie: r.cookie,
             acl_generation: 0,
-            seq_delta: r.seq_delta,
+            seq_delta: if unverified { 0 } else { r.seq_delta },
         };
-        let reverse = (svc.forwarding == Forwarding::Nat as u8).then(|| {
+        let reverse = nat.then(|| {
             (
                 FlowKey {
                     src_be: u32::from(r.backend).to_be(),
@@ -183,11 +193,11 @@ impl SyncIndex {
                     vip_be: r.key.dst_be,
                     vport_be: r.key.dport_be,
                     service_flags: svc.flags,
-                    cookie: r.cookie,
+                    cookie: r.cookie | if unverified { REPLY_F_UNVERIFIED } else { 0 },
                     service_id: svc.id,
                     backend_id,
                     hop: Default::default(),
-                    seq_delta: r.seq_delta,
+                    seq_delta: value.seq_delta,
                 },
             )
         });
