@@ -914,11 +914,13 @@ fn check_announcements(
         let gw_at = first(backend_port, back_mac, gw).unwrap_or_else(|| {
             panic!("{what}: the backends never heard the new MASTER announce the gateway")
         });
-        // Both leave one thread back to back, the gateway first; each
-        // bridge stamps its own copy.
+        // The two leave back to back, the gateway first (5-230 µs apart
+        // at the neighbours here); a loaded lab's bridge queues held one
+        // back by 2 ms once: 5 ms allowed (keepalived, measured in issue
+        // 20's lab: 0-1 ms; this code before: 9-17 ms).
         assert!(
-            gw_at <= vip_at + Duration::from_millis(1),
-            "{what}: the gateway was announced {:?} after the VIP",
+            gw_at <= vip_at + Duration::from_millis(5),
+            "{what}: the backends heard the gateway {:?} after the router heard the VIP",
             gw_at.duration_since(vip_at).unwrap_or_default()
         );
         lead = vip_at.duration_since(gw_at).unwrap_or_default();
@@ -2036,4 +2038,110 @@ fn a_wrong_or_damaged_state_file_costs_a_handshake_not_the_pair() {
         (pair.state(0), pair.state(1), pair.holders(VIP)),
         ("master".to_string(), "backup".to_string(), vec![0])
     );
+}
+
+/// Issue 20 (b), both ways. A BACKUP must not forward frames addressed to
+/// another host (a switch floods them to every port when it does not know,
+/// or lost, their port): SYNs to the VIP sent to the MASTER's MAC but put
+/// on the BACKUP's switch port are left to its kernel (`pass_other_host`),
+/// none forwarded. Once the MASTER is declared dead (its links cut: it
+/// resigns) the new MASTER takes frames for the old one's MACs on purpose,
+/// so what neighbours still send there is served at once; when the old
+/// MASTER is heard alive again, its frames are its own again.
+#[test]
+fn frames_for_the_master_are_taken_only_once_it_is_dead() {
+    use xdplb_tests::frames::{SYN, tcp_with};
+    let test = "frames_for_the_master_are_taken_only_once_it_is_dead";
+    if !require_root(test) {
+        return;
+    }
+    let _turn = turn(false);
+    let mut pair = Pair::build(
+        test,
+        Forwarding::NatRoundRobin,
+        [NodeOpts::new(150), NodeOpts::new(100)],
+    );
+    start_pair(&mut pair, 0);
+    wait_backends_up(&pair);
+    let mac = |s: String| -> [u8; 6] {
+        let v: Vec<u8> = s
+            .split(':')
+            .map(|x| u8::from_str_radix(x, 16).unwrap())
+            .collect();
+        v.try_into().unwrap()
+    };
+    let lb1_front = mac(pair.mac(0, "fr"));
+    let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let syns = |base: u16| -> Vec<Vec<u8>> {
+        (0..20)
+            .map(|i| {
+                tcp_with(
+                    ([0x02, 0, 0, 0, 0x77, 0x01], lb1_front),
+                    ip("198.51.100.2"),
+                    ip(VIP),
+                    (base + i, 80),
+                    1000,
+                    0,
+                    SYN,
+                    None,
+                    b"",
+                )
+            })
+            .collect()
+    };
+    let count = |pair: &Pair, reason: &str| {
+        sample(
+            pair,
+            1,
+            "xdplb_packets_total",
+            &format!("reason=\"{reason}\""),
+        )
+    };
+    // Waits (bounded) until lb2 counted `n` more of `reason`.
+    let wait_count = |pair: &Pair, reason: &str, from: f64, n: f64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while count(pair, reason) < from + n {
+            assert!(
+                Instant::now() < deadline,
+                "{test}: {what}: {reason} went from {from} to {}",
+                count(pair, reason)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // 1. Normal operation: lb2 (BACKUP) leaves lb1's frames alone.
+    let (other, nat) = (count(&pair, "pass_other_host"), count(&pair, "fwd_nat"));
+    xdplb_tests::inject::send(&pair.sw, "lb2-f", &syns(31000)).unwrap();
+    wait_count(&pair, "pass_other_host", other, 20.0, "BACKUP");
+    assert_eq!(
+        count(&pair, "fwd_nat"),
+        nat,
+        "{test}: the BACKUP forwarded another host's frames"
+    );
+    // 2. lb1's links are cut: it resigns, lb2 takes over and takes lb1's
+    // frames.
+    pair.links(0, false);
+    pair.wait_for(1, "master", &[1], Duration::from_secs(3));
+    let (other, nat) = (count(&pair, "pass_other_host"), count(&pair, "fwd_nat"));
+    xdplb_tests::inject::send(&pair.sw, "lb2-f", &syns(32000)).unwrap();
+    wait_count(&pair, "fwd_nat", nat, 20.0, "lb1 dead");
+    assert_eq!(count(&pair, "pass_other_host"), other);
+    // 3. lb1 is back (BACKUP: no preemption here) and heard: its frames are
+    // its own again.
+    pair.links(0, true);
+    pair.wait_for(0, "backup", &[1], Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (other, nat) = (count(&pair, "pass_other_host"), count(&pair, "fwd_nat"));
+        xdplb_tests::inject::send(&pair.sw, "lb2-f", &syns(33000)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        if count(&pair, "pass_other_host") >= other + 20.0 && count(&pair, "fwd_nat") == nat {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{test}: lb2 still takes lb1's frames with lb1 alive\nlb2:\n{}",
+            pair.log(1)
+        );
+    }
 }

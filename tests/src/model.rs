@@ -763,8 +763,7 @@ impl Model {
         }
         let bare_rst = p.tcp_flags & (TCP_RST | TCP_ACK) == TCP_RST;
         let seq = u32::from_be_bytes(f[38..42].try_into().unwrap());
-        let far =
-            fl.pickup_ack != 0 && seq.wrapping_sub(fl.pickup_ack) >= lb_common::PICKUP_WINDOW;
+        let far = fl.pickup_ack != 0 && seq.wrapping_sub(fl.pickup_ack) >= lb_common::PICKUP_WINDOW;
         if bare_rst || far {
             self.flows.get_mut(&client).unwrap().refused = true;
             return true;

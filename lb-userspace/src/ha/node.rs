@@ -1110,6 +1110,7 @@ impl Node {
     /// addresses, then the remaining rounds.
     async fn acquire(&mut self) {
         let owned = self.owned.clone();
+        // Floating addresses (the way back) first, the VIPs right behind.
         garp_round(&self.garp, &owned);
         self.add_addresses(&owned);
         self.announce_after_first(owned);
