@@ -1612,6 +1612,20 @@ fn split_brain_heals_to_one_master_within_two_intervals() {
         request(Duration::from_secs(2)).expect("a request through lb1");
     }
     for round in 0..2 {
+        // A settled pair first: lb1 has heard lb2 (it announces once when
+        // it first hears a peer, and again whenever it hears it after a
+        // silence), and that announcement's late round (1,200 ms, the
+        // default `garp_master_delay_ms`) is over, plus 300 ms margin:
+        // lb2's announcement below must be the router's last.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pair.metrics(0).lines().any(|l| {
+            l.starts_with("xdplb_ha_peer_up")
+                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) == Some(1.0)
+        }) {
+            assert!(Instant::now() < deadline, "lb1 never heard lb2");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(1200 + 300));
         pair.lb_ns[1].sh(&["ip", "link", "set", "ha", "down"]);
         pair.wait_for(1, "master", &[0, 1], Duration::from_secs(2));
         assert_eq!(pair.state(0), "master", "split brain: both MASTER");
@@ -1652,7 +1666,9 @@ fn split_brain_heals_to_one_master_within_two_intervals() {
         assert_eq!(
             pair.router_vip_mac(),
             pair.mac(0, "fr"),
-            "GARP fixed the router"
+            "GARP fixed the router\nlb1: {}\nlb2: {}",
+            pair.log(0),
+            pair.log(1)
         );
         // 2 intervals, plus 100 ms for the link to come up and a loaded
         // machine.
@@ -2144,4 +2160,61 @@ fn frames_for_the_master_are_taken_only_once_it_is_dead() {
             pair.log(1)
         );
     }
+}
+
+/// Issue 20 (d): a node back after a failover takes MASTER back only once
+/// it could forward. lb1 (higher, preempting after 300 ms) comes back
+/// without its default route (NAT replies go to any client): it stays
+/// BACKUP, says why, and `xdplb status` shows it not ready; with the route
+/// back it preempts within the readiness check's second + the delay + its
+/// master-down interval (+1 s of margin for a loaded machine). Before, it
+/// took MASTER at once and dropped what it could not route.
+#[test]
+fn a_returning_node_preempts_only_once_it_can_forward() {
+    let test = "a_returning_node_preempts_only_once_it_can_forward";
+    if !require_root(test) {
+        return;
+    }
+    let _turn = turn(false);
+    let fwd = Forwarding::NatRoundRobin;
+    let lb1 = NodeOpts {
+        preempt: true,
+        preempt_delay_ms: Some(300),
+        ..NodeOpts::new(150)
+    };
+    let mut pair = Pair::build(test, fwd, [lb1.clone(), NodeOpts::new(100)]);
+    pair.start(1);
+    pair.wait_for(1, "master", &[1], Duration::from_secs(5));
+    pair.lb_ns[0].sh(&["ip", "route", "del", "default"]);
+    pair.start(0);
+    pair.wait_for(0, "backup", &[1], Duration::from_secs(5));
+    // Far longer than the delay and a master-down interval.
+    std::thread::sleep(
+        Duration::from_millis(300) + master_down_interval(150) * 4 + Duration::from_secs(1),
+    );
+    assert_eq!(
+        (pair.state(0), pair.state(1), pair.holders(VIP)),
+        ("backup".to_string(), "master".to_string(), vec![1]),
+        "{test}: preempted without a default route\nlb1:\n{}",
+        pair.log(0)
+    );
+    let log = pair.lb(0).log().join("\n");
+    assert!(
+        log.contains("not ready to forward") && log.contains("no default route"),
+        "{test}: no reason given:\n{log}"
+    );
+    let out = std::process::Command::new(target_bin("xdplb"))
+        .args(["status", "--socket"])
+        .arg(&pair.lb(0).status_socket)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("not ready to forward"), "{test}: {table}");
+    pair.lb_ns[0].sh(&["ip", "route", "add", "default", "via", "192.0.2.1"]);
+    let bound = Duration::from_secs(1)
+        + Duration::from_millis(300)
+        + master_down_interval(150)
+        + Duration::from_secs(1);
+    let took = pair.wait_for(0, "master", &[0], bound);
+    eprintln!("{test}: preempted {took:?} after the route came back (bound {bound:?})");
 }

@@ -11,7 +11,7 @@
 //! Cost: one array read per frame (the ingress interface's MAC) and a
 //! 6-byte compare; the accepted list is read only for other hosts' frames.
 
-use aya_ebpf::{EbpfContext as _, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use network_types::eth::EthHdr;
 
 use crate::{maps, parse::ptr_at};

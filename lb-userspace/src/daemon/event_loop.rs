@@ -84,7 +84,7 @@ pub struct Daemon {
     pub iface_macs: crate::dataplane::bpf::IfaceMacs,
     pub interfaces: Vec<String>,
     /// Whether this node could forward (for HA preemption).
-    pub readiness: super::ready::Readiness,
+    pub readiness: super::readiness::Readiness,
 }
 
 /// What the event loop listens to besides signals and timers.

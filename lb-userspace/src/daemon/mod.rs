@@ -13,6 +13,7 @@ mod host;
 mod instance;
 mod options;
 mod pair;
+mod readiness;
 mod ready;
 mod reload;
 mod throttle;

@@ -9,7 +9,7 @@ use super::event_loop::Daemon;
 use crate::{
     config::Config,
     dataplane::bpf,
-    ha::{Command, HaNode, node::owned_addresses, sync::SyncIndex},
+    ha::{Command, HaNode, owned::owned_addresses, sync::SyncIndex},
 };
 
 /// Start the node if the config has `[ha]`; without it, make sure a

@@ -11,27 +11,15 @@
 //!
 //! Looked at every second while the node is not MASTER.
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use super::event_loop::Daemon;
-use crate::{config::ForwardingKind, ha::Command, plan::BackendRef};
-
-/// What readiness the node was last told.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    /// Checked backends that reported since the start.
-    pub reported: HashSet<BackendRef>,
-    /// `None`: not told yet.
-    pub told: Option<bool>,
-    /// Whether the main table had a default route when last dumped (the
-    /// dump runs once a second at most: a big table is not cheap).
-    pub default_route: Option<bool>,
-}
+use super::{event_loop::Daemon, readiness::NotReady};
+use crate::{config::ForwardingKind, ha::Command};
 
 impl Daemon {
     /// Why this node could not forward now, or `Ok`. `fresh`: dump the
     /// routing table again for the default route.
-    async fn not_ready(&mut self, fresh: bool) -> Result<(), String> {
+    async fn not_ready(&mut self, fresh: bool) -> Result<(), NotReady> {
         let silent: Vec<String> = self
             .control
             .check_targets()
@@ -40,11 +28,10 @@ impl Daemon {
             .map(|t| t.backend.to_string())
             .collect();
         if !silent.is_empty() {
-            return Err(format!(
-                "{} backend(s) not checked yet, e.g. {}",
-                silent.len(),
-                silent[0]
-            ));
+            return Err(NotReady::Unchecked {
+                count: silent.len(),
+                example: silent[0].clone(),
+            });
         }
         let config = self.control.config();
         let mut backends: Vec<Ipv4Addr> = config
@@ -58,20 +45,20 @@ impl Daemon {
         let table = nl
             .neighbour_table()
             .await
-            .map_err(|e| format!("neighbour table: {e}"))?;
+            .map_err(|e| NotReady::NeighbourTable(e.to_string()))?;
         for b in backends {
-            let route = nl
-                .route_to(b)
-                .await
-                .map_err(|e| format!("no route to backend {b}: {e}"))?;
+            let route = nl.route_to(b).await.map_err(|e| NotReady::NoRoute {
+                backend: b,
+                error: e.to_string(),
+            })?;
             let resolved = table
                 .get(&(route.ifindex, route.next_hop))
                 .is_some_and(|n| n.is_resolved());
             if !resolved {
-                return Err(format!(
-                    "the next hop {} of backend {b} is not resolved",
-                    route.next_hop
-                ));
+                return Err(NotReady::Unresolved {
+                    backend: b,
+                    next_hop: route.next_hop,
+                });
             }
         }
         let nat = config
@@ -89,7 +76,7 @@ impl Daemon {
                 );
             }
             if self.readiness.default_route != Some(true) {
-                return Err("no default route (NAT replies go to any client)".into());
+                return Err(NotReady::NoDefaultRoute);
             }
         }
         Ok(())
@@ -106,7 +93,12 @@ impl Daemon {
         }
         let why = self.not_ready(fresh).await;
         let ready = why.is_ok();
-        if self.readiness.told != Some(ready) {
+        let reason = why.as_ref().err().map(std::mem::discriminant);
+        // Logged when readiness or the kind of reason changes: an operator
+        // waiting for a node to take MASTER back sees what it waits for
+        // now, not only what it waited for first (and not a line per
+        // backend as thousands report).
+        if self.readiness.told != Some(ready) || self.readiness.reason != reason {
             match &why {
                 Ok(()) => {
                     tracing::info!("ready to forward: may take MASTER back from a lower peer")
@@ -115,6 +107,9 @@ impl Daemon {
                     tracing::info!(why = %w, "not ready to forward: will not take MASTER from a lower peer")
                 }
             }
+            self.readiness.reason = reason;
+        }
+        if self.readiness.told != Some(ready) {
             if let Some(node) = &self.ha {
                 node.send(Command::Ready(ready));
             }

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 
 use tracing::warn;
 
-use super::node::Owned;
+use super::owned::Owned;
 use crate::net::{IfAddress, Netlink, link};
 
 enum Job {

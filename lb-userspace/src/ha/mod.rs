@@ -6,6 +6,7 @@
 //! - `track.rs`: tracked interfaces and services → priority or FAULT;
 //! - `sync.rs`: flow records and their translation between nodes' ids;
 //! - `garp.rs`, `notify.rs`: gratuitous ARP, the operator's notify command;
+//! - `owned.rs`: the addresses a MASTER owns, in announcement order;
 //! - `node.rs`: the node itself, on a thread and runtime of its own so the
 //!   daemon's other work never delays an advert.
 //!
@@ -18,6 +19,7 @@ mod addresses;
 pub mod garp;
 pub mod node;
 pub mod notify;
+pub mod owned;
 pub mod replay;
 pub mod state;
 mod status;

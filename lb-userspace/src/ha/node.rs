@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use super::{
     addresses::AddressWorker,
     garp, notify,
+    owned::{Owned, owned_addresses},
     replay::{self, ReplayGuard},
     state::{Action, Input, Machine, Params, State},
     status::{HaStatus, PeerStatus},
@@ -95,41 +96,6 @@ pub struct HaNode {
     tx: mpsc::UnboundedSender<Command>,
     status: Arc<Mutex<HaStatus>>,
     thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// What the node owns on the host when MASTER.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owned {
-    pub iface: String,
-    pub addr: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-/// The addresses a MASTER of `config` owns: the floating addresses (the
-/// backends' way back) first, then every service VIP (on `vip_interface`):
-/// gratuitous ARPs go in this order, so the return path has moved when
-/// the first packets come in through the new MASTER (issue 20: a SYN let in
-/// by the new MASTER had its SYN-ACK sent to the dead one).
-pub fn owned_addresses(config: &Config, h: &HaConfig) -> Vec<Owned> {
-    let mut out: Vec<Owned> = h
-        .floating
-        .iter()
-        .map(|f| Owned {
-            iface: f.interface.clone(),
-            addr: f.address,
-            prefix_len: f.prefix_len,
-        })
-        .collect();
-    for s in &config.services {
-        if !out.iter().any(|o| o.addr == s.vip) {
-            out.push(Owned {
-                iface: h.vip_interface.clone(),
-                addr: s.vip,
-                prefix_len: 32,
-            });
-        }
-    }
-    out
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, for the lease.
@@ -1070,7 +1036,13 @@ impl Node {
                     self.extend_lease();
                     self.acquire().await;
                 }
-                Action::Announce => self.announce(self.owned.clone()),
+                Action::Announce => {
+                    info!(
+                        master = self.machine.state() == State::Master,
+                        "HA peer heard again after a silence: announcing the addresses again"
+                    );
+                    self.announce(self.owned.clone())
+                }
                 Action::Release => {
                     self.write_settings(0);
                     self.release().await;
