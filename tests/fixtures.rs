@@ -103,6 +103,10 @@ fn packet_fixture_table() {
             Reason::DropPickupRefused,
             "a_connection_picked_up_mid_stream_is_proven_by_its_backend",
         ),
+        (
+            Reason::DropNatTupleInUse,
+            "a_client_port_live_through_one_vip_is_not_given_the_same_backend_through_another",
+        ),
     ];
     let uncovered: Vec<&str> = Reason::ALL
         .iter()
@@ -1335,20 +1339,30 @@ fn syn_cookies_open_translate_and_refuse_connections() {
     assert_eq!(forwarded + cookies, 300);
 }
 
-/// Two NAT services share a backend; a client port that had an established
-/// connection through one (its reply entry in `NAT_REVERSE`) opens one
-/// through the other to the same backend: the new connection's replies are
-/// translated to its own VIP, not found under the old entry first.
+/// Two NAT services share backends, and one client address and port talks
+/// to both (issue 20: the newer connection's reply entry took over the
+/// older one's key, and the older connection hung). While the older one
+/// is live, the newer goes to another backend, or, with every backend
+/// taken, is refused (`drop_nat_tuple_in_use`); each connection's replies
+/// come from its own VIP. Once the older one closes, its backend takes the
+/// client port again through the other VIP.
 #[test]
-fn a_new_connections_replies_are_its_own_across_vips() {
-    if !require_root("a_new_connections_replies_are_its_own_across_vips") {
+fn a_client_port_live_through_one_vip_is_not_given_the_same_backend_through_another() {
+    if !require_root(
+        "a_client_port_live_through_one_vip_is_not_given_the_same_backend_through_another",
+    ) {
         return;
     }
     let mut fx = lab();
-    let (rr, maglev) = ([192, 0, 2, 20], [192, 0, 2, 22]);
+    let (rr, maglev, third) = ([192, 0, 2, 20], [192, 0, 2, 22], [192, 0, 2, 21]);
     let sport = 43000;
     let b = fx.maglev_backend("nat-maglev", CLIENT, maglev, sport, 80, 6);
-    // Through nat-tcp (round robin) until it lands on the same backend,
+    let other = if b == [203, 0, 113, 11] {
+        [203, 0, 113, 12]
+    } else {
+        [203, 0, 113, 11]
+    };
+    // Through nat-tcp (round robin) until it lands on Maglev's backend,
     // established (the client's ACK moves its entries out of the
     // half-open tables).
     let mut landed = false;
@@ -1363,16 +1377,58 @@ fn a_new_connections_replies_are_its_own_across_vips() {
         }
     }
     assert!(landed, "round robin never chose {b:?}");
-    // Then through nat-maglev, same client port, same backend.
+    // Through nat-maglev, same client port: Maglev's own choice is taken,
+    // so the other backend; established too.
     let (action, out) = fx.run(&client_tcp(maglev, sport, 500, SYN));
-    assert_eq!((action, dst_of(&out)), (XDP_REDIRECT, b));
-    let (action, out) = fx.run(&backend_tcp(b, sport, SYN | ACK));
+    assert_eq!(
+        (action, dst_of(&out)),
+        (XDP_REDIRECT, other),
+        "not the taken backend"
+    );
+    let (action, out) = fx.run(&backend_tcp(other, sport, SYN | ACK));
     assert_eq!(action, XDP_REDIRECT);
     assert_frame(
         &out,
         &to_client(maglev, sport, 0, SYN | ACK),
         "the SYN-ACK comes from the VIP it was sent to",
     );
+    let (action, _) = fx.run(&client_tcp(maglev, sport, 501, ACK));
+    assert_eq!(action, XDP_REDIRECT);
+    // The first connection's replies are still its own.
+    let (action, out) = fx.run(&backend_tcp(b, sport, ACK));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_frame(
+        &out,
+        &to_client(rr, sport, 0, ACK),
+        "the older connection's reply",
+    );
+    // A third VIP over the same two backends: both are taken.
+    assert_eq!(fx.reason(Reason::DropNatTupleInUse), 0);
+    let (action, _) = fx.run(&client_tcp(third, sport, 900, SYN));
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(fx.reason(Reason::DropNatTupleInUse), 1);
+    // Neither connection lost its translation.
+    let (_, out) = fx.run(&backend_tcp(other, sport, ACK));
+    assert_frame(&out, &to_client(maglev, sport, 0, ACK), "maglev's reply");
+    let (_, out) = fx.run(&backend_tcp(b, sport, ACK));
+    assert_frame(&out, &to_client(rr, sport, 0, ACK), "round robin's reply");
+    // The round-robin connection closes: its backend is free for the
+    // client port again, and the new connection's replies are its own.
+    let (action, _) = fx.run(&client_tcp(rr, sport, 200, FIN | ACK));
+    assert_eq!(action, XDP_REDIRECT);
+    let (action, out) = fx.run(&client_tcp(third, sport, 901, SYN));
+    assert_eq!(
+        (action, dst_of(&out)),
+        (XDP_REDIRECT, b),
+        "the freed backend"
+    );
+    let (_, out) = fx.run(&backend_tcp(b, sport, SYN | ACK));
+    assert_frame(
+        &out,
+        &to_client(third, sport, 0, SYN | ACK),
+        "the SYN-ACK comes from the VIP it was sent to",
+    );
+    assert_eq!(fx.reason(Reason::DropNatTupleInUse), 1);
 }
 
 /// A backend's TCP frame (`backend_tcp`: seq 0) as the client must get it

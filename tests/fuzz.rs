@@ -1035,11 +1035,12 @@ fn fuzz(
             };
             frame[0..6].copy_from_slice(&own);
         }
+        let before = model.explain_claim(&frame);
         let want = model.predict(&frame, ingress);
         let (code, out) = h.run(&frame, ingress);
         let fail = |why: String| {
             Err(format!(
-                "frame {i} (seed {seed:#x}): {why}\n  input  {}\n  output {}\n  expected {want:?}",
+                "frame {i} (seed {seed:#x}): {why}\n  input  {}\n  output {}\n  expected {want:?}\n  the model's entries before:{before}",
                 hex(&frame),
                 hex(&out)
             ))

@@ -118,7 +118,7 @@ pub mod names {
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 16;
+pub const LAYOUT_VERSION: u32 = 17;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;

@@ -137,6 +137,12 @@ reasons! {
     /// sequence number of another connection): withheld, and the client's
     /// next packet goes to another backend. Not a health signal.
     DropPickupRefused = "drop_pickup_refused",
+    /// NAT: a new connection whose backend(s) already have a live
+    /// connection from the same client address and port through another
+    /// VIP sharing them: the backend could not tell the two apart, and the
+    /// older one's replies would be translated as the newer's. Dropped;
+    /// the client's retried SYN gets through once the other closes.
+    DropNatTupleInUse = "drop_nat_tuple_in_use",
 }
 
 /// Number of reasons; the size of the `REASONS` map.

@@ -217,6 +217,10 @@ fn open(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo) -> (u32, Reason) {
         stats::count_no_backend(svc.id);
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
+    // As for any new NAT connection (`sched::claim`).
+    let Some((backend_id, backend)) = sched::claim(pkt, svc, backend_id, backend) else {
+        return (xdp_action::XDP_DROP, Reason::DropNatTupleInUse);
+    };
     let mut flags = FLOW_F_SYN | FLOW_F_ESTABLISHED;
     if svc.scheduler == Scheduler::LeastConn as u8 {
         flags |= FLOW_F_COUNTED;

@@ -296,6 +296,9 @@ fn to_backend(
             stats::count_rate_limited(svc.id);
             return (xdp_action::XDP_DROP, reason);
         }
+        Err(sched::Refusal::TupleInUse) => {
+            return (xdp_action::XDP_DROP, Reason::DropNatTupleInUse);
+        }
         Err(sched::Refusal::NoBackend) => {
             stats::count_no_backend(svc.id);
             return if svc.flags & SERVICE_F_PASS_WHEN_EMPTY != 0 {

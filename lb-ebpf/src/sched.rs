@@ -62,6 +62,9 @@ pub enum Refusal {
     NoBackend,
     /// A new connection over a rate limit (the reason says which).
     Limited(lb_common::Reason),
+    /// NAT: every backend it could go to already has a live connection
+    /// from this client address and port through another VIP.
+    TupleInUse,
 }
 
 /// Where a packet goes, and what it means for the counters.
@@ -184,7 +187,13 @@ pub fn flow_backend(
     if connection && svc.flags & SERVICE_F_RATE_LIMIT != 0 {
         crate::rate::admit(svc.id, pkt.src_be).map_err(Refusal::Limited)?;
     }
-    let (id, backend) = schedule(pkt, svc, exclude).ok_or(Refusal::NoBackend)?;
+    let (mut id, mut backend) = schedule(pkt, svc, exclude).ok_or(Refusal::NoBackend)?;
+    // NAT: a backend that already has a live connection from this client
+    // address and port (through another VIP) cannot take this one: another
+    // backend if the service has one, else refused (`tuple_taken`).
+    if nat && syn {
+        (id, backend) = claim(pkt, svc, id, backend).ok_or(Refusal::TupleInUse)?;
+    }
     // The entry this one replaces (closed, moved, or of another service)
     // leaves its backend's count.
     if let Some(Found { value: v, .. }) = found {
@@ -348,6 +357,23 @@ fn pinned(backend_id: u32, backend: Backend, syn_retransmit: bool) -> Choice {
 #[inline(always)]
 pub fn schedule_new(pkt: &Packet, svc: &ServiceInfo) -> Option<(u32, Backend)> {
     schedule(pkt, svc, u32::MAX)
+}
+
+/// NAT, a new connection scheduled to `id`: that backend if it holds no
+/// live connection of this client address and port through another VIP
+/// ([`crate::nat::tuple_taken`]), else one more choice avoiding it, else
+/// none.
+#[inline(always)]
+pub fn claim(pkt: &Packet, svc: &ServiceInfo, id: u32, backend: Backend) -> Option<(u32, Backend)> {
+    if !crate::nat::tuple_taken(pkt, backend.addr_be, backend.port_be) {
+        return Some((id, backend));
+    }
+    match schedule(pkt, svc, id) {
+        Some((other, b)) if other != id && !crate::nat::tuple_taken(pkt, b.addr_be, b.port_be) => {
+            Some((other, b))
+        }
+        _ => None,
+    }
 }
 
 /// The backend id in `slot` of the service's live ring.

@@ -489,6 +489,36 @@ impl Model {
         if let Some(t) = at(wire::IP_OFF) {
             out.push((t, true));
             out.push((t, false));
+            // A NAT SYN: every backend's reply entry towards this client
+            // port, and the flow each names (`tuple_taken`).
+            if self
+                .services
+                .get(&(t.dst, t.dport, t.proto))
+                .is_some_and(|s| s.nat)
+            {
+                for b in self.backends.values() {
+                    let reply = Tuple {
+                        src: b.addr,
+                        dst: t.src,
+                        sport: b.port,
+                        dport: t.sport,
+                        proto: t.proto,
+                    };
+                    out.push((reply, false));
+                    if let Some(rev) = self.nat.get(&reply) {
+                        out.push((
+                            Tuple {
+                                src: t.src,
+                                dst: rev.vip,
+                                sport: t.sport,
+                                dport: rev.vport,
+                                proto: t.proto,
+                            },
+                            true,
+                        ));
+                    }
+                }
+            }
             if let Some(rev) = self.nat.get(&t) {
                 let client = Tuple {
                     src: t.dst,
@@ -513,6 +543,20 @@ impl Model {
             out.push((key, true));
             // ... or (from the client to a backend) the reply entry it names.
             out.push((key, false));
+        }
+        out
+    }
+
+    /// For a failure message: the reply entries towards this frame's
+    /// client port and the flows they name (what `tuple_taken` looks at).
+    pub fn explain_claim(&self, frame: &[u8]) -> String {
+        let mut out = String::new();
+        for (reply, flow) in self.consulted(frame) {
+            if flow {
+                out += &format!("\n  flow {reply:?}: {:?}", self.flows.get(&reply));
+            } else if let Some(r) = self.nat.get(&reply) {
+                out += &format!("\n  reply {reply:?}: {r:?}");
+            }
         }
         out
     }
@@ -1094,8 +1138,9 @@ impl Model {
         }
         let (bid, b, connection, syn_retransmit, midstream) = match stay {
             Some((bid, b, retry)) => (bid, b, false, retry, false),
-            None => match self.schedule(p, svc, exclude) {
-                Some((bid, b)) => {
+            None => match self.schedule_claiming(p, svc, exclude, svc.nat && syn) {
+                Err(refused) => return refused,
+                Ok(Some((bid, b))) => {
                     // The entry this one replaces (closed, moved, or of
                     // another service) leaves its backend's count.
                     if let Some(old) = self.flows.get(&p.t).copied() {
@@ -1156,7 +1201,7 @@ impl Model {
                     let connection = moving.is_none() && (syn || !p.tcp());
                     (bid, b, connection, false, p.tcp() && !syn)
                 }
-                None => {
+                Ok(None) => {
                     self.counts.services.entry(svc.id).or_default().no_backend += 1;
                     return if svc.pass_when_empty {
                         Expect::same(Action::Pass, Reason::PassNoBackend)
@@ -1314,9 +1359,13 @@ impl Model {
         cookie: u32,
         mss: u16,
     ) -> Expect {
-        let Some((bid, b)) = self.schedule(p, svc, None) else {
-            self.counts.services.entry(svc.id).or_default().no_backend += 1;
-            return Expect::same(Action::Drop, Reason::DropNoBackend);
+        let (bid, b) = match self.schedule_claiming(p, svc, None, true) {
+            Ok(Some(pick)) => pick,
+            Ok(None) => {
+                self.counts.services.entry(svc.id).or_default().no_backend += 1;
+                return Expect::same(Action::Drop, Reason::DropNoBackend);
+            }
+            Err(refused) => return refused,
         };
         let c = Cookie {
             pending: true,
@@ -1530,6 +1579,60 @@ impl Model {
             .iter()
             .map(|k| (k.0, k.1, self.cookies[k].0))
             .collect()
+    }
+
+    /// [`Model::schedule`], and with `claim` (a new NAT connection: a SYN,
+    /// or a SYN cookie's ACK) a backend that holds no live
+    /// connection of this client address and port through another VIP
+    /// (the program's `tuple_taken`): the scheduled one, else one more try
+    /// avoiding it, else refused.
+    fn schedule_claiming(
+        &mut self,
+        p: &Pkt,
+        svc: &Service,
+        exclude: Option<u32>,
+        claim: bool,
+    ) -> Result<Option<(u32, BackendEntry)>, Expect> {
+        let Some((bid, b)) = self.schedule(p, svc, exclude) else {
+            return Ok(None);
+        };
+        if !(claim && self.tuple_taken(p, b)) {
+            return Ok(Some((bid, b)));
+        }
+        match self.schedule(p, svc, Some(bid)) {
+            Some((o, b2)) if o != bid && !self.tuple_taken(p, b2) => Ok(Some((o, b2))),
+            _ => Err(Expect::same(Action::Drop, Reason::DropNatTupleInUse)),
+        }
+    }
+
+    /// Whether backend `b` has a live connection from `p`'s client address
+    /// and port through another VIP or port: its reply entry names another
+    /// VIP, and that VIP's flow (half-open or established) is on `b`, not
+    /// closing and not refused.
+    fn tuple_taken(&self, p: &Pkt, b: BackendEntry) -> bool {
+        let reply = Tuple {
+            src: b.addr,
+            dst: p.t.src,
+            sport: b.port,
+            dport: p.t.sport,
+            proto: p.t.proto,
+        };
+        let Some(rev) = self.nat.get(&reply) else {
+            return false;
+        };
+        if rev.vip == p.t.dst && rev.vport == p.t.dport {
+            return false;
+        }
+        let other = Tuple {
+            src: p.t.src,
+            dst: rev.vip,
+            sport: p.t.sport,
+            dport: rev.vport,
+            proto: p.t.proto,
+        };
+        self.flows
+            .get(&other)
+            .is_some_and(|f| !f.closing && !f.refused && f.backend_id == rev.backend_id)
     }
 
     fn schedule(
