@@ -13,9 +13,20 @@ pub static OBJECT: &[u8] =
 pub const BASELINE_SERVICES: &str = "BASELINE_SERVICES";
 pub const BASELINE_FLOWS: &str = "BASELINE_FLOWS";
 
+pub const BASELINE_NEW_FLOWS: &str = "BASELINE_NEW_FLOWS";
+
 /// The object with `programs` loaded into the kernel.
 pub fn load(programs: &[&str]) -> Ebpf {
-    let mut ebpf = Ebpf::load(OBJECT).expect("load the tests' XDP object");
+    load_sized(programs, &[])
+}
+
+/// [`load`], with maps resized first: (name, max entries).
+pub fn load_sized(programs: &[&str], sizes: &[(&str, u32)]) -> Ebpf {
+    let mut loader = aya::EbpfLoader::new();
+    for (name, entries) in sizes {
+        loader.map_max_entries(name, *entries);
+    }
+    let mut ebpf = loader.load(OBJECT).expect("load the tests' XDP object");
     for name in programs {
         program(&mut ebpf, name)
             .load()

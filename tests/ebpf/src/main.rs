@@ -1,6 +1,7 @@
 //! XDP programs the tests and the benchmark need beside xdplb's own, kept
 //! out of the production object: the benchmark's baselines (what any
-//! balancer does at least, measured the same way as xdplb) and the
+//! balancer does at least for an established and for a new flow, measured
+//! the same way as xdplb) and the
 //! namespace labs' pass-through program for veth peers.
 #![no_std]
 #![no_main]
@@ -24,6 +25,13 @@ static BASELINE_SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::with_max_e
 /// The second baseline's flow table.
 #[map(name = "BASELINE_FLOWS")]
 static BASELINE_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1024, 0);
+
+/// The third baseline's flow table. Small here: the namespace labs load
+/// this object for `pass_through`, and an LRU map is preallocated; the
+/// benchmark sizes it as its xdplb flow table (1 << 20) at load, so
+/// neither evicts during a row.
+#[map(name = "BASELINE_NEW_FLOWS")]
+static BASELINE_NEW_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(16, 0);
 
 /// The one bounds-checked way into the frame.
 #[inline(always)]
@@ -94,6 +102,30 @@ pub fn baseline_lookup(ctx: XdpContext) -> u32 {
     let found =
         unsafe { BASELINE_SERVICES.get(service).is_some() && BASELINE_FLOWS.get(flow).is_some() };
     if found {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// Third benchmark baseline: the least any stateful balancer does for a
+/// packet of a *new* flow. Read the addresses and ports, one hash lookup
+/// (service), one LRU insert of the flow's (fresh) key, bounce the frame.
+/// The benchmark sends every run from another client address, as its
+/// new-flow rows do.
+#[xdp]
+pub fn baseline_insert(ctx: XdpContext) -> u32 {
+    let Some((flow, service)) = keys(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: only tested for presence.
+    if unsafe { BASELINE_SERVICES.get(service).is_none() } {
+        return xdp_action::XDP_PASS;
+    }
+    if BASELINE_NEW_FLOWS
+        .insert(flow, FlowValue::default(), 0)
+        .is_ok()
+    {
         xdp_action::XDP_TX
     } else {
         xdp_action::XDP_PASS

@@ -1,8 +1,11 @@
 //! `cargo xtask bench`: ns per packet of the XDP data path, measured by the
-//! kernel (BPF_PROG_TEST_RUN), beside two baselines run the same way in the
-//! same process: a bare XDP_TX program, and one that does XDP_TX after one
+//! kernel (BPF_PROG_TEST_RUN), beside three baselines run the same way in
+//! the same process: a bare XDP_TX program; one that does XDP_TX after one
 //! hash and one LRU lookup (the least any balancer does for an established
-//! flow). Costs above the baselines and ratios are the result.
+//! flow); and one that does XDP_TX after one hash lookup and one LRU insert
+//! of a fresh key (the least any stateful balancer does for a new flow:
+//! "b3", issue 21's yardstick). Costs above the baselines and ratios are the
+//! result, and issue 21's targets are judged against b3.
 //!
 //! The lab is the fixture table's (`xdplb_tests::cases`): its config, links
 //! and neighbours, so what is timed is what the fixtures test. Two methods,
@@ -47,6 +50,8 @@ const SERVICES: &[(&str, &str, [u8; 4], u16)] = &[
     ("round_robin", "NAT", [192, 0, 2, 20], 80),
     ("maglev", "NAT", [192, 0, 2, 22], 80),
     ("source_hash", "NAT", [192, 0, 2, 23], 80),
+    ("least_conn", "DSR", [192, 0, 2, 10], 9000),
+    ("least_conn", "NAT", [192, 0, 2, 24], 80),
 ];
 
 /// Other rows, from the fixture table: (label, fixture row).
@@ -252,7 +257,10 @@ fn main() {
     let mut lab = Lab::new("xdplb-bench", &config, Some(1 << 20));
     let table = cases::table(&lab);
     // The baselines are the tests' own programs, beside xdplb's object.
-    let mut base = programs::load(&["baseline_tx", "baseline_lookup"]);
+    let mut base = programs::load_sized(
+        &["baseline_tx", "baseline_lookup", "baseline_insert"],
+        &[(programs::BASELINE_NEW_FLOWS, 1 << 20)],
+    );
     let fxa = xdplb_tests::wire::ifindex("fxa");
     let probe = frames::tcp_frame(
         (CLIENT_MAC, LB_CLIENT_MAC),
@@ -276,6 +284,19 @@ fn main() {
         probe.clone()
     });
     let (bare_rep, look_rep) = (bare_rep.0, look_rep.0);
+    // Third baseline: a fresh key each run (another client address, to the
+    // second baseline's service), single only, as the new-flow rows.
+    let insert_single = single(&mut base, "baseline_insert", SINGLE_RUNS, fxa, tx, |i| {
+        frames::tcp_frame(
+            (CLIENT_MAC, LB_CLIENT_MAC),
+            [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+            [192, 0, 2, 10],
+            40000,
+            80,
+            1,
+            frames::SYN,
+        )
+    });
 
     let mut rows = Vec::new();
     for (sched, fwd, vip, port) in SERVICES {
@@ -486,6 +507,10 @@ fn main() {
     println!("bare XDP_TX                         {bare_rep:>9.1} {bare_single:>9.1}");
     println!("XDP_TX + 1 hash + 1 LRU lookup      {look_rep:>9.1} {look_single:>9.1}");
     println!(
+        "XDP_TX + 1 hash + 1 LRU insert (b3) {:>9} {insert_single:>9.1}",
+        "-"
+    );
+    println!(
         "\n{:<34} {:<7} {:>8} {:>11} {:>13} {:>9}  verdict",
         "case", "method", "ns/pkt", "above bare", "above b2", "x b2"
     );
@@ -525,6 +550,51 @@ fn main() {
                 format!("{:.1} ns above bare (goal <= 10)", r.ns - bare),
             ));
         }
+    }
+    // Issue 21's targets, against the third baseline (above bare, single):
+    // a new DSR flow <= 1.3x it, a new NAT flow <= 1.5x it, and per
+    // scheduler an established NAT packet <= an established DSR one + 20 ns.
+    let b3 = insert_single - bare_single;
+    let single_ns = |label: &str| {
+        rows.iter()
+            .find(|r| r.label == label && r.method == "single")
+            .map(|r| r.ns)
+    };
+    let mut targets = Vec::new();
+    // (The 2-CPU row is left out: b3 runs on one CPU.)
+    for r in rows
+        .iter()
+        .filter(|r| r.label.contains("new flow") && !r.label.contains("CPUs"))
+    {
+        let limit = if r.label.starts_with("NAT") { 1.5 } else { 1.3 };
+        let ratio = (r.ns - bare_single) / b3;
+        targets.push((
+            r.label.clone(),
+            ratio <= limit,
+            format!("{ratio:.2}x b3 above bare (target <= {limit}x)"),
+        ));
+    }
+    for (sched, _, _, _) in SERVICES.iter().filter(|s| s.1 == "NAT") {
+        if let (Some(nat), Some(dsr)) = (
+            single_ns(&format!("NAT established, {sched}")),
+            single_ns(&format!("DSR established, {sched}")),
+        ) {
+            targets.push((
+                format!("NAT established, {sched}"),
+                nat <= dsr + 20.0,
+                format!(
+                    "{:+.1} ns against DSR established (target <= +20)",
+                    nat - dsr
+                ),
+            ));
+        }
+    }
+    println!("\ntargets (issue 21; b3 = {b3:.1} ns above bare):");
+    for (what, met, how) in targets {
+        println!(
+            "  {} {what}: {how}",
+            if met { "met    " } else { "NOT MET" }
+        );
     }
     println!("\ngoals (issue 10):");
     for (what, met, how) in goals {
