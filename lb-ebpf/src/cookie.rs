@@ -247,6 +247,7 @@ fn open(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo) -> (u32, Reason) {
         svc,
         (backend_id, backend.addr_be, backend.port_be),
         true,
+        false, // `sched::claim` above cleared an old entry under the key
         (COOKIE_F_ON | COOKIE_F_PENDING, cookie),
     );
     stats::count_cookie_connection(svc.id, backend_id);

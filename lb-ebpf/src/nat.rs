@@ -125,7 +125,9 @@ fn remember_reply(pkt: &Packet, svc: &ServiceInfo, c: &Choice) {
     // A new entry made by a TCP packet without SYN (`FLOW_F_UNVERIFIED`):
     // the reply entry says so too.
     let bits = if c.midstream { REPLY_F_UNVERIFIED } else { 0 };
-    write_reply(pkt, svc, backend, c.embryo, (bits, 0));
+    // A new connection's `tuple_taken` already cleared an old established
+    // reply entry under the key; a mid-stream one did not look.
+    write_reply(pkt, svc, backend, c.embryo, c.midstream, (bits, 0));
 }
 
 /// The reply entry of client packet `pkt`'s flow to `backend` (id, address,
@@ -137,6 +139,7 @@ pub fn write_reply(
     svc: &ServiceInfo,
     backend: (u32, u32, u16),
     embryo: bool,
+    forget: bool,
     cookie: (u8, u32),
 ) {
     let (backend_id, addr_be, port_be) = backend;
@@ -164,7 +167,9 @@ pub fn write_reply(
     // better can be done without memory. A half-open connection's twin
     // goes where its flow went, so a SYN flood evicts no established reply.
     let _ = if embryo {
-        forget_reply(reply);
+        if forget {
+            forget_reply(reply);
+        }
         EMBRYO_REVERSE.insert(reply, rev, 0)
     } else {
         // A TCP flow moved mid-connection: an older half-open entry under
@@ -188,8 +193,9 @@ pub fn write_reply(
 ///
 /// A reply entry lives in one of the two reply tables, its flow in one of
 /// the two flow tables: one lookup in each reply table per new NAT
-/// connection (both miss, usually), the flow tables only when an entry of
-/// another VIP is there. Out of line: off the main program's stack.
+/// connection (both miss, usually; the established table's serves the
+/// old-reply clean-up too), the flow tables only when an entry of another
+/// VIP is there. Out of line: off the main program's stack.
 #[inline(never)]
 pub fn tuple_taken(pkt: &Packet, addr_be: u32, port_be: u16) -> bool {
     let mut key = FlowKey {
@@ -203,38 +209,53 @@ pub fn tuple_taken(pkt: &Packet, addr_be: u32, port_be: u16) -> bool {
     // SAFETY: map values are read at once.
     let found = unsafe {
         match NAT_REVERSE.get(key) {
-            Some(r) => Some((r.vip_be, r.vport_be, r.backend_id)),
+            Some(r) => Some((r.vip_be, r.vport_be, r.backend_id, true)),
             None => EMBRYO_REVERSE
                 .get(key)
-                .map(|r| (r.vip_be, r.vport_be, r.backend_id)),
+                .map(|r| (r.vip_be, r.vport_be, r.backend_id, false)),
         }
     };
-    let Some((vip_be, vport_be, backend_id)) = found else {
+    let Some((vip_be, vport_be, backend_id, established)) = found else {
         return false;
     };
-    if vip_be == pkt.dst_be && vport_be == pkt.dport_be {
-        return false; // this VIP's own 4-tuple, reused
-    }
-    // The other connection's flow key, in the same stack slot.
-    key.src_be = pkt.src_be;
-    key.dst_be = vip_be;
-    key.sport_be = pkt.sport_be;
-    key.dport_be = vport_be;
-    // SAFETY: as above.
-    let flags = unsafe {
-        match FLOWS.get(key) {
-            Some(f) if f.backend_id == backend_id => f.flags,
-            Some(_) => return false,
-            None => match EMBRYOS.get(key) {
-                Some(f) if f.backend_id == backend_id => f.flags,
-                _ => return false,
-            },
-        }
+    let live = (vip_be != pkt.dst_be || vport_be != pkt.dport_be) && {
+        // The other connection's flow key, in the same stack slot.
+        key.src_be = pkt.src_be;
+        key.dst_be = vip_be;
+        key.sport_be = pkt.sport_be;
+        key.dport_be = vport_be;
+        // SAFETY: as above.
+        let flags = unsafe {
+            match FLOWS.get(key) {
+                Some(f) if f.backend_id == backend_id => Some(f.flags),
+                Some(_) => None,
+                None => match EMBRYOS.get(key) {
+                    Some(f) if f.backend_id == backend_id => Some(f.flags),
+                    _ => None,
+                },
+            }
+        };
+        flags.is_some_and(|f| f & (FLOW_F_CLOSING | FLOW_F_REFUSED) == 0)
     };
-    flags & (FLOW_F_CLOSING | FLOW_F_REFUSED) == 0
+    if live {
+        return true;
+    }
+    // Free: this VIP's own 4-tuple reused, or a connection that is over.
+    // An established reply entry under the key would be found before the
+    // new connection's half-open one: gone now (what `forget_reply` does
+    // on the other paths; done here, the lookup above serves both).
+    if established {
+        key.src_be = addr_be;
+        key.dst_be = pkt.src_be;
+        key.sport_be = port_be;
+        key.dport_be = pkt.sport_be;
+        let _ = NAT_REVERSE.remove(key);
+    }
+    false
 }
 
-/// Before a half-open connection's reply entry is written: an established
+/// Before a half-open connection's reply entry is written (a mid-stream
+/// one's: a new connection's `tuple_taken` did this already): an established
 /// entry under the same key (a closed connection from the same client
 /// address and port to the same backend, perhaps through another VIP) would
 /// be found first and translate this connection's replies as its own.
