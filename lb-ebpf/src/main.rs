@@ -11,6 +11,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod backend_tuple;
 mod cookie;
 mod fault;
 mod forward;

@@ -361,15 +361,17 @@ pub fn schedule_new(pkt: &Packet, svc: &ServiceInfo) -> Option<(u32, Backend)> {
 
 /// NAT, a new connection scheduled to `id`: that backend if it holds no
 /// live connection of this client address and port through another VIP
-/// ([`crate::nat::tuple_taken`]), else one more choice avoiding it, else
+/// ([`crate::backend_tuple::tuple_taken`]), else one more choice avoiding it, else
 /// none.
 #[inline(always)]
 pub fn claim(pkt: &Packet, svc: &ServiceInfo, id: u32, backend: Backend) -> Option<(u32, Backend)> {
-    if !crate::nat::tuple_taken(pkt, backend.addr_be, backend.port_be) {
+    if !crate::backend_tuple::tuple_taken(pkt, backend.addr_be, backend.port_be) {
         return Some((id, backend));
     }
     match schedule(pkt, svc, id) {
-        Some((other, b)) if other != id && !crate::nat::tuple_taken(pkt, b.addr_be, b.port_be) => {
+        Some((other, b))
+            if other != id && !crate::backend_tuple::tuple_taken(pkt, b.addr_be, b.port_be) =>
+        {
             Some((other, b))
         }
         _ => None,
