@@ -1497,3 +1497,118 @@ fn a_denied_range_never_covers_the_backends() {
     assert_eq!(fx.run(&stranger).0, XDP_DROP);
     assert_eq!(fx.reason(Reason::DropDeniedGlobal), denied + 1);
 }
+
+/// The census and HA bulk sync walk the flow table in batches
+/// (`BPF_MAP_LOOKUP_BATCH`): every entry once, across several batches, and
+/// entries deleted under the walk neither fail it nor make it start over
+/// (which would visit an entry twice). The entry-by-entry walk finds the
+/// same entries on a still table.
+#[test]
+fn the_flow_table_walk_finds_every_entry_once_also_while_entries_vanish() {
+    if !require_root("the_flow_table_walk_finds_every_entry_once_also_while_entries_vanish") {
+        return;
+    }
+    use aya::maps::{HashMap, Map};
+    use lb_common::{FlowKey, FlowValue, names};
+    use std::{collections::HashSet, os::fd::AsFd as _};
+    use xdplb::dataplane::bpf::walk;
+
+    // Several of the walk's 4,096-entry batches.
+    const N: u32 = 20_000;
+    let mut lab = Lab::new("xdplb-fx", CONFIG, Some(1 << 16));
+    let key = |i: u32| FlowKey {
+        src_be: u32::to_be(0x0a00_0000 | i),
+        dst_be: u32::to_be(0xc000_020a),
+        sport_be: 40000u16.to_be(),
+        dport_be: 80u16.to_be(),
+        proto: 6,
+        _pad: [0; 3],
+    };
+    let index = |k: &FlowKey| u32::from_be(k.src_be) & 0x00ff_ffff;
+    {
+        let mut flows: HashMap<_, FlowKey, FlowValue> =
+            HashMap::try_from(lab.ebpf.map_mut(names::FLOWS).unwrap()).unwrap();
+        for i in 0..N {
+            let value = FlowValue {
+                backend_id: i,
+                ..FlowValue::default()
+            };
+            flows.insert(key(i), value, 0).unwrap();
+        }
+    }
+    let Some(Map::LruHashMap(data)) = lab.ebpf.map(names::FLOWS) else {
+        panic!("FLOWS is not an LRU hash map");
+    };
+    let fd = data.fd().as_fd();
+
+    // A still table: both walks see every entry exactly once, each with its
+    // own value.
+    for (how, batched) in [("batched", true), ("one by one", false)] {
+        let mut seen = HashSet::new();
+        let mut check = |k: FlowKey, v: FlowValue| {
+            assert_eq!(v.backend_id, index(&k), "{how}: a key with another's value");
+            assert!(seen.insert(index(&k)), "{how}: entry {} twice", index(&k));
+            true
+        };
+        let visited = if batched {
+            walk::walk(fd, 1 << 20, &mut check)
+        } else {
+            walk::walk_each(fd, 1 << 20, &mut check)
+        }
+        .unwrap();
+        assert_eq!(visited, N as usize, "{how}: entries visited");
+        assert_eq!(seen.len(), N as usize, "{how}: distinct entries");
+    }
+    // A walk stops when told to, and at its bound.
+    let mut n = 0;
+    assert_eq!(
+        walk::walk(fd, 1 << 20, |_: FlowKey, _: FlowValue| {
+            n += 1;
+            n < 5000
+        })
+        .unwrap(),
+        5000
+    );
+    assert_eq!(
+        walk::walk(fd, 4097, |_: FlowKey, _: FlowValue| true).unwrap(),
+        4097
+    );
+
+    // Entries vanishing under the walk: at its 5,000th entry (past its first
+    // batch), that entry and every odd one are deleted (through a second descriptor, as the data
+    // path would). No error, no entry twice (an entry-by-entry walk whose
+    // key vanishes starts over: it fails here), every other even entry seen.
+    let dup = fd.try_clone_to_owned().unwrap();
+    let delete = |i: u32| {
+        let k = key(i);
+        let mut attr = [0u64; 4];
+        attr[0] = u64::from(std::os::fd::AsRawFd::as_raw_fd(&dup) as u32);
+        attr[1] = &k as *const FlowKey as u64;
+        // SAFETY: BPF_MAP_DELETE_ELEM with a valid map fd and key.
+        unsafe { libc::syscall(libc::SYS_bpf, 3, attr.as_mut_ptr(), 32u32) }
+    };
+    let mut first = None;
+    let mut seen = HashSet::new();
+    let visited = walk::walk(fd, 1 << 20, |k: FlowKey, _: FlowValue| {
+        assert!(seen.insert(index(&k)), "entry {} twice", index(&k));
+        if first.is_none() && seen.len() == 5000 {
+            first = Some(index(&k));
+            assert_eq!(delete(index(&k)), 0, "delete the walk's entry");
+            for i in (1..N).step_by(2) {
+                delete(i);
+            }
+        }
+        true
+    })
+    .unwrap();
+    assert_eq!(visited, seen.len());
+    assert!(first.is_some(), "the walk ended before its 5,000th entry");
+    for i in (0..N).step_by(2).filter(|i| Some(*i) != first) {
+        assert!(seen.contains(&i), "even entry {i} missed by the walk");
+    }
+    // The first batches were read before the deletions; the rest were not.
+    assert!(
+        visited < N as usize,
+        "the walk saw {visited} entries: the deletions under it went unseen"
+    );
+}

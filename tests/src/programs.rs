@@ -14,6 +14,7 @@ pub const BASELINE_SERVICES: &str = "BASELINE_SERVICES";
 pub const BASELINE_FLOWS: &str = "BASELINE_FLOWS";
 
 pub const BASELINE_NEW_FLOWS: &str = "BASELINE_NEW_FLOWS";
+pub const BASELINE_NEW_FLOWS_PERCPU_LRU: &str = "BASELINE_NEW_FLOWS_PERCPU_LRU";
 
 /// The object with `programs` loaded into the kernel.
 pub fn load(programs: &[&str]) -> Ebpf {

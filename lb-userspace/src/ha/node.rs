@@ -975,8 +975,8 @@ impl Node {
         std::thread::spawn(move || {
             let mut chunk = Vec::with_capacity(MAX_RECORDS * 8);
             let mut sent = 0usize;
-            // Bounded: a walk that loses its place restarts, so stop after
-            // twice the largest table.
+            // Bounded: twice the largest table (an entry-by-entry walk, on
+            // a kernel without batches, may restart).
             let walked = walk::walk(
                 fd.as_fd(),
                 2 * (1 << 24),

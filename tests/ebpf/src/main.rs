@@ -33,6 +33,16 @@ static BASELINE_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_ent
 #[map(name = "BASELINE_NEW_FLOWS")]
 static BASELINE_NEW_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(16, 0);
 
+/// `BPF_F_NO_COMMON_LRU`: each CPU keeps its own LRU list (one hash table,
+/// still, so every CPU finds every entry).
+const BPF_F_NO_COMMON_LRU: u32 = 2;
+
+/// The third baseline's table with per-CPU LRU lists (issue 21: measure
+/// both), sized at load as the other.
+#[map(name = "BASELINE_NEW_FLOWS_PERCPU_LRU")]
+static BASELINE_NEW_FLOWS_PERCPU_LRU: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(16, BPF_F_NO_COMMON_LRU);
+
 /// The one bounds-checked way into the frame.
 #[inline(always)]
 fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
@@ -115,17 +125,25 @@ pub fn baseline_lookup(ctx: XdpContext) -> u32 {
 /// new-flow rows do.
 #[xdp]
 pub fn baseline_insert(ctx: XdpContext) -> u32 {
-    let Some((flow, service)) = keys(&ctx) else {
+    insert_into(&ctx, &BASELINE_NEW_FLOWS)
+}
+
+/// The third baseline with per-CPU LRU lists.
+#[xdp]
+pub fn baseline_insert_percpu_lru(ctx: XdpContext) -> u32 {
+    insert_into(&ctx, &BASELINE_NEW_FLOWS_PERCPU_LRU)
+}
+
+#[inline(always)]
+fn insert_into(ctx: &XdpContext, table: &LruHashMap<FlowKey, FlowValue>) -> u32 {
+    let Some((flow, service)) = keys(ctx) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: only tested for presence.
     if unsafe { BASELINE_SERVICES.get(service).is_none() } {
         return xdp_action::XDP_PASS;
     }
-    if BASELINE_NEW_FLOWS
-        .insert(flow, FlowValue::default(), 0)
-        .is_ok()
-    {
+    if table.insert(flow, FlowValue::default(), 0).is_ok() {
         xdp_action::XDP_TX
     } else {
         xdp_action::XDP_PASS

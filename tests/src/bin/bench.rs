@@ -258,8 +258,16 @@ fn main() {
     let table = cases::table(&lab);
     // The baselines are the tests' own programs, beside xdplb's object.
     let mut base = programs::load_sized(
-        &["baseline_tx", "baseline_lookup", "baseline_insert"],
-        &[(programs::BASELINE_NEW_FLOWS, 1 << 20)],
+        &[
+            "baseline_tx",
+            "baseline_lookup",
+            "baseline_insert",
+            "baseline_insert_percpu_lru",
+        ],
+        &[
+            (programs::BASELINE_NEW_FLOWS, 1 << 20),
+            (programs::BASELINE_NEW_FLOWS_PERCPU_LRU, 1 << 20),
+        ],
     );
     let fxa = xdplb_tests::wire::ifindex("fxa");
     let probe = frames::tcp_frame(
@@ -286,7 +294,7 @@ fn main() {
     let (bare_rep, look_rep) = (bare_rep.0, look_rep.0);
     // Third baseline: a fresh key each run (another client address, to the
     // second baseline's service), single only, as the new-flow rows.
-    let insert_single = single(&mut base, "baseline_insert", SINGLE_RUNS, fxa, tx, |i| {
+    let fresh = |i: u32| {
         frames::tcp_frame(
             (CLIENT_MAC, LB_CLIENT_MAC),
             [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
@@ -296,7 +304,18 @@ fn main() {
             1,
             frames::SYN,
         )
-    });
+    };
+    let insert_single = single(&mut base, "baseline_insert", SINGLE_RUNS, fxa, tx, fresh);
+    // The same with per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`), issue 21's
+    // "measure both": what the flow tables would gain from the flag.
+    let insert_percpu_single = single(
+        &mut base,
+        "baseline_insert_percpu_lru",
+        SINGLE_RUNS,
+        fxa,
+        tx,
+        fresh,
+    );
 
     let mut rows = Vec::new();
     for (sched, fwd, vip, port) in SERVICES {
@@ -486,6 +505,10 @@ fn main() {
         .ebpf;
         ring_rows.push((n, ring_swap(&mut ebpf, n, 21)));
     }
+    // The daemon's largest periodic job (issue 21, item 4): its flow census
+    // walks both flow tables. What a walk of a full table costs, batched
+    // (as the daemon walks) and one entry at a time (as it did).
+    let census = census_walks(&mut lab.ebpf, CENSUS_FLOWS);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -509,6 +532,11 @@ fn main() {
     println!(
         "XDP_TX + 1 hash + 1 LRU insert (b3) {:>9} {insert_single:>9.1}",
         "-"
+    );
+    println!(
+        "b3, per-CPU LRU lists              {:>9} {insert_percpu_single:>9.1}  ({:.2}x b3 above bare)",
+        "-",
+        (insert_percpu_single - bare_single) / (insert_single - bare_single)
     );
     println!(
         "\n{:<34} {:<7} {:>8} {:>11} {:>13} {:>9}  verdict",
@@ -620,4 +648,85 @@ fn main() {
             live, max, whole, planning
         );
     }
+    let (found, batched, each) = census;
+    println!(
+        "\nflow census walk (the daemon's periodic job), {found} flow-table entries, CPU time \
+         (user + system) per walk:"
+    );
+    println!(
+        "  batched (BPF_MAP_LOOKUP_BATCH, as the daemon walks) {:>9.1} ms",
+        batched * 1e3
+    );
+    println!(
+        "  one entry at a time (2 syscalls each)               {:>9.1} ms  ({:.1}x batched)",
+        each * 1e3,
+        each / batched
+    );
+    println!(
+        "  the daemon walks every second, at most 1% of a CPU: every {:.1} s at this size",
+        (batched * 100.0).max(1.0)
+    );
+}
+
+/// Entries the census rows fill the flow table with.
+const CENSUS_FLOWS: u32 = 1_000_000;
+
+/// This thread's CPU time so far (user + system), in seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Fill the flow table with `n` entries, then walk it both ways: (entries
+/// found, CPU seconds of a batched walk, of an entry-by-entry walk), each
+/// the best of three. Both walks must find every entry.
+fn census_walks(ebpf: &mut Ebpf, n: u32) -> (usize, f64, f64) {
+    use aya::maps::{HashMap, Map};
+    use lb_common::{FlowKey, FlowValue, names};
+    use std::os::fd::AsFd as _;
+    use xdplb::dataplane::bpf::walk;
+    clear_flow_tables(ebpf);
+    {
+        let mut flows: HashMap<_, FlowKey, FlowValue> =
+            HashMap::try_from(ebpf.map_mut(names::FLOWS).unwrap()).unwrap();
+        for i in 0..n {
+            let key = FlowKey {
+                src_be: u32::to_be(0x0a00_0000 | i),
+                dst_be: u32::to_be(0xc000_020a),
+                sport_be: 40000u16.to_be(),
+                dport_be: 80u16.to_be(),
+                proto: 6,
+                _pad: [0; 3],
+            };
+            let value = FlowValue {
+                backend_id: i % 4,
+                ..FlowValue::default()
+            };
+            flows.insert(key, value, 0).unwrap();
+        }
+    }
+    let Some(Map::LruHashMap(data)) = ebpf.map(names::FLOWS) else {
+        panic!("FLOWS is not an LRU hash map");
+    };
+    let fd = data.fd().as_fd();
+    let mut best = (f64::MAX, f64::MAX);
+    let mut found = 0;
+    for _ in 0..3 {
+        let t = thread_cpu();
+        let batched = walk::walk(fd, 1 << 24, |_: FlowKey, _: FlowValue| true).unwrap();
+        let b = thread_cpu() - t;
+        let t = thread_cpu();
+        let each = walk::walk_each(fd, 1 << 24, |_: FlowKey, _: FlowValue| true).unwrap();
+        let e = thread_cpu() - t;
+        assert_eq!(batched, each, "the two walks found different entry counts");
+        found = batched;
+        best = (best.0.min(b), best.1.min(e));
+    }
+    clear_flow_tables(ebpf);
+    (found, best.0, best.1)
 }
