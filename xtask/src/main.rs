@@ -5,6 +5,7 @@
 //! installs what is missing, saying what it does.
 
 mod demo;
+mod fixed_rate;
 mod setup;
 
 use std::process::Command;
@@ -41,8 +42,23 @@ enum Task {
         #[arg(long, default_value_t = 100)]
         requests: usize,
     },
-    /// ns/packet of the data path via BPF_PROG_TEST_RUN, against a bare XDP_TX baseline.
-    Bench,
+    /// ns/packet of the data path via BPF_PROG_TEST_RUN, against baselines
+    /// run the same way. With --fixed-rate: the whole machine's CPU at a
+    /// fixed rate of new connections, xdplb against nftables DNAT.
+    Bench {
+        /// Namespace lab, h2load at a fixed rate, xdplb and nftables in turn.
+        #[arg(long)]
+        fixed_rate: bool,
+        /// New connections per second (--fixed-rate).
+        #[arg(long, default_value_t = 5000)]
+        rate: u32,
+        /// Seconds per run (--fixed-rate).
+        #[arg(long, default_value_t = 10)]
+        secs: u32,
+        /// Runs per mode, interleaved (--fixed-rate).
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+    },
 }
 
 pub fn say(msg: &str) {
@@ -119,7 +135,16 @@ fn main() -> anyhow::Result<()> {
                 run(&mut cmd)
             }
         }
-        Task::Bench => {
+        Task::Bench {
+            fixed_rate: true,
+            rate,
+            secs,
+            reps,
+        } => {
+            setup::ensure()?;
+            fixed_rate::run(&root, &fixed_rate::Options { rate, secs, reps })
+        }
+        Task::Bench { .. } => {
             setup::ensure()?;
             say("building and running the benchmark (release)");
             run(cargo().args([
