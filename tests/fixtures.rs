@@ -1612,3 +1612,128 @@ fn the_flow_table_walk_finds_every_entry_once_also_while_entries_vanish() {
         "the walk saw {visited} entries: the deletions under it went unseen"
     );
 }
+
+/// Issue 21: a NAT backend used by one service alone (`BACKEND_F_SOLE_REPLY`)
+/// answers without reply entries. Its connection writes only its flow entry
+/// (half-open, then established); the backend's SYN-ACK, data, FIN and a
+/// refusal are translated from the flow entry, byte for byte as a shared
+/// backend's replies are from their reply entries (the same frames through
+/// a lab where a second VIP shares the backends); a reply from the client
+/// side is still dropped, and one to a client port with no connection
+/// passes untranslated.
+#[test]
+fn replies_of_a_backend_of_one_service_are_translated_from_the_flow_entry() {
+    use lb_common::{FLOW_F_CLOSING, FlowValue, NatReverse, names};
+    if !require_root("replies_of_a_backend_of_one_service_are_translated_from_the_flow_entry") {
+        return;
+    }
+    const SOLE: &str = r#"
+[dataplane]
+flow_table_size = 4096
+manage_neighbours = false
+
+[[service]]
+name = "www"
+vip = "192.0.2.20"
+port = 80
+protocol = "tcp"
+scheduler = "round_robin"
+forwarding = "nat"
+backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12", port = 8080 }]
+"#;
+    let shared = format!(
+        "{SOLE}\n[[service]]\nname = \"www2\"\nvip = \"192.0.2.21\"\nport = 80\nprotocol = \"tcp\"\n\
+         scheduler = \"round_robin\"\nforwarding = \"nat\"\n\
+         backend = [{{ address = \"203.0.113.11\", port = 8080 }}, {{ address = \"203.0.113.12\", port = 8080 }}]\n"
+    );
+    let vip = [192, 0, 2, 20];
+    let sport = 41000;
+    let key = cases::flow_key(CLIENT, vip, sport, 80);
+    // The same conversation through either lab: (outputs, reply entries
+    // seen at each step, the flow's flags at the end).
+    let talk = |config: &str| {
+        let mut fx = Lab::new("xdplb-fxsole", config, None);
+        let mut outs = Vec::new();
+        let mut entries = Vec::new();
+        let mut go = |fx: &mut Lab, f: Vec<u8>, want: u32, why: &str| {
+            let (action, out) = fx.run(&f);
+            assert_eq!(action, want, "{why}");
+            outs.push(out[..f.len()].to_vec());
+            out
+        };
+        let backend = dst_of(&go(
+            &mut fx,
+            client_tcp(vip, sport, 100, SYN),
+            XDP_REDIRECT,
+            "SYN",
+        ));
+        let reply = cases::flow_key(backend, CLIENT, 8080, sport);
+        let held = |fx: &Lab| {
+            fx.holds::<NatReverse>(names::NAT_REVERSE, reply)
+                || fx.holds::<NatReverse>(names::EMBRYO_REVERSE, reply)
+        };
+        assert!(fx.holds::<FlowValue>(names::EMBRYOS, key), "SYN: half-open");
+        entries.push(held(&fx));
+        go(
+            &mut fx,
+            backend_tcp(backend, sport, SYN | ACK),
+            XDP_REDIRECT,
+            "SYN-ACK",
+        );
+        go(
+            &mut fx,
+            client_tcp(vip, sport, 101, ACK),
+            XDP_REDIRECT,
+            "ACK",
+        );
+        assert!(fx.holds::<FlowValue>(names::FLOWS, key), "ACK: established");
+        entries.push(held(&fx));
+        go(
+            &mut fx,
+            backend_tcp(backend, sport, ACK | PSH),
+            XDP_REDIRECT,
+            "data",
+        );
+        // The same reply from the client side: forged.
+        let (action, _) = fx.run_on(
+            &backend_tcp(backend, sport, ACK | RST),
+            Some(wire::ifindex("fxa")),
+        );
+        assert_eq!(action, XDP_DROP, "a reply from the client side");
+        // To a client port with no connection: not translated.
+        let (action, out) = fx.run(&backend_tcp(backend, sport + 1, ACK));
+        assert_eq!(action, XDP_PASS, "a reply of no connection");
+        assert_eq!(out[26..30], backend, "passed as it came");
+        go(
+            &mut fx,
+            backend_tcp(backend, sport, FIN | ACK),
+            XDP_REDIRECT,
+            "FIN",
+        );
+        let flags = fx.get::<FlowValue>(names::FLOWS, key).map(|f| f.flags);
+        (backend, outs, entries, flags)
+    };
+    let (b1, sole_out, sole_entries, sole_flags) = talk(SOLE);
+    let (b2, shared_out, shared_entries, shared_flags) = talk(&shared);
+    assert_eq!(b1, b2, "both labs' first SYN goes to the same backend");
+    assert_eq!(
+        sole_entries,
+        [false, false],
+        "a sole backend's connection wrote a reply entry"
+    );
+    assert_eq!(
+        shared_entries,
+        [true, true],
+        "a shared backend's connection has reply entries"
+    );
+    for (i, (a, b)) in sole_out.iter().zip(&shared_out).enumerate() {
+        assert_eq!(a, b, "step {i}: translated differently");
+    }
+    assert_eq!(sole_out[1][26..30], vip, "the SYN-ACK comes from the VIP");
+    for flags in [sole_flags, shared_flags] {
+        assert!(
+            flags.is_some_and(|f| f & FLOW_F_CLOSING != 0),
+            "the backend's FIN closes the flow: {flags:?}"
+        );
+    }
+}

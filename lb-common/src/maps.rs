@@ -48,6 +48,8 @@ pub mod names {
     pub const NAT_REVERSE: &str = "NAT_REVERSE";
     pub const EMBRYOS: &str = "EMBRYOS";
     pub const EMBRYO_REVERSE: &str = "EMBRYO_REVERSE";
+    pub const REPLY_OWNERS: &str = "REPLY_OWNERS";
+    pub const REPLY_SLOTS: &str = "REPLY_SLOTS";
     pub const REASONS: &str = "REASONS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -91,6 +93,8 @@ pub mod names {
         NAT_REVERSE,
         EMBRYOS,
         EMBRYO_REVERSE,
+        REPLY_OWNERS,
+        REPLY_SLOTS,
         REASONS,
         SERVICE_STATS,
         BACKEND_STATS,
@@ -118,7 +122,7 @@ pub mod names {
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 17;
+pub const LAYOUT_VERSION: u32 = 18;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -260,6 +264,12 @@ pub const BACKEND_F_ACTIVE: u8 = 1;
 /// it (passive failure, weight 0) established flows stay, and a connection
 /// still in its handshake moves on its next retried SYN.
 pub const BACKEND_F_NEW_CONNECTIONS: u8 = 2;
+/// NAT: the backend's address, port and protocol belong to this service
+/// alone (no other NAT service has them), so its replies find their
+/// connection through `REPLY_OWNERS` and the client's flow entry: a new
+/// connection writes no reply entry (one table insert per connection, issue
+/// 21) and needs no one-client-port check.
+pub const BACKEND_F_SOLE_REPLY: u8 = 4;
 
 /// TCP flag bits (byte 13 of the TCP header).
 pub const TCP_FLAG_FIN: u8 = 0x01;
@@ -393,6 +403,32 @@ pub struct NatReverse {
     pub seq_delta: u32,
 }
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 52);
+
+/// Key of `REPLY_OWNERS`: a NAT backend as its replies' source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ReplyOwnerKey {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ReplyOwnerKey>() == 8);
+
+/// Entries of `REPLY_SLOTS` per CPU: reply translations made from a flow
+/// entry (no reply entry of their own) are assembled here, with the next
+/// hop towards the client cached by client address.
+pub const REPLY_SLOTS: u32 = 1024;
+
+/// Value of `REPLY_SLOTS`: the client address whose next hop `rev.hop`
+/// caches, and the reply translation last assembled in the slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReplySlot {
+    pub client_be: u32,
+    pub rev: NatReverse,
+}
+const _: () = assert!(core::mem::size_of::<ReplySlot>() == 56);
 
 /// Most entries in the global deny list, and in all services' lists.
 pub const MAX_ACL_GLOBAL: u32 = 16384;
@@ -643,6 +679,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for ReplyOwnerKey {}
+    unsafe impl aya::Pod for ReplySlot {}
     unsafe impl aya::Pod for Traffic {}
     unsafe impl aya::Pod for VipInfo {}
     unsafe impl aya::Pod for Settings {}

@@ -218,7 +218,7 @@ fn open(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo) -> (u32, Reason) {
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
     // As for any new NAT connection (`sched::claim`).
-    let Some((backend_id, backend)) = sched::claim(pkt, svc, backend_id, backend) else {
+    let Some((backend_id, backend)) = sched::claim::<false>(pkt, svc, backend_id, backend) else {
         return (xdp_action::XDP_DROP, Reason::DropNatTupleInUse);
     };
     let mut flags = FLOW_F_SYN | FLOW_F_ESTABLISHED;

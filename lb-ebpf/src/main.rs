@@ -23,6 +23,7 @@ mod neigh;
 mod parse;
 mod rate;
 mod relay;
+mod reply_owner;
 mod sched;
 mod stats;
 
@@ -123,7 +124,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     // Not to a possible VIP means from a possible backend (the parser
     // passed the rest); to one, the backend set is asked only now.
     if (!pkt.maybe_vip || maps::may_be(FILTER_BACKENDS, pkt.src_be))
-        && let Some(rev_ptr) = maps::nat_reverse(pkt.flow_key(), pkt.is_tcp())
+        && let Some(rev_ptr) = reply_owner::find(pkt.flow_key())
     {
         // SAFETY: a map value pointer; copied out at once.
         let rev = unsafe { *rev_ptr };

@@ -10,8 +10,9 @@ use lb_common::{
     ClientRateKey, FLOW_EVENTS_BYTES, Firewall, FlowEvent, FlowKey, FlowValue, IfaceMac,
     MAX_ACCEPT_MACS, MAX_ACL_GLOBAL, MAX_ACL_SERVICE, MAX_BACKENDS, MAX_CLIENT_RATES, MAX_EMBRYOS,
     MAX_FLOWS, MAX_IFINDEX, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS, NatReverse, REASON_COUNT,
-    RING_ENTRIES, RateLimit, SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, ServiceSlot, Settings,
-    SynCookieState, Traffic, VipInfo, addr_filter_bit,
+    REPLY_SLOTS as REPLY_SLOT_COUNT, RING_ENTRIES, RateLimit, ReplyOwnerKey, ReplySlot,
+    SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, ServiceSlot, Settings, SynCookieState, Traffic,
+    VipInfo, addr_filter_bit,
 };
 
 #[map]
@@ -40,6 +41,15 @@ pub static EMBRYOS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entrie
 #[map]
 pub static EMBRYO_REVERSE: LruHashMap<FlowKey, NatReverse> =
     LruHashMap::with_max_entries(MAX_EMBRYOS, 0);
+/// NAT backends whose replies need no reply entry (`BACKEND_F_SOLE_REPLY`):
+/// address, port and protocol -> the backend id, whose service names the
+/// VIP and port of the client's flow entry (daemon).
+#[map]
+pub static REPLY_OWNERS: HashMap<ReplyOwnerKey, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+/// Per CPU: reply translations assembled from a flow entry, each slot
+/// caching the next hop towards one client address (`reply_owner.rs`).
+#[map]
+pub static REPLY_SLOTS: PerCpuArray<ReplySlot> = PerCpuArray::with_max_entries(REPLY_SLOT_COUNT, 0);
 #[map]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 #[map]

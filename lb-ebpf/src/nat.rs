@@ -100,7 +100,9 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, side: Side, addr_be: u32, port_be: u1
 pub fn forward(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo, c: &Choice) -> (u32, Reason) {
     // With the flow entry (which exists whether or not this packet can go
     // on), so a later packet of the flow finds its replies translated.
-    if c.created {
+    // Not for a backend whose replies are found by the flow entry, unless
+    // the connection was picked up mid-stream (its replies must prove it).
+    if c.created && (c.midstream || !crate::reply_owner::sole(c.backend_id)) {
         remember_reply(pkt, svc, c);
     }
     let g = match decide(ctx, pkt, to_backend_hop(ctx, pkt, c.backend_id, c.addr_be)) {

@@ -138,7 +138,7 @@ pub fn to_client(
     if pkt.dst_be != key.dst_be {
         return None;
     }
-    let rev = maps::nat_reverse(key, key.proto == PROTO_TCP)?;
+    let rev = crate::reply_owner::find(key)?;
     // SAFETY: a map value pointer; the three fields are read at once.
     let (backend_id, vip_be, vport_be) =
         unsafe { ((*rev).backend_id, (*rev).vip_be, (*rev).vport_be) };

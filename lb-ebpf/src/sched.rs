@@ -7,11 +7,11 @@
 //! ports repeat within seconds under load, so a 4-tuple alone says nothing).
 
 use lb_common::{
-    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, COOKIE_F_ON, FLOW_F_CLOSING,
-    FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED, FLOW_F_SYN,
-    FLOW_F_UNVERIFIED, FlowKey, FlowValue, Forwarding, MAX_BACKENDS, MAX_SERVICES, RING_SIZE,
-    SERVICE_F_RATE_LIMIT, Scheduler, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST,
-    TCP_FLAG_SYN,
+    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, BACKEND_F_SOLE_REPLY, Backend, COOKIE_F_ON,
+    FLOW_F_CLOSING, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED,
+    FLOW_F_SYN, FLOW_F_UNVERIFIED, FlowKey, FlowValue, Forwarding, MAX_BACKENDS, MAX_SERVICES,
+    RING_SIZE, SERVICE_F_RATE_LIMIT, Scheduler, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN,
+    TCP_FLAG_RST, TCP_FLAG_SYN,
     hash::{flow_hash, fmix32, source_hash},
     ring_word,
 };
@@ -191,8 +191,9 @@ pub fn flow_backend(
     // NAT: a backend that already has a live connection from this client
     // address and port (through another VIP) cannot take this one: another
     // backend if the service has one, else refused (`tuple_taken`).
+    // (A backend of this service alone has no such connection.)
     if nat && syn {
-        (id, backend) = claim(pkt, svc, id, backend).ok_or(Refusal::TupleInUse)?;
+        (id, backend) = claim::<true>(pkt, svc, id, backend).ok_or(Refusal::TupleInUse)?;
     }
     // The entry this one replaces (closed, moved, or of another service)
     // leaves its backend's count.
@@ -316,7 +317,7 @@ pub fn promote_key(key: &mut FlowKey, v: *mut FlowValue, nat: bool) {
         return; // stays half-open; the next packet tries again
     }
     report_flow(key, value);
-    let backend_id = value.backend_id;
+    let (backend_id, cookie, flags) = (value.backend_id, value.cookie, value.flags);
     let _ = EMBRYOS.remove(*key);
     if !nat {
         return;
@@ -324,6 +325,11 @@ pub fn promote_key(key: &mut FlowKey, v: *mut FlowValue, nat: bool) {
     let Some(b) = BACKENDS.get(backend_id) else {
         return;
     };
+    // Replies found by the flow entry have no reply entry to move (a
+    // SYN-cookie or unverified connection has one, even then).
+    if b.flags & BACKEND_F_SOLE_REPLY != 0 && cookie == 0 && flags & FLOW_F_UNVERIFIED == 0 {
+        return;
+    }
     // The reply's key, in the same stack slot.
     key.src_be = b.addr_be;
     key.sport_be = b.port_be;
@@ -362,15 +368,26 @@ pub fn schedule_new(pkt: &Packet, svc: &ServiceInfo) -> Option<(u32, Backend)> {
 /// NAT, a new connection scheduled to `id`: that backend if it holds no
 /// live connection of this client address and port through another VIP
 /// ([`crate::backend_tuple::tuple_taken`]), else one more choice avoiding it, else
-/// none.
+/// none. `SOLE_FREE` (a SYN): a backend of this service alone
+/// (`BACKEND_F_SOLE_REPLY`) is not asked: no other VIP reaches it, and its
+/// connection writes no reply entry, so an old one under its key is left
+/// alone (a SYN cookie's connection writes one: it always asks, which also
+/// clears an old entry under the key).
 #[inline(always)]
-pub fn claim(pkt: &Packet, svc: &ServiceInfo, id: u32, backend: Backend) -> Option<(u32, Backend)> {
-    if !crate::backend_tuple::tuple_taken(pkt, backend.addr_be, backend.port_be) {
+pub fn claim<const SOLE_FREE: bool>(
+    pkt: &Packet,
+    svc: &ServiceInfo,
+    id: u32,
+    backend: Backend,
+) -> Option<(u32, Backend)> {
+    let free = |b: &Backend| SOLE_FREE && b.flags & BACKEND_F_SOLE_REPLY != 0;
+    if free(&backend) || !crate::backend_tuple::tuple_taken(pkt, backend.addr_be, backend.port_be) {
         return Some((id, backend));
     }
     match schedule(pkt, svc, id) {
         Some((other, b))
-            if other != id && !crate::backend_tuple::tuple_taken(pkt, b.addr_be, b.port_be) =>
+            if other != id
+                && (free(&b) || !crate::backend_tuple::tuple_taken(pkt, b.addr_be, b.port_be)) =>
         {
             Some((other, b))
         }

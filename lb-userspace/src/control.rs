@@ -453,7 +453,7 @@ port = 80
 
     #[test]
     fn passive_failure_stops_new_connections_keeps_flows_and_adoption_keeps_verdicts() {
-        use lb_common::BACKEND_F_NEW_CONNECTIONS;
+        use lb_common::{BACKEND_F_NEW_CONNECTIONS, BACKEND_F_SOLE_REPLY};
         let mut dp = FakeDataplane::default();
         let mut c = Control::new(cfg(CFG));
         c.apply(&mut dp, cfg(CFG)).unwrap();
@@ -466,7 +466,10 @@ port = 80
         // Held, not down: its entry stays active (pinned flows stay) but
         // takes no new connections.
         let id = c.applied().backend_id(&web(21)).unwrap();
-        assert_eq!(dp.backends[&id].flags, BACKEND_F_ACTIVE);
+        assert_eq!(
+            dp.backends[&id].flags,
+            BACKEND_F_ACTIVE | BACKEND_F_SOLE_REPLY
+        );
         assert_eq!(
             c.availability().held,
             HashSet::from([web(21)]),
@@ -481,7 +484,7 @@ port = 80
         c.sync(&mut dp).unwrap();
         assert_eq!(
             dp.backends[&id].flags,
-            BACKEND_F_ACTIVE | BACKEND_F_NEW_CONNECTIONS
+            BACKEND_F_ACTIVE | BACKEND_F_NEW_CONNECTIONS | BACKEND_F_SOLE_REPLY
         );
         // Held again, then a new daemon adopting these maps keeps it held and
         // rewrites nothing.

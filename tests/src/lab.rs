@@ -244,6 +244,14 @@ impl Lab {
         table.get(&key, 0).is_ok()
     }
 
+    /// The value table `name` (as [`Lab::holds`]) holds under `key`.
+    pub fn get<V: aya::Pod>(&self, name: &str, key: FlowKey) -> Option<V> {
+        let map = self.ebpf.map(name).expect("flow-keyed map");
+        let table: HashMap<&MapData, FlowKey, V> =
+            HashMap::try_from(map).expect("a hash map keyed by FlowKey");
+        table.get(&key, 0).ok()
+    }
+
     /// Set backend `id`'s least_conn active-connection estimate.
     pub fn set_conns(&mut self, id: u32, conns: u64) {
         let map = self

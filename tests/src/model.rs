@@ -10,7 +10,7 @@
 //! the lab's ([`crate::fib_lab`]), written down here.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
     rc::Rc,
 };
@@ -259,14 +259,30 @@ pub struct Counts {
     pub backends: BTreeMap<u32, Traffic>,
 }
 
+/// A NAT backend as its replies' source: address, port, protocol.
+type BackendAddr = ([u8; 4], u16, u8);
+/// The VIP, VIP port and backend id a backend's replies belong to.
+type ReplyOwner = ([u8; 4], u16, u32);
+
 pub struct Model {
     services: HashMap<([u8; 4], u16, u8), Service>,
     backends: BTreeMap<u32, BackendEntry>,
     flows: HashMap<Tuple, Flow>,
     nat: HashMap<Tuple, NatReply>,
-    /// NAT reply tuples in the order they were first stored (deterministic,
-    /// unlike the map's iteration order), for the generator.
+    /// NAT reply tuples in the order their connections first made them
+    /// (deterministic, unlike the map's iteration order), for the
+    /// generator: with a reply entry or found by the flow entry.
     nat_order: Vec<Tuple>,
+    nat_seen: HashSet<Tuple>,
+    /// NAT backends (address, port, protocol) whose replies are found by
+    /// the client's flow entry: -> (VIP, VIP port, backend id). From the
+    /// config: one NAT service alone uses them (an owner stays, not sole,
+    /// while a second one shares it and its id is still there).
+    owners: HashMap<BackendAddr, ReplyOwner>,
+    /// ... of which these are used by one NAT service alone (a new
+    /// connection to them writes no reply entry, and is not checked for a
+    /// client port in use).
+    sole: HashSet<BackendAddr>,
     /// Round robin's cursors, one per (CPU, service).
     rr_cursor: HashMap<(usize, u32), u32>,
     /// least_conn's connection counts by backend id (`BACKEND_CONNS`).
@@ -339,6 +355,9 @@ impl Model {
             flows: HashMap::new(),
             nat: HashMap::new(),
             nat_order: Vec::new(),
+            nat_seen: HashSet::new(),
+            owners: HashMap::new(),
+            sole: HashSet::new(),
             rr_cursor: HashMap::new(),
             conns: HashMap::new(),
             cpu: 0,
@@ -434,6 +453,74 @@ impl Model {
             .iter()
             .map(|(a, v)| (u32::from_be(*a).to_be_bytes(), v.flags))
             .collect();
+        // Reply owners: counted from the config, ids from the plan.
+        let mut users: HashMap<BackendAddr, Vec<ReplyOwner>> = HashMap::new();
+        for c in config
+            .services
+            .iter()
+            .filter(|c| c.forwarding == ForwardingKind::Nat)
+        {
+            for b in &c.backends {
+                let id = plan
+                    .backend_id(&BackendRef::new(c.key(), b.address, b.port))
+                    .expect("every configured backend has an id");
+                users
+                    .entry((b.address.octets(), b.port, c.protocol.number()))
+                    .or_default()
+                    .push((c.vip.octets(), c.port, id));
+            }
+        }
+        let previous = std::mem::take(&mut self.owners);
+        self.sole.clear();
+        for (key, us) in users {
+            if let [only] = us.as_slice() {
+                self.owners.insert(key, *only);
+                self.sole.insert(key);
+            } else if let Some(prev) = previous.get(&key).filter(|p| us.contains(p)) {
+                self.owners.insert(key, *prev);
+            }
+        }
+    }
+
+    /// How a reply `t` (backend -> client) is translated: by the client's
+    /// flow entry when its backend has an owner and the flow is on it (not
+    /// a SYN-cookie or unverified one), else by its reply entry.
+    fn reply_of(&self, t: &Tuple) -> Option<NatReply> {
+        self.by_flow(t).or_else(|| self.nat.get(t).copied())
+    }
+
+    fn by_flow(&self, t: &Tuple) -> Option<NatReply> {
+        let (vip, vport, bid) = *self.owners.get(&(t.src, t.sport, t.proto))?;
+        let svc = self.services.get(&(vip, vport, t.proto))?;
+        let client = Tuple {
+            src: t.dst,
+            dst: vip,
+            sport: t.dport,
+            dport: vport,
+            proto: t.proto,
+        };
+        let fl = self.flows.get(&client)?;
+        (fl.backend_id == bid && fl.cookie.is_none() && !fl.unverified).then_some(NatReply {
+            vip,
+            vport,
+            redispatch: svc.redispatch,
+            backend_id: bid,
+            cookie: None,
+            unverified: false,
+        })
+    }
+
+    /// Whether backend `b` of a NAT service with protocol `proto` is that
+    /// service's alone.
+    fn sole(&self, b: &BackendEntry, proto: u8) -> bool {
+        self.sole.contains(&(b.addr, b.port, proto))
+    }
+
+    /// Note a NAT reply tuple for the generator.
+    fn note_reply(&mut self, reply: Tuple) {
+        if self.nat_seen.insert(reply) {
+            self.nat_order.push(reply);
+        }
     }
 
     /// The rings the model schedules with (the oracle's), by service id,
@@ -529,6 +616,19 @@ impl Model {
                 };
                 out.push((client, true));
             }
+            // ... or the client flow its backend's owner names.
+            if let Some((vip, vport, _)) = self.owners.get(&(t.src, t.sport, t.proto)) {
+                out.push((
+                    Tuple {
+                        src: t.dst,
+                        dst: *vip,
+                        sport: t.dport,
+                        dport: *vport,
+                        proto: t.proto,
+                    },
+                    true,
+                ));
+            }
         }
         // An ICMP error's quote (from the VIP to the client), reversed: the
         // client's flow ...
@@ -541,8 +641,21 @@ impl Model {
                 proto: q.proto,
             };
             out.push((key, true));
-            // ... or (from the client to a backend) the reply entry it names.
+            // ... or (from the client to a backend) the reply entry it names,
+            // or the client flow its backend's owner names.
             out.push((key, false));
+            if let Some((vip, vport, _)) = self.owners.get(&(key.src, key.sport, key.proto)) {
+                out.push((
+                    Tuple {
+                        src: key.dst,
+                        dst: *vip,
+                        sport: key.dport,
+                        dport: *vport,
+                        proto: key.proto,
+                    },
+                    true,
+                ));
+            }
         }
         out
     }
@@ -755,7 +868,7 @@ impl Model {
             }
             return self.client_packet(f, &p, &svc);
         }
-        if let Some(rev) = self.nat.get(&p.t).copied() {
+        if let Some(rev) = self.reply_of(&p.t) {
             // A reply is taken only from where its backend is: in on the
             // interface the way to it goes out of, from its next hop's MAC.
             if !self.came_from_backend(f, p.t.src) {
@@ -903,7 +1016,7 @@ impl Model {
         if key.dst != dst {
             return None;
         }
-        let rev = *self.nat.get(&key)?;
+        let rev = self.reply_of(&key)?;
         if !self.came_from_backend(f, key.src) {
             return Some(Expect::same(Action::Drop, Reason::DropSpoofedReply));
         }
@@ -1010,7 +1123,7 @@ impl Model {
     /// The client ISN + 1 a refusal of the connection whose reply tuple is
     /// `t` acknowledges, if the model knows it (for the generator).
     pub fn refusal_ack(&self, t: &Tuple) -> Option<u32> {
-        let rev = self.nat.get(t)?;
+        let rev = self.reply_of(t)?;
         let client = Tuple {
             src: t.dst,
             dst: rev.vip,
@@ -1138,7 +1251,7 @@ impl Model {
         }
         let (bid, b, connection, syn_retransmit, midstream) = match stay {
             Some((bid, b, retry)) => (bid, b, false, retry, false),
-            None => match self.schedule_claiming(p, svc, exclude, svc.nat && syn) {
+            None => match self.schedule_claiming(p, svc, exclude, svc.nat && syn, true) {
                 Err(refused) => return refused,
                 Ok(Some((bid, b))) => {
                     // The entry this one replaces (closed, moved, or of
@@ -1195,8 +1308,19 @@ impl Model {
                     self.flows.insert(p.t, flow);
                     // NAT: how replies are translated is stored with the
                     // flow entry, whether or not this packet can go on.
-                    if svc.nat {
+                    // Not for a backend of this service alone (its replies
+                    // are found by the flow entry), unless the connection
+                    // was picked up mid-stream.
+                    if svc.nat && (!self.sole(&b, p.t.proto) || (p.tcp() && !syn)) {
                         self.add_reply(p, svc, bid, b, None);
+                    } else if svc.nat {
+                        self.note_reply(Tuple {
+                            src: b.addr,
+                            dst: p.t.src,
+                            sport: b.port,
+                            dport: p.t.sport,
+                            proto: p.t.proto,
+                        });
                     }
                     let connection = moving.is_none() && (syn || !p.tcp());
                     (bid, b, connection, false, p.tcp() && !syn)
@@ -1276,9 +1400,8 @@ impl Model {
             cookie,
             unverified: p.tcp() && !p.syn() && cookie.is_none(),
         };
-        if self.nat.insert(reply, rev).is_none() {
-            self.nat_order.push(reply);
-        }
+        self.nat.insert(reply, rev);
+        self.note_reply(reply);
     }
 
     /// SYN cookies, client side (the main program's gate, then the cookie
@@ -1359,7 +1482,7 @@ impl Model {
         cookie: u32,
         mss: u16,
     ) -> Expect {
-        let (bid, b) = match self.schedule_claiming(p, svc, None, true) {
+        let (bid, b) = match self.schedule_claiming(p, svc, None, true, false) {
             Ok(Some(pick)) => pick,
             Ok(None) => {
                 self.counts.services.entry(svc.id).or_default().no_backend += 1;
@@ -1592,15 +1715,24 @@ impl Model {
         svc: &Service,
         exclude: Option<u32>,
         claim: bool,
+        sole_free: bool,
     ) -> Result<Option<(u32, BackendEntry)>, Expect> {
         let Some((bid, b)) = self.schedule(p, svc, exclude) else {
             return Ok(None);
         };
-        if !(claim && self.tuple_taken(p, b)) {
+        // A new connection's SYN to a backend of this service alone is not
+        // checked (no other VIP reaches it); a cookie's ACK always is.
+        let exempt = sole_free && self.sole(&b, p.t.proto);
+        if !(claim && !exempt && self.tuple_taken(p, b)) {
             return Ok(Some((bid, b)));
         }
         match self.schedule(p, svc, Some(bid)) {
-            Some((o, b2)) if o != bid && !self.tuple_taken(p, b2) => Ok(Some((o, b2))),
+            Some((o, b2))
+                if o != bid
+                    && ((sole_free && self.sole(&b2, p.t.proto)) || !self.tuple_taken(p, b2)) =>
+            {
+                Ok(Some((o, b2)))
+            }
             _ => Err(Expect::same(Action::Drop, Reason::DropNatTupleInUse)),
         }
     }

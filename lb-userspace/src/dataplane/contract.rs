@@ -1,7 +1,7 @@
 //! What a data path must do for the control plane: the [`Dataplane`]
 //! trait (the real maps and the fake implement it) and its error.
 
-use lb_common::{Backend, Firewall, ServiceInfo, ServiceKey, VipInfo};
+use lb_common::{Backend, Firewall, ReplyOwnerKey, ServiceInfo, ServiceKey, VipInfo};
 
 use crate::plan::acl::AclEntry;
 
@@ -24,6 +24,10 @@ pub trait Dataplane {
     fn remove_service(&mut self, key: ServiceKey) -> Result<(), DataplaneError>;
     /// Set what the data path does with unforwarded traffic to an address.
     fn set_vip(&mut self, addr_be: u32, info: VipInfo) -> Result<(), DataplaneError>;
+    /// Name the backend id whose service a NAT backend's replies belong to
+    /// (`REPLY_OWNERS`, `plan/reply_owner.rs`).
+    fn set_reply_owner(&mut self, key: ReplyOwnerKey, id: u32) -> Result<(), DataplaneError>;
+    fn remove_reply_owner(&mut self, key: ReplyOwnerKey) -> Result<(), DataplaneError>;
     fn remove_vip(&mut self, addr_be: u32) -> Result<(), DataplaneError>;
     /// Set service `service_id`'s new-connection limits.
     fn set_rate_limit(

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::contract::{Dataplane, DataplaneError};
-use lb_common::{Backend, Firewall, ServiceInfo, ServiceKey, VipInfo};
+use lb_common::{Backend, Firewall, ReplyOwnerKey, ServiceInfo, ServiceKey, VipInfo};
 
 use crate::plan::acl::AclEntry;
 
@@ -14,6 +14,7 @@ pub struct FakeDataplane {
     /// (service id, half) -> ring.
     pub rings: BTreeMap<(u32, u8), Vec<u32>>,
     pub vips: BTreeMap<u32, VipInfo>,
+    pub reply_owners: BTreeMap<ReplyOwnerKey, u32>,
     pub acl: BTreeMap<AclEntry, u8>,
     pub rate_limits: BTreeMap<u32, lb_common::RateLimit>,
     pub firewall: Firewall,
@@ -138,6 +139,18 @@ impl Dataplane for FakeDataplane {
     fn remove_vip(&mut self, addr_be: u32) -> Result<(), DataplaneError> {
         self.write("VIPS")?;
         self.vips.remove(&addr_be);
+        Ok(())
+    }
+    fn set_reply_owner(&mut self, key: ReplyOwnerKey, id: u32) -> Result<(), DataplaneError> {
+        self.write("REPLY_OWNERS")?;
+        self.reply_owners.insert(key, id);
+        self.log.push(format!("set reply owner {id}"));
+        Ok(())
+    }
+    fn remove_reply_owner(&mut self, key: ReplyOwnerKey) -> Result<(), DataplaneError> {
+        self.write("REPLY_OWNERS")?;
+        self.reply_owners.remove(&key);
+        self.log.push("remove reply owner".into());
         Ok(())
     }
     fn quiesce(&mut self) -> Result<(), DataplaneError> {

@@ -113,6 +113,13 @@ impl Programmer {
                 acl_changed = true;
             }
         }
+        // Reply owners before the backend entries that say new connections
+        // rely on them (`BACKEND_F_SOLE_REPLY`).
+        for (key, id) in &plan.reply_owners {
+            if old.reply_owners.get(key) != Some(id) {
+                dp.set_reply_owner(*key, *id)?;
+            }
+        }
         for (id, b) in &plan.backends {
             if old.backends.get(id) != Some(b) && gains(old.backends.get(id), b) {
                 dp.set_backend(*id, *b)?;
@@ -163,6 +170,11 @@ impl Programmer {
         for addr in old.vips.keys() {
             if !plan.vips.contains_key(addr) {
                 dp.remove_vip(*addr)?;
+            }
+        }
+        for key in old.reply_owners.keys() {
+            if !plan.reply_owners.contains_key(key) {
+                dp.remove_reply_owner(*key)?;
             }
         }
         // Entries gone, after the services stopped asking for them; then a

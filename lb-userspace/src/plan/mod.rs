@@ -10,14 +10,15 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, Backend, Forwarding, MAX_BACKENDS, MAX_SERVICES,
-    RING_SIZE, SERVICE_F_ACL, SERVICE_F_ALLOW_ONLY, SERVICE_F_PASS_WHEN_EMPTY,
-    SERVICE_F_REDISPATCH, Scheduler, ServiceInfo, ServiceKey, VIP_F_DROP_UNSERVED, VIP_F_HA,
-    VipInfo,
+    BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, BACKEND_F_SOLE_REPLY, Backend, Forwarding,
+    MAX_BACKENDS, MAX_SERVICES, RING_SIZE, ReplyOwnerKey, SERVICE_F_ACL, SERVICE_F_ALLOW_ONLY,
+    SERVICE_F_PASS_WHEN_EMPTY, SERVICE_F_REDISPATCH, Scheduler, ServiceInfo, ServiceKey,
+    VIP_F_DROP_UNSERVED, VIP_F_HA, VipInfo,
 };
 
 pub mod acl;
 pub mod maglev;
+pub mod reply_owner;
 pub mod ring;
 
 // A backend's identity and a service's key are the config's notions; the
@@ -49,6 +50,9 @@ pub struct Plan {
     pub acl: acl::AclSet,
     /// The firewall generation the lists were last written with.
     pub acl_generation: u16,
+    /// `REPLY_OWNERS`: NAT backends whose replies need no reply entry
+    /// (`reply_owner.rs`).
+    pub reply_owners: BTreeMap<ReplyOwnerKey, u32>,
     /// Backend id by identity, kept with the plan (built once, not per call).
     ids: HashMap<BackendRef, u32>,
 }
@@ -140,6 +144,8 @@ pub struct Planner {
     backends: Ids<BackendRef>,
     /// Global deny entries added at run time (beside `[firewall] deny`).
     pub runtime_deny: Vec<ipnet::Ipv4Net>,
+    /// The last plan's `REPLY_OWNERS` (an owner stays while its id does).
+    reply_owners: BTreeMap<ReplyOwnerKey, u32>,
 }
 
 impl Default for Planner {
@@ -148,6 +154,7 @@ impl Default for Planner {
             services: Ids::new(MAX_SERVICES),
             backends: Ids::new(MAX_BACKENDS),
             runtime_deny: Vec::new(),
+            reply_owners: BTreeMap::new(),
         }
     }
 }
@@ -161,6 +168,7 @@ impl Plan {
             vips: BTreeMap::new(),
             acl: acl::AclSet::new(),
             acl_generation: 0,
+            reply_owners: BTreeMap::new(),
             ids: HashMap::new(),
         };
         p.ids = p.index();
@@ -203,6 +211,7 @@ impl Planner {
     pub fn adopt(&mut self, plan: &Plan) {
         self.services.ids = plan.services.iter().map(|s| (s.key, s.info.id)).collect();
         self.backends.ids = plan.backend_ids().clone();
+        self.reply_owners = plan.reply_owners.clone();
     }
 
     /// The map contents for `config`: backends that are down inactive and out
@@ -245,6 +254,28 @@ impl Planner {
                     .map(|b| (BackendRef::new(*key, b.address, b.port), b.weight))
             })
             .collect();
+        // NAT backends by what their replies carry: sole ones need no reply
+        // entries.
+        let nat: Vec<(ReplyOwnerKey, u32)> = config
+            .services
+            .iter()
+            .zip(&keys)
+            .filter(|(s, _)| Forwarding::from(s.forwarding) == Forwarding::Nat)
+            .flat_map(|(s, key)| {
+                s.backends.iter().map(|b| {
+                    (
+                        ReplyOwnerKey {
+                            addr_be: u32::from(b.address).to_be(),
+                            port_be: b.port.to_be(),
+                            proto: key.proto,
+                            _pad: 0,
+                        },
+                        id_of[&BackendRef::new(*key, b.address, b.port)],
+                    )
+                })
+            })
+            .collect();
+        let (reply_owners, sole) = reply_owner::owners(&nat, &self.reply_owners);
         let backends = refs
             .iter()
             .map(|r| {
@@ -253,13 +284,19 @@ impl Planner {
                     addr,
                     port,
                 } = *r;
-                let flags = if down.contains(r) {
+                let health = if down.contains(r) {
                     0
                 } else if held.contains(r) || weight_of[r] == 0 {
                     BACKEND_F_ACTIVE
                 } else {
                     BACKEND_F_ACTIVE | BACKEND_F_NEW_CONNECTIONS
                 };
+                let flags = health
+                    | if sole.contains(&id_of[r]) {
+                        BACKEND_F_SOLE_REPLY
+                    } else {
+                        0
+                    };
                 (
                     id_of[r],
                     Backend {
@@ -357,6 +394,8 @@ impl Planner {
         }
         let mut plan = Plan::new(services, backends);
         plan.vips = vips(config);
+        self.reply_owners = reply_owners.clone();
+        plan.reply_owners = reply_owners;
         plan.acl = acl::build(config, &self.runtime_deny, |k| {
             service_id_of.get(k).copied()
         });
@@ -455,7 +494,7 @@ weight = 3
             down.backends.keys().collect::<Vec<_>>()
         );
         let heavy_id = &down.backend_ids()[&heavy];
-        assert_eq!(down.backends[heavy_id].flags, 0);
+        assert_eq!(down.backends[heavy_id].flags, BACKEND_F_SOLE_REPLY);
         assert_eq!(down.services[0].info.ring_len, 1);
         assert!(!down.services[0].ring.contains(heavy_id));
         // All down: an empty ring, and the service says what to do then.
@@ -486,17 +525,23 @@ weight = 3
         let held = BackendRef::new(key, Ipv4Addr::new(203, 0, 113, 11), 8080);
         let p = planner.plan(&c, &Availability::default()).unwrap();
         let ids = p.backend_ids().clone();
-        assert_eq!(p.backends[&ids[&drained]].flags, BACKEND_F_ACTIVE);
+        assert_eq!(
+            p.backends[&ids[&drained]].flags,
+            BACKEND_F_ACTIVE | BACKEND_F_SOLE_REPLY
+        );
         assert_eq!(
             p.backends[&ids[&held]].flags,
-            BACKEND_F_ACTIVE | BACKEND_F_NEW_CONNECTIONS
+            BACKEND_F_ACTIVE | BACKEND_F_NEW_CONNECTIONS | BACKEND_F_SOLE_REPLY
         );
         let avail = Availability {
             down: HashSet::new(),
             held: HashSet::from([held]),
         };
         let p = planner.plan(&c, &avail).unwrap();
-        assert_eq!(p.backends[&ids[&held]].flags, BACKEND_F_ACTIVE);
+        assert_eq!(
+            p.backends[&ids[&held]].flags,
+            BACKEND_F_ACTIVE | BACKEND_F_SOLE_REPLY
+        );
         assert_eq!(
             p.services[0].info.ring_len, 0,
             "nobody takes new connections"

@@ -165,6 +165,7 @@ pub struct BpfDataplane {
     backends: Array<MapData, Backend>,
     ring: RingMemory,
     vips: HashMap<MapData, u32, VipInfo>,
+    reply_owners: HashMap<MapData, lb_common::ReplyOwnerKey, u32>,
     filter: AddrFilter,
     firewall: FirewallMaps,
     rate_limits: Array<MapData, lb_common::RateLimit>,
@@ -198,6 +199,7 @@ impl BpfDataplane {
             backends,
             ring: RingMemory::map(take(ebpf, names::BACKEND_RING)?)?,
             vips,
+            reply_owners: take(ebpf, names::REPLY_OWNERS)?,
             filter,
             firewall: FirewallMaps {
                 global: take(ebpf, names::ACL_GLOBAL)?,
@@ -242,6 +244,10 @@ impl BpfDataplane {
         for entry in self.vips.iter() {
             let (addr, v) = entry.map_err(err(names::VIPS))?;
             plan.vips.insert(addr, v);
+        }
+        for entry in self.reply_owners.iter() {
+            let (key, id) = entry.map_err(err(names::REPLY_OWNERS))?;
+            plan.reply_owners.insert(key, id);
         }
         let fw = &self.firewall;
         for entry in fw.global.iter() {
@@ -325,6 +331,21 @@ impl Dataplane for BpfDataplane {
         self.vips
             .insert(addr_be, info, 0)
             .map_err(map_err("update", names::VIPS))
+    }
+    fn set_reply_owner(
+        &mut self,
+        key: lb_common::ReplyOwnerKey,
+        id: u32,
+    ) -> Result<(), DataplaneError> {
+        self.reply_owners
+            .insert(key, id, 0)
+            .map_err(map_err("update", names::REPLY_OWNERS))
+    }
+    fn remove_reply_owner(&mut self, key: lb_common::ReplyOwnerKey) -> Result<(), DataplaneError> {
+        match self.reply_owners.remove(&key) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            r => r.map_err(map_err("delete", names::REPLY_OWNERS)),
+        }
     }
     fn remove_vip(&mut self, addr_be: u32) -> Result<(), DataplaneError> {
         match self.vips.remove(&addr_be) {
