@@ -302,6 +302,8 @@ pub struct Model {
     /// Cookies the program sent: (client flow, client ISN) -> cookie and
     /// the MSS it encodes, and the order they came in (for the generator).
     cookies: HashMap<(Tuple, u32), (u32, u16)>,
+    /// The same by client flow: (ISN, cookie, MSS) of each SYN-ACK sent.
+    cookies_by_flow: HashMap<Tuple, Vec<(u32, u32, u16)>>,
     cookie_order: Vec<(Tuple, u32)>,
     /// The SYN-ACK the last prediction expects: its flow, ISN, MSS.
     sent_syn_ack: Option<(Tuple, u32, u16)>,
@@ -368,6 +370,7 @@ impl Model {
             links,
             counts: Counts::default(),
             cookies: HashMap::new(),
+            cookies_by_flow: HashMap::new(),
             cookie_order: Vec::new(),
             sent_syn_ack: None,
         };
@@ -1414,11 +1417,10 @@ impl Model {
             None if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK => {
                 let isn = u32::from_be(p.seq).wrapping_sub(1);
                 let ack = u32::from_be_bytes(f[42..46].try_into().unwrap());
-                match self.cookies.get(&(p.t, isn)) {
-                    Some(&(cookie, mss)) if cookie == ack.wrapping_sub(1) => {
-                        Some(self.cookie_open(f, p, svc, isn, cookie, mss))
-                    }
-                    _ => Some(Expect::same(Drop, Reason::DropBadCookie)),
+                let cookie = ack.wrapping_sub(1);
+                match self.cookie_check(&p.t, isn, cookie) {
+                    Some(mss) => Some(self.cookie_open(f, p, svc, isn, cookie, mss)),
+                    None => Some(Expect::same(Drop, Reason::DropBadCookie)),
                 }
             }
             None if flags & TCP_RST != 0 => Some(Expect::same(Drop, Reason::DropBadCookie)),
@@ -1690,9 +1692,35 @@ impl Model {
             _ => got,
         };
         let cookie = u32::from_be_bytes(frame[38..42].try_into().unwrap());
+        self.cookies_by_flow
+            .entry(t)
+            .or_default()
+            .push((isn, cookie, mss));
         if self.cookies.insert((t, isn), (cookie, mss)).is_none() {
             self.cookie_order.push((t, isn));
         }
+    }
+
+    /// The MSS an ACK of flow `t` (its ISN, its cookie: the sequence and
+    /// acknowledgement numbers less one) opens a connection with, as the
+    /// kernel's check (`__cookie_v4_check`) answers, given the cookies sent
+    /// to that flow: the kernel subtracts the ISN and the flow's hashes from
+    /// the cookie and takes the rest as the index into its MSS table, so an
+    /// ACK whose two numbers moved by the same amount, or whose cookie moved
+    /// to another index of the table, passes too.
+    fn cookie_check(&self, t: &Tuple, isn: u32, cookie: u32) -> Option<u16> {
+        const MSS: [u16; 4] = [536, 1300, 1440, 1460];
+        self.cookies_by_flow
+            .get(t)?
+            .iter()
+            .find_map(|&(isn0, cookie0, mss0)| {
+                let index0 = MSS.iter().position(|m| *m == mss0)? as i64;
+                let moved = cookie
+                    .wrapping_sub(isn)
+                    .wrapping_sub(cookie0.wrapping_sub(isn0)) as i32;
+                let index = index0 + i64::from(moved);
+                (0..4).contains(&index).then(|| MSS[index as usize])
+            })
     }
 
     /// The last `n` cookies sent, for ACKs the generator makes: (client
