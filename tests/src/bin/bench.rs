@@ -52,6 +52,8 @@ const SERVICES: &[(&str, &str, [u8; 4], u16)] = &[
     ("source_hash", "NAT", [192, 0, 2, 23], 80),
     ("least_conn", "DSR", [192, 0, 2, 10], 9000),
     ("least_conn", "NAT", [192, 0, 2, 24], 80),
+    // Backends another VIP shares (reply entries, one-client-port check).
+    ("round_robin, shared backend", "NAT", [192, 0, 2, 21], 80),
 ];
 
 /// Other rows, from the fixture table: (label, fixture row).
@@ -253,7 +255,23 @@ fn main() {
     // lookup); one row below measures that cost on its own.
     let global_deny = "[firewall]\ndeny = [\"100.64.0.0/10\"]\n";
     assert!(cases::CONFIG.contains(global_deny));
-    let config = cases::CONFIG.replace(global_deny, "");
+    let mut config = cases::CONFIG.replace(global_deny, "");
+    // The fixture config's NAT services share their backends' 8080; here
+    // each measured one gets a port of its own, so its backends are its
+    // alone (issue 21: replies found by the flow entry, no reply entries),
+    // and the SYN-cookie services and nat-noredispatch share one (the
+    // "shared backend" row: reply entries and the one-client-port check).
+    // nat-maglev keeps 8080: the reverse-NAT fixture row replies from it.
+    for (service, port) in [
+        ("nat-tcp", 8081),
+        ("nat-source", 8083),
+        ("nat-lc", 8084),
+        ("nat-noredispatch", 8090),
+        ("nat-cookie", 8090),
+        ("nat-cookie-meter", 8090),
+    ] {
+        config = with_backend_port(&config, service, port);
+    }
     let mut lab = Lab::new("xdplb-bench", &config, Some(1 << 20));
     let table = cases::table(&lab);
     // The baselines are the tests' own programs, beside xdplb's object.
@@ -666,6 +684,22 @@ fn main() {
         "  the daemon walks every second, at most 1% of a CPU: every {:.1} s at this size",
         (batched * 100.0).max(1.0)
     );
+}
+
+/// `config` with service `name`'s backends on `port` instead of 8080.
+fn with_backend_port(config: &str, name: &str, port: u16) -> String {
+    let blocks: Vec<String> = config
+        .split("[[service]]")
+        .map(|b| {
+            if b.contains(&format!("name = \"{name}\"\n")) {
+                assert!(b.contains("port = 8080 }"), "{name}: no backend on 8080");
+                b.replace("port = 8080 }", &format!("port = {port} }}"))
+            } else {
+                b.to_string()
+            }
+        })
+        .collect();
+    blocks.join("[[service]]")
 }
 
 /// Entries the census rows fill the flow table with.
