@@ -959,7 +959,8 @@ const RING_FRAMES: u32 = 200_000;
 /// Its bound in time (a 2-core machine here: about 5 s).
 const RING_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// A flood of SYNs from spoofed sources fills the embryonic table only:
+/// A flood of SYNs from spoofed sources goes to the embryonic table once
+/// the half-open budget is spent (at most the budget enters `FLOWS`):
 /// connections that completed their handshake keep their flow and
 /// reverse-NAT entries (the tables here hold 1024 entries each, 700 of
 /// them established and idle during the flood, which sends 20 times as many
@@ -990,13 +991,16 @@ fn a_syn_flood_evicts_no_established_flow() {
     let handshake = |fx: &mut Lab, sport: u16| {
         let key = cases::flow_key(CLIENT, vip, sport, 80);
         let backend = dst_of(&go(fx, client_tcp(vip, sport, 100, SYN), "SYN"));
-        assert!(fx.holds::<FlowValue>(names::EMBRYOS, key), "SYN: half-open");
-        assert!(
-            !fx.holds::<FlowValue>(names::FLOWS, key),
-            "SYN: not in FLOWS"
-        );
+        assert!(fx.half_open(key), "SYN: half-open");
+        // In `FLOWS` while the half-open budget lasts (its reply entry in
+        // `NAT_REVERSE`), else in the embryonic tables.
         let reply = cases::flow_key(backend, CLIENT, 8080, sport);
-        assert!(fx.holds::<NatReverse>(names::EMBRYO_REVERSE, reply));
+        let table = if fx.holds::<FlowValue>(names::FLOWS, key) {
+            names::NAT_REVERSE
+        } else {
+            names::EMBRYO_REVERSE
+        };
+        assert!(fx.holds::<NatReverse>(table, reply), "SYN: reply entry");
         let synack = go(fx, backend_tcp(backend, sport, SYN | ACK), "SYN-ACK");
         assert_eq!(
             synack[26..30],
@@ -1005,8 +1009,7 @@ fn a_syn_flood_evicts_no_established_flow() {
         );
         let ack = go(fx, client_tcp(vip, sport, 101, ACK), "ACK");
         assert_eq!(dst_of(&ack), backend, "the ACK follows the SYN");
-        assert!(fx.holds::<FlowValue>(names::FLOWS, key), "ACK: promoted");
-        assert!(!fx.holds::<FlowValue>(names::EMBRYOS, key));
+        assert!(fx.established(key), "ACK: established");
         assert!(fx.holds::<NatReverse>(names::NAT_REVERSE, reply));
         assert!(!fx.holds::<NatReverse>(names::EMBRYO_REVERSE, reply));
         backend
@@ -1029,6 +1032,22 @@ fn a_syn_flood_evicts_no_established_flow() {
         }
     }
     assert!(fx.service_traffic("nat-tcp").connections >= u64::from(sent));
+    // The flood took at most the half-open budget of `FLOWS`, and what the
+    // clients' completed handshakes gave back (no refill: no daemon here).
+    let in_flows = (0..20_480u32)
+        .filter(|i| {
+            let src = [198, 18, (i >> 8) as u8, *i as u8];
+            fx.holds::<FlowValue>(
+                names::FLOWS,
+                cases::flow_key(src, vip, 1024 + *i as u16, 80),
+            )
+        })
+        .count();
+    let bound = lb_common::half_open_budget(1024) as usize + 10;
+    assert!(
+        in_flows <= bound,
+        "{in_flows} flood SYNs in FLOWS (budget {bound})"
+    );
     let midstream = fx.service_traffic("nat-tcp").midstream;
     for (sport, backend) in established {
         let key = cases::flow_key(CLIENT, vip, sport, 80);
@@ -1044,6 +1063,91 @@ fn a_syn_flood_evicts_no_established_flow() {
     // (Round robin might pick the same backend again by luck: an evicted
     // flow would show here as a pick-up in mid-connection.)
     assert_eq!(fx.service_traffic("nat-tcp").midstream, midstream);
+}
+
+/// Issue 21: a new connection is inserted once. Its SYN starts it in
+/// `FLOWS` (half-open) and the client's ACK completes it there in place,
+/// with `EMBRYOS` never touched, while the half-open budget lasts.
+/// SYNs that go unanswered spend the budget; the next SYN starts in
+/// `EMBRYOS` (as every one did before), its retry is found there (the
+/// gate it opened) and its ACK moves it to `FLOWS`; the daemon's refill
+/// gives the budget back.
+#[test]
+fn a_new_connection_is_inserted_once_and_completed_in_place() {
+    use lb_common::{FlowValue, names};
+    if !require_root("a_new_connection_is_inserted_once_and_completed_in_place") {
+        return;
+    }
+    let mut fx = Lab::new("xdplb-fxonce", CONFIG, None);
+    let vip = [192, 0, 2, 20];
+    let go = |fx: &mut Lab, f: Vec<u8>, why: &str| {
+        let (action, out) = fx.run(&f);
+        assert_eq!(action, XDP_REDIRECT, "{why}");
+        dst_of(&out)
+    };
+    let key = |sport| cases::flow_key(CLIENT, vip, sport, 80);
+    // 1. Within the budget: one entry, in FLOWS, completed in place.
+    let backend = go(&mut fx, client_tcp(vip, 42000, 100, SYN), "SYN");
+    assert!(fx.half_open(key(42000)), "SYN: half-open");
+    assert!(
+        fx.holds::<FlowValue>(names::FLOWS, key(42000)),
+        "SYN: in FLOWS"
+    );
+    assert!(!fx.holds::<FlowValue>(names::EMBRYOS, key(42000)));
+    let before = fx.get::<FlowValue>(names::FLOWS, key(42000)).unwrap();
+    assert_eq!(
+        go(&mut fx, client_tcp(vip, 42000, 101, ACK), "ACK"),
+        backend
+    );
+    assert!(fx.established(key(42000)), "ACK: established");
+    let after = fx.get::<FlowValue>(names::FLOWS, key(42000)).unwrap();
+    assert_eq!(
+        (
+            after.backend_id,
+            after.syn_seq_be,
+            after.flags & !lb_common::FLOW_F_ESTABLISHED
+        ),
+        (before.backend_id, before.syn_seq_be, before.flags),
+        "the entry the SYN made, with the ACK's flag"
+    );
+    // 2. Unanswered SYNs spend the budget, each still in FLOWS.
+    let budget = lb_common::half_open_budget(4096) as u16;
+    for sport in 43000..43000 + budget {
+        go(&mut fx, client_tcp(vip, sport, 100, SYN), "unanswered SYN");
+        assert!(
+            fx.holds::<FlowValue>(names::FLOWS, key(sport)),
+            "SYN {sport} within the budget"
+        );
+    }
+    // 3. Beyond it: EMBRYOS; the retried SYN is found there (same backend,
+    // counted as a retransmission); the ACK moves it to FLOWS.
+    let backend = go(&mut fx, client_tcp(vip, 44000, 100, SYN), "SYN beyond");
+    let embryo = fx.get::<FlowValue>(names::EMBRYOS, key(44000));
+    assert!(embryo.is_some(), "SYN beyond the budget: in EMBRYOS");
+    assert!(!fx.holds::<FlowValue>(names::FLOWS, key(44000)));
+    for _ in 0..3 {
+        // (Round robin would give the next backend to a new connection.)
+        assert_eq!(
+            go(&mut fx, client_tcp(vip, 44000, 100, SYN), "retried SYN"),
+            backend
+        );
+    }
+    let id = embryo.unwrap().backend_id;
+    assert_eq!(fx.backend_traffic(id).syn_retransmits, 3);
+    assert_eq!(
+        go(&mut fx, client_tcp(vip, 44000, 101, ACK), "ACK"),
+        backend
+    );
+    assert!(fx.established(key(44000)), "promoted");
+    // 4. The daemon's refill: SYNs start in FLOWS again.
+    bpf::HalfOpen::new(&fx.ebpf).unwrap().tick();
+    go(
+        &mut fx,
+        client_tcp(vip, 45000, 100, SYN),
+        "SYN after the refill",
+    );
+    assert!(fx.holds::<FlowValue>(names::FLOWS, key(45000)));
+    assert!(!fx.holds::<FlowValue>(names::EMBRYOS, key(45000)));
 }
 
 /// The TCP fields of an option-less IPv4 frame the program emitted.
@@ -1672,7 +1776,7 @@ backend = [{ address = "203.0.113.11", port = 8080 }, { address = "203.0.113.12"
             fx.holds::<NatReverse>(names::NAT_REVERSE, reply)
                 || fx.holds::<NatReverse>(names::EMBRYO_REVERSE, reply)
         };
-        assert!(fx.holds::<FlowValue>(names::EMBRYOS, key), "SYN: half-open");
+        assert!(fx.half_open(key), "SYN: half-open");
         entries.push(held(&fx));
         go(
             &mut fx,

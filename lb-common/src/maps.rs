@@ -34,9 +34,30 @@ pub const MAX_FLOWS: u32 = 1 << 20;
 /// Entries in the LRU reverse-NAT table (backend reply -> VIP).
 pub const MAX_NAT_FLOWS: u32 = 1 << 20;
 /// Entries in the embryonic tables: TCP connections that have sent a SYN
-/// but no ACK yet (and their reverse-NAT twins). Kept apart so a SYN flood
+/// but no ACK yet (and their reverse-NAT twins) while SYNs go unanswered
+/// faster than the half-open budget allows. Kept apart so a SYN flood
 /// evicts only other half-open connections, never established flows.
 pub const MAX_EMBRYOS: u32 = 1 << 18;
+
+/// The half-open budget: how many new TCP connections may be half-open in
+/// `FLOWS` at once (started by a SYN there, where the client's ACK
+/// completes them in place, with no second insert) beyond those that
+/// completed since the daemon's last refill (every second,
+/// `HALF_OPEN_SPENT` back to 0). Beyond it, SYNs go to `EMBRYOS`: a flood
+/// leaks at most this many entries a second into the flow table. One
+/// count for all CPUs (a connection's SYN and ACK may arrive on different
+/// ones). A 64th of the flow table, at least 64: above the handshakes a
+/// legitimate load has in flight (rate × round-trip time) for tables sized
+/// to it.
+pub const fn half_open_budget(flow_table_size: u32) -> u32 {
+    let b = flow_table_size / 64;
+    if b < 64 { 64 } else { b }
+}
+
+/// How long after the last entry that went to `EMBRYOS` a SYN still looks
+/// there (a retried SYN of such a connection; TCP gives up after about 63
+/// s of retries): the daemon closes `EMBRYO_GATE` after it.
+pub const EMBRYO_GATE_HOLD_NS: u64 = 75_000_000_000;
 
 /// Map names, shared so userspace finds what the program declares.
 pub mod names {
@@ -74,6 +95,10 @@ pub mod names {
     pub const ADDR_FILTER: &str = "ADDR_FILTER";
     pub const HOP_CACHE: &str = "HOP_CACHE";
     pub const HOP_GENERATION: &str = "HOP_GENERATION";
+    pub const HALF_OPEN_SPENT: &str = "HALF_OPEN_SPENT";
+    pub const EMBRYO_GATE: &str = "EMBRYO_GATE";
+    /// Global in `.rodata`: the half-open budget ([`super::half_open_budget`]).
+    pub const HALF_OPEN_BUDGET: &str = "HALF_OPEN_BUDGET";
     pub const IFACE_MACS: &str = "IFACE_MACS";
     /// The XDP entry point in the object file.
     pub const PROGRAM: &str = "xdplb";
@@ -116,13 +141,15 @@ pub mod names {
         HOP_CACHE,
         HOP_GENERATION,
         IFACE_MACS,
+        HALF_OPEN_SPENT,
+        EMBRYO_GATE,
     ];
 }
 
 /// Version of the map layout (keys, values, sizes). Pins live under a
 /// directory named after it, so a daemon never adopts maps it would misread;
 /// bump it with any change to a map type or size.
-pub const LAYOUT_VERSION: u32 = 18;
+pub const LAYOUT_VERSION: u32 = 19;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -487,6 +514,20 @@ pub struct CachedHop {
 }
 const _: () = assert!(core::mem::size_of::<CachedHop>() == 32);
 
+/// The single entry of `EMBRYO_GATE`: whether a SYN that finds no flow in
+/// `FLOWS` must look in `EMBRYOS` too. The data path stamps `used_ns`
+/// (`bpf_ktime_get_ns`) when it puts an entry there; the daemon sets
+/// `retired_ns` to it once it is [`EMBRYO_GATE_HOLD_NS`] old. Open while
+/// `used_ns > retired_ns` (two fields, so a stamp written after the
+/// daemon read the old one keeps the gate open).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EmbryoGate {
+    pub used_ns: u64,
+    pub retired_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<EmbryoGate>() == 16);
+
 /// Entry of `SERVICE_SLOTS` (indexed by service id): the service entry
 /// again, with its key. A packet whose flow is known finds its service by
 /// the flow's service id in this array, without a hash lookup; the key
@@ -548,8 +589,11 @@ pub struct Traffic {
     pub midstream: u64,
     /// Service only: new connections refused by its rate limits.
     pub rate_limited: u64,
+    /// New TCP connections whose SYN found the CPU's half-open budget
+    /// spent and started in `EMBRYOS` (SYNs going unanswered: a flood).
+    pub half_open_spilled: u64,
 }
-const _: () = assert!(core::mem::size_of::<Traffic>() == 72);
+const _: () = assert!(core::mem::size_of::<Traffic>() == 80);
 
 impl Traffic {
     /// Field-wise sum (per-CPU slots into one total).
@@ -564,6 +608,7 @@ impl Traffic {
             redispatched: self.redispatched + o.redispatched,
             midstream: self.midstream + o.midstream,
             rate_limited: self.rate_limited + o.rate_limited,
+            half_open_spilled: self.half_open_spilled + o.half_open_spilled,
         }
     }
 }
@@ -693,4 +738,5 @@ mod pod {
     unsafe impl aya::Pod for Firewall {}
     unsafe impl aya::Pod for ServiceSlot {}
     unsafe impl aya::Pod for SynCookieState {}
+    unsafe impl aya::Pod for EmbryoGate {}
 }

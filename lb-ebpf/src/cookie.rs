@@ -176,7 +176,7 @@ fn from_client(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo) -> (u32, Reaso
     if pkt.is_syn() {
         return answer_syn(ctx, pkt);
     }
-    if let Some(found) = maps::find_flow(pkt.flow_key(), pkt.is_tcp()) {
+    if let Some(found) = maps::find_flow(pkt.flow_key(), pkt.is_tcp(), false) {
         // SAFETY: a map value pointer, read at once.
         let (isn_be, cookie, backend_id, flags) = unsafe {
             (
@@ -242,6 +242,7 @@ fn open(ctx: &XdpContext, pkt: &Packet, svc: &ServiceInfo) -> (u32, Reason) {
         seq_delta: cookie,
     };
     let _ = maps::EMBRYOS.insert(key, value, 0);
+    maps::embryo_gate_stamp();
     nat::write_reply(
         pkt,
         svc,

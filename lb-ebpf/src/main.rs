@@ -88,7 +88,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     if maybe_vip {
         // A known flow names its service by id: an array read instead of
         // the service hash lookup.
-        let found = maps::find_flow(pkt.flow_key(), pkt.is_tcp());
+        let found = maps::find_flow(pkt.flow_key(), pkt.is_tcp(), pkt.is_syn());
         let flow = found.map(|f| f.value);
         // SAFETY: a map value pointer, read at once.
         let by_id = flow.and_then(|f| {

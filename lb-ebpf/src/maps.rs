@@ -7,12 +7,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     ACL_DENY, ADDR_FILTER_ENTRIES, AclServiceKey, BPF_F_MMAPABLE, Backend, CachedHop,
-    ClientRateKey, FLOW_EVENTS_BYTES, Firewall, FlowEvent, FlowKey, FlowValue, IfaceMac,
-    MAX_ACCEPT_MACS, MAX_ACL_GLOBAL, MAX_ACL_SERVICE, MAX_BACKENDS, MAX_CLIENT_RATES, MAX_EMBRYOS,
-    MAX_FLOWS, MAX_IFINDEX, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS, NatReverse, REASON_COUNT,
-    REPLY_SLOTS as REPLY_SLOT_COUNT, RING_ENTRIES, RateLimit, ReplyOwnerKey, ReplySlot,
-    SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, ServiceSlot, Settings, SynCookieState, Traffic,
-    VipInfo, addr_filter_bit,
+    ClientRateKey, EmbryoGate, FLOW_EVENTS_BYTES, Firewall, FlowEvent, FlowKey, FlowValue,
+    IfaceMac, MAX_ACCEPT_MACS, MAX_ACL_GLOBAL, MAX_ACL_SERVICE, MAX_BACKENDS, MAX_CLIENT_RATES,
+    MAX_EMBRYOS, MAX_FLOWS, MAX_IFINDEX, MAX_NAT_FLOWS, MAX_SERVICES, MAX_VIPS, NatReverse,
+    REASON_COUNT, REPLY_SLOTS as REPLY_SLOT_COUNT, RING_ENTRIES, RateLimit, ReplyOwnerKey,
+    ReplySlot, SETTINGS_F_SYNC_FLOWS, ServiceInfo, ServiceKey, ServiceSlot, Settings,
+    SynCookieState, Traffic, VipInfo, addr_filter_bit,
 };
 
 #[map]
@@ -144,6 +144,87 @@ pub static HOP_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 /// The attached interfaces' MACs, by ifindex (see `l2.rs`).
 #[map]
 pub static IFACE_MACS: Array<IfaceMac> = Array::with_max_entries(MAX_IFINDEX, 0);
+/// New TCP connections started in `FLOWS` since the daemon last refilled
+/// (set it to 0), less those that completed, on all CPUs: the half-open
+/// budget (`lb_common::half_open_budget`). Signed: a completion of a
+/// connection started before the refill may take it below 0.
+#[map]
+pub static HALF_OPEN_SPENT: Array<u64> = Array::with_max_entries(1, 0);
+/// Whether SYNs must look in `EMBRYOS` (`lb_common::EmbryoGate`).
+#[map]
+pub static EMBRYO_GATE: Array<EmbryoGate> = Array::with_max_entries(1, 0);
+/// The half-open budget, set by the loader from the flow table's size; 0
+/// (never set) puts every SYN in `EMBRYOS`. In `.rodata`: a constant to the
+/// verifier.
+#[unsafe(no_mangle)]
+static HALF_OPEN_BUDGET: u32 = 0;
+
+/// Atomic add to a shared counter.
+#[inline(always)]
+fn atomic_add(p: *mut u64, delta: i64) {
+    // SAFETY: a map value pointer, 8-byte aligned; every writer on the data
+    // path adds atomically (BPF_ATOMIC | BPF_ADD).
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p,
+            delta as u64,
+        )
+    };
+}
+
+/// A new TCP connection may start in `FLOWS`: it takes a share of the
+/// half-open budget, if any is left (read after the add: CPUs adding at
+/// the same moment err towards `EMBRYOS`).
+#[inline(always)]
+pub fn half_open_admit() -> bool {
+    // SAFETY: a plain read of a global; volatile so the loader's value is
+    // read, not the initial one.
+    let budget = unsafe { core::ptr::read_volatile(&HALF_OPEN_BUDGET) };
+    let Some(p) = HALF_OPEN_SPENT.get_ptr_mut(0) else {
+        return false;
+    };
+    atomic_add(p, 1);
+    // SAFETY: as above; a torn read is not possible for an aligned u64.
+    if unsafe { core::ptr::read_volatile(p) } as i64 > budget as i64 {
+        atomic_add(p, -1);
+        return false;
+    }
+    true
+}
+
+/// A connection started in `FLOWS` completed its handshake: its share of
+/// the budget comes back.
+#[inline(always)]
+pub fn half_open_completed() {
+    if let Some(p) = HALF_OPEN_SPENT.get_ptr_mut(0) {
+        atomic_add(p, -1);
+    }
+}
+
+/// Whether a SYN that `FLOWS` does not know must look in `EMBRYOS`.
+#[inline(always)]
+pub fn embryo_gate_open() -> bool {
+    EMBRYO_GATE.get(0).is_some_and(|g| g.used_ns > g.retired_ns)
+}
+
+/// An entry went to `EMBRYOS` (a SYN beyond the budget, a pick-up, a
+/// SYN-cookie connection): keep the gate open, so a SYN on its 4-tuple
+/// finds it. The shared stamp is written at most once a second, so a
+/// flood on many CPUs does not bounce its cache line. Out of line: no
+/// connection within the budget comes here.
+#[inline(never)]
+pub fn embryo_gate_stamp() {
+    // SAFETY: helper without arguments.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    if let Some(g) = EMBRYO_GATE.get_ptr_mut(0) {
+        // SAFETY: a map value pointer; concurrent stamps store similar times.
+        unsafe {
+            if now > (*g).used_ns + 1_000_000_000 {
+                (*g).used_ns = now;
+            }
+        }
+    }
+}
 
 /// Whether `addr_be` may be in filter set `set` (false: certainly not).
 /// An array read the verifier inlines: no helper call.
@@ -283,17 +364,18 @@ pub struct Found {
 }
 
 /// The packet's flow entry: `FLOWS`, then (TCP only) `EMBRYOS`. The second
-/// lookup costs only packets of no established flow: new connections,
-/// their retransmitted SYNs and the ACK that promotes them.
+/// lookup costs only TCP packets of no flow in `FLOWS`; a SYN (`syn`) makes
+/// it only while `EMBRYO_GATE` is open, so a new connection's SYN does one
+/// lookup that misses, whose bucket its insert then finds in the cache.
 #[inline(always)]
-pub fn find_flow(key: FlowKey, tcp: bool) -> Option<Found> {
+pub fn find_flow(key: FlowKey, tcp: bool, syn: bool) -> Option<Found> {
     if let Some(value) = FLOWS.get_ptr_mut(key) {
         return Some(Found {
             value,
             embryo: false,
         });
     }
-    if !tcp {
+    if !tcp || (syn && !embryo_gate_open()) {
         return None;
     }
     EMBRYOS.get_ptr_mut(key).map(|value| Found {

@@ -159,6 +159,11 @@ pub fn flow_backend(
                     // (A cookie connection moves once its backend answers.)
                     if embryo && flags & FLOW_F_ESTABLISHED != 0 && f.cookie == 0 {
                         promote(pkt, v, svc.forwarding == Forwarding::Nat as u8);
+                    } else if !embryo
+                        && f.flags & (FLOW_F_SYN | FLOW_F_ESTABLISHED) == FLOW_F_SYN
+                        && flags & FLOW_F_ESTABLISHED != 0
+                    {
+                        completed(pkt, v);
                     }
                     let mut c = pinned(f.backend_id, b, false);
                     c.cookie = f.cookie & COOKIE_F_ON != 0;
@@ -242,12 +247,25 @@ pub fn flow_backend(
         value.flags |= FLOW_F_COUNTED;
         maps::add_conns(id, 1);
     }
-    // A SYN (or a TCP packet of no known flow) starts a half-open entry; a
-    // SYN on a 4-tuple of `FLOWS` takes it out of there, or the client's
-    // ACK would find the old connection first. UDP, and an established
-    // connection moved off a dead backend, stay in `FLOWS`.
+    // Where the entry goes (issue 21: one insert per connection). A new
+    // connection's SYN starts it in `FLOWS` while the half-open budget
+    // lasts (also over an old entry of its 4-tuple there: the client port
+    // reused), and the client's ACK completes it there in place, giving
+    // its share back. Beyond the budget (SYNs that go unanswered: a flood)
+    // in `EMBRYOS`, where a flood evicts only its own kind; an old entry
+    // of its 4-tuple in `FLOWS` is taken out, or the client's ACK would
+    // find the old connection first. A connection attempt moving to
+    // another backend stays in its table; a SYN on a 4-tuple of `EMBRYOS`
+    // stays there. A TCP packet without SYN that found no flow (a pick-up)
+    // starts in `EMBRYOS`. UDP, and an established connection moved off a
+    // dead backend, are in `FLOWS`.
     let in_flows = matches!(found, Some(Found { embryo: false, .. }));
-    let embryo = pkt.is_tcp() && (syn || !in_flows);
+    let embryo = pkt.is_tcp()
+        && if !syn || !connection {
+            !in_flows
+        } else {
+            matches!(found, Some(Found { embryo: true, .. })) || !maps::half_open_admit()
+        };
     // An LRU insert only fails on allocation failure; the packet still goes
     // out, the next one of the flow is scheduled again.
     if embryo {
@@ -255,9 +273,20 @@ pub fn flow_backend(
             let _ = FLOWS.remove(key);
         }
         let _ = EMBRYOS.insert(key, value, 0);
+        maps::embryo_gate_stamp();
     } else {
-        let _ = FLOWS.insert(key, value, 0);
-        report_flow(&key, &value);
+        match found {
+            // SAFETY: a map value pointer; a packet of the same 4-tuple on
+            // another CPU at this instant may read a mix of old and new.
+            Some(Found { value: v, .. }) => unsafe { *v = value },
+            None => {
+                let _ = FLOWS.insert(key, value, 0);
+            }
+        }
+        // A half-open TCP connection is reported when it completes.
+        if !syn {
+            report_flow(&key, &value);
+        }
     }
     Ok(Choice {
         backend_id: id,
@@ -271,6 +300,19 @@ pub fn flow_backend(
         cookie: false,
         seq_delta: 0,
     })
+}
+
+/// The client's ACK completed a handshake in `FLOWS` (the entry, already
+/// carrying the ACK's flags, stays where it is: no insert): its share of
+/// the half-open budget comes back, and HA flow sync reports the flow now.
+/// Out of line (a BPF subprogram): once per connection, its key off the
+/// main stack.
+#[inline(never)]
+fn completed(pkt: &Packet, v: *mut FlowValue) {
+    maps::half_open_completed();
+    let key = pkt.flow_key();
+    // SAFETY: a map value pointer, copied by the report.
+    report_flow(&key, unsafe { &*v });
 }
 
 /// The client's acknowledgement number as on the wire (0: the packet has

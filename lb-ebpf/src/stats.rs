@@ -32,6 +32,7 @@ fn add(map: &PerCpuArray<Traffic>, id: u32, sent: Option<u64>, c: &Choice, syn_r
                 (*t).bytes += bytes;
             }
             (*t).connections += c.connection as u64;
+            (*t).half_open_spilled += (c.connection && c.embryo) as u64;
             (*t).midstream += c.midstream as u64;
             (*t).syn_retransmits += syn_retransmit as u64;
         }

@@ -39,6 +39,9 @@ struct FloodRun {
     requests: usize,
     /// Verdict-reason counters during the flood.
     reasons: BTreeMap<String, f64>,
+    /// SYNs that started their connection in the embryonic table (the
+    /// half-open budget spent) during the flood.
+    spilled: f64,
 }
 
 /// The flood run: `FLOOD_COUNT` spoofed SYNs (10.200.0.0/16, random ports)
@@ -88,6 +91,15 @@ fn flood_run(test: &str, scheduler: &str, embryos: Option<u64>, service_extra: &
             })
             .collect()
     };
+    let spilled = |lab: &Lab| {
+        sample(
+            &scrape(lab),
+            "xdplb_service_half_open_spilled_total",
+            "www.foobar.com",
+        )
+        .expect("the half-open spill counter in the scrape")
+    };
+    let spilled_before = spilled(&lab);
     let before = reasons(&scrape(&lab));
     let flood = Flood {
         target: format!("{VIP}:80").parse().unwrap(),
@@ -132,6 +144,7 @@ fn flood_run(test: &str, scheduler: &str, embryos: Option<u64>, service_extra: &
         (sent, cpu, run, census.join().unwrap())
     });
     let after = reasons(&scrape(&lab));
+    let spilled = spilled(&lab) - spilled_before;
     let delta: BTreeMap<String, f64> = after
         .iter()
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
@@ -154,7 +167,7 @@ fn flood_run(test: &str, scheduler: &str, embryos: Option<u64>, service_extra: &
     eprintln!(
         "{test}: flood {} SYNs in {:.2?} ({:.0}/s); {ok} of {} requests during the flood succeeded ({:.2}%), \
          request time p50 {:.1} ms p99 {:.1} ms; half-open entries mid-flood {half_open:.0} (table {embryos:?}); \
-         softirq {:.1}% of all CPU time; verdicts during the flood: {delta:?}",
+         softirq {:.1}% of all CPU time; SYNs beyond the half-open budget {spilled}; verdicts during the flood: {delta:?}",
         sent.packets,
         sent.elapsed,
         sent.rate(),
@@ -186,6 +199,7 @@ fn flood_run(test: &str, scheduler: &str, embryos: Option<u64>, service_extra: &
         sent,
         requests: run.len(),
         reasons: delta,
+        spilled,
     }
 }
 
@@ -210,6 +224,17 @@ fn a_syn_flood_spares_legitimate_and_held_connections_maglev() {
     assert!(
         r.sent.packets >= 4 * embryos,
         "{test}: the flood did not overflow the embryonic table: {} SYNs",
+        r.sent.packets
+    );
+    // The flood's SYNs went to the embryonic table once the half-open
+    // budget (1024 a second for this 65,536-entry flow table) was spent:
+    // at most 1024 a second of it, and the requests' SYNs, went to FLOWS.
+    let budget = f64::from(lb_common::half_open_budget(65536));
+    let most_in_flows = budget * (r.sent.elapsed.as_secs_f64() + 2.0) + r.requests as f64;
+    assert!(
+        r.spilled >= r.sent.packets as f64 - most_in_flows,
+        "{test}: only {} of {} flood SYNs went to the embryonic table",
+        r.spilled,
         r.sent.packets
     );
 }

@@ -148,6 +148,19 @@ fn heavy_legitimate_load_passive_health_redispatch_and_return() {
         lb_retransmits <= client_retransmits as f64,
         "{test}: the LB counted retransmissions the clients never sent"
     );
+    // Every connection started in the flow table (issue 21: one insert):
+    // the half-open budget, which reacts to SYNs that go unanswered, never
+    // took legitimate load for a flood.
+    let spilled = sample(
+        &m,
+        "xdplb_service_half_open_spilled_total",
+        "www.foobar.com",
+    )
+    .expect("the half-open spill counter in the scrape");
+    assert_eq!(
+        spilled, 0.0,
+        "{test}: legitimate connections started beyond the half-open budget"
+    );
     eprintln!(
         "{test}: best runs: passive health off {:.0}/s, on {:.0}/s ({:+.1}%); {} client ports, {reused} used more than once, most {} times",
         rate[0],

@@ -244,6 +244,27 @@ impl Lab {
         table.get(&key, 0).is_ok()
     }
 
+    /// Whether the connection under `key` is half-open: in `EMBRYOS`, or
+    /// in `FLOWS` with its SYN and no ACK yet (while the half-open budget
+    /// lasts, a SYN starts it there).
+    pub fn half_open(&self, key: FlowKey) -> bool {
+        use lb_common::{FLOW_F_ESTABLISHED, FLOW_F_SYN, FlowValue, names};
+        self.holds::<FlowValue>(names::EMBRYOS, key)
+            || self
+                .get::<FlowValue>(names::FLOWS, key)
+                .is_some_and(|v| v.flags & (FLOW_F_SYN | FLOW_F_ESTABLISHED) == FLOW_F_SYN)
+    }
+
+    /// Whether the connection under `key` is established: in `FLOWS` with
+    /// the client's ACK seen, and not in `EMBRYOS`.
+    pub fn established(&self, key: FlowKey) -> bool {
+        use lb_common::{FLOW_F_ESTABLISHED, FlowValue, names};
+        !self.holds::<FlowValue>(names::EMBRYOS, key)
+            && self
+                .get::<FlowValue>(names::FLOWS, key)
+                .is_some_and(|v| v.flags & FLOW_F_ESTABLISHED != 0)
+    }
+
     /// The value table `name` (as [`Lab::holds`]) holds under `key`.
     pub fn get<V: aya::Pod>(&self, name: &str, key: FlowKey) -> Option<V> {
         let map = self.ebpf.map(name).expect("flow-keyed map");

@@ -101,6 +101,12 @@ const SERVICE_METRICS: &[Metric<ServiceView>] = &[
         value: |s| Some(s.traffic.rate_limited as f64),
     },
     Metric {
+        name: "xdplb_service_half_open_spilled",
+        help: "New TCP connections started in the embryonic table because the half-open budget was spent (SYNs going unanswered: a flood); 0 under legitimate load",
+        kind: Kind::Counter,
+        value: |s| Some(s.traffic.half_open_spilled as f64),
+    },
+    Metric {
         name: "xdplb_service_midstream",
         help: "TCP packets without SYN that found no flow (flow table too small, or state lost)",
         kind: Kind::Counter,

@@ -283,6 +283,7 @@ mod traffic_json {
         redispatched: u64,
         midstream: u64,
         rate_limited: u64,
+        half_open_spilled: u64,
     }
 
     pub fn serialize<S: Serializer>(t: &Traffic, s: S) -> Result<S::Ok, S::Error> {
@@ -296,6 +297,7 @@ mod traffic_json {
             redispatched: t.redispatched,
             midstream: t.midstream,
             rate_limited: t.rate_limited,
+            half_open_spilled: t.half_open_spilled,
         }
         .serialize(s)
     }

@@ -82,6 +82,8 @@ pub struct Daemon {
     pub accept_failed: Throttled,
     /// The attached interfaces' MACs for the data path, and the interfaces.
     pub iface_macs: crate::dataplane::bpf::IfaceMacs,
+    /// The half-open budget, refilled every second.
+    pub half_open: crate::dataplane::bpf::HalfOpen,
     pub interfaces: Vec<String>,
     /// Whether this node could forward (for HA preemption).
     pub readiness: super::readiness::Readiness,
@@ -438,6 +440,7 @@ impl Daemon {
                     // A link flap flushes managed neighbour entries.
                     self.host.keep_neighbours().await;
                     self.iface_macs.sync(&self.interfaces);
+                    self.half_open.tick();
                     self.tell_readiness(true).await;
                 }
                 _ = stats_tick.tick(), if stats_interval > 0 => {

@@ -147,6 +147,7 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         status_refused: Default::default(),
         accept_failed: Default::default(),
         iface_macs: bpf::IfaceMacs::new(&ebpf)?,
+        half_open: bpf::HalfOpen::new(&ebpf)?,
         interfaces: config.dataplane.interfaces.clone(),
         readiness: Default::default(),
         reports: reports_tx,

@@ -12,8 +12,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use lb_common::{
-    FlowEvent, FlowKey, FlowValue, MAX_ACCEPT_MACS, NatReverse, SETTINGS_F_HA,
-    SETTINGS_F_SYNC_FLOWS, Settings,
+    FLOW_F_ESTABLISHED, FLOW_F_SYN, FlowEvent, FlowKey, FlowValue, MAX_ACCEPT_MACS, NatReverse,
+    PROTO_TCP, SETTINGS_F_HA, SETTINGS_F_SYNC_FLOWS, Settings,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -981,6 +981,14 @@ impl Node {
                 fd.as_fd(),
                 2 * (1 << 24),
                 |key: FlowKey, value: FlowValue| {
+                    // A connection still in its handshake is not sent (as
+                    // live sync sends it only once completed): a SYN flood
+                    // is not synced.
+                    if key.proto == PROTO_TCP
+                        && value.flags & (FLOW_F_SYN | FLOW_F_ESTABLISHED) == FLOW_F_SYN
+                    {
+                        return true;
+                    }
                     chunk.push(FlowEvent { key, value });
                     if chunk.len() == chunk.capacity() {
                         sent += chunk.len();

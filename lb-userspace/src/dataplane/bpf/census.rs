@@ -20,7 +20,10 @@ use std::{
 use std::os::fd::AsFd as _;
 
 use aya::Ebpf;
-use lb_common::{FLOW_F_CLOSING, FLOW_F_COUNTED, FlowKey, FlowValue, MAX_BACKENDS, names};
+use lb_common::{
+    FLOW_F_CLOSING, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FLOW_F_SYN, FlowKey, FlowValue,
+    MAX_BACKENDS, names,
+};
 
 use super::{error::BpfError, handles::dup_fd, mapped::Mapped, walk};
 
@@ -29,7 +32,8 @@ use super::{error::BpfError, handles::dup_fd, mapped::Mapped, walk};
 pub struct Census {
     /// Flow-table entries by backend id.
     pub flows: BTreeMap<u32, u64>,
-    /// Half-open connections (`EMBRYOS` entries) by backend id.
+    /// Half-open connections (in `EMBRYOS`, or in `FLOWS` with a SYN and no
+    /// ACK yet) by backend id; `flows` counts the rest.
     pub half_open: BTreeMap<u32, u64>,
     /// least_conn: the active-connection estimate by backend id, as the
     /// data path has it now (non-zero ones only).
@@ -124,13 +128,25 @@ impl FlowCensus {
                     // Both tables: least_conn counts a connection from its
                     // SYN, while it is still half-open.
                     let mut walked = Ok(0);
-                    for (fd, per_backend) in
-                        [(&flows, &mut found.flows), (&embryos, &mut found.half_open)]
-                    {
+                    // A connection still in its handshake counts as
+                    // half-open in either table (`FLOWS` holds them while
+                    // the data path's half-open budget lasts).
+                    let Walked {
+                        flows: in_flows,
+                        half_open,
+                    } = &mut found;
+                    for fd in [&flows, &embryos] {
                         // Bounded: twice the largest table (an entry-by-entry
                         // walk, on a kernel without batches, may restart).
                         let w =
                             walk::walk(fd.as_fd(), 2 * (1 << 24), |_: FlowKey, v: FlowValue| {
+                                let per_backend = if std::ptr::eq(fd, &embryos)
+                                    || v.flags & (FLOW_F_SYN | FLOW_F_ESTABLISHED) == FLOW_F_SYN
+                                {
+                                    &mut *half_open
+                                } else {
+                                    &mut *in_flows
+                                };
                                 *per_backend.entry(v.backend_id).or_insert(0u64) += 1;
                                 if v.flags & (FLOW_F_COUNTED | FLOW_F_CLOSING) == FLOW_F_COUNTED {
                                     *open.entry(v.backend_id).or_insert(0u64) += 1;

@@ -115,12 +115,14 @@ pub fn load_with(
 ) -> Result<Loaded, BpfError> {
     let mut loader = EbpfLoader::new();
     let fault = fault as u32;
+    let budget = lb_common::half_open_budget(sizes.flows);
     loader
         .map_max_entries(names::FLOWS, sizes.flows)
         .map_max_entries(names::NAT_REVERSE, sizes.flows)
         .map_max_entries(names::EMBRYOS, sizes.embryos)
         .map_max_entries(names::EMBRYO_REVERSE, sizes.embryos)
-        .override_global(names::TEST_FAULT, &fault, true);
+        .override_global(names::TEST_FAULT, &fault, true)
+        .override_global(names::HALF_OPEN_BUDGET, &budget, true);
     let dir = pin_root.map(pin_dir);
     let mut adopted = false;
     let map_paths: Vec<(&'static str, PathBuf)> = match &dir {
