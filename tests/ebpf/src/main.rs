@@ -128,6 +128,22 @@ pub fn baseline_insert(ctx: XdpContext) -> u32 {
     insert_into(&ctx, &BASELINE_NEW_FLOWS)
 }
 
+/// The third baseline's table looked up: the bench runs it after
+/// `baseline_insert` on the same key, as a connection's ACK follows its
+/// SYN, so b3's inserts are measured in a table whose entries are in use.
+#[xdp]
+pub fn baseline_find(ctx: XdpContext) -> u32 {
+    let Some((flow, _)) = keys(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: only tested for presence.
+    if unsafe { BASELINE_NEW_FLOWS.get(flow).is_some() } {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
 /// The third baseline with per-CPU LRU lists.
 #[xdp]
 pub fn baseline_insert_percpu_lru(ctx: XdpContext) -> u32 {
