@@ -853,8 +853,8 @@ fn main() {
         each / batched
     );
     println!(
-        "  the daemon walks every second, at most 1% of a CPU: every {:.1} s at this size",
-        (batched * 100.0).max(1.0)
+        "  the daemon walks every second, at most 0.5% of a CPU: every {:.1} s at this size",
+        (batched * 200.0).max(1.0)
     );
 }
 
