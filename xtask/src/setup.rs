@@ -28,6 +28,9 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     // ping: ICMP echo to a VIP is answered by the data path.
     "iputils-ping",
+    // BIRD 2: the cluster test's router and LB nodes run it, and `bird -p`
+    // checks the shipped configs. Its system service is not started here.
+    "bird2",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -293,6 +293,20 @@ pub fn openmetrics(v: &View) -> String {
     if let Some(h) = &v.ha {
         register_ha(&mut r, h);
     }
+    let rings = Family::<Labels, Gauge>::default();
+    for s in v.services.iter().filter(|s| !s.ring_fingerprint.is_empty()) {
+        let mut l = service_labels(s);
+        l.push(label("fingerprint", &s.ring_fingerprint));
+        rings.get_or_create(&l).set(1);
+    }
+    r.register(
+        "xdplb_service_ring",
+        "1, labelled with the service's ring fingerprint: nodes showing the same fingerprint pick the same backend for a connection",
+        rings,
+    );
+    if let Some(c) = &v.cluster {
+        register_cluster(&mut r, c);
+    }
     for (name, help, n) in [
         (
             "xdplb_checks_not_run",
@@ -313,6 +327,43 @@ pub fn openmetrics(v: &View) -> String {
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);
     out
+}
+
+/// The cluster's announcements.
+fn register_cluster(r: &mut Registry, c: &crate::cluster::AnnounceStatus) {
+    let announced = Family::<Labels, Gauge>::default();
+    let wanted = Family::<Labels, Gauge>::default();
+    for a in &c.vips {
+        let l = vec![label("vip", &a.vip.to_string())];
+        announced.get_or_create(&l).set(a.announced as i64);
+        wanted.get_or_create(&l).set(a.wanted as i64);
+    }
+    r.register(
+        "xdplb_cluster_vip_announced",
+        "1 while the VIP's route is in the announce table (BIRD announces it)",
+        announced,
+    );
+    r.register(
+        "xdplb_cluster_vip_wanted",
+        "1 while the VIP's services pass their announce policy (a difference from announced: a route change failing)",
+        wanted,
+    );
+    for (name, help, n) in [
+        (
+            "xdplb_cluster_announce_changes",
+            "VIP routes added or removed",
+            c.changes,
+        ),
+        (
+            "xdplb_cluster_announce_errors",
+            "Route changes or reads that failed (retried every second)",
+            c.errors,
+        ),
+    ] {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(n);
+        r.register(name, help, counter);
+    }
 }
 
 /// The HA pair's metrics.
@@ -450,6 +501,22 @@ mod tests {
                 "{name} undeclared"
             );
         }
+    }
+
+    #[test]
+    fn cluster_metrics_and_ring_fingerprints_are_exported() {
+        let text = openmetrics(&crate::api::view::samples::cluster_view());
+        for want in [
+            "xdplb_cluster_vip_announced{vip=\"192.0.2.10\"} 1",
+            "xdplb_cluster_vip_announced{vip=\"192.0.2.20\"} 0",
+            "xdplb_cluster_vip_wanted{vip=\"192.0.2.20\"} 0",
+            "xdplb_cluster_announce_changes_total 3",
+            "xdplb_cluster_announce_errors_total 0",
+            "fingerprint=\"00c0ffee00c0ffee\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+        assert!(!openmetrics(&view()).contains("xdplb_cluster_"));
     }
 
     #[test]

@@ -77,6 +77,31 @@ fn ha_lines(h: &super::view::HaView) -> String {
     out
 }
 
+/// The cluster's announcements above the table.
+fn cluster_lines(c: &crate::cluster::AnnounceStatus) -> String {
+    let mut out = format!(
+        "cluster: {} of {} VIPs announced (routing table {}, learnt by BIRD)",
+        c.vips.iter().filter(|a| a.announced).count(),
+        c.vips.len(),
+        c.table
+    );
+    if c.errors > 0 {
+        let _ = write!(out, "; {} route changes failed", c.errors);
+    }
+    out.push('\n');
+    for a in &c.vips {
+        let state = match (a.wanted, a.announced) {
+            (true, true) => "announced",
+            (false, false) => "WITHDRAWN",
+            (true, false) => "announcing (route change failing)",
+            (false, true) => "withdrawing (route change failing)",
+        };
+        let _ = writeln!(out, "  {:<15}  {state:<9}  {}", a.vip, a.why);
+    }
+    out.push('\n');
+    out
+}
+
 /// The human table `xdplb status` prints.
 pub fn table(v: &View) -> String {
     let mut rows = vec![
@@ -141,6 +166,7 @@ pub fn table(v: &View) -> String {
         }
     }
     let mut out = v.ha.as_ref().map(ha_lines).unwrap_or_default();
+    out += &v.cluster.as_ref().map(cluster_lines).unwrap_or_default();
     for r in &rows {
         let line: Vec<String> = r
             .iter()
@@ -157,6 +183,15 @@ pub fn table(v: &View) -> String {
         .collect();
     if !dropped.is_empty() {
         let _ = writeln!(out, "\ndrops: {}", dropped.join(" "));
+    }
+    let rings: Vec<String> = v
+        .services
+        .iter()
+        .filter(|s| !s.ring_fingerprint.is_empty())
+        .map(|s| format!("{} {}", s.name, s.ring_fingerprint))
+        .collect();
+    if !rings.is_empty() {
+        let _ = writeln!(out, "\nring fingerprints: {}", rings.join(", "));
     }
     // SYN cookies at work: SYNs answered by the LB, connections they opened.
     let count = |name: &str| {
@@ -209,6 +244,26 @@ mod tests {
         assert_eq!(j["ha"]["state"], "master");
         assert_eq!(j["ha"]["peer"]["state"], "backup");
         assert_eq!(j["ha"]["rejected"]["bad_tag"], 3);
+    }
+
+    #[test]
+    fn cluster_announcements_and_ring_fingerprints_are_shown() {
+        let t = table(&crate::api::view::samples::cluster_view());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "cluster: 1 of 2 VIPs announced (routing table 4242, learnt by BIRD)"
+        );
+        assert_eq!(lines[1], "  192.0.2.10       announced  web: 1/2 up (any)");
+        assert_eq!(
+            lines[2],
+            "  192.0.2.20       WITHDRAWN  db: 1/3 up (quorum)"
+        );
+        assert!(
+            t.contains("ring fingerprints: w\"w 00c0ffee00c0ffee"),
+            "{t}"
+        );
+        assert!(!table(&view()).contains("cluster:"));
     }
 
     #[test]

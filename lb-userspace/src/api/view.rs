@@ -85,6 +85,9 @@ pub struct ServiceView {
     #[serde(with = "traffic_json")]
     pub traffic: Traffic,
     pub conn_rate: f64,
+    /// The live ring summed up ([`crate::cluster::fingerprint`]): nodes
+    /// showing the same one pick the same backend for a connection.
+    pub ring_fingerprint: String,
     pub backends: Vec<BackendView>,
 }
 
@@ -94,6 +97,8 @@ pub struct View {
     pub reasons: Vec<(&'static str, u64)>,
     /// The HA pair, with `[ha]`.
     pub ha: Option<HaView>,
+    /// The VIPs this node announces, with `[cluster]`.
+    pub cluster: Option<crate::cluster::AnnounceStatus>,
     /// The daemon's own faults and refusals.
     pub daemon: DaemonView,
 }
@@ -191,6 +196,9 @@ pub struct Readings<'a> {
     /// least_conn active-connection estimates by backend id (non-zero ones).
     pub active: &'a BTreeMap<u32, u64>,
     pub ha: Option<&'a crate::ha::HaStatus>,
+    pub cluster: Option<crate::cluster::AnnounceStatus>,
+    /// Ring fingerprints by service id.
+    pub fingerprints: &'a BTreeMap<u32, String>,
     pub daemon: DaemonView,
 }
 
@@ -249,6 +257,7 @@ pub fn build(control: &Control, r: &Readings<'_>) -> View {
             },
             traffic: r.services.get(&id).copied().unwrap_or_default(),
             conn_rate: r.service_rates.get(&id).copied().unwrap_or(0.0),
+            ring_fingerprint: r.fingerprints.get(&id).cloned().unwrap_or_default(),
             backends,
         });
     }
@@ -256,6 +265,7 @@ pub fn build(control: &Control, r: &Readings<'_>) -> View {
         services,
         reasons: r.reasons.iter().map(|(k, v)| (*k, *v)).collect(),
         ha: r.ha.map(HaView::from_status),
+        cluster: r.cluster.clone(),
         daemon: r.daemon.clone(),
     }
 }
@@ -345,6 +355,7 @@ pub(crate) mod samples {
                     ..Traffic::default()
                 },
                 conn_rate: 3.0,
+                ring_fingerprint: "00c0ffee00c0ffee".into(),
                 backends: vec![
                     b("203.0.113.11:80", HealthView::Up, 10),
                     b("203.0.113.21:80", HealthView::Down, 20),
@@ -352,10 +363,38 @@ pub(crate) mod samples {
             }],
             reasons: vec![("drop_no_backend", 2), ("fwd_nat", 30)],
             ha: None,
+            cluster: None,
             daemon: super::DaemonView {
                 checks_not_run: 3,
                 status_refused: 1,
             },
+        }
+    }
+
+    /// The view of a cluster node announcing one VIP of two.
+    pub(crate) fn cluster_view() -> View {
+        use crate::cluster::{AnnounceStatus, announcer::VipAnnouncement};
+        View {
+            cluster: Some(AnnounceStatus {
+                table: 4242,
+                vips: vec![
+                    VipAnnouncement {
+                        vip: [192, 0, 2, 10].into(),
+                        wanted: true,
+                        announced: true,
+                        why: "web: 1/2 up (any)".into(),
+                    },
+                    VipAnnouncement {
+                        vip: [192, 0, 2, 20].into(),
+                        wanted: false,
+                        announced: false,
+                        why: "db: 1/3 up (quorum)".into(),
+                    },
+                ],
+                changes: 3,
+                errors: 0,
+            }),
+            ..view()
         }
     }
 

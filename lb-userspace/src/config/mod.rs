@@ -2,6 +2,7 @@
 //! (`validate.rs`) and the errors an operator sees (`error.rs`). Every error
 //! names the file, the line where known, the key and the reason.
 
+mod cluster;
 mod error;
 mod files;
 mod ha;
@@ -10,6 +11,7 @@ mod ha_tests;
 mod names;
 mod validate;
 
+pub use cluster::{Announce, ClusterConfig};
 pub use error::{ConfigError, LineSuffix};
 pub use ha::{FloatingAddress, HaConfig, MIN_KEY_LEN, Track};
 
@@ -38,6 +40,10 @@ pub struct Config {
     /// The active-passive pair; none: a single node.
     #[serde(default)]
     pub ha: Option<HaConfig>,
+    /// One of several active nodes behind ECMP, announcing its VIPs
+    /// through BIRD; none: nothing is announced.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// Source lists that apply before any service.
     #[serde(default)]
     pub firewall: FirewallConfig,
@@ -282,6 +288,10 @@ pub struct ServiceConfig {
     /// Absent: never.
     #[serde(default)]
     pub syn_cookie_threshold: Option<u32>,
+    /// With `[cluster]`: what lets this service's VIP be announced (a VIP
+    /// is announced while any of its services lets it).
+    #[serde(default)]
+    pub announce: Announce,
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
 }

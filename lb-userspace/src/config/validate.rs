@@ -246,6 +246,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(c) = &self.cluster {
+            super::cluster::validate(c, self.ha.is_some())?;
+        }
         if let Some(h) = &self.ha {
             let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
             super::ha::validate(h, &names)?;

@@ -87,6 +87,12 @@ pub struct Daemon {
     pub interfaces: Vec<String>,
     /// Whether this node could forward (for HA preemption).
     pub readiness: super::readiness::Readiness,
+    /// The data path is attached (VIPs may be announced).
+    pub attached: bool,
+    /// The VIP announcer, with `[cluster]`, once attached.
+    pub cluster: Option<crate::cluster::Announcer>,
+    /// Ring fingerprints by service id, as of the last map change.
+    pub fingerprints: BTreeMap<u32, String>,
 }
 
 /// What the event loop listens to besides signals and timers.
@@ -110,6 +116,7 @@ impl Daemon {
     pub async fn apply(&mut self, config: Config) -> anyhow::Result<()> {
         let st = self.control.apply(&mut self.dp, config)?;
         self.tell_pair();
+        self.tell_cluster();
         info!(
             services_written = st.services_written,
             services_removed = st.services_removed,
@@ -192,6 +199,7 @@ impl Daemon {
                     "maps follow backend health"
                 );
                 self.tell_pair();
+                self.tell_cluster();
             }
             Ok(None) => {}
             Err(e) => error!(error = %e, "writing health to the maps failed; retrying"),
@@ -280,6 +288,8 @@ impl Daemon {
                 half_open: &census.half_open,
                 active: &census.active,
                 ha: ha.as_ref(),
+                cluster: self.cluster.as_ref().map(|c| c.status()),
+                fingerprints: &self.fingerprints,
                 daemon: api::DaemonView {
                     checks_not_run: self.not_run.total,
                     status_refused: self.status_refused.total,

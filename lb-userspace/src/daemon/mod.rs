@@ -8,6 +8,7 @@
 //! Shutdown undoes it in reverse, or leaves forwarding in place when asked.
 
 mod access;
+mod cluster;
 mod event_loop;
 mod host;
 mod instance;
@@ -156,6 +157,9 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         rates: Rates::default(),
         ha: None,
         ha_services: Vec::new(),
+        attached: false,
+        cluster: None,
+        fingerprints: Default::default(),
     };
     let ifaces = config.dataplane.interfaces.clone();
     warn_if_forwarding_off(&ifaces);
@@ -199,6 +203,8 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
             return Err(e.context("starting the HA node"));
         }
     }
+    // Attached and programmed: only now may routers send this node traffic.
+    daemon.start_cluster();
     if let Err(e) = instance.write_pid() {
         warn!(path = %instance.pid_path().display(), error = %e, "cannot write PID file; `xdplb reload` will not find this daemon");
     }
@@ -231,6 +237,8 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         }
     };
     let keep_running = keep_running && pin_dir.is_some();
+    // Routers stop sending before the data path stops forwarding.
+    daemon.stop_cluster(keep_running).await;
     if let Some(node) = daemon.ha.take() {
         // A clean stop hands MASTER over at once; keep-running leaves the
         // addresses and the lease for the next daemon.

@@ -1,15 +1,16 @@
 //! Routes: where the kernel sends a destination (for managed neighbour
 //! entries), and policy routes (an fwmark rule and a one-route table) that
-//! send marked packets to a chosen gateway.
+//! send marked packets to a chosen gateway; VIP routes for the routing
+//! daemon to announce (`[cluster]`).
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
     RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        route::{RouteAddress, RouteAttribute, RouteMessage},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType},
         rule::{RuleAction, RuleAttribute, RuleHeader, RuleMessage},
     },
 };
@@ -231,4 +232,83 @@ fn local_rule(priority: u32) -> RuleMessage {
     m.attributes.push(RuleAttribute::Table(RT_TABLE_LOCAL));
     m.attributes.push(RuleAttribute::Priority(priority));
     m
+}
+
+/// A VIP announced through the routing daemon: a blackhole /32 in the
+/// announce table, carrying the daemon's protocol number (`[cluster]`).
+fn announce_route(vip: Ipv4Addr, table: u32, protocol: u8) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(vip, 32)
+        .table_id(table)
+        .protocol(RouteProtocol::Other(protocol))
+        .kind(RouteType::BlackHole)
+        .build()
+}
+
+impl Netlink {
+    /// The VIPs announced now: /32 routes of `protocol` in `table`.
+    pub async fn announced(
+        &self,
+        table: u32,
+        protocol: u8,
+    ) -> Result<BTreeSet<Ipv4Addr>, NetError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut dump = self.handle.route().get(query).execute();
+        let mut found = BTreeSet::new();
+        while let Some(r) = dump
+            .try_next()
+            .await
+            .map_err(Self::request_error(format!("list routes of table {table}")))?
+        {
+            let in_table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            if in_table != table
+                || r.header.protocol != RouteProtocol::Other(protocol)
+                || r.header.destination_prefix_length != 32
+            {
+                continue;
+            }
+            for a in &r.attributes {
+                if let RouteAttribute::Destination(RouteAddress::Inet(d)) = a {
+                    found.insert(*d);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Announce `vip` (an existing route is replaced).
+    pub async fn announce(&self, vip: Ipv4Addr, table: u32, protocol: u8) -> Result<(), NetError> {
+        self.handle
+            .route()
+            .add(announce_route(vip, table, protocol))
+            .replace()
+            .execute()
+            .await
+            .map_err(Self::request_error(format!(
+                "route blackhole {vip}/32 table {table}"
+            )))
+    }
+
+    /// Withdraw `vip` (one not announced is fine).
+    pub async fn withdraw(&self, vip: Ipv4Addr, table: u32, protocol: u8) -> Result<(), NetError> {
+        match self
+            .handle
+            .route()
+            .del(announce_route(vip, table, protocol))
+            .execute()
+            .await
+            .map_err(Self::request_error(format!(
+                "delete route {vip}/32 table {table}"
+            ))) {
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ESRCH)) => Ok(()),
+            other => other,
+        }
+    }
 }
