@@ -3,6 +3,8 @@
 //! names the file, the line where known, the key and the reason.
 
 mod cluster;
+#[cfg(test)]
+mod cluster_tests;
 mod error;
 mod files;
 mod ha;
