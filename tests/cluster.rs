@@ -30,7 +30,9 @@ use xdplb_tests::{
 const VIP: &str = "192.0.2.10";
 const ROUTER_FRONT: &str = "10.1.0.1";
 const BACKENDS: [&str; 2] = ["203.0.113.11", "203.0.113.12"];
+/// Nodes started with the cluster; one more namespace waits to join.
 const NODES: usize = 3;
+const NODES_MAX: usize = NODES + 1;
 /// Client source addresses 198.51.100.10 .. +SOURCES.
 const SOURCES: u8 = 40;
 /// BIRD's BFD in the shipped configs: 100 ms x 3.
@@ -139,7 +141,7 @@ impl Cluster {
         let sw = Netns::new("xdplb-cl-sw");
         let router = Netns::new("xdplb-cl-rt");
         let client = Netns::new("xdplb-cl-cl");
-        let lb_ns: Vec<Netns> = (0..NODES)
+        let lb_ns: Vec<Netns> = (0..NODES_MAX)
             .map(|i| Netns::new(&format!("xdplb-cl-lb{}", i + 1)))
             .collect();
         let backends = [Netns::new("xdplb-cl-b1"), Netns::new("xdplb-cl-b2")];
@@ -265,8 +267,8 @@ impl Cluster {
             .collect();
         eprintln!("{test}: namespaces {} .. {}", sw.name, backends[1].name);
         let mut c = Cluster {
-            lbs: (0..NODES).map(|_| None).collect(),
-            birds: (0..NODES).map(|_| None).collect(),
+            lbs: (0..NODES_MAX).map(|_| None).collect(),
+            birds: (0..NODES_MAX).map(|_| None).collect(),
             _router_bird: router_bird,
             _servers: servers,
             client: std::sync::Arc::new(client),
@@ -383,10 +385,16 @@ impl Cluster {
             .unwrap_or_else(|| panic!("lb{}: no connection counter", i + 1)) as u64
     }
 
+    /// Every node's connection count (0 for a node not running).
     fn all_connections(&self) -> Vec<u64> {
-        (0..NODES)
-            .filter(|i| self.lbs[*i].is_some())
-            .map(|i| self.connections(i))
+        (0..NODES_MAX)
+            .map(|i| {
+                if self.lbs[i].is_some() {
+                    self.connections(i)
+                } else {
+                    0
+                }
+            })
             .collect()
     }
 
@@ -691,7 +699,7 @@ fn open_held(c: &Cluster, n: usize) -> (Vec<Held>, Vec<usize>) {
         let before = c.all_connections();
         held.push(Held::open(&c.client, 100 + k as u8));
         let after = c.all_connections();
-        let node = (0..NODES)
+        let node = (0..NODES_MAX)
             .find(|i| after[*i] > before[*i])
             .expect("a node counted the connection");
         on.push(node);
@@ -919,6 +927,150 @@ fn a_node_withdraws_when_its_backends_fail_and_before_it_stops() {
     c.wait_paths(1, Duration::from_secs(10));
     assert_eq!(run.failed_probes + run.load_failed, 0, "{:?}", run.failures);
     assert!(run.held_failures.is_empty(), "{:?}", run.held_failures);
+}
+
+#[test]
+fn a_joining_node_takes_new_connections_and_moves_none_badly() {
+    let test = "a_joining_node_takes_new_connections_and_moves_none_badly";
+    if !require_root(test) || !require_tool(test, "bird") {
+        return;
+    }
+    let _turn = MACHINE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(test);
+    let (mut held, on) = open_held(&c, 12);
+    let before = c.all_connections();
+    let client = c.client.clone();
+    let mut joined = Duration::ZERO;
+    let run = under_load(
+        &client,
+        &mut held,
+        Duration::from_secs(2),
+        Duration::from_secs(4),
+        || {
+            let at = SystemTime::now();
+            c.start_node(NODES);
+            c.wait_paths(NODES_MAX, Duration::from_secs(30));
+            joined = at.elapsed().unwrap_or_default();
+            at
+        },
+    );
+    let after = c.all_connections();
+    let new: Vec<u64> = (0..NODES_MAX).map(|i| after[i] - before[i]).collect();
+    let total: u64 = new.iter().sum();
+    assert_eq!(
+        c.fingerprint(NODES),
+        c.fingerprint(0),
+        "the new node's ring differs"
+    );
+    eprintln!(
+        "{test}: lb4 joined under load ({joined:?} from its start to the router's fourth path); \
+         12 long-lived connections ({} / {} / {} per node before) : {} exchanges, {} failed; \
+         {} probes, {} late, {} failed; load {} ({:.0}/s), {} failed; new connections per node during the run: {new:?}; \
+         first failures: {:?}",
+        on.iter().filter(|n| **n == 0).count(),
+        on.iter().filter(|n| **n == 1).count(),
+        on.iter().filter(|n| **n == 2).count(),
+        run.exchanges,
+        run.held_failures.len(),
+        run.probes,
+        run.late_probes,
+        run.failed_probes,
+        run.load,
+        run.load_rate,
+        run.load_failed,
+        run.failures
+    );
+    assert!(run.held_failures.is_empty(), "{:?}", run.held_failures);
+    for (i, h) in held.iter_mut().enumerate() {
+        assert_eq!(h.ask(), Ok(()), "long-lived {i} after the join");
+    }
+    assert_eq!(run.failed_probes + run.load_failed, 0, "{:?}", run.failures);
+    assert!(
+        new[NODES] > 0 && total > 0,
+        "the new node took no new connection: {new:?}"
+    );
+}
+
+#[test]
+fn drain_takes_a_node_out_without_losing_a_connection() {
+    let test = "drain_takes_a_node_out_without_losing_a_connection";
+    if !require_root(test) || !require_tool(test, "bird") {
+        return;
+    }
+    let _turn = MACHINE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::start(test);
+    let (mut held, on) = open_held(&c, 9);
+    let node = (0..NODES)
+        .max_by_key(|i| on.iter().filter(|n| *n == i).count())
+        .unwrap();
+    let socket = c.lbs[node].as_ref().unwrap().status_socket.clone();
+    let client = c.client.clone();
+    let mut answer = String::new();
+    let run = under_load(
+        &client,
+        &mut held,
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        || {
+            let at = SystemTime::now();
+            let out = std::process::Command::new(target_bin("xdplb"))
+                .args(["drain", "--timeout", "30", "--socket"])
+                .arg(&socket)
+                .output()
+                .expect("xdplb drain");
+            answer = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "xdplb drain: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            at
+        },
+    );
+    // The drain ends by itself: 2 s without a packet, well within 30 s.
+    let mut lb = c.lbs[node].take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(s) = lb.process.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "lb{} still draining", node + 1);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = lb.log();
+    drop(lb);
+    let over = log
+        .iter()
+        .find(|l| l.contains("drain over"))
+        .cloned()
+        .unwrap_or_default();
+    eprintln!(
+        "{test}: lb{} drained ({} of 9 long-lived connections on it): {}; {}; \
+         {} probes, {} late, {} failed; load {} ({:.0}/s), {} failed; long-lived {} exchanges, {} failed; first failures: {:?}",
+        node + 1,
+        on.iter().filter(|n| **n == node).count(),
+        answer.trim(),
+        over,
+        run.probes,
+        run.late_probes,
+        run.failed_probes,
+        run.load,
+        run.load_rate,
+        run.load_failed,
+        run.exchanges,
+        run.held_failures.len(),
+        run.failures
+    );
+    assert!(answer.starts_with("draining: 1 VIPs withdrawn"), "{answer}");
+    assert!(status.success(), "lb{} exit {status}", node + 1);
+    assert!(over.contains("no packet for 2 s"), "{}", log.join("\n"));
+    assert_eq!(c.announce_table(node), "");
+    c.wait_paths(NODES - 1, Duration::from_secs(10));
+    assert_eq!(run.failed_probes + run.load_failed, 0, "{:?}", run.failures);
+    assert!(run.held_failures.is_empty(), "{:?}", run.held_failures);
+    for (i, h) in held.iter_mut().enumerate() {
+        assert_eq!(h.ask(), Ok(()), "long-lived {i} after the drain");
+    }
 }
 
 #[test]

@@ -81,6 +81,16 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_STATUS_SOCKET)]
         socket: PathBuf,
     },
+    /// Take this cluster node out of service ([cluster]): withdraw every
+    /// VIP from the routers, keep forwarding what still arrives until no
+    /// packet has reached a service for 2 s (or TIMEOUT), then stop.
+    Drain {
+        /// Stop after this many seconds even if packets still arrive.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        #[arg(long, default_value = DEFAULT_STATUS_SOCKET)]
+        socket: PathBuf,
+    },
     /// The run-time global deny list of the running daemon: sources dropped
     /// before anything else, kept in [firewall] deny_file across restarts.
     Deny {
@@ -127,6 +137,9 @@ fn main() -> ExitCode {
             wait,
         } => stop(&pid_file, keep_running, wait),
         Cmd::Status { socket } => status(&socket),
+        Cmd::Drain { timeout, socket } => {
+            cli::request(&socket, &format!("drain {timeout}")).map(|out| print!("{out}"))
+        }
         Cmd::Deny { op, socket } => {
             let line = match op {
                 DenyOp::Add { prefix, force } => {

@@ -91,6 +91,7 @@ fn cluster_lines(c: &crate::cluster::AnnounceStatus) -> String {
     out.push('\n');
     for a in &c.vips {
         let state = match (a.wanted, a.announced) {
+            (false, false) if a.draining => "DRAINING",
             (true, true) => "announced",
             (false, false) => "WITHDRAWN",
             (true, false) => "announcing (route change failing)",

@@ -33,6 +33,8 @@ pub struct VipAnnouncement {
     pub wanted: bool,
     /// Its route is in the table (what BIRD sees).
     pub announced: bool,
+    /// Withdrawn by `xdplb drain`.
+    pub draining: bool,
     pub why: String,
 }
 
@@ -140,6 +142,7 @@ async fn run(
                     vip: d.vip,
                     wanted: d.announce,
                     announced: announced.contains(&d.vip),
+                    draining: d.draining,
                     why: d.why.clone(),
                 })
                 .collect();
@@ -190,7 +193,12 @@ async fn reconcile(
             Ok(()) => {
                 present.remove(vip);
                 changes += 1;
-                warn!(vip = %vip, why, "cluster: VIP WITHDRAWN");
+                let draining = decisions.iter().any(|d| d.vip == *vip && d.draining);
+                if draining {
+                    info!(vip = %vip, "cluster: VIP withdrawn for the drain");
+                } else {
+                    warn!(vip = %vip, why, "cluster: VIP WITHDRAWN");
+                }
             }
             Err(e) => errors.push(e),
         }

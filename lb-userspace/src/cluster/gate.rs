@@ -18,6 +18,8 @@ use crate::{
 pub struct VipDecision {
     pub vip: Ipv4Addr,
     pub announce: bool,
+    /// Withdrawn by `xdplb drain` whatever its services say.
+    pub draining: bool,
     /// Why (each of its services: name, backends taking new connections of
     /// those with weight, its policy).
     pub why: String,
@@ -40,6 +42,15 @@ fn passes(s: &ServiceConfig, out: &HashSet<BackendRef>) -> bool {
         Announce::Any => up >= 1,
         Announce::Quorum => of > 0 && up * 2 > of,
     }
+}
+
+/// `decisions` with every VIP withdrawn for a drain.
+pub fn drained(mut decisions: Vec<VipDecision>) -> Vec<VipDecision> {
+    for d in &mut decisions {
+        d.announce = false;
+        d.draining = true;
+    }
+    decisions
 }
 
 /// Every VIP of `config`, in address order, with its verdict. `out`: the
@@ -66,7 +77,12 @@ pub fn decide(config: &Config, out: &HashSet<BackendRef>, attached: bool) -> Vec
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            VipDecision { vip, announce, why }
+            VipDecision {
+                vip,
+                announce,
+                draining: false,
+                why,
+            }
         })
         .collect()
 }
@@ -140,6 +156,14 @@ backend = [{ address = "203.0.113.21", port = 3306 }, { address = "203.0.113.22"
         assert_eq!(d.len(), 2, "one verdict per VIP, not per service");
         assert_eq!(announced(&d), ["192.0.2.10", "192.0.2.20"]);
         assert_eq!(d[0].why, "web: 3/3 up (any), web-tls: 1/1 up (any)");
+    }
+
+    #[test]
+    fn a_drain_withdraws_every_vip_and_keeps_the_reasons() {
+        let d = drained(decide(&config(), &HashSet::new(), true));
+        assert!(announced(&d).is_empty());
+        assert!(d.iter().all(|d| d.draining));
+        assert_eq!(d[1].why, "db: 3/3 up (quorum)");
     }
 
     #[test]

@@ -10,4 +10,4 @@ pub mod fingerprint;
 pub mod gate;
 
 pub use announcer::{AnnounceStatus, Announcer};
-pub use gate::{VipDecision, decide};
+pub use gate::{VipDecision, decide, drained};

@@ -1,10 +1,11 @@
 //! The daemon's side of `[cluster]`: starting the announcer once the data
 //! path is attached, telling it each new verdict after the maps change
 //! (health, reload), and withdrawing before the data path is detached.
+//! `xdplb drain` (withdraw, forward until quiet, stop) lives here too.
 //! Also keeps every service's ring fingerprint, recomputed only when the
 //! maps change.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
@@ -24,7 +25,10 @@ impl Daemon {
             return; // started once attached (`start_cluster`)
         }
         let config = self.control.config();
-        let decisions = cluster::decide(config, &self.control.down(), true);
+        let mut decisions = cluster::decide(config, &self.control.down(), true);
+        if self.drain.is_some() {
+            decisions = cluster::drained(decisions);
+        }
         match (&config.cluster, self.cluster.take()) {
             (None, None) => {}
             (Some(c), Some(mut a))
@@ -95,5 +99,90 @@ impl Daemon {
                 warn!(error = %e, "cluster: withdrawing the VIPs failed; BIRD may announce them until it is stopped")
             }
         }
+    }
+}
+
+/// A drain ends once no packet has reached a service for this long: the
+/// routers have moved every flow elsewhere.
+pub const DRAIN_QUIET: Duration = Duration::from_secs(2);
+
+/// `xdplb drain` under way: every VIP withdrawn, forwarding on until the
+/// node's services see no packet for [`DRAIN_QUIET`] or the timeout.
+pub struct Drain {
+    started: Instant,
+    deadline: Instant,
+    packets: u64,
+    quiet_since: Instant,
+}
+
+impl Daemon {
+    /// Packets the services have seen, in all.
+    fn service_packets(&self) -> Option<u64> {
+        self.snapshot()
+            .map(|s| s.services.values().map(|t| t.packets).sum())
+    }
+
+    /// Start draining: withdraw every VIP now; the event loop stops the
+    /// daemon when [`Self::drain_over`] says so.
+    pub fn start_drain(&mut self, timeout: Duration) -> Result<String, String> {
+        if self.control.config().cluster.is_none() {
+            return Err("drain needs [cluster]: nothing announces this node's VIPs, so no traffic would leave it; use `xdplb stop`".into());
+        }
+        if self.drain.is_some() {
+            return Ok("already draining\n".into());
+        }
+        let now = Instant::now();
+        self.drain = Some(Drain {
+            started: now,
+            deadline: now + timeout,
+            packets: self.service_packets().unwrap_or(0),
+            quiet_since: now,
+        });
+        self.tell_cluster();
+        let vips = self
+            .control
+            .config()
+            .services
+            .iter()
+            .map(|s| s.vip)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        info!(
+            vips,
+            timeout_s = timeout.as_secs(),
+            "DRAINING: every VIP withdrawn; established flows are forwarded until no packet reaches a service for {} s, then the daemon stops",
+            DRAIN_QUIET.as_secs()
+        );
+        Ok(format!(
+            "draining: {vips} VIPs withdrawn; xdplb forwards what still reaches it and stops once no packet has reached a service for {} s, or in {} s at the latest\n",
+            DRAIN_QUIET.as_secs(),
+            timeout.as_secs()
+        ))
+    }
+
+    /// Called every second while draining: why the drain is over, if it is.
+    pub fn drain_over(&mut self) -> Option<String> {
+        let packets = self.service_packets();
+        let d = self.drain.as_mut()?;
+        let now = Instant::now();
+        if let Some(p) = packets
+            && p != d.packets
+        {
+            d.packets = p;
+            d.quiet_since = now;
+        }
+        if now.duration_since(d.quiet_since) >= DRAIN_QUIET {
+            return Some(format!(
+                "no packet for {} s, {:.1} s after it started",
+                DRAIN_QUIET.as_secs(),
+                now.duration_since(d.started).as_secs_f64()
+            ));
+        }
+        (now >= d.deadline).then(|| {
+            format!(
+                "timeout: packets still arrived {:.1} s after it started",
+                now.duration_since(d.started).as_secs_f64()
+            )
+        })
     }
 }

@@ -93,6 +93,8 @@ pub struct Daemon {
     pub cluster: Option<crate::cluster::Announcer>,
     /// Ring fingerprints by service id, as of the last map change.
     pub fingerprints: BTreeMap<u32, String>,
+    /// `xdplb drain` under way.
+    pub drain: Option<super::cluster::Drain>,
 }
 
 /// What the event loop listens to besides signals and timers.
@@ -306,6 +308,20 @@ impl Daemon {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             [] | ["status"] => api::status::table(&self.view()),
+            ["drain"] | ["drain", _] => {
+                let secs = match words.get(1).map(|w| w.parse::<u64>()) {
+                    None => Ok(300),
+                    Some(Ok(s)) if (1..=86_400).contains(&s) => Ok(s),
+                    Some(_) => Err(()),
+                };
+                match secs {
+                    Ok(s) => match self.start_drain(Duration::from_secs(s)) {
+                        Ok(msg) => msg,
+                        Err(e) => format!("error: {e}\n"),
+                    },
+                    Err(()) => "error: drain TIMEOUT: whole seconds, 1 to 86400\n".into(),
+                }
+            }
             ["deny", "list"] => {
                 let mut out = String::new();
                 for p in &self.control.config().firewall.deny {
@@ -325,7 +341,7 @@ impl Daemon {
                 Err(e) => format!("error: {e}\n"),
             },
             _ => format!(
-                "error: unknown request {line:?} (status, deny list, deny add PREFIX, deny del PREFIX)\n"
+                "error: unknown request {line:?} (status, drain [SECONDS], deny list, deny add PREFIX, deny del PREFIX)\n"
             ),
         }
     }
@@ -452,6 +468,10 @@ impl Daemon {
                     self.iface_macs.sync(&self.interfaces);
                     self.half_open.tick();
                     self.tell_readiness(true).await;
+                    if let Some(why) = self.drain_over() {
+                        info!(why, "drain over: stopping");
+                        return Ok(Exit::Stop { keep_running: false });
+                    }
                 }
                 _ = stats_tick.tick(), if stats_interval > 0 => {
                     if let Some(s) = self.snapshot() { info!(counters = %s, "counters"); }

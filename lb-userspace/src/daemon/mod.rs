@@ -160,6 +160,7 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         attached: false,
         cluster: None,
         fingerprints: Default::default(),
+        drain: None,
     };
     let ifaces = config.dataplane.interfaces.clone();
     warn_if_forwarding_off(&ifaces);
