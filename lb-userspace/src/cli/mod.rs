@@ -1,7 +1,7 @@
 //! The command-line tools that talk to a running daemon: `reload` and `stop`
 //! signal the PID in its PID file (`pid.rs`, which refuses a stale file
-//! whose PID now belongs to another program), `status` and `deny` send a
-//! request line on its status socket and print the answer.
+//! whose PID now belongs to another program), `status`, `drain` and `deny`
+//! send a request line on its status socket and print the answer.
 
 pub mod pid;
 
