@@ -47,7 +47,7 @@ fn node_addr(i: usize) -> String {
     format!("10.1.0.{}", 11 + i)
 }
 
-fn config_text() -> String {
+fn config_text(bird_socket: &Path) -> String {
     format!(
         r#"[dataplane]
 flow_table_size = 65536
@@ -57,6 +57,7 @@ metrics_address = "127.0.0.1:9100"
 
 [cluster]
 withdraw_grace_ms = {GRACE_MS}
+bird_socket = "{bird}"
 
 [[service]]
 name = "web"
@@ -75,6 +76,7 @@ fall = 2
 "#,
         b1 = BACKENDS[0],
         b2 = BACKENDS[1],
+        bird = bird_socket.display(),
     )
 }
 
@@ -256,7 +258,8 @@ impl Cluster {
             .iter()
             .map(|ns| {
                 let path = dir.join(format!("{}.toml", ns.name));
-                std::fs::write(&path, config_text()).unwrap();
+                let bird = dir.join(format!("{}.bird.ctl", ns.name));
+                std::fs::write(&path, config_text(&bird)).unwrap();
                 files.extend([
                     path.clone(),
                     path.with_extension("pid"),
@@ -717,6 +720,24 @@ fn cluster_spreads_connections_and_keeps_them_when_a_node_dies() {
     let mut c = Cluster::start(test);
     // Every node announces, and builds the same ring.
     let prints: Vec<String> = (0..NODES).map(|i| c.fingerprint(i)).collect();
+    // Each daemon reads its BIRD's session (every second).
+    for i in 0..NODES {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.sample(i, "xdplb_cluster_bgp_session_up{session=\"upstream\"}") != Some(1.0) {
+            assert!(
+                Instant::now() < deadline,
+                "lb{}: BGP session not seen up:\n{}",
+                i + 1,
+                c.metrics(i)
+                    .lines()
+                    .filter(|l| l.starts_with("xdplb_cluster"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(c.sample(i, "xdplb_cluster_bird_up"), Some(1.0));
+    }
     assert!(
         prints.iter().all(|p| *p == prints[0]),
         "rings differ: {prints:?}"

@@ -348,6 +348,24 @@ fn register_cluster(r: &mut Registry, c: &crate::cluster::AnnounceStatus) {
         "1 while the VIP's services pass their announce policy (a difference from announced: a route change failing)",
         wanted,
     );
+    let sessions = Family::<Labels, Gauge>::default();
+    for b in &c.bird.sessions {
+        sessions
+            .get_or_create(&vec![label("session", &b.name)])
+            .set(b.established() as i64);
+    }
+    r.register(
+        "xdplb_cluster_bgp_session_up",
+        "1 while the local BIRD's BGP session is Established",
+        sessions,
+    );
+    let bird = Gauge::<i64>::default();
+    bird.set(c.bird.error.is_none() as i64);
+    r.register(
+        "xdplb_cluster_bird_up",
+        "1 if the local BIRD's control socket answered at the last reading (every second)",
+        bird,
+    );
     for (name, help, n) in [
         (
             "xdplb_cluster_announce_changes",
@@ -512,6 +530,9 @@ mod tests {
             "xdplb_cluster_vip_wanted{vip=\"192.0.2.20\"} 0",
             "xdplb_cluster_announce_changes_total 3",
             "xdplb_cluster_announce_errors_total 0",
+            "xdplb_cluster_bgp_session_up{session=\"upstream\"} 1",
+            "xdplb_cluster_bgp_session_up{session=\"backup\"} 0",
+            "xdplb_cluster_bird_up 1",
             "fingerprint=\"00c0ffee00c0ffee\"} 1",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");

@@ -88,6 +88,34 @@ fn cluster_lines(c: &crate::cluster::AnnounceStatus) -> String {
     if c.errors > 0 {
         let _ = write!(out, "; {} route changes failed", c.errors);
     }
+    match &c.bird.error {
+        Some(e) => {
+            let _ = write!(out, "\nBIRD: cannot be read: {e}");
+        }
+        None => {
+            let sessions: Vec<String> = c
+                .bird
+                .sessions
+                .iter()
+                .map(|s| {
+                    if s.established() {
+                        format!("{} Established", s.name)
+                    } else {
+                        format!("{} DOWN ({} {})", s.name, s.state, s.info)
+                    }
+                })
+                .collect();
+            let _ = write!(
+                out,
+                "\nBIRD: BGP {}",
+                if sessions.is_empty() {
+                    "no sessions configured".to_string()
+                } else {
+                    sessions.join(", ")
+                }
+            );
+        }
+    }
     out.push('\n');
     for a in &c.vips {
         let state = match (a.wanted, a.announced) {
@@ -255,9 +283,13 @@ mod tests {
             lines[0],
             "cluster: 1 of 2 VIPs announced (routing table 4242, learnt by BIRD)"
         );
-        assert_eq!(lines[1], "  192.0.2.10       announced  web: 1/2 up (any)");
         assert_eq!(
-            lines[2],
+            lines[1],
+            "BIRD: BGP upstream Established, backup DOWN (start Active)"
+        );
+        assert_eq!(lines[2], "  192.0.2.10       announced  web: 1/2 up (any)");
+        assert_eq!(
+            lines[3],
             "  192.0.2.20       WITHDRAWN  db: 1/3 up (quorum)"
         );
         assert!(

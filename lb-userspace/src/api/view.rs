@@ -395,6 +395,22 @@ pub(crate) mod samples {
                 ],
                 changes: 3,
                 errors: 0,
+                bird: crate::cluster::announcer::BirdView {
+                    socket: "/run/bird/bird.ctl".into(),
+                    error: None,
+                    sessions: vec![
+                        crate::cluster::bird::BgpSession {
+                            name: "upstream".into(),
+                            state: "up".into(),
+                            info: "Established".into(),
+                        },
+                        crate::cluster::bird::BgpSession {
+                            name: "backup".into(),
+                            state: "start".into(),
+                            info: "Active".into(),
+                        },
+                    ],
+                },
             }),
             ..view()
         }

@@ -16,7 +16,10 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
-use super::gate::VipDecision;
+use super::{
+    bird::{BgpSession, bgp_sessions},
+    gate::VipDecision,
+};
 use crate::{
     config::ClusterConfig,
     net::{NetError, Netlink},
@@ -47,6 +50,17 @@ pub struct AnnounceStatus {
     pub changes: u64,
     /// Netlink requests that failed (retried every second).
     pub errors: u64,
+    /// The local BIRD, as last read (every second).
+    pub bird: BirdView,
+}
+
+/// What the local BIRD said of its BGP sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BirdView {
+    pub socket: String,
+    /// Why it could not be read, if it could not.
+    pub error: Option<String>,
+    pub sessions: Vec<BgpSession>,
 }
 
 pub struct Announcer {
@@ -63,15 +77,13 @@ impl Announcer {
         let (wanted, rx) = watch::channel(initial);
         let status = Arc::new(Mutex::new(AnnounceStatus {
             table: config.announce_table,
+            bird: BirdView {
+                socket: config.bird_socket.display().to_string(),
+                ..Default::default()
+            },
             ..Default::default()
         }));
-        let task = tokio::spawn(run(
-            netlink,
-            config.announce_table,
-            config.route_protocol,
-            rx,
-            status.clone(),
-        ));
+        let task = tokio::spawn(run(netlink, config.clone(), rx, status.clone()));
         info!(
             table = config.announce_table,
             protocol = config.route_protocol,
@@ -122,18 +134,29 @@ impl Announcer {
 
 async fn run(
     netlink: Netlink,
-    table: u32,
-    protocol: u8,
+    config: ClusterConfig,
     mut wanted: watch::Receiver<Vec<VipDecision>>,
     status: Arc<Mutex<AnnounceStatus>>,
 ) {
     let mut tick = tokio::time::interval(RECHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut logged_errors = 0u64;
+    let (table, protocol) = (config.announce_table, config.route_protocol);
     loop {
         let decisions = wanted.borrow_and_update().clone();
         let (announced, changes, errors) = reconcile(&netlink, table, protocol, &decisions).await;
+        let bird = bgp_sessions(&config.bird_socket).await;
         if let Ok(mut s) = status.lock() {
+            match bird {
+                Ok(sessions) => {
+                    s.bird.error = None;
+                    s.bird.sessions = sessions;
+                }
+                Err(e) => {
+                    s.bird.error = Some(e.to_string());
+                    s.bird.sessions.clear();
+                }
+            }
             s.changes += changes;
             s.errors += errors.len() as u64;
             s.vips = decisions

@@ -5,9 +5,55 @@
 //! not by the node-local ids the ring holds, so nodes that number their
 //! backends differently still agree.
 
-use xxhash_rust::xxh3::Xxh3;
+use std::collections::BTreeMap;
+
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use crate::plan::{Plan, PlannedService};
+
+/// Every service's fingerprint, kept across map changes: a ring whose
+/// backend ids and id table did not change is not walked again (a health
+/// change re-plans every service; walking each 65,537-slot ring by identity
+/// costs milliseconds).
+#[derive(Debug, Default)]
+pub struct Fingerprints {
+    /// Service id -> (digest of its ring's ids and the id table, fingerprint).
+    cached: BTreeMap<u32, (u64, String)>,
+    current: BTreeMap<u32, String>,
+}
+
+impl Fingerprints {
+    /// Follow `plan`.
+    pub fn update(&mut self, plan: &Plan) {
+        let mut ids = Xxh3::new();
+        for (id, b) in &plan.backends {
+            ids.update(&id.to_ne_bytes());
+            ids.update(&b.addr_be.to_ne_bytes());
+            ids.update(&b.port_be.to_ne_bytes());
+        }
+        let table = ids.digest();
+        let mut cached = BTreeMap::new();
+        for s in &plan.services {
+            let bytes: Vec<u8> = s.ring.iter().flat_map(|id| id.to_ne_bytes()).collect();
+            let key = xxh3_64(&bytes) ^ table.rotate_left(17) ^ u64::from(s.info.scheduler);
+            let fp = match self.cached.remove(&s.info.id) {
+                Some((k, fp)) if k == key => fp,
+                _ => ring_fingerprint(plan, s),
+            };
+            cached.insert(s.info.id, (key, fp));
+        }
+        self.current = cached
+            .iter()
+            .map(|(id, (_, fp))| (*id, fp.clone()))
+            .collect();
+        self.cached = cached;
+    }
+
+    /// Fingerprints by service id.
+    pub fn by_service(&self) -> &BTreeMap<u32, String> {
+        &self.current
+    }
+}
 
 /// The fingerprint of `s`'s live ring in `plan`: 16 hex digits.
 pub fn ring_fingerprint(plan: &Plan, s: &PlannedService) -> String {
@@ -73,5 +119,35 @@ backend = [{ address = "203.0.113.11", port = 80 }, { address = "203.0.113.12", 
         let other = CONFIG.replace("203.0.113.13", "203.0.113.14");
         let all: HashSet<String> = [a, fingerprint_of(&weighted), fingerprint_of(&other)].into();
         assert_eq!(all.len(), 3);
+    }
+
+    #[test]
+    fn the_cache_follows_every_change() {
+        let plan_of = |text: &str| {
+            let mut c = Control::new(Config::parse(Path::new("t.toml"), text).unwrap());
+            let mut dp = FakeDataplane::default();
+            c.apply(&mut dp, Config::parse(Path::new("t.toml"), text).unwrap())
+                .unwrap();
+            c.applied().clone()
+        };
+        let mut f = Fingerprints::default();
+        let a = plan_of(CONFIG);
+        f.update(&a);
+        assert_eq!(
+            f.by_service()[&a.services[0].info.id],
+            ring_fingerprint(&a, &a.services[0])
+        );
+        let b = plan_of(&CONFIG.replace("203.0.113.13", "203.0.113.14"));
+        f.update(&b);
+        assert_eq!(
+            f.by_service()[&b.services[0].info.id],
+            ring_fingerprint(&b, &b.services[0])
+        );
+        assert_ne!(
+            ring_fingerprint(&a, &a.services[0]),
+            ring_fingerprint(&b, &b.services[0])
+        );
+        f.update(&Plan::default());
+        assert!(f.by_service().is_empty());
     }
 }

@@ -6,6 +6,7 @@
 //! they do.
 
 pub mod announcer;
+pub mod bird;
 pub mod fingerprint;
 pub mod gate;
 

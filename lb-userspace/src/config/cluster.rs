@@ -6,6 +6,8 @@
 //! Model and validation (the rest of the config's validation is in
 //! `validate.rs`).
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 /// Routing tables the kernel itself uses: `unspec`, `default`, `main`,
@@ -37,6 +39,10 @@ pub struct ClusterConfig {
     /// forwards what reaches it.
     #[serde(default = "default_withdraw_grace_ms")]
     pub withdraw_grace_ms: u32,
+    /// BIRD's control socket, read (as `birdc` does) for the state of its
+    /// BGP sessions in `status` and the metrics.
+    #[serde(default = "default_bird_socket")]
+    pub bird_socket: PathBuf,
 }
 
 impl Default for ClusterConfig {
@@ -45,6 +51,7 @@ impl Default for ClusterConfig {
             announce_table: default_announce_table(),
             route_protocol: default_route_protocol(),
             withdraw_grace_ms: default_withdraw_grace_ms(),
+            bird_socket: default_bird_socket(),
         }
     }
 }
@@ -59,6 +66,11 @@ fn default_route_protocol() -> u8 {
 
 fn default_withdraw_grace_ms() -> u32 {
     2000
+}
+
+/// Debian's `bird2` package.
+fn default_bird_socket() -> PathBuf {
+    PathBuf::from("/run/bird/bird.ctl")
 }
 
 /// When a service lets its VIP be announced.

@@ -10,17 +10,12 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use super::event_loop::Daemon;
-use crate::cluster::{self, Announcer, fingerprint::ring_fingerprint};
+use crate::cluster::{self, Announcer};
 
 impl Daemon {
     /// After the maps changed: fingerprints and announcements follow.
     pub fn tell_cluster(&mut self) {
-        let plan = self.control.applied();
-        self.fingerprints = plan
-            .services
-            .iter()
-            .map(|s| (s.info.id, ring_fingerprint(plan, s)))
-            .collect();
+        self.fingerprints.update(self.control.applied());
         if !self.attached {
             return; // started once attached (`start_cluster`)
         }
@@ -35,6 +30,15 @@ impl Daemon {
                 if c.announce_table == a.config.announce_table
                     && c.route_protocol == a.config.route_protocol =>
             {
+                if c.bird_socket != a.config.bird_socket {
+                    // Another BIRD socket: a new task, the routes stay.
+                    a.leave();
+                    match Announcer::start(c, decisions) {
+                        Ok(a) => self.cluster = Some(a),
+                        Err(e) => error!(error = %e, "cluster: cannot start announcing"),
+                    }
+                    return;
+                }
                 a.config = c.clone();
                 a.want(decisions);
                 self.cluster = Some(a);

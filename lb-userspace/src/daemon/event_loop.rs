@@ -92,7 +92,7 @@ pub struct Daemon {
     /// The VIP announcer, with `[cluster]`, once attached.
     pub cluster: Option<crate::cluster::Announcer>,
     /// Ring fingerprints by service id, as of the last map change.
-    pub fingerprints: BTreeMap<u32, String>,
+    pub fingerprints: crate::cluster::fingerprint::Fingerprints,
     /// `xdplb drain` under way.
     pub drain: Option<super::cluster::Drain>,
 }
@@ -291,7 +291,7 @@ impl Daemon {
                 active: &census.active,
                 ha: ha.as_ref(),
                 cluster: self.cluster.as_ref().map(|c| c.status()),
-                fingerprints: &self.fingerprints,
+                fingerprints: self.fingerprints.by_service(),
                 daemon: api::DaemonView {
                     checks_not_run: self.not_run.total,
                     status_refused: self.status_refused.total,
