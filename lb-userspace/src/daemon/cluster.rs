@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
+use super::drain::{DRAIN_QUIET, Drain};
 use super::event_loop::Daemon;
 use crate::cluster::{self, Announcer};
 
@@ -104,19 +105,6 @@ impl Daemon {
             }
         }
     }
-}
-
-/// A drain ends once no packet has reached a service for this long: the
-/// routers have moved every flow elsewhere.
-pub const DRAIN_QUIET: Duration = Duration::from_secs(2);
-
-/// `xdplb drain` under way: every VIP withdrawn, forwarding on until the
-/// node's services see no packet for [`DRAIN_QUIET`] or the timeout.
-pub struct Drain {
-    started: Instant,
-    deadline: Instant,
-    packets: u64,
-    quiet_since: Instant,
 }
 
 impl Daemon {

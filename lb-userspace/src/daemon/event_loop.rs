@@ -94,7 +94,7 @@ pub struct Daemon {
     /// Ring fingerprints by service id, as of the last map change.
     pub fingerprints: crate::cluster::fingerprint::Fingerprints,
     /// `xdplb drain` under way.
-    pub drain: Option<super::cluster::Drain>,
+    pub drain: Option<super::drain::Drain>,
 }
 
 /// What the event loop listens to besides signals and timers.

@@ -9,6 +9,7 @@
 
 mod access;
 mod cluster;
+mod drain;
 mod event_loop;
 mod host;
 mod instance;
