@@ -85,16 +85,16 @@ fn bad_config_is_rejected_with_file_key_and_reason() {
     );
 }
 
-/// A stale PID file whose PID now belongs to another program: `reload` and
-/// `stop` refuse, saying why, and do not signal it. (A `sleep` dies of the
-/// SIGHUP `reload` would send, so its survival shows nothing was sent.)
+/// A stale PID file whose PID now belongs to another program: `stop`
+/// refuses, saying why, and does not signal it. (A `sleep` dies of the
+/// SIGTERM `stop` would send, so its survival shows nothing was sent.)
 #[test]
 fn a_stale_pid_file_naming_another_program_is_not_signalled() {
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
     let pid_file = std::env::temp_dir().join(format!("xdplb-stale-{}.pid", std::process::id()));
     std::fs::write(&pid_file, format!("{}\n", sleeper.id())).unwrap();
     let mut outputs = Vec::new();
-    for args in [&["reload"][..], &["stop"], &["stop", "--keep-running"]] {
+    for args in [&["stop"][..], &["stop", "--keep-running"]] {
         let out = Command::new(target_bin("xdplb"))
             .args(args)
             .arg("--pid-file")

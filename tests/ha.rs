@@ -1834,10 +1834,10 @@ fn forged_replayed_and_wrong_group_adverts_change_nothing() {
     ] {
         for (i, text) in texts.iter().enumerate() {
             std::fs::write(&pair.configs[i], text).unwrap();
-            let pid_file = pair.configs[i].with_extension("pid");
+            let socket = pair.configs[i].with_extension("sock");
             let out = std::process::Command::new(target_bin("xdplb"))
-                .args(["reload", "--pid-file"])
-                .arg(&pid_file)
+                .args(["reload", "--socket"])
+                .arg(&socket)
                 .output()
                 .unwrap();
             assert!(out.status.success(), "reload: {out:?}");

@@ -59,10 +59,14 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Ask the running daemon to re-read its config (sends it SIGHUP).
+    /// Ask the running daemon to re-read its config and print its verdict:
+    /// what changed, or (exit 2) why the file was rejected, in which case
+    /// the daemon keeps serving the previous config. (SIGHUP reloads too,
+    /// reporting only in the log.)
     Reload {
-        #[arg(long, default_value = DEFAULT_PID_FILE)]
-        pid_file: PathBuf,
+        /// The daemon's status socket (control.status_socket).
+        #[arg(long, default_value = DEFAULT_STATUS_SOCKET)]
+        socket: PathBuf,
     },
     /// Stop the running daemon: detach and unpin (SIGTERM), or with
     /// `--keep-running` exit leaving the data path forwarding (SIGUSR1).
@@ -129,8 +133,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Check { config } => check(&config),
-        Cmd::Reload { pid_file } => pid::signal(&pid_file, libc::SIGHUP, "SIGHUP")
-            .map(|pid| println!("sent SIGHUP to xdplb (pid {pid}); its log reports the result")),
+        Cmd::Reload { socket } => cli::reload(&socket).map(|out| print!("{out}")),
         Cmd::Stop {
             pid_file,
             keep_running,

@@ -362,7 +362,11 @@ fn a_reload_storm_hides_no_failure() {
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 n += 1;
                 std::fs::write(&lab.config, config(1 + n % 2)).unwrap();
-                xdplb_cmd(&["reload", "--pid-file", lab.pid_file.to_str().unwrap()]);
+                xdplb_cmd(&[
+                    "reload",
+                    "--socket",
+                    lab.daemon.status_socket.to_str().unwrap(),
+                ]);
                 std::thread::sleep(Duration::from_millis(150));
             }
             n

@@ -193,7 +193,8 @@ impl Lab {
     /// `n`-th "reload applied".
     pub(crate) fn reload(&mut self, text: &str, n: usize) {
         std::fs::write(&self.config, text).unwrap();
-        xdplb_cmd(&["reload", "--pid-file", self.pid_file.to_str().unwrap()]);
+        let socket = self.daemon.status_socket.clone();
+        xdplb_cmd(&["reload", "--socket", socket.to_str().unwrap()]);
         self.daemon
             .wait_for_count("reload applied", n, Duration::from_secs(10));
     }

@@ -15,16 +15,22 @@ fn reload_applies_diffs_keeps_established_flows_and_rejects_bad_configs() {
     }
     let mut lab = lab(Mode::Native, "nat", "round_robin");
     let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    // `xdplb reload` waits for the daemon's verdict: (exit status, stdout,
+    // stderr).
     let reload = |lab: &Lab| {
         let out = std::process::Command::new(target_bin("xdplb"))
-            .args(["reload", "--pid-file", lab.pid_file.to_str().unwrap()])
+            .args([
+                "reload",
+                "--socket",
+                lab.daemon.status_socket.to_str().unwrap(),
+            ])
             .output()
             .unwrap();
-        assert!(
+        (
             out.status.success(),
-            "xdplb reload: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let both = [("203.0.113.11", 1), ("203.0.113.21", 1)];
 
@@ -45,7 +51,14 @@ fn reload_applies_diffs_keeps_established_flows_and_rejects_bad_configs() {
         nat_config(&[(kept_addr, 3), (other_addr, 1)], "[[service]]\nname = \"extra\"\nvip = \"192.0.2.11\"\nport = 80\nprotocol = \"tcp\"\nscheduler = \"maglev\"\nforwarding = \"nat\"\nbackend = [{ address = \"203.0.113.11\", port = 8080 }]\n"),
     )
     .unwrap();
-    reload(&lab);
+    let (ok, out, err) = reload(&lab);
+    assert!(ok, "xdplb reload: {out}{err}");
+    assert!(
+        out.starts_with(
+            "applied: services: 1 added (extra), 1 changed (www.foobar.com); backends: 1 added, 0 removed"
+        ),
+        "the verdict: {out}"
+    );
     lab.daemon
         .wait_for_count("reload applied", 1, Duration::from_secs(10));
     assert_eq!(
@@ -73,7 +86,15 @@ fn reload_applies_diffs_keeps_established_flows_and_rejects_bad_configs() {
         nat_config(&both, "").replace("port = 8080", "port = 0"),
     )
     .unwrap();
-    reload(&lab);
+    let (ok, out, err) = reload(&lab);
+    // Rejected: a non-zero exit naming file, line, key and reason.
+    assert!(!ok, "a rejected reload exited 0: {out}{err}");
+    assert!(
+        err.contains(&format!("rejected: {}:", lab.config.display()))
+            && err.contains("port")
+            && err.contains("still serving the previous configuration"),
+        "{err}"
+    );
     lab.daemon
         .wait_for_count("reload rejected", 1, Duration::from_secs(10));
     let (spread2, errors) = load(20, || http_get(vip));
@@ -94,7 +115,14 @@ fn reload_applies_diffs_keeps_established_flows_and_rejects_bad_configs() {
 
     // 3. Remove the other backend: new flows avoid it, the held flow stays.
     std::fs::write(&lab.config, nat_config(&[(kept_addr, 1)], "")).unwrap();
-    reload(&lab);
+    let (ok, out, err) = reload(&lab);
+    assert!(ok, "xdplb reload: {out}{err}");
+    assert!(
+        out.starts_with(
+            "applied: services: 1 removed (extra), 1 changed (www.foobar.com); backends: 0 added, 2 removed"
+        ),
+        "{out}"
+    );
     lab.daemon
         .wait_for_count("reload applied", 2, Duration::from_secs(10));
     let (spread3, errors) = load(20, || http_get(vip));

@@ -341,7 +341,7 @@ impl Daemon {
                 Err(e) => format!("error: {e}\n"),
             },
             _ => format!(
-                "error: unknown request {line:?} (status, drain [SECONDS], deny list, deny add PREFIX, deny del PREFIX)\n"
+                "error: unknown request {line:?} (status, reload, drain [SECONDS], deny list, deny add PREFIX, deny del PREFIX)\n"
             ),
         }
     }
@@ -448,7 +448,7 @@ impl Daemon {
                 _ = usr1.recv() => { info!("SIGUSR1: exiting, data path keeps forwarding"); return Ok(Exit::Stop { keep_running: true }); }
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading {}", config_path.display());
-                    self.reload(config_path, overrides).await;
+                    let _ = self.reload(config_path, overrides).await;
                 }
                 Some(r) = reports.recv() => self.on_report(r),
                 Some(reply) = views.recv() => { let _ = reply.send(self.view()); }
@@ -510,7 +510,16 @@ impl Daemon {
                     }
                 },
                 Some((line, mut stream)) = requests.recv() => {
-                    let reply = self.control_request(line.trim());
+                    let reply = if line.trim() == "reload" {
+                        // `xdplb reload`: the verdict goes back to the asker.
+                        info!("reload requested on the status socket: reloading {}", config_path.display());
+                        match self.reload(config_path, overrides).await {
+                            Ok(applied) => format!("{applied}\n"),
+                            Err(e) => format!("error: {e}\n"),
+                        }
+                    } else {
+                        self.control_request(line.trim())
+                    };
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply.as_bytes())).await;
                     });

@@ -8,6 +8,7 @@
 //! Shutdown undoes it in reverse, or leaves forwarding in place when asked.
 
 mod access;
+mod changes;
 mod cluster;
 mod drain;
 mod event_loop;

@@ -1,5 +1,7 @@
-//! SIGHUP (`xdplb reload`): re-read the config and apply the difference. A
-//! bad config is logged and ignored; the running one keeps serving.
+//! Reload (SIGHUP, or `xdplb reload` on the status socket, which waits for
+//! the verdict): re-read the config and apply the difference. A bad config
+//! is rejected (logged, and told to whoever asked) and the running one
+//! keeps serving.
 
 use std::path::Path;
 
@@ -11,16 +13,26 @@ use super::{
 };
 
 impl Daemon {
-    pub async fn reload(&mut self, path: &Path, overrides: &Overrides) {
+    /// The verdict: what changed, or why the new config was rejected.
+    pub async fn reload(&mut self, path: &Path, overrides: &Overrides) -> Result<String, String> {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        let verdict = self.reload_inner(path, overrides).await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        verdict
+    }
+
+    async fn reload_inner(&mut self, path: &Path, overrides: &Overrides) -> Result<String, String> {
         let mut new = match read_config(path, overrides) {
             Ok(c) => c,
             Err(e) => {
-                error!(error = %format!("{e:#}"), "reload rejected; still serving the previous configuration");
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-                return;
+                let e = format!("{e:#}");
+                error!(error = %e, "reload rejected; still serving the previous configuration");
+                return Err(format!(
+                    "rejected: {e}; still serving the previous configuration"
+                ));
             }
         };
+        let mut kept = Vec::new();
         // These are fixed at load/attach/bind time.
         let old = self.control.config();
         if new.dataplane.interfaces != old.dataplane.interfaces
@@ -33,6 +45,7 @@ impl Daemon {
             warn!(
                 "dataplane.interfaces, xdp_mode, flow_table_size, embryonic_table_size, pin_path and [control] take effect on restart; keeping the running values"
             );
+            kept.push("dataplane.interfaces/xdp_mode/table sizes/pin_path, [control]");
             new.dataplane.interfaces = old.dataplane.interfaces.clone();
             new.dataplane.xdp_mode = old.dataplane.xdp_mode;
             new.dataplane.flow_table_size = old.dataplane.flow_table_size;
@@ -43,16 +56,28 @@ impl Daemon {
         if new.ha != old.ha {
             warn!("[ha] takes effect on restart; keeping the running values");
             new.ha = old.ha.clone();
+            kept.push("[ha]");
+        }
+        let mut summary = super::changes::summary(old, &new);
+        if !kept.is_empty() {
+            summary += &format!(
+                "; kept until restart: {} (changed in the file)",
+                kept.join(", ")
+            );
         }
         match self.apply(new).await {
             Ok(()) => {
                 log_services(self.control.config());
-                info!("reload applied");
+                info!(changes = %summary, "reload applied");
+                Ok(format!("applied: {summary}"))
             }
             Err(e) => {
-                error!(error = %format!("{e:#}"), "reload failed; the maps still hold the previous configuration")
+                let e = format!("{e:#}");
+                error!(error = %e, "reload failed; the maps still hold the previous configuration");
+                Err(format!(
+                    "failed: {e}; the maps still hold the previous configuration"
+                ))
             }
         }
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }
 }
