@@ -55,7 +55,7 @@ fn reload_applies_diffs_keeps_established_flows_and_rejects_bad_configs() {
     assert!(ok, "xdplb reload: {out}{err}");
     assert!(
         out.starts_with(
-            "applied: services: 1 added (extra), 1 changed (www.foobar.com); backends: 1 added, 0 removed"
+            "applied: services: 1 added (extra), 1 removed (dns), 1 changed (www.foobar.com); backends: 1 added, 2 removed"
         ),
         "the verdict: {out}"
     );
