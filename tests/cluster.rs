@@ -753,6 +753,30 @@ fn cluster_spreads_connections_and_keeps_them_when_a_node_dies() {
         );
     }
 
+    // `xdplb status --json` says the same.
+    let out = std::process::Command::new(target_bin("xdplb"))
+        .args(["status", "--json", "--socket"])
+        .arg(&c.lbs[0].as_ref().unwrap().status_socket)
+        .output()
+        .expect("xdplb status --json");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(j["cluster"]["vips"][0]["vip"], VIP, "{j}");
+    assert_eq!(j["cluster"]["vips"][0]["announced"], true, "{j}");
+    assert_eq!(
+        j["services"][0]["ring_fingerprint"],
+        prints[0].as_str(),
+        "{j}"
+    );
+    assert_eq!(
+        j["cluster"]["bird"]["sessions"][0]["info"], "Established",
+        "{j}"
+    );
+
     // Spread: new connections from many sources and ports over every node.
     const SPREAD: usize = 600;
     let before = c.all_connections();

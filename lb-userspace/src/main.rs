@@ -18,7 +18,11 @@ const DEFAULT_PID_FILE: &str = "/run/xdplb.pid";
 const DEFAULT_STATUS_SOCKET: &str = "/run/xdplb.sock";
 
 #[derive(Parser)]
-#[command(name = "xdplb", version, about = "XDP layer-4 load balancer")]
+#[command(
+    name = "xdplb",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("XDPLB_COMMIT"), ")"),
+    about = "XDP layer-4 load balancer"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -30,6 +34,7 @@ enum Cmd {
     /// and serve. SIGHUP re-reads the config; SIGTERM/SIGINT detach and exit;
     /// SIGUSR1 exits leaving forwarding in place for the next daemon.
     Run {
+        /// The TOML configuration (checked whole before anything changes).
         #[arg(long)]
         config: PathBuf,
         /// Interface to attach to (repeatable); replaces dataplane.interfaces.
@@ -56,6 +61,7 @@ enum Cmd {
     },
     /// Validate a config file; exits non-zero with file, key and reason.
     Check {
+        /// The TOML configuration to check.
         #[arg(long)]
         config: PathBuf,
     },
@@ -71,8 +77,10 @@ enum Cmd {
     /// Stop the running daemon: detach and unpin (SIGTERM), or with
     /// `--keep-running` exit leaving the data path forwarding (SIGUSR1).
     Stop {
+        /// The daemon's PID file (`run --pid-file`).
         #[arg(long, default_value = DEFAULT_PID_FILE)]
         pid_file: PathBuf,
+        /// Exit leaving the data path forwarding for the next daemon.
         #[arg(long)]
         keep_running: bool,
         /// Seconds to wait for the daemon to exit (0: do not wait).
@@ -82,8 +90,12 @@ enum Cmd {
     /// Print services, backends, health, weights, conn/s and flows of the
     /// running daemon.
     Status {
+        /// The daemon's status socket (control.status_socket).
         #[arg(long, default_value = DEFAULT_STATUS_SOCKET)]
         socket: PathBuf,
+        /// The same view as JSON (as the HTTP endpoint's /status).
+        #[arg(long)]
+        json: bool,
     },
     /// Take this cluster node out of service ([cluster]): withdraw every
     /// VIP from the routers, keep forwarding what still arrives until no
@@ -92,6 +104,7 @@ enum Cmd {
         /// Stop after this many seconds even if packets still arrive.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// The daemon's status socket (control.status_socket).
         #[arg(long, default_value = DEFAULT_STATUS_SOCKET)]
         socket: PathBuf,
     },
@@ -100,6 +113,7 @@ enum Cmd {
     Deny {
         #[command(subcommand)]
         op: DenyOp,
+        /// The daemon's status socket (control.status_socket).
         #[arg(long, global = true, default_value = DEFAULT_STATUS_SOCKET)]
         socket: PathBuf,
     },
@@ -110,6 +124,7 @@ enum DenyOp {
     /// Deny a source prefix ("a.b.c.d/n" or an address). One that covers a
     /// configured backend, or a /0 to /7, is refused unless forced.
     Add {
+        /// "a.b.c.d/n" or an address.
         prefix: String,
         /// Deny it although it covers a backend or a large part of the
         /// Internet (backends' replies and checks still get through).
@@ -117,7 +132,10 @@ enum DenyOp {
         force: bool,
     },
     /// Take a prefix off the run-time list.
-    Del { prefix: String },
+    Del {
+        /// As it was added.
+        prefix: String,
+    },
     /// Print the list (config entries marked).
     List,
 }
@@ -139,7 +157,13 @@ fn main() -> ExitCode {
             keep_running,
             wait,
         } => stop(&pid_file, keep_running, wait),
-        Cmd::Status { socket } => status(&socket),
+        Cmd::Status { socket, json } => {
+            if json {
+                cli::request(&socket, "status json").map(|out| print!("{out}"))
+            } else {
+                status(&socket)
+            }
+        }
         Cmd::Drain { timeout, socket } => {
             cli::request(&socket, &format!("drain {timeout}")).map(|out| print!("{out}"))
         }
@@ -235,4 +259,37 @@ fn stop(pid_file: &Path, keep_running: bool, wait: u64) -> anyhow::Result<()> {
 fn status(socket: &Path) -> anyhow::Result<()> {
     print!("{}", cli::status(socket)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every flag and argument of every command says what it is for.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", a.get_id()));
+                }
+            }
+            for sub in c.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "xdplb", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:?}");
+    }
+
+    #[test]
+    fn the_version_names_the_commit() {
+        let v = super::Cli::command().render_version();
+        assert!(v.contains("(commit "), "{v}");
+    }
 }

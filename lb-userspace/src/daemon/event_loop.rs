@@ -308,6 +308,7 @@ impl Daemon {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             [] | ["status"] => api::status::table(&self.view()),
+            ["status", "json"] => api::status::json(&self.view()) + "\n",
             ["drain"] | ["drain", _] => {
                 let secs = match words.get(1).map(|w| w.parse::<u64>()) {
                     None => Ok(300),
@@ -341,7 +342,7 @@ impl Daemon {
                 Err(e) => format!("error: {e}\n"),
             },
             _ => format!(
-                "error: unknown request {line:?} (status, reload, drain [SECONDS], deny list, deny add PREFIX, deny del PREFIX)\n"
+                "error: unknown request {line:?} (status, status json, reload, drain [SECONDS], deny list, deny add PREFIX, deny del PREFIX)\n"
             ),
         }
     }
