@@ -44,6 +44,32 @@ fn a_real_prometheus_scrapes_the_endpoint_and_loads_the_rules() {
         load(20, || http_get(vip))
     };
     assert!(errors.is_empty(), "{errors:?}");
+    // A plain GET (as curl or a pipe into promtool) gets the Prometheus
+    // text format, which `promtool check metrics` accepts without a word.
+    let plain = http_body(&lab.lb, "127.0.0.1:9100", "/metrics");
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(plain.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
     let dir = std::env::temp_dir().join(format!("{}-prometheus", lab.lb.name));
     std::fs::create_dir_all(&dir).unwrap();
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/xdplb-alerts.yml");

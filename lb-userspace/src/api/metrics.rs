@@ -1,4 +1,5 @@
-//! `/metrics`: the view as OpenMetrics text, encoded by `prometheus-client`.
+//! `/metrics`: the view as OpenMetrics text, encoded by `prometheus-client`,
+//! or in the Prometheus text format for scrapers that do not ask for it.
 //! Each scrape builds a fresh registry from the current view (the values
 //! are the data path's counters, read at scrape time).
 
@@ -12,8 +13,70 @@ use prometheus_client::{
 
 use super::view::{BackendView, HaView, HealthView, ServiceView, View};
 
-/// `Content-Type` of the exposition.
+/// `Content-Type` of the OpenMetrics exposition (for scrapers that ask
+/// for it: Prometheus does).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of the Prometheus text exposition (everyone else:
+/// `curl`, `promtool check metrics`, older scrapers).
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The view in the Prometheus text format (0.0.4): the OpenMetrics text
+/// with counters' HELP and TYPE named as their samples (`_total`), and no
+/// `# EOF`. (`prometheus-client` writes OpenMetrics only; the two differ in
+/// nothing else for the gauges and counters exported here.)
+pub fn prometheus_text(v: &View) -> String {
+    to_prometheus_text(&openmetrics(v))
+}
+
+fn to_prometheus_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut help: Option<&str> = None;
+    for line in om.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            if let Some(h) = help.take() {
+                out.push_str(h);
+                out.push('\n');
+            }
+            help = Some(line);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let counter = kind == "counter" && !name.ends_with("_total");
+            if let Some(h) = help.take() {
+                match (
+                    counter,
+                    h.strip_prefix("# HELP ").and_then(|r| r.split_once(' ')),
+                ) {
+                    (true, Some((n, text))) => {
+                        let _ = writeln!(out, "# HELP {n}_total {text}");
+                    }
+                    _ => {
+                        out.push_str(h);
+                        out.push('\n');
+                    }
+                }
+            }
+            if counter {
+                let _ = writeln!(out, "# TYPE {name}_total counter");
+            } else {
+                let kind = if kind == "unknown" { "untyped" } else { kind };
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+            }
+            continue;
+        }
+        if let Some(h) = help.take() {
+            out.push_str(h);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
 
 /// A label value, escaped as the exposition format requires. (The crate
 /// writes label values verbatim: a service named `a"b` would otherwise break
@@ -538,6 +601,31 @@ mod tests {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
         assert!(!openmetrics(&view()).contains("xdplb_cluster_"));
+    }
+
+    #[test]
+    fn the_prometheus_text_names_counters_as_their_samples() {
+        let text = prometheus_text(&crate::api::view::samples::cluster_view());
+        assert!(!text.contains("# EOF"));
+        assert!(text.contains("# HELP xdplb_packets_total "), "{text}");
+        assert!(
+            text.contains("# TYPE xdplb_packets_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE xdplb_service_connections_per_second gauge"));
+        // Every sample's family has HELP and TYPE under its own name.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap();
+            assert!(
+                text.contains(&format!("# HELP {name} "))
+                    && text.contains(&format!("# TYPE {name} ")),
+                "{name} has no HELP/TYPE of its own"
+            );
+        }
+        // The samples are the OpenMetrics ones.
+        let om = openmetrics(&crate::api::view::samples::cluster_view());
+        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples(&text), samples(&om));
     }
 
     #[test]

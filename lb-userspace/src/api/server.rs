@@ -44,11 +44,23 @@ fn unavailable() -> Response {
         .into_response()
 }
 
-async fn metrics_handler(State(api): State<Api>) -> Response {
+/// OpenMetrics for a scraper that asks for it (`Accept`), the Prometheus
+/// text format otherwise.
+async fn metrics_handler(State(api): State<Api>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
     match api.view().await {
-        Some(v) => (
+        Some(v) if openmetrics => (
             [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
             metrics::openmetrics(&v),
+        )
+            .into_response(),
+        Some(v) => (
+            [(header::CONTENT_TYPE, metrics::PROMETHEUS_CONTENT_TYPE)],
+            metrics::prometheus_text(&v),
         )
             .into_response(),
         None => unavailable(),
@@ -103,9 +115,14 @@ mod tests {
     use crate::api::view::samples::view;
 
     async fn get_path(addr: std::net::SocketAddr, path: &str) -> String {
+        get_with(addr, path, "").await
+    }
+
+    async fn get_with(addr: std::net::SocketAddr, path: &str, headers: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await
         .unwrap();
@@ -125,21 +142,29 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let (tx, mut rx) = mpsc::channel::<ViewRequest>(8);
             tokio::spawn(serve(listener, tx));
-            // The "event loop": answers three requests, then stops answering.
+            // The "event loop": answers four requests, then stops answering.
             let answered = tokio::spawn(async move {
-                for _ in 0..3 {
+                for _ in 0..4 {
                     let reply = rx.recv().await.unwrap();
                     let _ = reply.send(view());
                 }
                 rx // kept alive, never answering again
             });
-            let m = get_path(addr, "/metrics").await;
+            // Prometheus asks for OpenMetrics; curl and promtool get the
+            // Prometheus text format.
+            let accept = "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n";
+            let m = get_with(addr, "/metrics", accept).await;
             assert!(m.starts_with("HTTP/1.1 200"), "{m}");
             assert!(m.contains("application/openmetrics-text"), "{m}");
+            assert!(m.contains("# EOF"), "{m}");
             assert!(
                 m.contains("xdplb_packets_total{reason=\"fwd_nat\"} 30"),
                 "{m}"
             );
+            let p = get_path(addr, "/metrics").await;
+            assert!(p.contains("text/plain; version=0.0.4"), "{p}");
+            assert!(p.contains("# TYPE xdplb_packets_total counter"), "{p}");
+            assert!(!p.contains("# EOF"), "{p}");
             let s = get_path(addr, "/status").await;
             assert!(
                 s.contains("application/json") && s.contains("\"203.0.113.21:80\""),
