@@ -356,6 +356,18 @@ pub fn openmetrics(v: &View) -> String {
     if let Some(h) = &v.ha {
         register_ha(&mut r, h);
     }
+    let build = Family::<Labels, Gauge>::default();
+    build
+        .get_or_create(&vec![
+            label("version", env!("CARGO_PKG_VERSION")),
+            label("commit", env!("XDPLB_COMMIT")),
+        ])
+        .set(1);
+    r.register(
+        "xdplb_build_info",
+        "1, labelled with the daemon's version and the commit it was built from",
+        build,
+    );
     let rings = Family::<Labels, Gauge>::default();
     for s in v.services.iter().filter(|s| !s.ring_fingerprint.is_empty()) {
         let mut l = service_labels(s);
@@ -601,6 +613,21 @@ mod tests {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
         assert!(!openmetrics(&view()).contains("xdplb_cluster_"));
+    }
+
+    #[test]
+    fn build_info_names_version_and_commit() {
+        let text = openmetrics(&view());
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("xdplb_build_info{"))
+            .expect("build info");
+        assert!(
+            line.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+                && line.contains(&format!("commit=\"{}\"", env!("XDPLB_COMMIT")))
+                && line.ends_with(" 1"),
+            "{line}"
+        );
     }
 
     #[test]
