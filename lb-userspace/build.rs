@@ -8,7 +8,8 @@ fn main() {
 }
 
 /// `XDPLB_COMMIT`: the commit `xdplb --version` names ("unknown" outside a
-/// git checkout).
+/// git checkout). Changes in the working tree are not noticed (build.rs
+/// reruns on a new commit or index, not on every edit).
 fn commit() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = std::process::Command::new("git")
@@ -19,17 +20,9 @@ fn commit() {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
         _ => "unknown".to_string(),
     };
-    let dirty = std::process::Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
-        .current_dir(&root)
-        .output()
-        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
-    println!(
-        "cargo:rustc-env=XDPLB_COMMIT={commit}{}",
-        if dirty { "+changes" } else { "" }
-    );
+    println!("cargo:rustc-env=XDPLB_COMMIT={commit}");
     // A new commit or checkout changes these.
-    for f in ["../.git/HEAD", "../.git/index"] {
+    for f in ["../.git/HEAD", "../.git/index", "../.git/refs/heads"] {
         println!("cargo:rerun-if-changed={f}");
     }
 }

@@ -108,6 +108,14 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_STATUS_SOCKET)]
         socket: PathBuf,
     },
+    /// Print a shell completion script (e.g. `xdplb completions bash >
+    /// /etc/bash_completion.d/xdplb`).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff; e.g. `xdplb man | man -l -`).
+    Man,
     /// The run-time global deny list of the running daemon: sources dropped
     /// before anything else, kept in [firewall] deny_file across restarts.
     Deny {
@@ -164,6 +172,12 @@ fn main() -> ExitCode {
                 status(&socket)
             }
         }
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "xdplb", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man => man(&mut std::io::stdout()),
         Cmd::Drain { timeout, socket } => {
             cli::request(&socket, &format!("drain {timeout}")).map(|out| print!("{out}"))
         }
@@ -261,6 +275,17 @@ fn status(socket: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The man page of `xdplb` and each of its commands, one after another.
+fn man(out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cmd.clone()).render(out)?;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("xdplb-{}", sub.get_name());
+        clap_mangen::Man::new(sub.clone()).title(name).render(out)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
@@ -285,6 +310,29 @@ mod tests {
         let mut missing = Vec::new();
         walk(&super::Cli::command(), "xdplb", &mut missing);
         assert!(missing.is_empty(), "without help: {missing:?}");
+    }
+
+    #[test]
+    fn completions_and_the_man_page_cover_every_command() {
+        let mut cmd = super::Cli::command();
+        let mut bash = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "xdplb", &mut bash);
+        let bash = String::from_utf8(bash).unwrap();
+        let mut man = Vec::new();
+        super::man(&mut man).unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(man.contains(".TH xdplb "), "{man}");
+        for sub in super::Cli::command().get_subcommands() {
+            let name = sub.get_name();
+            assert!(bash.contains(name), "bash completion lacks {name}");
+            if name != "help" {
+                assert!(
+                    man.contains(&format!(".TH xdplb-{name} ")),
+                    "man lacks {name}"
+                );
+            }
+        }
+        assert!(bash.contains("--status-socket") && man.contains("status\\-socket"));
     }
 
     #[test]

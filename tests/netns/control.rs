@@ -502,3 +502,74 @@ fn operator_slips_are_refused_or_harmless() {
     d.wait_for("xdplb ready", Duration::from_secs(30));
     lab.daemon.process = d;
 }
+
+/// systemd's watchdog (`WatchdogSec=` in the unit): given `WATCHDOG_USEC`
+/// and `WATCHDOG_PID` as systemd sets them, the daemon tells the notify
+/// socket `READY=1` once attached and then `WATCHDOG=1` every half interval
+/// from its event loop. Counted, not timed: at 200 ms (a ping every 100
+/// ms), at least 5 pings within 3 s (30 expected; the margin is for a
+/// loaded 2-core machine).
+#[test]
+fn the_event_loop_pings_systemds_watchdog() {
+    let test = "the_event_loop_pings_systemds_watchdog";
+    if !require_root(test) {
+        return;
+    }
+    let mut lab = lab_with(Mode::Native, &service_config("nat", ""));
+    // The lab's daemon makes room (its files are taken over below).
+    lab.daemon.process.stop();
+    let sock = std::env::temp_dir().join(format!("xdplb-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let notify = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut args = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        format!(
+            "WATCHDOG_PID=$$ WATCHDOG_USEC=200000 NOTIFY_SOCKET={} exec \"$0\" \"$@\"",
+            sock.display()
+        ),
+    ];
+    args.extend(xdplb_args(
+        &target_bin("xdplb"),
+        &lab.config,
+        &lab.pid_file,
+        &lab.daemon.pin_root,
+        &["--xdp-mode", "native"],
+    ));
+    let mut daemon = ProcessGuard::spawn_in_netns("xdplb-watchdog", &lab.lb.name, &args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 256];
+    let mut ready = false;
+    let mut pings = 0;
+    let mut pinging_since = None;
+    while Instant::now() < deadline {
+        let Ok(n) = notify.recv(&mut buf) else {
+            continue;
+        };
+        let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+        if msg.contains("READY=1") {
+            ready = true;
+        }
+        if msg.contains("WATCHDOG=1") {
+            pings += 1;
+            let since = *pinging_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(3) {
+                break;
+            }
+        }
+    }
+    let log = daemon.log();
+    daemon.stop();
+    let _ = std::fs::remove_file(&sock);
+    assert!(ready, "no READY=1:\n{}", log.join("\n"));
+    assert!(
+        log.iter()
+            .any(|l| l.contains("systemd watchdog: pinging every half interval")),
+        "{}",
+        log.join("\n")
+    );
+    assert!(pings >= 5, "{pings} watchdog pings in 3 s");
+}

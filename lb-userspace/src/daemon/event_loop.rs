@@ -104,6 +104,9 @@ pub struct Inputs {
     pub status: tokio::net::UnixListener,
     /// Who may use the status socket.
     pub access: super::access::Policy,
+    /// systemd's watchdog (`WatchdogSec=`): ping every half interval from
+    /// the loop itself, so a loop that hangs is restarted.
+    pub watchdog: Option<Duration>,
 }
 
 /// How the loop ended.
@@ -422,6 +425,7 @@ impl Daemon {
             mut views,
             status,
             access,
+            watchdog,
         } = inputs;
 
         let (config_path, overrides) = (&o.config, &o.overrides);
@@ -436,7 +440,16 @@ impl Daemon {
         let mut rate_tick = tokio::time::interval(Duration::from_secs(1));
         // Passive health reacts within one tick of a threshold being reached.
         let mut passive_tick = tokio::time::interval(PASSIVE_TICK);
-        for t in [&mut stats_tick, &mut rate_tick, &mut passive_tick] {
+        let half = watchdog.map_or(Duration::from_secs(3600), |w| {
+            (w / 2).max(Duration::from_millis(10))
+        });
+        let mut watchdog_tick = tokio::time::interval(half);
+        for t in [
+            &mut stats_tick,
+            &mut rate_tick,
+            &mut passive_tick,
+            &mut watchdog_tick,
+        ] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         // Requests on the status socket: read off the loop, answered in it.
@@ -473,6 +486,9 @@ impl Daemon {
                         info!(why, "drain over: stopping");
                         return Ok(Exit::Stop { keep_running: false });
                     }
+                }
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                 }
                 _ = stats_tick.tick(), if stats_interval > 0 => {
                     if let Some(s) = self.snapshot() { info!(counters = %s, "counters"); }

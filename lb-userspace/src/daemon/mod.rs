@@ -216,11 +216,21 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
     info!(interfaces = ?ifaces, pinned = pin_dir.is_some(), "xdplb ready");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
+    let mut usec = 0;
+    let watchdog =
+        sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec));
+    if let Some(w) = watchdog {
+        info!(
+            interval_ms = w.as_millis() as u64,
+            "systemd watchdog: pinging every half interval"
+        );
+    }
     let inputs = Inputs {
         reports,
         views,
         status,
         access,
+        watchdog,
     };
     let exit = daemon.run(inputs, o).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
