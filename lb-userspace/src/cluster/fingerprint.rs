@@ -90,13 +90,16 @@ forwarding = "dsr"
 backend = [{ address = "203.0.113.11", port = 80 }, { address = "203.0.113.12", port = 80 }, { address = "203.0.113.13", port = 80 }]
 "#;
 
+    fn plan_of(text: &str) -> Plan {
+        let config = || Config::parse(Path::new("t.toml"), text).unwrap();
+        let mut c = Control::new(config());
+        c.apply(&mut FakeDataplane::default(), config()).unwrap();
+        c.applied().clone()
+    }
+
     fn fingerprint_of(text: &str) -> String {
-        let mut c = Control::new(Config::parse(Path::new("t.toml"), text).unwrap());
-        let mut dp = FakeDataplane::default();
-        c.apply(&mut dp, Config::parse(Path::new("t.toml"), text).unwrap())
-            .unwrap();
-        let plan = c.applied();
-        ring_fingerprint(plan, &plan.services[0])
+        let plan = plan_of(text);
+        ring_fingerprint(&plan, &plan.services[0])
     }
 
     #[test]
@@ -123,13 +126,6 @@ backend = [{ address = "203.0.113.11", port = 80 }, { address = "203.0.113.12", 
 
     #[test]
     fn the_cache_follows_every_change() {
-        let plan_of = |text: &str| {
-            let mut c = Control::new(Config::parse(Path::new("t.toml"), text).unwrap());
-            let mut dp = FakeDataplane::default();
-            c.apply(&mut dp, Config::parse(Path::new("t.toml"), text).unwrap())
-                .unwrap();
-            c.applied().clone()
-        };
         let mut f = Fingerprints::default();
         let a = plan_of(CONFIG);
         f.update(&a);
