@@ -47,7 +47,32 @@ fn node_addr(i: usize) -> String {
     format!("10.1.0.{}", 11 + i)
 }
 
-fn config_text(bird_socket: &Path) -> String {
+/// What the nodes run: the service's scheduler, and whether they sync
+/// flows (`[cluster.sync]`, with this key file).
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    scheduler: &'a str,
+    sync_key: Option<&'a Path>,
+}
+
+const MAGLEV: Setup<'static> = Setup {
+    scheduler: "maglev",
+    sync_key: None,
+};
+
+fn config_text(bird_socket: &Path, setup: Setup<'_>) -> String {
+    let sync = setup.sync_key.map_or(String::new(), |key| {
+        let peers: Vec<String> = (0..NODES_MAX)
+            .map(|i| format!("\"{}\"", node_addr(i)))
+            .collect();
+        // One file for every node: each skips its own address.
+        format!(
+            "[cluster.sync]\ninterface = \"front\"\npeers = [{}]\nkey_file = \"{}\"\nadvert_interval_ms = 100\nstate_file = \"{}\"\n",
+            peers.join(", "),
+            key.display(),
+            bird_socket.with_extension("peers").display()
+        )
+    });
     format!(
         r#"[dataplane]
 flow_table_size = 65536
@@ -58,13 +83,14 @@ metrics_address = "127.0.0.1:9100"
 [cluster]
 withdraw_grace_ms = {GRACE_MS}
 bird_socket = "{bird}"
+{sync}
 
 [[service]]
 name = "web"
 vip = "{VIP}"
 port = 80
 protocol = "tcp"
-scheduler = "maglev"
+scheduler = "{scheduler}"
 forwarding = "dsr"
 backend = [{{ address = "{b1}", port = 80 }}, {{ address = "{b2}", port = 80 }}]
 [service.check]
@@ -77,6 +103,7 @@ fall = 2
         b1 = BACKENDS[0],
         b2 = BACKENDS[1],
         bird = bird_socket.display(),
+        scheduler = setup.scheduler,
     )
 }
 
@@ -140,6 +167,10 @@ impl Cluster {
     /// The topology, the backends, every BIRD and every xdplb; returns
     /// once the router has a path to the VIP through every node.
     fn start(test: &str) -> Cluster {
+        Cluster::start_with(test, MAGLEV)
+    }
+
+    fn start_with(test: &str, setup: Setup<'_>) -> Cluster {
         let sw = Netns::new("xdplb-cl-sw");
         let router = Netns::new("xdplb-cl-rt");
         let client = Netns::new("xdplb-cl-cl");
@@ -259,8 +290,9 @@ impl Cluster {
             .map(|ns| {
                 let path = dir.join(format!("{}.toml", ns.name));
                 let bird = dir.join(format!("{}.bird.ctl", ns.name));
-                std::fs::write(&path, config_text(&bird)).unwrap();
+                std::fs::write(&path, config_text(&bird, setup)).unwrap();
                 files.extend([
+                    bird.with_extension("peers"),
                     path.clone(),
                     path.with_extension("pid"),
                     path.with_extension("sock"),
@@ -1137,4 +1169,195 @@ fn shipped_bird_configs_parse() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A sample of node `i` with these labels, 0 when absent.
+fn peer_sample(c: &Cluster, i: usize, name_and_labels: &str) -> f64 {
+    c.sample(i, name_and_labels).unwrap_or(0.0)
+}
+
+/// Round robin or least_conn with `[cluster.sync]`: connections ECMP moves
+/// keep their backend only through the synced flow tables (without them a
+/// moved connection's next packet is scheduled afresh: with two backends,
+/// half of them would be reset). Twelve long-lived connections survive a
+/// fourth node joining under load (the joiner holds its VIP back until the
+/// peers' tables arrived), then the death of the node that carried most.
+fn synced_cluster_keeps_connections(test: &str, scheduler: &str) {
+    if !require_root(test) || !require_tool(test, "bird") {
+        return;
+    }
+    let _turn = MACHINE.lock().unwrap_or_else(|e| e.into_inner());
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = std::env::temp_dir().join(format!("{test}.{}.key", std::process::id()));
+    std::fs::write(&key, b"a cluster key of thirty-two bytes").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let setup = Setup {
+        scheduler,
+        sync_key: Some(&key),
+    };
+    let mut c = Cluster::start_with(test, setup);
+    c.files.push(key.clone());
+    for i in 0..NODES {
+        assert_eq!(
+            c.sample(i, "xdplb_cluster_sync_joined"),
+            Some(1.0),
+            "lb{}: announced before joining",
+            i + 1
+        );
+    }
+    // `xdplb status` shows the sync and each peer.
+    let out = std::process::Command::new(target_bin("xdplb"))
+        .args(["status", "--socket"])
+        .arg(&c.lbs[0].as_ref().unwrap().status_socket)
+        .output()
+        .expect("xdplb status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cluster sync: joined")
+            && text.contains(&format!("peer {} up", node_addr(1)))
+            && text.contains(&format!("peer {} never heard", node_addr(NODES))),
+        "{text}"
+    );
+    let (mut held, on) = open_held(&c, 12);
+    let carried = |i: usize| on.iter().filter(|n| **n == i).count();
+    eprintln!(
+        "{test}: 12 long-lived connections: {} / {} / {} per node",
+        carried(0),
+        carried(1),
+        carried(2)
+    );
+    // Every node has every long-lived connection: each peer's records
+    // arrived (the live stream of the node that opened it).
+    for i in 0..NODES {
+        let received: f64 = (0..NODES)
+            .filter(|p| *p != i)
+            .map(|p| {
+                peer_sample(
+                    &c,
+                    i,
+                    &format!(
+                        "xdplb_cluster_sync_records_total{{peer=\"{}\",direction=\"received\",kind=\"live\"}}",
+                        node_addr(p)
+                    ),
+                )
+            })
+            .sum();
+        let others = on.iter().filter(|n| **n != i).count() as f64;
+        assert!(
+            received >= others,
+            "lb{}: {received} live records received, {others} connections opened elsewhere",
+            i + 1
+        );
+    }
+
+    // A fourth node joins under load.
+    let client = c.client.clone();
+    let mut joined = Duration::ZERO;
+    let run = under_load(
+        &client,
+        &mut held,
+        Duration::from_secs(2),
+        Duration::from_secs(4),
+        || {
+            let at = SystemTime::now();
+            c.start_node(NODES);
+            c.wait_paths(NODES_MAX, Duration::from_secs(30));
+            joined = at.elapsed().unwrap_or_default();
+            at
+        },
+    );
+    let bulk: f64 = (0..NODES)
+        .map(|p| {
+            peer_sample(
+                &c,
+                NODES,
+                &format!(
+                    "xdplb_cluster_sync_records_total{{peer=\"{}\",direction=\"received\",kind=\"bulk\"}}",
+                    node_addr(p)
+                ),
+            )
+        })
+        .sum();
+    eprintln!(
+        "{test}: lb4 joined under load ({joined:?} from its start to the router's fourth path), \
+         {bulk} bulk records received; long-lived: {} exchanges, {} failed; {} probes, {} late, {} failed; \
+         load {} ({:.0}/s), {} failed; first failures: {:?}",
+        run.exchanges,
+        run.held_failures.len(),
+        run.probes,
+        run.late_probes,
+        run.failed_probes,
+        run.load,
+        run.load_rate,
+        run.load_failed,
+        run.failures
+    );
+    assert!(
+        bulk >= held.len() as f64,
+        "the joiner got {bulk} records of its peers' tables; its log:\n{}",
+        c.lbs[NODES].as_ref().unwrap().process.log().join("\n")
+    );
+    assert!(run.held_failures.is_empty(), "{:?}", run.held_failures);
+    for (i, h) in held.iter_mut().enumerate() {
+        assert_eq!(h.ask(), Ok(()), "long-lived {i} after the join");
+    }
+    assert_eq!(run.failed_probes + run.load_failed, 0, "{:?}", run.failures);
+
+    // The node that carried most long-lived connections dies.
+    let victim = (0..NODES).max_by_key(|i| carried(*i)).unwrap();
+    let mut detected = Duration::ZERO;
+    let run = under_load(
+        &client,
+        &mut held,
+        Duration::from_secs(2),
+        Duration::from_secs(4),
+        || {
+            let at = c.kill_node(victim);
+            c.wait_paths(NODES_MAX - 1, Duration::from_secs(10));
+            detected = at.elapsed().unwrap_or_default();
+            at
+        },
+    );
+    eprintln!(
+        "{test}: lb{} (carrying {} long-lived) killed + links down: the router dropped it after {detected:?}; \
+         long-lived: {} exchanges, {} failed; {} probes, {} late, {} failed, held up {:?}; load {} ({:.0}/s), {} failed; \
+         first failures: {:?}",
+        victim + 1,
+        carried(victim),
+        run.exchanges,
+        run.held_failures.len(),
+        run.probes,
+        run.late_probes,
+        run.failed_probes,
+        run.outage,
+        run.load,
+        run.load_rate,
+        run.load_failed,
+        run.failures
+    );
+    assert!(
+        run.held_failures.is_empty(),
+        "long-lived connections broke: {:?}",
+        run.held_failures
+    );
+    for (i, h) in held.iter_mut().enumerate() {
+        assert_eq!(h.ask(), Ok(()), "long-lived {i} after the node died");
+    }
+    assert_eq!(run.failed_probes, 0, "failed probes: {:?}", run.failures);
+}
+
+#[test]
+fn round_robin_keeps_connections_through_a_join_and_a_death_by_flow_sync() {
+    synced_cluster_keeps_connections(
+        "round_robin_keeps_connections_through_a_join_and_a_death_by_flow_sync",
+        "round_robin",
+    );
+}
+
+#[test]
+fn least_conn_keeps_connections_through_a_join_and_a_death_by_flow_sync() {
+    synced_cluster_keeps_connections(
+        "least_conn_keeps_connections_through_a_join_and_a_death_by_flow_sync",
+        "least_conn",
+    );
 }

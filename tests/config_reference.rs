@@ -11,6 +11,8 @@ fn keys(source: &str) -> Vec<String> {
     let mut derive = false;
     let mut inside = false;
     let mut rename: Option<String> = None;
+    // `#[serde(skip)]`: a field the file cannot set.
+    let mut skip = false;
     for line in source.lines() {
         let t = line.trim();
         if t.starts_with("#[derive(") && t.contains("Deserialize") {
@@ -34,13 +36,17 @@ fn keys(source: &str) -> Vec<String> {
             continue;
         }
         if t.starts_with("#[serde(") {
+            skip |= t == "#[serde(skip)]";
             if let Some(r) = t.split("rename = \"").nth(1) {
                 rename = r.split('"').next().map(str::to_string);
             }
             continue;
         }
         if let Some(field) = t.strip_prefix("pub ").and_then(|f| f.split(':').next()) {
-            keys.push(rename.take().unwrap_or_else(|| field.to_string()));
+            let key = rename.take().unwrap_or_else(|| field.to_string());
+            if !std::mem::take(&mut skip) {
+                keys.push(key);
+            }
         }
     }
     keys
@@ -82,7 +88,7 @@ fn every_config_key_is_in_the_reference() {
 }
 
 #[test]
-fn the_key_reader_reads_renames_and_skips_other_structs() {
-    let src = "#[derive(Debug, Deserialize)]\n#[serde(deny_unknown_fields)]\npub struct A {\n    pub one: u8,\n    #[serde(rename = \"two\", default)]\n    pub second: u8,\n}\n\n#[derive(Debug)]\npub struct B {\n    pub not_a_key: u8,\n}\n";
+fn the_key_reader_reads_renames_and_skips_other_structs_and_skipped_fields() {
+    let src = "#[derive(Debug, Deserialize)]\n#[serde(deny_unknown_fields)]\npub struct A {\n    pub one: u8,\n    #[serde(rename = \"two\", default)]\n    pub second: u8,\n    #[serde(skip)]\n    pub internal: u8,\n}\n\n#[derive(Debug)]\npub struct B {\n    pub not_a_key: u8,\n}\n";
     assert_eq!(keys(src), ["one", "two"]);
 }

@@ -699,6 +699,9 @@ const _: () = assert!(core::mem::size_of::<IfaceMac>() == 8);
 pub const SETTINGS_F_SYNC_FLOWS: u32 = 1;
 /// Guard ARP for `VIP_F_HA` addresses with the lease.
 pub const SETTINGS_F_HA: u32 = 2;
+/// Also report a connection's first FIN or RST (cluster flow sync: the
+/// peers drop their copy, so their tables hold live connections).
+pub const SETTINGS_F_SYNC_CLOSES: u32 = 4;
 
 /// A flow the data path created or moved, reported for HA flow sync.
 #[repr(C)]

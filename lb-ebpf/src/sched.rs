@@ -10,8 +10,8 @@ use lb_common::{
     BACKEND_F_ACTIVE, BACKEND_F_NEW_CONNECTIONS, BACKEND_F_SOLE_REPLY, Backend, COOKIE_F_ON,
     FLOW_F_CLOSING, FLOW_F_COUNTED, FLOW_F_ESTABLISHED, FLOW_F_REDISPATCHED, FLOW_F_REFUSED,
     FLOW_F_SYN, FLOW_F_UNVERIFIED, FlowKey, FlowValue, Forwarding, MAX_BACKENDS, MAX_SERVICES,
-    RING_SIZE, SERVICE_F_RATE_LIMIT, Scheduler, ServiceInfo, TCP_FLAG_ACK, TCP_FLAG_FIN,
-    TCP_FLAG_RST, TCP_FLAG_SYN,
+    RING_SIZE, SERVICE_F_RATE_LIMIT, SETTINGS_F_SYNC_CLOSES, Scheduler, ServiceInfo, TCP_FLAG_ACK,
+    TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN,
     hash::{flow_hash, fmix32, source_hash},
     ring_word,
 };
@@ -155,6 +155,9 @@ pub fn flow_backend(
                         }
                         // SAFETY: as above.
                         unsafe { (*v).flags = flags };
+                        if flags & !f.flags & FLOW_F_CLOSING != 0 && !embryo {
+                            closing(pkt, v);
+                        }
                     }
                     // (A cookie connection moves once its backend answers.)
                     if embryo && flags & FLOW_F_ESTABLISHED != 0 && f.cookie == 0 {
@@ -310,6 +313,20 @@ pub fn flow_backend(
 #[inline(never)]
 fn completed(pkt: &Packet, v: *mut FlowValue) {
     maps::half_open_completed();
+    let key = pkt.flow_key();
+    // SAFETY: a map value pointer, copied by the report.
+    report_flow(&key, unsafe { &*v });
+}
+
+/// A connection's first FIN or RST, reported when closings are synced
+/// (`SETTINGS_F_SYNC_CLOSES`: a cluster's peers drop their copy). Out of
+/// line (a BPF subprogram): once per connection, its key off the main
+/// stack.
+#[inline(never)]
+fn closing(pkt: &Packet, v: *mut FlowValue) {
+    if maps::settings_flags() & SETTINGS_F_SYNC_CLOSES == 0 {
+        return;
+    }
     let key = pkt.flow_key();
     // SAFETY: a map value pointer, copied by the report.
     report_flow(&key, unsafe { &*v });

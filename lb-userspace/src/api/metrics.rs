@@ -356,6 +356,9 @@ pub fn openmetrics(v: &View) -> String {
     if let Some(h) = &v.ha {
         register_ha(&mut r, h);
     }
+    if let Some(s) = &v.cluster_sync {
+        register_sync(&mut r, s);
+    }
     let build = Family::<Labels, Gauge>::default();
     build
         .get_or_create(&vec![
@@ -457,6 +460,93 @@ fn register_cluster(r: &mut Registry, c: &crate::cluster::AnnounceStatus) {
         counter.inc_by(n);
         r.register(name, help, counter);
     }
+}
+
+/// The cluster's flow sync, per peer.
+fn register_sync(r: &mut Registry, s: &crate::api::view::SyncView) {
+    let joined = Gauge::<i64>::default();
+    joined.set(s.joined as i64);
+    r.register(
+        "xdplb_cluster_sync_joined",
+        "1 once the peers' flow tables arrived (or the join wait passed): the VIPs may be announced",
+        joined,
+    );
+    let up = Family::<Labels, Gauge>::default();
+    let records = Family::<Labels, Counter>::default();
+    let errors = Family::<Labels, Counter>::default();
+    let lag = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for p in &s.peers {
+        let peer = label("peer", &p.address);
+        up.get_or_create(&vec![peer.clone()]).set(p.up as i64);
+        for (direction, kind, n) in [
+            ("sent", "live", p.records_sent),
+            ("received", "live", p.records_received),
+            ("sent", "bulk", p.bulk_sent),
+            ("received", "bulk", p.bulk_received),
+        ] {
+            records
+                .get_or_create(&vec![
+                    peer.clone(),
+                    label("direction", direction),
+                    label("kind", kind),
+                ])
+                .inc_by(n);
+        }
+        errors
+            .get_or_create(&vec![peer.clone()])
+            .inc_by(p.send_errors);
+        if let Some(l) = p.lag {
+            lag.get_or_create(&vec![peer]).set(l.as_secs_f64());
+        }
+    }
+    r.register(
+        "xdplb_cluster_peer_up",
+        "1 while the cluster peer is heard (within 3 advert intervals)",
+        up,
+    );
+    r.register(
+        "xdplb_cluster_sync_records",
+        "Flow records sent to or received from each peer: live (new flows) and bulk (whole tables to a peer in a new life)",
+        records,
+    );
+    r.register(
+        "xdplb_cluster_sync_send_errors",
+        "Sync datagrams to the peer that the socket refused (a down link, a full buffer): their records are lost",
+        errors,
+    );
+    r.register(
+        "xdplb_cluster_sync_lag_seconds",
+        "The peer's last flow batch: its batching delay plus writing it here (transit excluded)",
+        lag,
+    );
+    let lost = Family::<Labels, Counter>::default();
+    lost.get_or_create(&vec![label("where", "ring")])
+        .inc_by(s.events_lost);
+    lost.get_or_create(&vec![label("where", "queue")])
+        .inc_by(s.queue_dropped);
+    r.register(
+        "xdplb_cluster_sync_lost",
+        "New flows never sent: the data path's ring buffer or the send queue was full",
+        lost,
+    );
+    let unknown = Counter::<u64>::default();
+    unknown.inc_by(s.records_unknown);
+    r.register(
+        "xdplb_cluster_sync_unknown",
+        "Received records naming a service or backend this node does not have (configs differ)",
+        unknown,
+    );
+    let rejected = Family::<Labels, Counter>::default();
+    for (reason, n) in &s.rejected {
+        rejected
+            .get_or_create(&vec![label("reason", reason)])
+            .inc_by(*n);
+    }
+    r.register(
+        "xdplb_cluster_sync_rejected",
+        "Sync datagrams refused (bad tag, wrong group, unknown peer, replay, ...), by reason",
+        rejected,
+    );
 }
 
 /// The HA pair's metrics.
@@ -609,6 +699,14 @@ mod tests {
             "xdplb_cluster_bgp_session_up{session=\"backup\"} 0",
             "xdplb_cluster_bird_up 1",
             "fingerprint=\"00c0ffee00c0ffee\"} 1",
+            "xdplb_cluster_sync_joined 1",
+            "xdplb_cluster_peer_up{peer=\"10.1.0.12\"} 1",
+            "xdplb_cluster_peer_up{peer=\"10.1.0.13\"} 0",
+            "xdplb_cluster_sync_records_total{peer=\"10.1.0.12\",direction=\"sent\",kind=\"live\"} 500",
+            "xdplb_cluster_sync_records_total{peer=\"10.1.0.12\",direction=\"received\",kind=\"bulk\"} 30",
+            "xdplb_cluster_sync_lag_seconds{peer=\"10.1.0.12\"} 0.0025",
+            "xdplb_cluster_sync_unknown_total 2",
+            "xdplb_cluster_sync_rejected_total{reason=\"bad_tag\"} 1",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }

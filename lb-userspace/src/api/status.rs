@@ -78,6 +78,56 @@ fn ha_lines(h: &super::view::HaView) -> String {
 }
 
 /// The cluster's announcements above the table.
+/// `[cluster.sync]`: joined or waiting, then a line per peer.
+fn sync_lines(s: &crate::api::view::SyncView) -> String {
+    let mut out = format!(
+        "cluster sync: {}",
+        if s.joined {
+            "joined"
+        } else {
+            "JOINING (waiting for the peers' flow tables; VIPs held back)"
+        }
+    );
+    let lost = s.events_lost + s.queue_dropped;
+    if lost > 0 {
+        let _ = write!(out, "; {lost} new flows never sent");
+    }
+    let rejected: Vec<String> = s
+        .rejected
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    if !rejected.is_empty() {
+        let _ = write!(out, "; rejected: {}", rejected.join(", "));
+    }
+    out.push('\n');
+    for p in &s.peers {
+        let seen = match p.last_seen {
+            None => "never heard".to_string(),
+            Some(t) => format!("{} ({:.1} s ago)", if p.up { "up" } else { "LOST" }, t),
+        };
+        let _ = write!(
+            out,
+            "  peer {} {seen}: {} flows sent, {} received; tables {} sent, {} received{}",
+            p.address,
+            p.records_sent,
+            p.records_received,
+            p.bulk_sent,
+            p.bulk_received,
+            if p.bulk_done { " (whole)" } else { "" }
+        );
+        if let Some(l) = p.lag {
+            let _ = write!(out, ", lag {:.1} ms", l.as_secs_f64() * 1e3);
+        }
+        if p.send_errors > 0 {
+            let _ = write!(out, ", {} send errors", p.send_errors);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn cluster_lines(c: &crate::cluster::AnnounceStatus) -> String {
     let mut out = format!(
         "cluster: {} of {} VIPs announced (routing table {}, learnt by BIRD)",
@@ -195,6 +245,7 @@ pub fn table(v: &View) -> String {
         }
     }
     let mut out = v.ha.as_ref().map(ha_lines).unwrap_or_default();
+    out += &v.cluster_sync.as_ref().map(sync_lines).unwrap_or_default();
     out += &v.cluster.as_ref().map(cluster_lines).unwrap_or_default();
     for r in &rows {
         let line: Vec<String> = r
@@ -278,6 +329,10 @@ mod tests {
     #[test]
     fn cluster_announcements_and_ring_fingerprints_are_shown() {
         let t = table(&crate::api::view::samples::cluster_view());
+        let t = t
+            .split_once("cluster: ")
+            .map(|(_, r)| format!("cluster: {r}"))
+            .unwrap();
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],
@@ -296,7 +351,19 @@ mod tests {
             t.contains("ring fingerprints: w\"w 00c0ffee00c0ffee"),
             "{t}"
         );
+        let s = table(&crate::api::view::samples::cluster_view());
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "cluster sync: joined; rejected: bad_tag 1");
+        assert_eq!(
+            lines[1],
+            "  peer 10.1.0.12 up (0.1 s ago): 500 flows sent, 400 received; tables 7 sent, 30 received (whole), lag 2.5 ms"
+        );
+        assert_eq!(
+            lines[2],
+            "  peer 10.1.0.13 never heard: 0 flows sent, 0 received; tables 0 sent, 0 received"
+        );
         assert!(!table(&view()).contains("cluster:"));
+        assert!(!table(&view()).contains("cluster sync:"));
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct View {
     pub ha: Option<HaView>,
     /// The VIPs this node announces, with `[cluster]`.
     pub cluster: Option<crate::cluster::AnnounceStatus>,
+    /// Flow sync with the other cluster nodes, with `[cluster.sync]`.
+    pub cluster_sync: Option<SyncView>,
     /// The daemon's own faults and refusals.
     pub daemon: DaemonView,
 }
@@ -122,6 +124,69 @@ pub struct PeerView {
     pub last_seen: f64,
     /// Not heard for a master-down interval (`state` is what it last said).
     pub lost: bool,
+}
+
+/// A cluster node's flow sync: whether it has joined, and each peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncView {
+    pub address: Option<String>,
+    /// The peers' tables arrived (or the join wait passed): the VIPs may
+    /// be announced.
+    pub joined: bool,
+    pub peers: Vec<SyncPeerView>,
+    /// Flow reports the data path had no ring-buffer room for, and those
+    /// the send queue had no room for.
+    pub events_lost: u64,
+    pub queue_dropped: u64,
+    /// Records of services or backends this node does not have.
+    pub records_unknown: u64,
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncPeerView {
+    pub address: String,
+    pub up: bool,
+    /// Seconds since its last accepted message (none: never heard).
+    pub last_seen: Option<f64>,
+    pub records_sent: u64,
+    pub records_received: u64,
+    pub bulk_sent: u64,
+    pub bulk_received: u64,
+    /// Its whole table arrived in its current life.
+    pub bulk_done: bool,
+    pub send_errors: u64,
+    #[serde(serialize_with = "seconds")]
+    pub lag: Option<Duration>,
+}
+
+impl SyncView {
+    pub fn from_status(s: &crate::ha::HaStatus) -> SyncView {
+        SyncView {
+            address: s.address.map(|a| a.to_string()),
+            joined: s.joined,
+            peers: s
+                .peers
+                .iter()
+                .map(|(a, p)| SyncPeerView {
+                    address: a.to_string(),
+                    up: p.up,
+                    last_seen: p.last_seen.map(|d| d.as_secs_f64()),
+                    records_sent: p.records_sent,
+                    records_received: p.records_received,
+                    bulk_sent: p.bulk_sent,
+                    bulk_received: p.bulk_received,
+                    bulk_done: p.bulk_done,
+                    send_errors: p.send_errors,
+                    lag: p.lag,
+                })
+                .collect(),
+            events_lost: s.events_lost,
+            queue_dropped: s.queue_dropped,
+            records_unknown: s.flows_unknown,
+            rejected: s.rejected.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -197,6 +262,7 @@ pub struct Readings<'a> {
     pub active: &'a BTreeMap<u32, u64>,
     pub ha: Option<&'a crate::ha::HaStatus>,
     pub cluster: Option<crate::cluster::AnnounceStatus>,
+    pub cluster_sync: Option<&'a crate::ha::HaStatus>,
     /// Ring fingerprints by service id.
     pub fingerprints: &'a BTreeMap<u32, String>,
     pub daemon: DaemonView,
@@ -266,6 +332,7 @@ pub fn build(control: &Control, r: &Readings<'_>) -> View {
         reasons: r.reasons.iter().map(|(k, v)| (*k, *v)).collect(),
         ha: r.ha.map(HaView::from_status),
         cluster: r.cluster.clone(),
+        cluster_sync: r.cluster_sync.map(SyncView::from_status),
         daemon: r.daemon.clone(),
     }
 }
@@ -364,6 +431,7 @@ pub(crate) mod samples {
             reasons: vec![("drop_no_backend", 2), ("fwd_nat", 30)],
             ha: None,
             cluster: None,
+            cluster_sync: None,
             daemon: super::DaemonView {
                 checks_not_run: 3,
                 status_refused: 1,
@@ -412,8 +480,37 @@ pub(crate) mod samples {
                     ],
                 },
             }),
+            cluster_sync: Some(sync_view()),
             ..view()
         }
+    }
+
+    /// A cluster node's sync: one peer up, one never heard.
+    fn sync_view() -> super::SyncView {
+        let mut s = crate::ha::HaStatus::new(1, 100);
+        s.address = Some([10, 1, 0, 11].into());
+        s.joined = true;
+        s.flows_unknown = 2;
+        s.peers.insert(
+            [10, 1, 0, 12].into(),
+            crate::ha::PeerSync {
+                epoch: Some(9),
+                last_seen: Some(Duration::from_millis(100)),
+                up: true,
+                records_sent: 500,
+                bulk_sent: 7,
+                send_errors: 0,
+                records_received: 400,
+                bulk_received: 30,
+                bulk_done: true,
+                bulk_walk_received: 0,
+                lag: Some(Duration::from_micros(2500)),
+            },
+        );
+        s.peers
+            .insert([10, 1, 0, 13].into(), crate::ha::PeerSync::default());
+        *s.rejected.get_mut("bad_tag").unwrap() = 1;
+        super::SyncView::from_status(&s)
     }
 
     /// The view of an HA MASTER with a BACKUP peer.

@@ -53,6 +53,19 @@ pub fn drained(mut decisions: Vec<VipDecision>) -> Vec<VipDecision> {
     decisions
 }
 
+/// `decisions` with every VIP held back while a starting node waits for
+/// its peers' flow tables (`[cluster.sync]`): a connection ECMP moves to a
+/// node without its entry would be sent to another backend.
+pub fn joining(mut decisions: Vec<VipDecision>) -> Vec<VipDecision> {
+    for d in &mut decisions {
+        if d.announce {
+            d.announce = false;
+            d.why = format!("waiting for the peers' flow tables; {}", d.why);
+        }
+    }
+    decisions
+}
+
 /// Every VIP of `config`, in address order, with its verdict. `out`: the
 /// backends out of their scheduler (down or held); `attached`: whether the
 /// data path is attached (a node that cannot forward announces nothing).

@@ -11,4 +11,4 @@ pub mod fingerprint;
 pub mod gate;
 
 pub use announcer::{AnnounceStatus, Announcer};
-pub use gate::{VipDecision, decide, drained};
+pub use gate::{VipDecision, decide, drained, joining};

@@ -84,6 +84,27 @@ pub struct HaConfig {
     /// ordinary tasks (`sched_rt_runtime_us`).
     #[serde(default = "default_realtime_priority")]
     pub realtime_priority: u8,
+    /// Pair (this section) or cluster (`[cluster.sync]`, converted by
+    /// `ClusterSync::membership`): one node, wire format and key, two ways
+    /// of membership.
+    #[serde(skip)]
+    pub membership: Membership,
+    /// Cluster only: how long a starting node waits for its peers' flow
+    /// tables before it lets its VIPs be announced.
+    #[serde(skip)]
+    pub join_wait_ms: u32,
+}
+
+/// How the nodes of a group share the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Membership {
+    /// Active-passive: one MASTER owns the addresses (VRRP-style election);
+    /// only its new flows are synced, to the BACKUP.
+    #[default]
+    Pair,
+    /// Active-active behind ECMP: every node forwards, sends its new flows
+    /// to every peer and applies theirs; no election, no addresses.
+    Cluster,
 }
 
 /// An address the MASTER owns besides the VIPs.

@@ -13,9 +13,9 @@ mod ha_tests;
 mod names;
 mod validate;
 
-pub use cluster::{Announce, ClusterConfig};
+pub use cluster::{Announce, ClusterConfig, ClusterSync};
 pub use error::{ConfigError, LineSuffix};
-pub use ha::{FloatingAddress, HaConfig, MIN_KEY_LEN, Track};
+pub use ha::{FloatingAddress, HaConfig, MIN_KEY_LEN, Membership, Track};
 
 use std::{
     net::{Ipv4Addr, SocketAddr},

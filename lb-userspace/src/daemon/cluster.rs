@@ -24,6 +24,8 @@ impl Daemon {
         let mut decisions = cluster::decide(config, &self.control.down(), true);
         if self.drain.is_some() {
             decisions = cluster::drained(decisions);
+        } else if !self.joined {
+            decisions = cluster::joining(decisions);
         }
         match (&config.cluster, self.cluster.take()) {
             (None, None) => {}

@@ -91,6 +91,10 @@ pub struct Daemon {
     pub attached: bool,
     /// The VIP announcer, with `[cluster]`, once attached.
     pub cluster: Option<crate::cluster::Announcer>,
+    /// `[cluster.sync]`: the flow-sync node (the pair's, in the cluster
+    /// membership), and whether it has joined (its peers' tables arrived).
+    pub sync: Option<crate::ha::HaNode>,
+    pub joined: bool,
     /// Ring fingerprints by service id, as of the last map change.
     pub fingerprints: crate::cluster::fingerprint::Fingerprints,
     /// `xdplb drain` under way.
@@ -281,6 +285,7 @@ impl Daemon {
         let snap = self.snapshot().unwrap_or_default();
         let census = self.census.counts();
         let ha = self.ha.as_ref().map(|n| n.status());
+        let sync = self.sync.as_ref().map(|n| n.status());
         api::build(
             &self.control,
             &api::Readings {
@@ -294,6 +299,7 @@ impl Daemon {
                 active: &census.active,
                 ha: ha.as_ref(),
                 cluster: self.cluster.as_ref().map(|c| c.status()),
+                cluster_sync: sync.as_ref(),
                 fingerprints: self.fingerprints.by_service(),
                 daemon: api::DaemonView {
                     checks_not_run: self.not_run.total,
@@ -468,6 +474,10 @@ impl Daemon {
                 Some(reply) = views.recv() => { let _ = reply.send(self.view()); }
                 _ = passive_tick.tick() => {
                     self.passive_tick();
+                    if !self.joined && self.sync.as_ref().is_some_and(|n| n.status().joined) {
+                        self.joined = true;
+                        self.tell_cluster();
+                    }
                     // Until ready, readiness is looked at often: a node
                     // back after a failover preempts soon after it is.
                     if self.ha.is_some() && self.readiness.told != Some(true) {

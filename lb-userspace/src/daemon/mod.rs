@@ -161,6 +161,8 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
         ha_services: Vec::new(),
         attached: false,
         cluster: None,
+        sync: None,
+        joined: false,
         fingerprints: Default::default(),
         drain: None,
     };
@@ -190,9 +192,11 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
     log_services(daemon.control.config());
     // Attached and programmed: only now may this node take the addresses.
     match pair::start(daemon.control.config(), &mut ebpf, &daemon) {
-        Ok(node) => {
+        Ok((node, sync)) => {
             daemon.ha_services = pair::services_ok(&daemon);
             daemon.ha = node;
+            daemon.joined = sync.is_none();
+            daemon.sync = sync;
         }
         Err(e) => {
             daemon.probes.stop();
@@ -252,6 +256,9 @@ async fn serve(o: &Options, config: Config) -> anyhow::Result<()> {
     let keep_running = keep_running && pin_dir.is_some();
     // Routers stop sending before the data path stops forwarding.
     daemon.stop_cluster(keep_running).await;
+    if let Some(node) = daemon.sync.take() {
+        node.stop(!keep_running);
+    }
     if let Some(node) = daemon.ha.take() {
         // A clean stop hands MASTER over at once; keep-running leaves the
         // addresses and the lease for the next daemon.

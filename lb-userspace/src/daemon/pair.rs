@@ -12,12 +12,33 @@ use crate::{
     ha::{Command, HaNode, owned::owned_addresses, sync::SyncIndex},
 };
 
-/// Start the node if the config has `[ha]`; without it, make sure a
-/// previous daemon's HA switches are off in the (pinned) data path.
-pub fn start(config: &Config, ebpf: &mut Ebpf, daemon: &Daemon) -> anyhow::Result<Option<HaNode>> {
+/// The pair's node and the cluster's sync node (at most one of the two):
+/// started if the config has `[ha]` or `[cluster.sync]`.
+pub type Nodes = (Option<HaNode>, Option<HaNode>);
+
+/// Start the node if the config has `[ha]`, or the cluster's flow-sync
+/// node if it has `[cluster.sync]`; without either, make sure a previous
+/// daemon's HA switches are off in the (pinned) data path.
+pub fn start(config: &Config, ebpf: &mut Ebpf, daemon: &Daemon) -> anyhow::Result<Nodes> {
+    if let Some(s) = config.cluster.as_ref().and_then(|c| c.sync.as_ref()) {
+        let h = s.membership();
+        let key = h
+            .read_key()
+            .map_err(|e| anyhow::anyhow!("cluster.sync.key_file: {e}"))?;
+        let node = HaNode::start(
+            config,
+            h.clone(),
+            key,
+            bpf::ha_maps(ebpf)?,
+            SyncIndex::new(daemon.control.applied()),
+            Vec::new(),
+        )?;
+        info!(group = h.group, peers = ?h.peers, port = h.port, "cluster flow sync started");
+        return Ok((None, Some(node)));
+    }
     let Some(h) = &config.ha else {
         bpf::clear_ha_settings(ebpf)?;
-        return Ok(None);
+        return Ok((None, None));
     };
     let key = h
         .read_key()
@@ -25,6 +46,7 @@ pub fn start(config: &Config, ebpf: &mut Ebpf, daemon: &Daemon) -> anyhow::Resul
     let maps = bpf::ha_maps(ebpf)?;
     let node = HaNode::start(
         config,
+        h.clone(),
         key,
         maps,
         SyncIndex::new(daemon.control.applied()),
@@ -37,7 +59,7 @@ pub fn start(config: &Config, ebpf: &mut Ebpf, daemon: &Daemon) -> anyhow::Resul
         interval_ms = h.advert_interval_ms,
         "HA node started"
     );
-    Ok(Some(node))
+    Ok((Some(node), None))
 }
 
 /// Whether each tracked service has a backend to send new connections to.
@@ -64,6 +86,9 @@ impl Daemon {
     /// After the maps changed: the node's id translation and tracked
     /// services follow.
     pub fn tell_pair(&mut self) {
+        if let Some(sync) = &self.sync {
+            sync.send(Command::Index(SyncIndex::new(self.control.applied())));
+        }
         let Some(node) = &self.ha else {
             return;
         };

@@ -58,6 +58,15 @@ impl Daemon {
             new.ha = old.ha.clone();
             kept.push("[ha]");
         }
+        let sync_of = |c: &crate::config::Config| c.cluster.as_ref().and_then(|c| c.sync.clone());
+        let old_sync = sync_of(old);
+        if sync_of(&new) != old_sync {
+            warn!("[cluster.sync] takes effect on restart; keeping the running values");
+            if let Some(c) = &mut new.cluster {
+                c.sync = old_sync;
+            }
+            kept.push("[cluster.sync]");
+        }
         let mut summary = super::changes::summary(old, &new);
         if !kept.is_empty() {
             summary += &format!(

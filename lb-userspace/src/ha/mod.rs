@@ -29,4 +29,4 @@ pub mod wire;
 
 pub use node::{Command, HaMaps, HaNode};
 pub use state::State;
-pub use status::{HaStatus, PeerStatus};
+pub use status::{HaStatus, PeerStatus, PeerSync};

@@ -12,8 +12,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use lb_common::{
-    FLOW_F_ESTABLISHED, FLOW_F_SYN, FlowEvent, FlowKey, FlowValue, MAX_ACCEPT_MACS, NatReverse,
-    PROTO_TCP, SETTINGS_F_HA, SETTINGS_F_SYNC_FLOWS, Settings,
+    FLOW_F_CLOSING, FLOW_F_ESTABLISHED, FLOW_F_SYN, FlowEvent, FlowKey, FlowValue, MAX_ACCEPT_MACS,
+    NatReverse, PROTO_TCP, SETTINGS_F_HA, SETTINGS_F_SYNC_CLOSES, SETTINGS_F_SYNC_FLOWS, Settings,
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -29,13 +29,14 @@ use super::{
     owned::{Owned, owned_addresses},
     replay::{self, ReplayGuard},
     state::{Action, Input, Machine, Params, State},
+    status::PeerSync,
     status::{HaStatus, PeerStatus},
     sync::{self, FlowRecord, MAX_RECORDS, SyncIndex},
     track::{self, Tracked},
     wire::{self, Kind, Message, NONCE_LEN, Reject, WireState},
 };
 use crate::{
-    config::{Config, HaConfig},
+    config::{Config, HaConfig, Membership},
     dataplane::bpf::walk,
     net::{Netlink, link},
 };
@@ -45,6 +46,8 @@ struct BulkChunk {
     events: Vec<FlowEvent>,
     /// The walk's end.
     last: bool,
+    /// Cluster: the one peer the walk is for (a pair has one peer).
+    peer: Option<Ipv4Addr>,
 }
 
 /// Datagrams a timer that fires reads first, at most (see the loop).
@@ -110,13 +113,17 @@ impl HaNode {
     /// Start the node for `config` (which has `[ha]`).
     pub fn start(
         config: &Config,
+        h: HaConfig,
         key: Vec<u8>,
         maps: HaMaps,
         index: SyncIndex,
         services_ok: Vec<bool>,
     ) -> std::io::Result<HaNode> {
-        let h = config.ha.clone().expect("[ha]");
-        let owned = owned_addresses(config, &h);
+        // A cluster node owns no addresses (BIRD announces the VIPs).
+        let owned = match h.membership {
+            Membership::Pair => owned_addresses(config, &h),
+            Membership::Cluster => Vec::new(),
+        };
         let interfaces = config.dataplane.interfaces.clone();
         let status = Arc::new(Mutex::new(HaStatus::new(h.group, h.priority)));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -221,6 +228,11 @@ struct Node {
     flush_at: Option<Instant>,
     /// Peer epochs the whole flow table was sent to.
     bulk_synced: std::collections::HashMap<Ipv4Addr, u64>,
+    /// Cluster: tables being sent to each peer (`None`: a walk under way;
+    /// `Some(t)`: the last one ended at `t`) and the records of the walk
+    /// under way.
+    bulk_sending: std::collections::HashMap<Ipv4Addr, Option<Instant>>,
+    bulk_walk_sent: std::collections::HashMap<Ipv4Addr, u64>,
     bulk_tx: mpsc::Sender<BulkChunk>,
     bulk_rx: Option<mpsc::Receiver<BulkChunk>>,
     /// Bulk walks under way, and the flows reported live meanwhile: a walk
@@ -256,6 +268,14 @@ struct Node {
     accepting: Vec<[u8; 6]>,
     /// The lease last written.
     lease_until_ns: u64,
+    /// Peers the last `send` could not send to (cluster counters).
+    failed_sends: std::cell::RefCell<Vec<Ipv4Addr>>,
+    /// Active-active membership: no election, every node's flows synced.
+    cluster: bool,
+    /// Cluster: the next advert, and when a starting node stops waiting
+    /// for its peers' tables.
+    next_advert: Instant,
+    join_by: Instant,
 }
 
 impl Node {
@@ -281,6 +301,12 @@ impl Node {
                 })?
             }
         };
+        let cluster = h.membership == Membership::Cluster;
+        let mut h = h;
+        if cluster {
+            // One file for every node: the own address is not a peer.
+            h.peers.retain(|p| *p != address);
+        }
         let std_socket = std::net::UdpSocket::bind(SocketAddrV4::new(address, h.port))?;
         std_socket.set_nonblocking(true)?;
         let socket = UdpSocket::from_std(std_socket)?;
@@ -336,7 +362,12 @@ impl Node {
         if let Ok(mut s) = status.lock() {
             s.address = Some(address);
             s.priority = priority;
+            if cluster {
+                s.peers = h.peers.iter().map(|p| (*p, PeerSync::default())).collect();
+                s.joined = h.peers.is_empty();
+            }
         }
+        let join_by = Instant::now() + Duration::from_millis(h.join_wait_ms as u64);
         Ok(Node {
             owned,
             addresses: AddressWorker::start()?,
@@ -358,6 +389,8 @@ impl Node {
             queue: Vec::new(),
             flush_at: None,
             bulk_synced: Default::default(),
+            bulk_sending: Default::default(),
+            bulk_walk_sent: Default::default(),
             bulk_tx,
             bulk_rx: Some(bulk_rx),
             bulk_walks: 0,
@@ -381,6 +414,10 @@ impl Node {
             peer_last: Default::default(),
             accepting: Vec::new(),
             lease_until_ns: 0,
+            failed_sends: Default::default(),
+            cluster,
+            next_advert: Instant::now(),
+            join_by,
         })
     }
 
@@ -412,12 +449,17 @@ impl Node {
 
     fn write_settings(&mut self, lease_until_ns: u64) {
         self.lease_until_ns = lease_until_ns;
-        let flags = SETTINGS_F_HA
-            | if self.h.sync_flows {
-                SETTINGS_F_SYNC_FLOWS
-            } else {
-                0
-            };
+        // A cluster node forwards whatever its lease (no ARP ownership),
+        // and its peers drop a connection's copy when it closes.
+        let flags = if self.cluster {
+            SETTINGS_F_SYNC_CLOSES
+        } else {
+            SETTINGS_F_HA
+        } | if self.h.sync_flows {
+            SETTINGS_F_SYNC_FLOWS
+        } else {
+            0
+        };
         let mut accept_macs = [[0u8; 6]; MAX_ACCEPT_MACS];
         let n = self.accepting.len().min(MAX_ACCEPT_MACS);
         accept_macs[..n].copy_from_slice(&self.accepting[..n]);
@@ -471,21 +513,26 @@ impl Node {
         // still runs (a quick restart); otherwise start without addresses.
         let prev = self.settings_value();
         let resume = prev.flags & SETTINGS_F_HA != 0 && prev.lease_until_ns > monotonic_ns();
-        if resume {
+        if self.cluster {
+            self.write_settings(0);
+            self.status(|s| s.state = State::Master);
+        } else if resume {
             self.write_settings(prev.lease_until_ns);
         } else {
             self.write_settings(0);
             self.release().await;
             self.addresses.flush();
         }
-        let now = self.now();
-        let actions = self.machine.handle(
-            now,
-            Input::Start {
-                resume_master: resume,
-            },
-        );
-        self.act(actions).await;
+        if !self.cluster {
+            let now = self.now();
+            let actions = self.machine.handle(
+                now,
+                Input::Start {
+                    resume_master: resume,
+                },
+            );
+            self.act(actions).await;
+        }
 
         // SAFETY: the ring buffer owns its map fd, which stays open and the
         // same for as long as the AsyncFd owns the ring buffer.
@@ -504,17 +551,27 @@ impl Node {
         let mut buf = vec![0u8; 2048];
         loop {
             self.publish();
-            let deadline = self
-                .machine
-                .next_deadline()
-                .map(|d| self.t0 + d)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let deadline = if self.cluster {
+                self.next_advert
+            } else {
+                self.machine
+                    .next_deadline()
+                    .map(|d| self.t0 + d)
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+            };
             let flush_at = self
                 .flush_at
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
                 c = rx.recv() => match c {
+                    None | Some(Command::Stop { .. }) if self.cluster => {
+                        // Nobody reads the flow reports any more.
+                        self.settings.set(0, Settings::default(), 0).ok();
+                        self.save_state(true);
+                        return;
+                    }
+                    Some(Command::Ready(_) | Command::Addresses(_) | Command::Services(_)) if self.cluster => {}
                     None | Some(Command::Stop { resign: true }) => {
                         let now = self.now();
                         let actions = self.machine.handle(now, Input::Shutdown);
@@ -559,6 +616,10 @@ impl Node {
                         let data = buf[..n].to_vec();
                         self.receive(&data, from).await;
                     }
+                    if self.cluster {
+                        self.cluster_advert().await;
+                        continue;
+                    }
                     let now = self.now();
                     let actions = self.machine.handle(now, Input::Timer);
                     self.act(actions).await;
@@ -598,6 +659,10 @@ impl Node {
                 chunk = bulk_rx.recv() => {
                     if let Some(chunk) = chunk {
                         let now = Instant::now();
+                        if let Some(peer) = chunk.peer {
+                            self.send_bulk(peer, &chunk.events, chunk.last).await;
+                            continue;
+                        }
                         for ev in chunk.events {
                             if !self.live_during_bulk.contains(&ev.key) {
                                 self.queue_event(ev, now);
@@ -614,6 +679,13 @@ impl Node {
                 }
                 _ = tokio::time::sleep_until(flush_at) => self.flush().await,
                 _ = poll.tick() => {
+                    if self.cluster {
+                        if last_save.elapsed() >= Duration::from_secs(1) {
+                            last_save = Instant::now();
+                            self.cluster_tick();
+                        }
+                        continue;
+                    }
                     self.update_accepting();
                     let up: Vec<bool> = self.h.track_interface.iter().map(|t| link::is_up(&t.name)).collect();
                     if up != self.tracked.interfaces {
@@ -677,7 +749,7 @@ impl Node {
     }
 
     fn queue_event(&mut self, ev: FlowEvent, at: Instant) {
-        if self.machine.state() != State::Master {
+        if !self.cluster && self.machine.state() != State::Master {
             return; // only the MASTER's flows are the pair's
         }
         if self.queue.len() >= QUEUE_LIMIT {
@@ -707,7 +779,7 @@ impl Node {
             })
             .collect();
         for chunk in records.chunks(MAX_RECORDS) {
-            let state = self.machine.state().wire();
+            let state = self.wire_state();
             let msg = self.message(
                 Kind::Flows,
                 self.machine.priority(),
@@ -715,6 +787,19 @@ impl Node {
                 sync::encode(chunk),
             );
             self.send(&msg).await;
+            if self.cluster {
+                let n = chunk.len() as u64;
+                let failed = self.failed_sends.take();
+                self.status(|s| {
+                    for (peer, p) in s.peers.iter_mut() {
+                        if failed.contains(peer) {
+                            p.send_errors += 1;
+                        } else {
+                            p.records_sent += n;
+                        }
+                    }
+                });
+            }
         }
         let n = records.len() as u64;
         self.status(|s| s.flows_sent += n);
@@ -755,7 +840,17 @@ impl Node {
             {
                 // A down link: the adverts resume when it is back.
                 tracing::debug!(peer = %p, error = %e, "HA send");
+                self.failed_sends.borrow_mut().push(*p);
             }
+        }
+    }
+
+    /// The state this node's messages carry.
+    fn wire_state(&self) -> WireState {
+        if self.cluster {
+            WireState::Active
+        } else {
+            self.machine.state().wire()
         }
     }
 
@@ -773,11 +868,15 @@ impl Node {
             Kind::Response => {
                 if self.verified(&msg) {
                     // Fresh beyond doubt: as good as an advert.
-                    self.advert(&msg, false).await;
+                    if self.cluster {
+                        self.heard(&msg);
+                    } else {
+                        self.advert(&msg, false).await;
+                    }
                 }
                 return;
             }
-            Kind::Advert | Kind::Flows => {}
+            Kind::Advert | Kind::Flows | Kind::Bulk | Kind::BulkEnd => {}
         }
         if let Err(r) = self.replay.check(msg.sender, msg.epoch, msg.seq) {
             self.reject(r);
@@ -786,10 +885,21 @@ impl Node {
             }
             return;
         }
+        if self.cluster {
+            self.heard(&msg);
+        }
         match msg.kind {
+            // A cluster advert names the peers whose tables it still wants.
+            Kind::Advert if self.cluster => {
+                if wire::payload_addresses(&msg.payload).contains(&self.address) {
+                    self.maybe_bulk_sync(msg.sender, msg.epoch, msg.state)
+                }
+            }
             Kind::Advert => self.advert(&msg, true).await,
             Kind::Flows => self.flows(&msg),
-            Kind::Challenge | Kind::Response => {}
+            Kind::Bulk if self.cluster => self.bulk(&msg),
+            Kind::BulkEnd if self.cluster => self.bulk_end(&msg),
+            Kind::Bulk | Kind::BulkEnd | Kind::Challenge | Kind::Response => {}
         }
     }
 
@@ -837,13 +947,14 @@ impl Node {
         let Ok(records) = sync::decode(&msg.payload) else {
             return self.reject(Reject::Malformed);
         };
-        if self.machine.state() == State::Master {
+        if !self.cluster && self.machine.state() == State::Master {
             return; // a MASTER keeps its own decisions
         }
         let (mut unknown, mut oldest) = (0u64, 0u32);
         for r in &records {
             oldest = oldest.max(r.age_us);
             match self.index.entries(r) {
+                Some(e) if self.cluster && r.flags & FLOW_F_CLOSING != 0 => self.forget(&e),
                 Some(e) => {
                     if let Some((rk, rv)) = e.reverse
                         && let Err(e) = self.nat.insert(rk, rv, 0)
@@ -859,10 +970,15 @@ impl Node {
         }
         let lag = Duration::from_micros(oldest as u64) + received.elapsed();
         let n = records.len() as u64;
+        let from = msg.sender;
         self.status(|s| {
             s.flows_received += n;
             s.flows_unknown += unknown;
             s.sync_lag = Some(lag);
+            if let Some(p) = s.peers.get_mut(&from) {
+                p.records_received += n;
+                p.lag = Some(lag);
+            }
         });
     }
 
@@ -892,10 +1008,11 @@ impl Node {
         }
         let nonce = nonce();
         self.challenges.insert(peer, (nonce, now));
+        let state = self.wire_state();
         let msg = self.message(
             Kind::Challenge,
             self.machine.priority(),
-            self.machine.state().wire(),
+            state,
             nonce.to_vec(),
         );
         self.send_to(peer, &msg).await;
@@ -922,7 +1039,8 @@ impl Node {
         } else {
             self.machine.priority()
         };
-        let reply = self.message(Kind::Response, priority, state.wire(), msg.payload.clone());
+        let wire_state = self.wire_state();
+        let reply = self.message(Kind::Response, priority, wire_state, msg.payload.clone());
         self.send_to(msg.sender, &reply).await;
     }
 
@@ -947,6 +1065,205 @@ impl Node {
         true
     }
 
+    /// Cluster: say this node is alive (peers hearing a new life send it
+    /// their tables), then see whether it has joined.
+    async fn cluster_advert(&mut self) {
+        // The peers whose current life this node has verified (so their
+        // tables would be accepted) and whose tables it has not got.
+        let wanted: Vec<Ipv4Addr> = self
+            .local
+            .borrow()
+            .peers
+            .iter()
+            .filter(|(_, p)| p.epoch.is_some() && !p.bulk_done)
+            .map(|(a, _)| *a)
+            .collect();
+        let payload = wire::addresses_payload(&wanted);
+        let msg = self.message(Kind::Advert, 100, WireState::Active, payload);
+        self.send(&msg).await;
+        self.failed_sends.take();
+        self.status(|s| s.adverts_sent += 1);
+        self.next_advert = Instant::now() + self.interval();
+        self.check_joined();
+    }
+
+    /// Cluster, once a second: each peer's liveness for the status.
+    fn cluster_tick(&mut self) {
+        let lost: u64 = self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        let down = 3 * self.interval();
+        let seen: Vec<(Ipv4Addr, Duration)> = self
+            .peer_last
+            .iter()
+            .map(|(p, (at, _))| (*p, at.elapsed()))
+            .collect();
+        self.status(|s| {
+            s.events_lost = lost;
+            for (peer, ago) in seen {
+                if let Some(p) = s.peers.get_mut(&peer) {
+                    p.last_seen = Some(ago);
+                    p.up = ago <= down;
+                }
+            }
+        });
+        self.check_joined();
+    }
+
+    /// Cluster: an accepted message from `msg.sender`, which is alive in
+    /// `msg.epoch`.
+    fn heard(&mut self, msg: &Message) {
+        let now = Instant::now();
+        let first = self.peer_last.insert(msg.sender, (now, false)).is_none();
+        let (peer, epoch) = (msg.sender, msg.epoch);
+        let mut new_life = false;
+        self.status(|s| {
+            if msg.kind == Kind::Advert {
+                s.adverts_received += 1;
+            }
+            if let Some(p) = s.peers.get_mut(&peer) {
+                if p.epoch != Some(epoch) {
+                    // Another life: its table is to come again.
+                    new_life = p.epoch.is_some();
+                    p.epoch = Some(epoch);
+                    p.bulk_done = false;
+                    p.bulk_walk_received = 0;
+                }
+                p.last_seen = Some(Duration::ZERO);
+                p.up = true;
+            }
+        });
+        if first || new_life {
+            info!(%peer, epoch, "cluster peer heard");
+        }
+    }
+
+    /// Cluster: a peer's connection is closing: its copy here goes (the
+    /// table keeps room for live connections), unless the entry is another
+    /// connection's by now (another backend or first SYN).
+    fn forget(&mut self, e: &sync::LocalEntries) {
+        let same = self.flows.get(&e.key, 0).is_ok_and(|cur| {
+            cur.backend_id == e.value.backend_id && cur.syn_seq_be == e.value.syn_seq_be
+        });
+        if same {
+            let _ = self.flows.remove(&e.key);
+            if let Some((rk, _)) = e.reverse {
+                let _ = self.nat.remove(&rk);
+            }
+        }
+    }
+
+    /// Cluster: a peer's whole-table records; written only where this node
+    /// has no entry (its own decision, or a live record, is newer).
+    fn bulk(&mut self, msg: &Message) {
+        let Ok(records) = sync::decode(&msg.payload) else {
+            return self.reject(Reject::Malformed);
+        };
+        let mut unknown = 0u64;
+        for r in &records {
+            let Some(e) = self.index.entries(r) else {
+                unknown += 1;
+                continue;
+            };
+            // BPF_NOEXIST: an existing entry stays (EEXIST is the answer).
+            if self.flows.insert(e.key, e.value, 1).is_ok()
+                && let Some((rk, rv)) = e.reverse
+            {
+                let _ = self.nat.insert(rk, rv, 1);
+            }
+        }
+        let (n, from) = (records.len() as u64, msg.sender);
+        self.status(|s| {
+            s.flows_unknown += unknown;
+            if let Some(p) = s.peers.get_mut(&from) {
+                p.bulk_received += n;
+                p.bulk_walk_received += n;
+            }
+        });
+    }
+
+    /// Cluster: a peer's whole table has arrived.
+    /// It arrived whole if as many records came as the marker says (else
+    /// this node's adverts go on asking for it).
+    fn bulk_end(&mut self, msg: &Message) {
+        let Ok(count) = <[u8; 8]>::try_from(msg.payload.as_slice()) else {
+            return self.reject(Reject::Malformed);
+        };
+        let (from, sent) = (msg.sender, u64::from_be_bytes(count));
+        let mut received = 0;
+        self.status(|s| {
+            if let Some(p) = s.peers.get_mut(&from) {
+                received = std::mem::take(&mut p.bulk_walk_received);
+                p.bulk_done = received >= sent;
+            }
+        });
+        if received >= sent {
+            info!(peer = %from, records = received, "cluster peer's flow table received");
+        } else {
+            warn!(peer = %from, sent, received, "cluster peer's flow table arrived incomplete: asking again");
+        }
+        self.check_joined();
+    }
+
+    /// Cluster: joined once every peer heard has sent its table and every
+    /// configured peer has been heard, or the join wait is over.
+    fn check_joined(&mut self) {
+        if self.local.borrow().joined {
+            return;
+        }
+        let all = self
+            .local
+            .borrow()
+            .peers
+            .values()
+            .all(|p| p.epoch.is_some() && p.bulk_done);
+        let waited = Instant::now() >= self.join_by;
+        if all || waited {
+            let missing: Vec<String> = self
+                .local
+                .borrow()
+                .peers
+                .iter()
+                .filter(|(_, p)| !p.bulk_done)
+                .map(|(a, _)| a.to_string())
+                .collect();
+            if missing.is_empty() {
+                info!("cluster: every peer's flow table received; the VIPs may be announced");
+            } else {
+                warn!(peers = ?missing, wait_ms = self.h.join_wait_ms, "cluster: joined without these peers' flow tables (not heard, or slow): their connections may not survive moving here");
+            }
+            self.status(|s| s.joined = true);
+        }
+    }
+
+    /// Cluster: a bulk walk's records to `peer` (and its end marker).
+    async fn send_bulk(&mut self, peer: Ipv4Addr, events: &[FlowEvent], last: bool) {
+        let records: Vec<FlowRecord> = events
+            .iter()
+            .filter_map(|ev| self.index.record(ev, 0))
+            .collect();
+        for chunk in records.chunks(MAX_RECORDS) {
+            let msg = self.message(Kind::Bulk, 100, WireState::Active, sync::encode(chunk));
+            self.send_to(peer, &msg).await;
+        }
+        let n = records.len() as u64;
+        self.status(|s| {
+            if let Some(p) = s.peers.get_mut(&peer) {
+                p.bulk_sent += n;
+            }
+        });
+        *self.bulk_walk_sent.entry(peer).or_default() += n;
+        if last {
+            let total = self.bulk_walk_sent.remove(&peer).unwrap_or(0);
+            self.bulk_sending.insert(peer, Some(Instant::now()));
+            let msg = self.message(
+                Kind::BulkEnd,
+                100,
+                WireState::Active,
+                total.to_be_bytes().to_vec(),
+            );
+            self.send_to(peer, &msg).await;
+        }
+    }
+
     fn interval(&self) -> Duration {
         Duration::from_millis(self.h.advert_interval_ms as u64)
     }
@@ -954,7 +1271,17 @@ impl Node {
     /// A MASTER sends its whole flow table to a peer it has not synced in
     /// this peer's life (a new epoch: the peer restarted or just came).
     fn maybe_bulk_sync(&mut self, peer: Ipv4Addr, epoch: u64, peer_state: WireState) {
-        if !self.h.sync_flows
+        if self.cluster {
+            // Asked for by the peer's adverts until it has the table: one
+            // walk at a time, and another ask answered only after a pause
+            // (the end marker may still be on its way).
+            match self.bulk_sending.get(&peer) {
+                Some(None) => return,
+                Some(Some(t)) if t.elapsed() < Duration::from_secs(1) => return,
+                _ => {}
+            }
+            self.bulk_sending.insert(peer, None);
+        } else if !self.h.sync_flows
             || self.machine.state() != State::Master
             || peer_state == WireState::Master
             || self.bulk_synced.get(&peer) == Some(&epoch)
@@ -966,11 +1293,20 @@ impl Node {
             Ok(fd) => fd,
             Err(e) => {
                 warn!(error = %e, "bulk flow sync");
+                if self.cluster {
+                    // Asked again by the peer's next adverts.
+                    self.bulk_sending.insert(peer, Some(Instant::now()));
+                }
                 return;
             }
         };
         let tx = self.bulk_tx.clone();
-        self.bulk_walks += 1;
+        // A cluster's walk goes to that peer alone; the pair's joins the
+        // live stream to its one peer.
+        let to = self.cluster.then_some(peer);
+        if !self.cluster {
+            self.bulk_walks += 1;
+        }
         info!(%peer, "sending the whole flow table to the peer (bulk sync)");
         std::thread::spawn(move || {
             let mut chunk = Vec::with_capacity(MAX_RECORDS * 8);
@@ -989,6 +1325,10 @@ impl Node {
                     {
                         return true;
                     }
+                    // A cluster's joiner needs no closed connection.
+                    if to.is_some() && value.flags & FLOW_F_CLOSING != 0 {
+                        return true;
+                    }
                     chunk.push(FlowEvent { key, value });
                     if chunk.len() == chunk.capacity() {
                         sent += chunk.len();
@@ -997,6 +1337,7 @@ impl Node {
                             .blocking_send(BulkChunk {
                                 events,
                                 last: false,
+                                peer: to,
                             })
                             .is_err()
                         {
@@ -1016,6 +1357,7 @@ impl Node {
             let _ = tx.blocking_send(BulkChunk {
                 events: chunk,
                 last: true,
+                peer: to,
             });
             info!(flows = sent, "bulk flow sync done");
         });

@@ -48,7 +48,9 @@ impl State {
         match w {
             WireState::Init => State::Init,
             WireState::Backup => State::Backup,
-            WireState::Master => State::Master,
+            // A cluster node forwards as a MASTER does (a pair never
+            // hears one unless misconfigured with a cluster's key).
+            WireState::Master | WireState::Active => State::Master,
             WireState::Fault => State::Fault,
         }
     }

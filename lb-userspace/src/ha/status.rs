@@ -19,6 +19,32 @@ pub struct PeerStatus {
     pub lost: bool,
 }
 
+/// A cluster peer as this node knows it (flow sync both ways).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerSync {
+    /// Heard in its current life (an advert or flows accepted).
+    pub epoch: Option<u64>,
+    /// How long ago its last accepted message arrived.
+    pub last_seen: Option<Duration>,
+    /// Heard within 3 advert intervals.
+    pub up: bool,
+    /// Live flow records sent to it, and bulk (whole-table) ones.
+    pub records_sent: u64,
+    pub bulk_sent: u64,
+    /// Datagrams to it the socket refused (a down link, a full buffer).
+    pub send_errors: u64,
+    /// Live flow records received from it, and bulk ones.
+    pub records_received: u64,
+    pub bulk_received: u64,
+    /// Its whole table arrived (in its current life).
+    pub bulk_done: bool,
+    /// Bulk records received since its last table's end marker (compared
+    /// with the count the marker carries: a lost datagram asks again).
+    pub bulk_walk_received: u64,
+    /// Its last batch: its batching delay plus the time to write it here.
+    pub lag: Option<Duration>,
+}
+
 /// What `xdplb status` and the metrics show of the pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HaStatus {
@@ -47,6 +73,11 @@ pub struct HaStatus {
     /// Last batch received: sender-side batching delay plus the time to
     /// write it here (network transit not included).
     pub sync_lag: Option<Duration>,
+    /// Cluster membership only: each configured peer.
+    pub peers: BTreeMap<Ipv4Addr, PeerSync>,
+    /// Cluster membership only: the peers' tables arrived (or the join
+    /// wait passed), so the VIPs may be announced.
+    pub joined: bool,
 }
 
 impl HaStatus {
@@ -70,6 +101,8 @@ impl HaStatus {
             events_lost: 0,
             queue_dropped: 0,
             sync_lag: None,
+            peers: BTreeMap::new(),
+            joined: false,
         }
     }
 }

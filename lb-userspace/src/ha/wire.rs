@@ -31,6 +31,13 @@ pub enum Kind {
     /// The answer (payload: the challenge's nonce), from the sender's
     /// current epoch and sequence.
     Response = 4,
+    /// Cluster: part of the sender's whole flow table, sent to a peer it
+    /// heard for the first time in that peer's life (payload: flow
+    /// records). Written only where the receiver has no entry of its own.
+    Bulk = 5,
+    /// Cluster: the sender's whole table has been sent (payload: the number
+    /// of records, 8 bytes).
+    BulkEnd = 6,
 }
 
 /// Bytes of a challenge's nonce.
@@ -56,6 +63,27 @@ pub fn payload_macs(payload: &[u8]) -> Vec<[u8; 6]> {
         .collect()
 }
 
+/// A cluster advert's payload: the peers whose flow tables the sender still
+/// wants, 4 bytes each.
+pub fn addresses_payload(addresses: &[Ipv4Addr]) -> Vec<u8> {
+    addresses
+        .iter()
+        .take(MAX_PAYLOAD / 4)
+        .flat_map(|a| a.octets())
+        .collect()
+}
+
+/// The addresses a cluster advert's payload names (a malformed one: none).
+pub fn payload_addresses(payload: &[u8]) -> Vec<Ipv4Addr> {
+    if !payload.len().is_multiple_of(4) {
+        return Vec::new();
+    }
+    payload
+        .chunks(4)
+        .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+        .collect()
+}
+
 /// A node's state as adverts carry it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum WireState {
@@ -63,6 +91,8 @@ pub enum WireState {
     Backup = 1,
     Master = 2,
     Fault = 3,
+    /// A cluster node: forwarding, as every node of a cluster does.
+    Active = 4,
 }
 
 impl WireState {
@@ -72,6 +102,7 @@ impl WireState {
             1 => Self::Backup,
             2 => Self::Master,
             3 => Self::Fault,
+            4 => Self::Active,
             _ => return None,
         })
     }
@@ -204,6 +235,8 @@ impl Message {
             2 => Kind::Flows,
             3 => Kind::Challenge,
             4 => Kind::Response,
+            5 => Kind::Bulk,
+            6 => Kind::BulkEnd,
             _ => return Err(Reject::Malformed),
         };
         let state = WireState::from_u8(bytes[8]).ok_or(Reject::Malformed)?;
@@ -227,6 +260,16 @@ mod tests {
     use super::*;
 
     const KEY: &[u8] = b"0123456789abcdef0123";
+
+    #[test]
+    fn a_cluster_advert_names_the_tables_it_wants() {
+        let want = [Ipv4Addr::new(10, 1, 0, 12), Ipv4Addr::new(10, 1, 0, 14)];
+        let p = addresses_payload(&want);
+        assert_eq!(p.len(), 8);
+        assert_eq!(payload_addresses(&p), want);
+        assert!(payload_addresses(&p[..7]).is_empty(), "malformed: none");
+        assert!(payload_addresses(&[]).is_empty());
+    }
 
     fn advert() -> Message {
         Message {
