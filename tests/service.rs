@@ -75,7 +75,7 @@ fn alerting_rules_check_and_pass_their_unit_tests() {
         .args(["check", "rules"])
         .arg(dir.join("xdplb-alerts.yml")));
     assert!(ok, "{test}: {out}");
-    assert!(out.contains("SUCCESS: 7 rules found"), "{test}: {out}");
+    assert!(out.contains("SUCCESS: 9 rules found"), "{test}: {out}");
     let (ok, out) = run(Command::new("promtool")
         .args(["test", "rules"])
         .arg(dir.join("xdplb-alerts.test.yml")));
