@@ -61,15 +61,7 @@ fn ha_lines(h: &super::view::HaView) -> String {
     if h.events_lost + h.queue_dropped > 0 {
         let _ = write!(out, ", {} lost", h.events_lost + h.queue_dropped);
     }
-    let rejected: Vec<String> = h
-        .rejected
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
-    if !rejected.is_empty() {
-        let _ = write!(out, "; rejected: {}", rejected.join(", "));
-    }
+    out += &rejected_clause(&h.rejected);
     if !h.last_cause.is_empty() {
         let _ = write!(out, "\nHA last change: {}", h.last_cause);
     }
@@ -78,6 +70,20 @@ fn ha_lines(h: &super::view::HaView) -> String {
 }
 
 /// The cluster's announcements above the table.
+/// "; rejected: reason n, ..." for the reasons counted (empty if none).
+fn rejected_clause(rejected: &std::collections::BTreeMap<&'static str, u64>) -> String {
+    let counted: Vec<String> = rejected
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    if counted.is_empty() {
+        String::new()
+    } else {
+        format!("; rejected: {}", counted.join(", "))
+    }
+}
+
 /// `[cluster.sync]`: joined or waiting, then a line per peer.
 fn sync_lines(s: &crate::api::view::SyncView) -> String {
     let mut out = format!(
@@ -92,15 +98,7 @@ fn sync_lines(s: &crate::api::view::SyncView) -> String {
     if lost > 0 {
         let _ = write!(out, "; {lost} new flows never sent");
     }
-    let rejected: Vec<String> = s
-        .rejected
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
-    if !rejected.is_empty() {
-        let _ = write!(out, "; rejected: {}", rejected.join(", "));
-    }
+    out += &rejected_clause(&s.rejected);
     out.push('\n');
     for p in &s.peers {
         let seen = match p.last_seen {

@@ -58,13 +58,9 @@ fn a_cluster_node_is_not_also_an_ha_pair() {
     );
 }
 
-/// A key file of `len` bytes and `mode`, under the test's temp dir.
+/// The HA tests' key files serve the cluster's key too.
 fn sync_key(name: &str, mode: u32, len: usize) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let p = std::env::temp_dir().join(format!("xdplb-cluster-{}-{name}.key", std::process::id()));
-    std::fs::write(&p, vec![b'k'; len]).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    p
+    super::ha_tests::key_file(&format!("cluster-{name}"), mode, len)
 }
 
 fn sync_section(key: &Path, extra: &str) -> String {

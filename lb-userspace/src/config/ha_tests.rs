@@ -16,7 +16,7 @@ backend = [{ address = "203.0.113.11", port = 8080 }]
 "#;
 
 /// A key file with `mode` and `len` bytes, unique to the test.
-fn key_file(name: &str, mode: u32, len: usize) -> std::path::PathBuf {
+pub(super) fn key_file(name: &str, mode: u32, len: usize) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!("xdplb-{}-{name}.key", std::process::id()));
     std::fs::write(&p, vec![b'k'; len]).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
